@@ -1,0 +1,392 @@
+//! Backends, their long-lived state, and the balancers that pick one.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// How the proxy talks to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::H2c => "h2c",
+        }
+    }
+}
+
+/// The balancing algorithm of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Fewest in-flight requests; ties broken at random.
+    #[default]
+    LeastConn,
+    RoundRobin,
+    Random,
+    /// Rendezvous hashing of the client address: every replica agrees without shared
+    /// state, and a change of the backend set only moves the clients of the backends
+    /// that changed.
+    Source,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::LeastConn => "leastconn",
+            Balance::RoundRobin => "roundrobin",
+            Balance::Random => "random",
+            Balance::Source => "source",
+        }
+    }
+}
+
+/// What the control plane asks for: one backend of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendDef {
+    pub addr: SocketAddr,
+    pub scheme: Scheme,
+}
+
+/// Identity of a backend across table generations: the route it serves and its
+/// address. Health is a property of (route, address) because health checks are
+/// configured per route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub route: Arc<str>,
+    pub addr: SocketAddr,
+}
+
+/// State of a backend that must survive table swaps.
+#[derive(Debug)]
+pub struct BackendState {
+    inflight: AtomicU32,
+    up: AtomicBool,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        BackendState {
+            inflight: AtomicU32::new(0),
+            up: AtomicBool::new(true),
+        }
+    }
+}
+
+impl BackendState {
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Marks the backend up or down (the health checker's hook).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+}
+
+/// Counts one in-flight request against a backend until dropped. The proxy keeps it
+/// alive until the response body is finished, so leastconn sees streaming responses.
+#[derive(Debug)]
+pub struct InflightGuard {
+    state: Arc<BackendState>,
+}
+
+impl InflightGuard {
+    pub fn new(state: Arc<BackendState>) -> Self {
+        state.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard { state }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The long-lived per-backend state, keyed by [`BackendKey`]. Compiling a table
+/// looks states up here (creating missing ones) and then forgets the keys the new
+/// table no longer uses; requests still running against a forgotten backend keep
+/// their own `Arc` until they finish.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    states: DashMap<BackendKey, Arc<BackendState>>,
+}
+
+impl BackendRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self, key: &BackendKey) -> Arc<BackendState> {
+        if let Some(s) = self.states.get(key) {
+            return s.clone();
+        }
+        self.states.entry(key.clone()).or_default().clone()
+    }
+
+    pub(crate) fn retain(&self, live: &ahash::HashSet<BackendKey>) {
+        self.states.retain(|k, _| live.contains(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+}
+
+/// One compiled backend.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub scheme: Scheme,
+    /// `scheme://addr`, built once so the hot path never formats it.
+    pub base_uri: Box<str>,
+    pub state: Arc<BackendState>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("scheme", &self.scheme)
+            .field("inflight", &self.state.inflight())
+            .field("up", &self.state.is_up())
+            .finish()
+    }
+}
+
+impl Backend {
+    pub(crate) fn new(def: &BackendDef, state: Arc<BackendState>) -> Self {
+        let scheme = match def.scheme {
+            Scheme::Https => "https",
+            Scheme::Http | Scheme::H2c => "http",
+        };
+        Backend {
+            addr: def.addr,
+            scheme: def.scheme,
+            base_uri: format!("{scheme}://{}", def.addr).into_boxed_str(),
+            state,
+        }
+    }
+}
+
+/// Fixed seeds: source hashing must give the same answer in every replica.
+const SOURCE_SEEDS: [u64; 4] = [
+    0x5761_7266_2d73_7263,
+    0x9e37_79b9_7f4a_7c15,
+    0xbf58_476d_1ce4_e5b9,
+    0x94d0_49bb_1331_11eb,
+];
+
+/// The backends of one route and how to choose among them.
+#[derive(Debug)]
+pub struct BackendSet {
+    backends: Box<[Arc<Backend>]>,
+    balance: Balance,
+    next: AtomicUsize,
+}
+
+impl BackendSet {
+    pub(crate) fn new(backends: Vec<Arc<Backend>>, balance: Balance) -> Self {
+        BackendSet {
+            backends: backends.into_boxed_slice(),
+            balance,
+            next: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
+        }
+    }
+
+    pub fn all(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
+    /// Picks a backend that is up, or `None` when none is.
+    pub fn pick(&self, client: IpAddr) -> Option<&Arc<Backend>> {
+        let n = self.backends.len();
+        match n {
+            0 => return None,
+            1 => return self.backends.first().filter(|b| b.state.is_up()),
+            _ => {}
+        }
+        match self.balance {
+            Balance::LeastConn => self.least_conn(),
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                self.first_up_from(start)
+            }
+            Balance::Random => self.first_up_from(fastrand::usize(..n)),
+            Balance::Source => self.rendezvous(client),
+        }
+    }
+
+    fn first_up_from(&self, start: usize) -> Option<&Arc<Backend>> {
+        let n = self.backends.len();
+        (0..n)
+            .map(|i| &self.backends[(start + i) % n])
+            .find(|b| b.state.is_up())
+    }
+
+    fn least_conn(&self) -> Option<&Arc<Backend>> {
+        let mut best: Option<&Arc<Backend>> = None;
+        let mut best_load = u32::MAX;
+        let mut ties = 0u32;
+        for b in self.backends.iter().filter(|b| b.state.is_up()) {
+            let load = b.state.inflight();
+            if load < best_load {
+                best = Some(b);
+                best_load = load;
+                ties = 1;
+            } else if load == best_load {
+                // Reservoir sampling: each of the k tied backends wins with 1/k.
+                ties += 1;
+                if fastrand::u32(..ties) == 0 {
+                    best = Some(b);
+                }
+            }
+        }
+        best
+    }
+
+    fn rendezvous(&self, client: IpAddr) -> Option<&Arc<Backend>> {
+        let hasher = ahash::RandomState::with_seeds(
+            SOURCE_SEEDS[0],
+            SOURCE_SEEDS[1],
+            SOURCE_SEEDS[2],
+            SOURCE_SEEDS[3],
+        );
+        self.backends
+            .iter()
+            .filter(|b| b.state.is_up())
+            .max_by_key(|b| {
+                let mut h = hasher.build_hasher();
+                client.hash(&mut h);
+                b.addr.hash(&mut h);
+                h.finish()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: u16, balance: Balance) -> BackendSet {
+        let reg = BackendRegistry::new();
+        let backends = (0..n)
+            .map(|i| {
+                let def = BackendDef {
+                    addr: SocketAddr::from(([10, 0, 0, 1], 8000 + i)),
+                    scheme: Scheme::Http,
+                };
+                let key = BackendKey {
+                    route: "r".into(),
+                    addr: def.addr,
+                };
+                Arc::new(Backend::new(&def, reg.state(&key)))
+            })
+            .collect();
+        BackendSet::new(backends, balance)
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    #[test]
+    fn round_robin_cycles_and_skips_down() {
+        let s = set(3, Balance::RoundRobin);
+        let picks: Vec<_> = (0..6).map(|_| s.pick(CLIENT).unwrap().addr.port()).collect();
+        let mut first3 = picks[..3].to_vec();
+        first3.sort();
+        assert_eq!(first3, vec![8000, 8001, 8002]);
+        assert_eq!(picks[..3], picks[3..]);
+        s.all()[1].state.set_up(false);
+        assert!((0..10).all(|_| s.pick(CLIENT).unwrap().addr.port() != 8001));
+    }
+
+    #[test]
+    fn least_conn_prefers_idle() {
+        let s = set(3, Balance::LeastConn);
+        let _g0 = InflightGuard::new(s.all()[0].state.clone());
+        let _g1 = InflightGuard::new(s.all()[1].state.clone());
+        for _ in 0..20 {
+            assert_eq!(s.pick(CLIENT).unwrap().addr.port(), 8002);
+        }
+        drop(_g0);
+        // Now 8000 and 8002 tie at 0: both must be chosen sometimes.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(s.pick(CLIENT).unwrap().addr.port());
+        }
+        assert_eq!(seen, [8000, 8002].into_iter().collect());
+    }
+
+    #[test]
+    fn inflight_guard_counts() {
+        let s = set(1, Balance::LeastConn);
+        let st = s.all()[0].state.clone();
+        let g = InflightGuard::new(st.clone());
+        assert_eq!(st.inflight(), 1);
+        drop(g);
+        assert_eq!(st.inflight(), 0);
+    }
+
+    #[test]
+    fn none_when_all_down() {
+        for n in [0, 1, 3] {
+            let s = set(n, Balance::LeastConn);
+            s.all().iter().for_each(|b| b.state.set_up(false));
+            assert!(s.pick(CLIENT).is_none());
+        }
+    }
+
+    #[test]
+    fn source_is_stable_and_moves_only_lost_clients() {
+        let s = set(5, Balance::Source);
+        let clients: Vec<IpAddr> = (0..500u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let before: Vec<u16> = clients
+            .iter()
+            .map(|c| s.pick(*c).unwrap().addr.port())
+            .collect();
+        let again: Vec<u16> = clients
+            .iter()
+            .map(|c| s.pick(*c).unwrap().addr.port())
+            .collect();
+        assert_eq!(before, again);
+        s.all()[2].state.set_up(false);
+        for (c, b) in clients.iter().zip(&before) {
+            let now = s.pick(*c).unwrap().addr.port();
+            if *b != 8002 {
+                assert_eq!(now, *b, "a client of a healthy backend moved");
+            } else {
+                assert_ne!(now, 8002);
+            }
+        }
+        // Spread: every backend gets a share.
+        for p in 8000..8005 {
+            assert!(before.iter().filter(|x| **x == p).count() > 50);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Host name normalisation shared by the compiler and the hot path, so that both
+//! sides of a lookup agree on one spelling.
+
+use std::borrow::Cow;
+
+/// Lower-cases a host, strips a port and a trailing dot (RFC 3986 §3.2.2 hosts are
+/// case-insensitive; RFC 1034 §3.1 allows the absolute form `example.org.`).
+/// Borrows when the input is already normal, which is the common case.
+///
+/// Returns `None` for an empty or syntactically impossible host (control characters,
+/// spaces, an unbalanced IPv6 literal), which the proxy answers with 400.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets, drop any port after them.
+        let end = rest.find(']')?;
+        &raw[..end + 2]
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    let mut needs_lower = false;
+    for b in host.bytes() {
+        match b {
+            b'A'..=b'Z' => needs_lower = true,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'[' | b']' | b':' | b'*' => {}
+            _ => return None,
+        }
+    }
+    Some(if needs_lower {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        assert_eq!(normalize_host("Example.ORG").unwrap(), "example.org");
+        assert_eq!(normalize_host("example.org:8080").unwrap(), "example.org");
+        assert_eq!(normalize_host("example.org.").unwrap(), "example.org");
+        assert_eq!(normalize_host("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(normalize_host("[::1]").unwrap(), "[::1]");
+        assert!(matches!(normalize_host("a.b").unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(normalize_host("").is_none());
+        assert!(normalize_host(":80").is_none());
+        assert!(normalize_host("a b").is_none());
+        assert!(normalize_host("a\r\nb").is_none());
+        assert!(normalize_host("[::1").is_none());
+        assert!(normalize_host("host:port").is_none());
+        assert!(normalize_host(&"a".repeat(300)).is_none());
+    }
+}

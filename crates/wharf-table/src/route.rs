@@ -1,0 +1,97 @@
+//! Routes: what a request is matched against, and the policy applied to it.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::backend::{BackendDef, BackendSet, Balance};
+
+/// The set of entrypoints (by index in the configuration) a route is served on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrypointMask(u64);
+
+impl EntrypointMask {
+    /// At most this many entrypoints can be named (the mask is one `u64`).
+    pub const MAX_ENTRYPOINTS: usize = 64;
+    pub const ALL: EntrypointMask = EntrypointMask(u64::MAX);
+
+    pub fn none() -> Self {
+        EntrypointMask(0)
+    }
+
+    /// Adds entrypoint `index`; indexes past [`Self::MAX_ENTRYPOINTS`] are ignored,
+    /// which configuration validation rules out beforehand.
+    pub fn with(self, index: usize) -> Self {
+        if index < Self::MAX_ENTRYPOINTS {
+            EntrypointMask(self.0 | (1 << index))
+        } else {
+            self
+        }
+    }
+
+    #[inline]
+    pub fn contains(self, index: usize) -> bool {
+        index < Self::MAX_ENTRYPOINTS && self.0 & (1 << index) != 0
+    }
+}
+
+/// Per-route behaviour that the proxy applies around forwarding. Values that are
+/// sent on the wire are precomputed here so the hot path never formats them.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// TLS is wanted for this route (`tls = acme`): a plain entrypoint with
+    /// `redirect_https` redirects it.
+    pub tls: bool,
+    /// `https_redirect`: this route takes part in plain-to-TLS redirects.
+    pub https_redirect: bool,
+    /// The `Strict-Transport-Security` value, sent on TLS responses only.
+    pub hsts: Option<HeaderValue>,
+}
+
+/// What the control plane compiles into a [`Route`].
+#[derive(Debug, Clone)]
+pub struct RouteDef {
+    pub name: Arc<str>,
+    /// Which provider declared it (`file`, `docker`, ...), for the API and logs.
+    pub source: Arc<str>,
+    /// Normalised (lower-case) host names; `*.example.org` matches exactly one more
+    /// label; `*` alone is the default route.
+    pub hosts: Vec<String>,
+    /// Path prefix; plain string prefix as Traefik's `PathPrefix` and HAProxy's
+    /// `path_beg`.
+    pub path: String,
+    pub entrypoints: EntrypointMask,
+    pub balance: Balance,
+    pub backends: Vec<BackendDef>,
+    pub policy: Policy,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub source: Arc<str>,
+    pub hosts: Vec<String>,
+    pub path: String,
+    pub entrypoints: EntrypointMask,
+    pub policy: Policy,
+    pub backends: BackendSet,
+}
+
+impl Route {
+    pub(crate) fn new(def: RouteDef, backends: BackendSet) -> Self {
+        Route {
+            name: def.name,
+            source: def.source,
+            hosts: def.hosts,
+            path: def.path,
+            entrypoints: def.entrypoints,
+            policy: def.policy,
+            backends,
+        }
+    }
+
+    pub fn balance(&self) -> Balance {
+        self.backends.balance()
+    }
+}

@@ -1,0 +1,242 @@
+//! The table itself: compile once, look up many times.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendKey, BackendRegistry, BackendSet};
+use crate::route::{Route, RouteDef};
+
+type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+
+/// A (host, path) pair claimed by two routes: the first keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub host: String,
+    pub path: String,
+    pub kept: Arc<str>,
+    pub dropped: Arc<str>,
+}
+
+/// What compiling noticed; the control plane reports it.
+#[derive(Debug, Default)]
+pub struct CompileReport {
+    pub conflicts: Vec<Conflict>,
+}
+
+/// An immutable routing table.
+#[derive(Debug, Default)]
+pub struct Table {
+    exact: Map<Box<[Arc<Route>]>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: Map<Box<[Arc<Route>]>>,
+    fallback: Box<[Arc<Route>]>,
+    routes: Vec<Arc<Route>>,
+}
+
+impl Table {
+    /// Compiles route definitions. Backend state is taken from `registry` by
+    /// identity, and the registry forgets backends no route uses any more.
+    pub fn compile(defs: Vec<RouteDef>, registry: &BackendRegistry) -> (Table, CompileReport) {
+        let mut report = CompileReport::default();
+        let mut live = ahash::HashSet::default();
+        let mut routes = Vec::with_capacity(defs.len());
+        for def in defs {
+            let backends = def
+                .backends
+                .iter()
+                .map(|b| {
+                    let key = BackendKey {
+                        route: def.name.clone(),
+                        addr: b.addr,
+                    };
+                    let state = registry.state(&key);
+                    live.insert(key);
+                    Arc::new(Backend::new(b, state))
+                })
+                .collect();
+            let set = BackendSet::new(backends, def.balance);
+            routes.push(Arc::new(Route::new(def, set)));
+        }
+        registry.retain(&live);
+
+        // Group by host, keeping declaration order for conflict resolution.
+        let mut exact: Map<Vec<Arc<Route>>> = Map::default();
+        let mut wildcard: Map<Vec<Arc<Route>>> = Map::default();
+        let mut fallback: Vec<Arc<Route>> = Vec::new();
+        for route in &routes {
+            for host in &route.hosts {
+                let bucket = if host == "*" {
+                    &mut fallback
+                } else if let Some(suffix) = host.strip_prefix("*.") {
+                    wildcard.entry(suffix.into()).or_default()
+                } else {
+                    exact.entry(host.as_str().into()).or_default()
+                };
+                if let Some(kept) = bucket.iter().find(|r| r.path == route.path) {
+                    report.conflicts.push(Conflict {
+                        host: host.clone(),
+                        path: route.path.clone(),
+                        kept: kept.name.clone(),
+                        dropped: route.name.clone(),
+                    });
+                    continue;
+                }
+                bucket.push(route.clone());
+            }
+        }
+        let finish = |mut v: Vec<Arc<Route>>| {
+            // Longest prefix first; the sort is stable so ties keep declaration order.
+            v.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            v.into_boxed_slice()
+        };
+        let table = Table {
+            exact: exact.into_iter().map(|(k, v)| (k, finish(v))).collect(),
+            wildcard: wildcard.into_iter().map(|(k, v)| (k, finish(v))).collect(),
+            fallback: finish(fallback),
+            routes,
+        };
+        (table, report)
+    }
+
+    /// Finds the route for a normalised host and a path on entrypoint `ep`: exact
+    /// host first, then `*.suffix`, then `*`; within each, the longest path prefix
+    /// served on that entrypoint.
+    #[inline]
+    pub fn find(&self, host: &str, path: &str, ep: usize) -> Option<&Arc<Route>> {
+        let pick = |routes: &'_ [Arc<Route>]| -> Option<usize> {
+            routes
+                .iter()
+                .position(|r| r.entrypoints.contains(ep) && path.starts_with(r.path.as_str()))
+        };
+        if let Some(rs) = self.exact.get(host) {
+            if let Some(i) = pick(rs) {
+                return rs.get(i);
+            }
+        }
+        if let Some((_, suffix)) = host.split_once('.') {
+            if let Some(rs) = self.wildcard.get(suffix) {
+                if let Some(i) = pick(rs) {
+                    return rs.get(i);
+                }
+            }
+        }
+        pick(&self.fallback).and_then(|i| self.fallback.get(i))
+    }
+
+    /// Every route, in declaration order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendDef, Balance, Scheme};
+    use crate::route::{EntrypointMask, Policy};
+    use std::net::SocketAddr;
+
+    fn def(name: &str, hosts: &[&str], path: &str, port: u16) -> RouteDef {
+        RouteDef {
+            name: name.into(),
+            source: "test".into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            path: path.into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: Balance::RoundRobin,
+            backends: vec![BackendDef {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                scheme: Scheme::Http,
+            }],
+            policy: Policy::default(),
+        }
+    }
+
+    fn name<'a>(t: &'a Table, host: &str, path: &str) -> Option<&'a str> {
+        t.find(host, path, 0).map(|r| &*r.name)
+    }
+
+    #[test]
+    fn exact_wildcard_default_and_longest_prefix() {
+        let reg = BackendRegistry::new();
+        let (t, rep) = Table::compile(
+            vec![
+                def("root", &["a.example.org"], "/", 1),
+                def("api", &["a.example.org"], "/api", 2),
+                def("wild", &["*.example.org"], "/", 3),
+                def("any", &["*"], "/", 4),
+            ],
+            &reg,
+        );
+        assert!(rep.conflicts.is_empty());
+        assert_eq!(name(&t, "a.example.org", "/x"), Some("root"));
+        assert_eq!(name(&t, "a.example.org", "/api/v1"), Some("api"));
+        assert_eq!(name(&t, "b.example.org", "/"), Some("wild"));
+        assert_eq!(name(&t, "x.b.example.org", "/"), Some("any"));
+        assert_eq!(name(&t, "example.org", "/"), Some("any"));
+        assert_eq!(name(&t, "other", "/"), Some("any"));
+    }
+
+    #[test]
+    fn unmatched_path_falls_through_to_wildcard_then_none() {
+        let reg = BackendRegistry::new();
+        let (t, _) = Table::compile(
+            vec![
+                def("api", &["a.example.org"], "/api", 1),
+                def("wild", &["*.example.org"], "/", 2),
+            ],
+            &reg,
+        );
+        assert_eq!(name(&t, "a.example.org", "/other"), Some("wild"));
+        assert_eq!(name(&t, "a.other.org", "/"), None);
+    }
+
+    #[test]
+    fn entrypoint_filter() {
+        let reg = BackendRegistry::new();
+        let mut d = def("only1", &["h"], "/", 1);
+        d.entrypoints = EntrypointMask::none().with(1);
+        let (t, _) = Table::compile(vec![d, def("all", &["*"], "/", 2)], &reg);
+        assert_eq!(t.find("h", "/", 0).map(|r| &*r.name), Some("all"));
+        assert_eq!(t.find("h", "/", 1).map(|r| &*r.name), Some("only1"));
+    }
+
+    #[test]
+    fn conflicts_keep_first() {
+        let reg = BackendRegistry::new();
+        let (t, rep) = Table::compile(
+            vec![def("one", &["h", "x"], "/", 1), def("two", &["h"], "/", 2)],
+            &reg,
+        );
+        assert_eq!(name(&t, "h", "/"), Some("one"));
+        assert_eq!(rep.conflicts.len(), 1);
+        assert_eq!(&*rep.conflicts[0].dropped, "two");
+    }
+
+    #[test]
+    fn state_survives_recompile_by_identity() {
+        let reg = BackendRegistry::new();
+        let (t1, _) = Table::compile(vec![def("r", &["h"], "/", 1)], &reg);
+        let s1 = t1.routes()[0].backends.all()[0].state.clone();
+        s1.set_up(false);
+        // Another route changes; "r" keeps its backend state.
+        let (t2, _) = Table::compile(
+            vec![def("r", &["h"], "/", 1), def("new", &["n"], "/", 9)],
+            &reg,
+        );
+        let s2 = &t2.routes()[0].backends.all()[0].state;
+        assert!(Arc::ptr_eq(&s1, s2));
+        assert!(!s2.is_up());
+        // A backend that disappears is forgotten.
+        let (_t3, _) = Table::compile(vec![def("new", &["n"], "/", 9)], &reg);
+        assert_eq!(reg.len(), 1);
+    }
+}
