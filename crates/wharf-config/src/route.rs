@@ -1,0 +1,670 @@
+//! Route keys: one parser for `[[routes]]` in the file and for `wharf.*` labels, so
+//! both accept exactly the same keys and values (SPEC: "Route keys in the file are
+//! the label keys below without `wharf.`").
+//!
+//! Input is a flat list of `(key, value)` pairs with keys in file spelling
+//! (`https_redirect`, `sticky.cookie`); label keys are mapped to it by replacing
+//! `-` with `_`. Output is a [`RouteSpec`] or the list of problems, each naming its
+//! key, so that one bad key is reported precisely and never affects another route.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wharf_table::{Balance, Scheme};
+
+use crate::values;
+
+/// Every route key, in file spelling. A group set directly (`sticky = "cookie"`) is
+/// an alias of the group's first key (see [`group_alias`]).
+pub const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "enable",
+    "host",
+    "hosts",
+    "path",
+    "port",
+    "scheme",
+    "network",
+    "upstream",
+    "balance",
+    "entrypoints",
+    "sticky.type",
+    "sticky.cookie",
+    "sticky.mode",
+    "sticky.ttl",
+    "healthcheck.path",
+    "healthcheck.method",
+    "healthcheck.host",
+    "healthcheck.interval",
+    "healthcheck.timeout",
+    "healthcheck.rise",
+    "healthcheck.fall",
+    "healthcheck.expect",
+    "tls",
+    "https_redirect",
+    "hsts.max_age",
+    "hsts.subdomains",
+    "hsts.preload",
+    "ratelimit.rate",
+    "ratelimit.burst",
+    "ratelimit.key",
+    "maxconn",
+];
+
+/// `sticky` → `sticky.type`, `hsts` → `hsts.max_age`, `ratelimit` → `ratelimit.rate`.
+pub fn group_alias(key: &str) -> &str {
+    match key {
+        "sticky" => "sticky.type",
+        "hsts" => "hsts.max_age",
+        "ratelimit" => "ratelimit.rate",
+        "hosts" => "host",
+        other => other,
+    }
+}
+
+/// Where a route's backends come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// Fixed addresses (`static:10.0.0.5:80,10.0.0.6:80`).
+    Static(Vec<SocketAddr>),
+    /// A DNS name re-resolved by the DNS provider (`dns:legacy-app:8080`).
+    Dns { name: String, port: u16 },
+    /// Filled in by a provider (Docker) rather than written in the route.
+    Provided,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StickyType {
+    #[default]
+    None,
+    Cookie,
+    Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StickyMode {
+    #[default]
+    Insert,
+    Prefix,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sticky {
+    pub kind: StickyType,
+    pub cookie: String,
+    pub mode: StickyMode,
+    pub ttl: Duration,
+}
+
+impl Default for Sticky {
+    fn default() -> Self {
+        Sticky {
+            kind: StickyType::None,
+            cookie: "WHARFID".into(),
+            mode: StickyMode::Insert,
+            ttl: Duration::from_secs(3 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub method: String,
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub expect: Vec<(u16, u16)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    #[default]
+    Acme,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: u64,
+    pub subdomains: bool,
+    pub preload: bool,
+}
+
+impl Default for Hsts {
+    fn default() -> Self {
+        // As the HAProxy setup Wharf replaces sets it (CONTEXT.md, setup 2).
+        Hsts {
+            max_age: 63_072_000,
+            subdomains: false,
+            preload: false,
+        }
+    }
+}
+
+impl Hsts {
+    /// The header value (RFC 6797 §6.1), or `None` when disabled by `max_age = 0`.
+    pub fn header_value(&self) -> Option<String> {
+        if self.max_age == 0 {
+            return None;
+        }
+        let mut v = format!("max-age={}", self.max_age);
+        if self.subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        Some(v)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    Source,
+    Route,
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second.
+    pub per_second: f64,
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+/// A validated route: the desired state one provider declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path: String,
+    pub upstream: Upstream,
+    pub port: Option<u16>,
+    pub scheme: Scheme,
+    pub network: Option<String>,
+    pub balance: Balance,
+    pub entrypoints: Option<Vec<String>>,
+    pub sticky: Sticky,
+    pub healthcheck: Option<HealthCheck>,
+    pub tls: TlsMode,
+    pub https_redirect: bool,
+    pub hsts: Hsts,
+    pub ratelimit: Option<RateLimit>,
+    pub maxconn: Option<u32>,
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    /// The key as the user wrote it.
+    pub key: String,
+    pub message: String,
+}
+
+/// Parses route keys. `upstream_required` is true for the file (labels get their
+/// backends from Docker). Every problem is collected, not just the first.
+pub fn parse_route(
+    default_name: &str,
+    pairs: &[(String, String)],
+    upstream_required: bool,
+) -> Result<RouteSpec, Vec<KeyProblem>> {
+    let mut problems = Vec::new();
+    let mut get = std::collections::BTreeMap::<&str, (&str, &str)>::new();
+    for (key, value) in pairs {
+        let canon = group_alias(key);
+        if !ROUTE_KEYS.contains(&canon) {
+            let hint = values::suggest(key, ROUTE_KEYS.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            problems.push(KeyProblem {
+                key: key.clone(),
+                message: format!("unknown key{hint}"),
+            });
+            continue;
+        }
+        if let Some((first, _)) = get.insert(canon, (key.as_str(), value.as_str())) {
+            problems.push(KeyProblem {
+                key: key.clone(),
+                message: format!("set twice (also as `{first}`)"),
+            });
+        }
+    }
+
+    // Small helpers that record a problem under the user's key and yield None.
+    let mut field = |canon: &str, parse: &mut dyn FnMut(&str) -> Result<(), String>| {
+        if let Some((key, value)) = get.get(canon) {
+            if let Err(message) = parse(value) {
+                problems.push(KeyProblem {
+                    key: (*key).to_string(),
+                    message,
+                });
+            }
+        }
+    };
+
+    let mut spec = RouteSpec {
+        name: default_name.to_string(),
+        hosts: Vec::new(),
+        path: "/".into(),
+        upstream: Upstream::Provided,
+        port: None,
+        scheme: Scheme::Http,
+        network: None,
+        balance: Balance::LeastConn,
+        entrypoints: None,
+        sticky: Sticky::default(),
+        healthcheck: None,
+        tls: TlsMode::Acme,
+        https_redirect: true,
+        hsts: Hsts::default(),
+        ratelimit: None,
+        maxconn: None,
+    };
+
+    field("name", &mut |v| {
+        if v.trim().is_empty() {
+            return Err("a route name cannot be empty".into());
+        }
+        spec.name = v.trim().to_string();
+        Ok(())
+    });
+    field("enable", &mut |v| values::boolean(v).map(drop));
+    field("host", &mut |v| {
+        let mut hosts = Vec::new();
+        for h in values::list(v) {
+            hosts.push(values::host_pattern(&h)?);
+        }
+        if hosts.is_empty() {
+            return Err("no host name given".into());
+        }
+        spec.hosts = hosts;
+        Ok(())
+    });
+    field("path", &mut |v| {
+        if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!("`{v}` is not a path prefix (it must start with `/`)"));
+        }
+        spec.path = v.to_string();
+        Ok(())
+    });
+    field("port", &mut |v| {
+        let p: u16 = values::number(v, "port")?;
+        if p == 0 {
+            return Err("port 0 is not a backend port".into());
+        }
+        spec.port = Some(p);
+        Ok(())
+    });
+    field("scheme", &mut |v| {
+        spec.scheme = match v.trim().to_ascii_lowercase().as_str() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            "h2c" => Scheme::H2c,
+            _ => return Err(format!("`{v}` is not a scheme; use http, https or h2c")),
+        };
+        Ok(())
+    });
+    field("network", &mut |v| {
+        spec.network = Some(v.trim().to_string());
+        Ok(())
+    });
+    field("upstream", &mut |v| {
+        spec.upstream = parse_upstream(v)?;
+        Ok(())
+    });
+    field("balance", &mut |v| {
+        spec.balance = match v.trim().to_ascii_lowercase().as_str() {
+            "leastconn" => Balance::LeastConn,
+            "roundrobin" => Balance::RoundRobin,
+            "random" => Balance::Random,
+            "source" => Balance::Source,
+            _ => {
+                return Err(format!(
+                    "`{v}` is not a balance; use leastconn, roundrobin, random or source"
+                ))
+            }
+        };
+        Ok(())
+    });
+    field("entrypoints", &mut |v| {
+        let eps = values::list(v);
+        if eps.is_empty() {
+            return Err("the entrypoint list is empty".into());
+        }
+        spec.entrypoints = Some(eps);
+        Ok(())
+    });
+    field("sticky.type", &mut |v| {
+        spec.sticky.kind = match v.trim().to_ascii_lowercase().as_str() {
+            "none" => StickyType::None,
+            "cookie" => StickyType::Cookie,
+            "source" => StickyType::Source,
+            _ => return Err(format!("`{v}` is not a sticky type; use none, cookie or source")),
+        };
+        Ok(())
+    });
+    field("sticky.cookie", &mut |v| {
+        // RFC 6265 §4.1.1: a cookie name is an RFC 7230 token.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if v.is_empty() || !v.bytes().all(token) {
+            return Err(format!("`{v}` is not a valid cookie name"));
+        }
+        spec.sticky.cookie = v.to_string();
+        Ok(())
+    });
+    field("sticky.mode", &mut |v| {
+        spec.sticky.mode = match v.trim().to_ascii_lowercase().as_str() {
+            "insert" => StickyMode::Insert,
+            "prefix" => StickyMode::Prefix,
+            _ => return Err(format!("`{v}` is not a sticky mode; use insert or prefix")),
+        };
+        Ok(())
+    });
+    field("sticky.ttl", &mut |v| {
+        spec.sticky.ttl = values::positive_duration(v)?;
+        Ok(())
+    });
+
+    let mut hc = HealthCheck {
+        path: String::new(),
+        method: "HEAD".into(),
+        host: None,
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(2),
+        rise: 2,
+        fall: 3,
+        expect: vec![(200, 399)],
+    };
+    field("healthcheck.path", &mut |v| {
+        if !v.starts_with('/') {
+            return Err(format!("`{v}` is not a path (it must start with `/`)"));
+        }
+        hc.path = v.to_string();
+        Ok(())
+    });
+    field("healthcheck.method", &mut |v| {
+        hc.method = match v.trim().to_ascii_uppercase().as_str() {
+            m @ ("HEAD" | "GET") => m.to_string(),
+            _ => return Err(format!("`{v}` is not a health check method; use HEAD or GET")),
+        };
+        Ok(())
+    });
+    field("healthcheck.host", &mut |v| {
+        hc.host = Some(values::host_pattern(v)?);
+        Ok(())
+    });
+    field("healthcheck.interval", &mut |v| {
+        hc.interval = values::positive_duration(v)?;
+        Ok(())
+    });
+    field("healthcheck.timeout", &mut |v| {
+        hc.timeout = values::positive_duration(v)?;
+        Ok(())
+    });
+    field("healthcheck.rise", &mut |v| {
+        hc.rise = at_least_one(v, "rise")?;
+        Ok(())
+    });
+    field("healthcheck.fall", &mut |v| {
+        hc.fall = at_least_one(v, "fall")?;
+        Ok(())
+    });
+    field("healthcheck.expect", &mut |v| {
+        hc.expect = values::status_list(v)?;
+        Ok(())
+    });
+
+    field("tls", &mut |v| {
+        spec.tls = match v.trim().to_ascii_lowercase().as_str() {
+            "acme" => TlsMode::Acme,
+            "none" => TlsMode::None,
+            _ => return Err(format!("`{v}` is not a TLS mode; use acme or none")),
+        };
+        Ok(())
+    });
+    field("https_redirect", &mut |v| {
+        spec.https_redirect = values::boolean(v)?;
+        Ok(())
+    });
+    field("hsts.max_age", &mut |v| {
+        spec.hsts.max_age = values::number(v, "max-age in seconds")?;
+        Ok(())
+    });
+    field("hsts.subdomains", &mut |v| {
+        spec.hsts.subdomains = values::boolean(v)?;
+        Ok(())
+    });
+    field("hsts.preload", &mut |v| {
+        spec.hsts.preload = values::boolean(v)?;
+        Ok(())
+    });
+
+    let mut rl_rate = None;
+    let mut rl_burst = None;
+    let mut rl_key = RateKey::Source;
+    field("ratelimit.rate", &mut |v| {
+        rl_rate = Some(values::rate(v)?);
+        Ok(())
+    });
+    field("ratelimit.burst", &mut |v| {
+        rl_burst = Some(at_least_one(v, "burst")?);
+        Ok(())
+    });
+    field("ratelimit.key", &mut |v| {
+        let v = v.trim();
+        rl_key = match v.to_ascii_lowercase().as_str() {
+            "source" => RateKey::Source,
+            "route" => RateKey::Route,
+            lower => match lower.strip_prefix("header:") {
+                Some(name) if http_token(name) => RateKey::Header(name.to_string()),
+                _ => {
+                    return Err(format!(
+                        "`{v}` is not a rate-limit key; use source, route or header:NAME"
+                    ))
+                }
+            },
+        };
+        Ok(())
+    });
+    field("maxconn", &mut |v| {
+        spec.maxconn = Some(at_least_one(v, "maxconn")?);
+        Ok(())
+    });
+
+    if !hc.path.is_empty() {
+        spec.healthcheck = Some(hc);
+    } else if get.keys().any(|k| k.starts_with("healthcheck.")) {
+        problems.push(KeyProblem {
+            key: "healthcheck.path".into(),
+            message: "health check settings given without `healthcheck.path`, which enables them"
+                .into(),
+        });
+    }
+    match rl_rate {
+        Some(per_second) => {
+            spec.ratelimit = Some(RateLimit {
+                per_second,
+                burst: rl_burst.unwrap_or_else(|| (per_second.ceil() as u32).max(1)),
+                key: rl_key,
+            })
+        }
+        None if get.contains_key("ratelimit.burst") || get.contains_key("ratelimit.key") => {
+            problems.push(KeyProblem {
+                key: "ratelimit".into(),
+                message: "rate-limit settings given without a rate".into(),
+            })
+        }
+        None => {}
+    }
+    if spec.hosts.is_empty() && !get.contains_key("host") {
+        problems.push(KeyProblem {
+            key: "host".into(),
+            message: "required: the host name(s) this route answers".into(),
+        });
+    }
+    if upstream_required && spec.upstream == Upstream::Provided && !get.contains_key("upstream") {
+        problems.push(KeyProblem {
+            key: "upstream".into(),
+            message: "required: `static:ADDR:PORT,...` or `dns:NAME:PORT`".into(),
+        });
+    }
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(problems)
+    }
+}
+
+fn at_least_one(v: &str, what: &str) -> Result<u32, String> {
+    match values::number::<u32>(v, what)? {
+        0 => Err(format!("{what} must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `static:10.0.0.5:80,[2001:db8::1]:80` or `dns:name:port`.
+pub fn parse_upstream(v: &str) -> Result<Upstream, String> {
+    let v = v.trim();
+    if let Some(list) = v.strip_prefix("static:") {
+        let mut addrs = Vec::new();
+        for a in values::list(list) {
+            addrs.push(a.parse::<SocketAddr>().map_err(|_| {
+                format!("`{a}` is not an address with a port (e.g. 10.0.0.5:80 or [::1]:80)")
+            })?);
+        }
+        if addrs.is_empty() {
+            return Err("`static:` needs at least one address".into());
+        }
+        Ok(Upstream::Static(addrs))
+    } else if let Some(rest) = v.strip_prefix("dns:") {
+        let (name, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{v}` needs a port: `dns:NAME:PORT`"))?;
+        let port: u16 = values::number(port, "port")?;
+        let name = values::host_pattern(name)?;
+        if name.contains('*') || port == 0 {
+            return Err(format!("`{v}` is not a resolvable name and port"));
+        }
+        Ok(Upstream::Dns { name, port })
+    } else {
+        Err(format!(
+            "`{v}` is not an upstream; write `static:ADDR:PORT,...` or `dns:NAME:PORT`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn full_route() {
+        let r = parse_route(
+            "r",
+            &kv(&[
+                ("host", "a.example.org, B.example.org"),
+                ("path", "/api"),
+                ("upstream", "static:10.0.0.5:80,[::1]:81"),
+                ("balance", "roundrobin"),
+                ("sticky", "cookie"),
+                ("sticky.cookie", "JSESSIONID"),
+                ("sticky.mode", "prefix"),
+                ("healthcheck.path", "/health"),
+                ("healthcheck.rise", "3"),
+                ("hsts", "0"),
+                ("ratelimit", "100/s"),
+                ("ratelimit.key", "header:X-Api-Key"),
+                ("maxconn", "100"),
+                ("https_redirect", "false"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.hosts, vec!["a.example.org", "b.example.org"]);
+        assert_eq!(r.path, "/api");
+        assert_eq!(
+            r.upstream,
+            Upstream::Static(vec!["10.0.0.5:80".parse().unwrap(), "[::1]:81".parse().unwrap()])
+        );
+        assert_eq!(r.balance, Balance::RoundRobin);
+        assert_eq!(r.sticky.kind, StickyType::Cookie);
+        assert_eq!(r.sticky.mode, StickyMode::Prefix);
+        assert_eq!(r.healthcheck.as_ref().unwrap().rise, 3);
+        assert_eq!(r.healthcheck.as_ref().unwrap().fall, 3);
+        assert_eq!(r.hsts.header_value(), None);
+        let rl = r.ratelimit.unwrap();
+        assert_eq!((rl.per_second, rl.burst), (100.0, 100));
+        assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
+        assert_eq!(r.maxconn, Some(100));
+        assert!(!r.https_redirect);
+    }
+
+    #[test]
+    fn defaults() {
+        let r = parse_route(
+            "r",
+            &kv(&[("host", "h.example"), ("upstream", "dns:app:8080")]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.path, "/");
+        assert_eq!(r.balance, Balance::LeastConn);
+        assert_eq!(r.tls, TlsMode::Acme);
+        assert_eq!(r.hsts.header_value().unwrap(), "max-age=63072000");
+        assert_eq!(
+            r.upstream,
+            Upstream::Dns {
+                name: "app".into(),
+                port: 8080
+            }
+        );
+    }
+
+    #[test]
+    fn collects_every_problem_with_hints() {
+        let e = parse_route(
+            "r",
+            &kv(&[
+                ("host", "a b"),
+                ("helthcheck.path", "/"),
+                ("port", "99999"),
+                ("balance", "fastest"),
+            ]),
+            true,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = e.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"host"), "{e:?}");
+        assert!(keys.contains(&"port"));
+        assert!(keys.contains(&"balance"));
+        assert!(keys.contains(&"upstream"));
+        let hint = e.iter().find(|p| p.key == "helthcheck.path").unwrap();
+        assert!(hint.message.contains("did you mean `healthcheck.path`"));
+    }
+
+    #[test]
+    fn bad_upstreams() {
+        assert!(parse_upstream("10.0.0.1:80").is_err());
+        assert!(parse_upstream("static:").is_err());
+        assert!(parse_upstream("static:host:80").is_err());
+        assert!(parse_upstream("dns:app").is_err());
+        assert!(parse_upstream("dns:*.app:80").is_err());
+    }
+}

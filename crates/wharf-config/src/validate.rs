@@ -1,0 +1,825 @@
+//! Raw file types → the validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use wharf_table::EntrypointMask;
+
+use crate::file::FileConfig;
+use crate::route::{self, RouteSpec, StickyType};
+use crate::{env, values, ConfigError, Problem};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any (SIGHUP re-reads it).
+    pub source: Option<PathBuf>,
+    pub entrypoints: Vec<Entrypoint>,
+    pub admin: AdminConfig,
+    pub runtime: RuntimeConfig,
+    pub upstream: UpstreamConfig,
+    pub tls: Vec<CertPaths>,
+    pub acme: AcmeConfig,
+    pub docker: DockerConfig,
+    pub dns: DnsConfig,
+    pub sticky: StickyConfig,
+    pub routes: Vec<RouteSpec>,
+    /// Things worth a log line that do not stop the config (unknown `WHARF_*`
+    /// variables, a missing sticky secret).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entrypoint {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: bool,
+    pub redirect_https: bool,
+    /// `Some(trusted sources)` when the PROXY protocol is accepted.
+    pub proxy_protocol: Option<Vec<IpNet>>,
+    /// Peers whose `X-Forwarded-For` is extended rather than replaced.
+    pub forwarded_trusted: Vec<IpNet>,
+    /// HTTP/2 from clients (h2c prior knowledge on plain entrypoints).
+    pub http2: bool,
+    /// Time allowed to read a request head; on HTTP/1.1 it also bounds an idle
+    /// keep-alive connection (HAProxy's `timeout http-keep-alive` defaults to its
+    /// `timeout http-request` the same way).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted; larger gets 431.
+    pub max_header_size: usize,
+    /// Most header fields accepted; more gets 431.
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// 0 = one per CPU.
+    pub worker_threads: usize,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Time from sending a request to receiving the response head (504 after).
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection to a backend is kept.
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Http01,
+    TlsAlpn01,
+    Dns01,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    File(PathBuf),
+    Swarm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeDns {
+    pub server: SocketAddr,
+    pub zone: String,
+    pub key_name: Option<String>,
+    pub key_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// No email: no certificate is ordered (self-signed meanwhile).
+    pub email: Option<String>,
+    pub directory: String,
+    pub challenge: Challenge,
+    pub ca_roots: Vec<PathBuf>,
+    pub storage: Storage,
+    pub dns: Option<AcmeDns>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerMode {
+    Auto,
+    Swarm,
+    Containers,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    pub endpoint: String,
+    pub mode: DockerMode,
+    pub network: String,
+    pub exposed_by_default: bool,
+    pub traefik_labels: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub nameservers: Vec<SocketAddr>,
+    pub refresh: Duration,
+    pub hold_valid: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub secret: Option<String>,
+}
+
+impl Config {
+    /// The built-in defaults (SPEC: "With no config file at all").
+    pub fn defaults() -> Config {
+        match crate::parse("", "defaults", std::iter::empty()) {
+            Ok(c) => c,
+            // The empty document is valid by construction; a failure is a bug in the
+            // defaults themselves, caught by the `defaults_are_valid` test.
+            Err(e) => unreachable!("built-in defaults are invalid: {e}"),
+        }
+    }
+
+    /// The index of an entrypoint by name (the table's entrypoint id).
+    pub fn entrypoint_index(&self, name: &str) -> Option<usize> {
+        self.entrypoints.iter().position(|e| e.name == name)
+    }
+
+    /// The entrypoint mask of a route.
+    pub fn route_mask(&self, route: &RouteSpec) -> EntrypointMask {
+        match &route.entrypoints {
+            None => EntrypointMask::ALL,
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.entrypoint_index(n))
+                .fold(EntrypointMask::none(), EntrypointMask::with),
+        }
+    }
+}
+
+const DEFAULT_ENTRYPOINTS: &str = r#"
+[entrypoints.web]
+address = "[::]:80"
+redirect_https = true
+
+[entrypoints.websecure]
+address = "[::]:443"
+tls = true
+"#;
+
+/// Collects problems with their key paths while validating.
+struct Checker<'a> {
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, key: &str, message: impl Into<String>) {
+        let line = self.line_of(key);
+        self.problems.push(Problem {
+            key: key.to_string(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// Finds the line of a dotted path like `routes[2].sticky.cookie` (or its
+    /// nearest ancestor present in the file).
+    fn line_of(&self, key: &str) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let raw = doc.raw();
+        let mut item: Option<&toml_edit::Item> = None;
+        let mut best = None;
+        for seg in key.split('.') {
+            let (name, index) = match seg.split_once('[') {
+                Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (seg, None),
+            };
+            let next = match item {
+                None => doc.as_table().get(name),
+                Some(it) => it.get(name),
+            };
+            let Some(mut next) = next else { break };
+            if let Some(i) = index {
+                match next.get(i) {
+                    Some(n) => next = n,
+                    None => break,
+                }
+            }
+            if let Some(span) = next.span() {
+                best = Some(span.start);
+            } else if let Some(t) = next.as_table().and_then(|t| t.span()) {
+                best = Some(t.start);
+            }
+            item = Some(next);
+        }
+        best.map(|offset| line_at(raw, offset))
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v.map(|s| values::positive_duration(s)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.fail(key, e);
+                default
+            }
+        }
+    }
+
+    fn cidrs(&mut self, key: &str, list: &[String]) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, c) in list.iter().enumerate() {
+            let c = c.trim();
+            // A bare address is a /32 or /128, as HAProxy and Traefik accept.
+            let parsed = c
+                .parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(n) => out.push(n),
+                Err(_) => self.fail(
+                    &format!("{key}[{i}]"),
+                    format!("`{c}` is not a CIDR (e.g. 10.0.0.0/8) or an address"),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// `[::]:80`, `0.0.0.0:80`, `127.0.0.1:8082`, or `:80` (all interfaces, dual-stack).
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let full = if s.starts_with(':') {
+        format!("[::]{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        format!("`{s}` is not a listen address; write IP:PORT, e.g. `[::]:80` or `127.0.0.1:8082`")
+    })
+}
+
+/// Flattens a route table into `(key, value)` pairs for the shared route parser.
+fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let scalar = |v: &toml::Value| -> Result<String, String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                other => Err(format!(
+                    "`{key}`: expected a string, number or boolean, found a {}",
+                    other.type_str()
+                )),
+            }
+        };
+        match v {
+            toml::Value::Table(inner) => flatten(&key, inner, out)?,
+            toml::Value::Array(items) => {
+                let parts: Result<Vec<_>, _> = items.iter().map(scalar).collect();
+                out.push((key.clone(), parts?.join(",")));
+            }
+            other => out.push((key.clone(), scalar(other)?)),
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based line of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+fn toml_problem(origin: &str, text: &str, e: &toml::de::Error, key: &str) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| line_at(text, s.start));
+    ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems: vec![Problem {
+            key: key.to_string(),
+            line,
+            message: e.message().trim().to_string(),
+        }],
+    }
+}
+
+pub(crate) fn parse(
+    text: &str,
+    origin: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    // Pass 1, on the text alone: syntax and unknown keys, with exact lines.
+    let mut raw: toml::Table = text
+        .parse()
+        .map_err(|e| toml_problem(origin, text, &e, "(syntax)"))?;
+    toml::from_str::<FileConfig>(text).map_err(|e| toml_problem(origin, text, &e, "(schema)"))?;
+
+    // Built-in entrypoints when the file names none (SPEC: "With no config file at
+    // all, `wharf run` listens on `[::]:80` and `[::]:443`"); added before the
+    // overrides so `WHARF_ENTRYPOINTS_WEB_ADDRESS` adjusts a default.
+    if !raw.contains_key("entrypoints") {
+        let defaults: toml::Table = DEFAULT_ENTRYPOINTS
+            .parse()
+            .map_err(|e| toml_problem("defaults", DEFAULT_ENTRYPOINTS, &e, "(syntax)"))?;
+        raw.extend(defaults);
+    }
+
+    // Pass 2: environment overrides on top, checked by the same types.
+    let env_report = env::apply(&mut raw, vars).map_err(|message| ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems: vec![Problem {
+            key: "(environment)".into(),
+            line: None,
+            message,
+        }],
+    })?;
+    let file = FileConfig::deserialize(raw).map_err(|e| ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems: vec![Problem {
+            key: "(environment)".into(),
+            line: None,
+            message: format!(
+                "after overrides from {}: {}",
+                env_report
+                    .applied
+                    .iter()
+                    .map(|(v, _)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                e.message().trim()
+            ),
+        }],
+    })?;
+
+    let mut ck = Checker {
+        doc: toml_edit::ImDocument::parse(text).ok(),
+        problems: Vec::new(),
+    };
+    let mut warnings: Vec<String> = env_report
+        .unknown
+        .iter()
+        .map(|v| format!("environment variable {v} names no config key; ignored"))
+        .collect();
+
+    // Entrypoints.
+    let file_eps = file.entrypoints;
+    if file_eps.len() > EntrypointMask::MAX_ENTRYPOINTS {
+        ck.fail(
+            "entrypoints",
+            format!(
+                "at most {} entrypoints are supported",
+                EntrypointMask::MAX_ENTRYPOINTS
+            ),
+        );
+    }
+    let mut entrypoints = Vec::new();
+    for (name, ep) in &file_eps {
+        let k = |s: &str| format!("entrypoints.{name}.{s}");
+        let address = match ep.address.as_deref().map(socket_addr) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                ck.fail(&k("address"), e);
+                continue;
+            }
+            None => {
+                ck.fail(&k("address"), "required");
+                continue;
+            }
+        };
+        let tls = ep.tls.unwrap_or(false);
+        let redirect_https = ep.redirect_https.unwrap_or(false);
+        if tls && redirect_https {
+            ck.fail(
+                &k("redirect_https"),
+                "a TLS entrypoint cannot redirect to HTTPS",
+            );
+        }
+        let proxy_protocol = ep
+            .proxy_protocol
+            .as_ref()
+            .map(|p| ck.cidrs(&k("proxy_protocol.trusted"), &p.trusted));
+        let forwarded_trusted =
+            ck.cidrs(&k("forwarded_trusted"), ep.forwarded_trusted.as_deref().unwrap_or(&[]));
+        let header_read_timeout = ck.duration(
+            &k("header_read_timeout"),
+            ep.header_read_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let max_header_size = ep.max_header_size.unwrap_or(64 * 1024);
+        if !(8192..=1024 * 1024).contains(&max_header_size) {
+            ck.fail(
+                &k("max_header_size"),
+                "must be between 8192 and 1048576 bytes",
+            );
+        }
+        let max_headers = ep.max_headers.unwrap_or(100);
+        if !(8..=10_000).contains(&max_headers) {
+            ck.fail(&k("max_headers"), "must be between 8 and 10000");
+        }
+        entrypoints.push(Entrypoint {
+            name: name.clone(),
+            address,
+            tls,
+            redirect_https,
+            proxy_protocol,
+            forwarded_trusted,
+            http2: ep.http2.unwrap_or(true),
+            header_read_timeout,
+            max_header_size,
+            max_headers,
+        });
+    }
+    for (i, a) in entrypoints.iter().enumerate() {
+        if let Some(b) = entrypoints[..i].iter().find(|b| b.address == a.address) {
+            let msg = format!("{} is also the address of entrypoint `{}`", a.address, b.name);
+            ck.fail(&format!("entrypoints.{}.address", a.name), msg);
+        }
+    }
+
+    let admin_address = file.admin.and_then(|a| a.address);
+    let admin = AdminConfig {
+        address: match admin_address.as_deref().map(socket_addr) {
+            None => SocketAddr::from(([127, 0, 0, 1], 8082)),
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                ck.fail("admin.address", e);
+                SocketAddr::from(([127, 0, 0, 1], 8082))
+            }
+        },
+    };
+    if let Some(ep) = entrypoints.iter().find(|e| e.address == admin.address) {
+        let msg = format!("{} is also the address of entrypoint `{}`", admin.address, ep.name);
+        ck.fail("admin.address", msg);
+    }
+
+    let rt = file.runtime.unwrap_or_default();
+    let runtime = RuntimeConfig {
+        worker_threads: rt.worker_threads.unwrap_or(0),
+        shutdown_timeout: match rt.shutdown_timeout.as_deref().map(values::duration) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                ck.fail("runtime.shutdown_timeout", e);
+                Duration::from_secs(30)
+            }
+        },
+    };
+    if runtime.worker_threads > 1024 {
+        ck.fail("runtime.worker_threads", "at most 1024");
+    }
+
+    let up = file.upstream.unwrap_or_default();
+    let upstream = UpstreamConfig {
+        connect_timeout: ck.duration(
+            "upstream.connect_timeout",
+            up.connect_timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
+        response_timeout: ck.duration(
+            "upstream.response_timeout",
+            up.response_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        idle_timeout: ck.duration(
+            "upstream.idle_timeout",
+            up.idle_timeout.as_ref(),
+            Duration::from_secs(90),
+        ),
+        max_idle_per_backend: up.max_idle_per_backend.unwrap_or(256),
+    };
+
+    let tls = file
+        .tls
+        .unwrap_or_default()
+        .certificates
+        .into_iter()
+        .map(|c| CertPaths {
+            cert: c.cert.into(),
+            key: c.key.into(),
+        })
+        .collect();
+
+    let fa = file.acme.unwrap_or_default();
+    let challenge = match fa.challenge.as_deref().unwrap_or("http-01") {
+        "http-01" => Challenge::Http01,
+        "tls-alpn-01" => Challenge::TlsAlpn01,
+        "dns-01" => Challenge::Dns01,
+        other => {
+            ck.fail(
+                "acme.challenge",
+                format!("`{other}` is not a challenge; use http-01, tls-alpn-01 or dns-01"),
+            );
+            Challenge::Http01
+        }
+    };
+    let storage = match fa.storage.as_deref().unwrap_or("file:/var/lib/wharf/acme") {
+        "swarm" => Storage::Swarm,
+        s => match s.strip_prefix("file:") {
+            Some(dir) if !dir.is_empty() => Storage::File(dir.into()),
+            _ => {
+                ck.fail(
+                    "acme.storage",
+                    format!("`{s}` is not a storage; use `file:DIR` or `swarm`"),
+                );
+                Storage::File("/var/lib/wharf/acme".into())
+            }
+        },
+    };
+    let dns01 = fa.dns.map(|d| {
+        let server = match d.server.as_deref().map(socket_addr) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                ck.fail("acme.dns.server", e);
+                SocketAddr::from(([127, 0, 0, 1], 53))
+            }
+            None => {
+                ck.fail("acme.dns.server", "required for DNS-01");
+                SocketAddr::from(([127, 0, 0, 1], 53))
+            }
+        };
+        AcmeDns {
+            server,
+            zone: d.zone.unwrap_or_default(),
+            key_name: d.key_name,
+            key_secret: d.key_secret,
+        }
+    });
+    if challenge == Challenge::Dns01 && dns01.is_none() {
+        ck.fail("acme.dns", "challenge = \"dns-01\" needs [acme.dns] server and zone");
+    }
+    if let Some(email) = &fa.email {
+        if !email.contains('@') {
+            ck.fail("acme.email", format!("`{email}` is not an email address"));
+        }
+    }
+    let acme = AcmeConfig {
+        email: fa.email.filter(|e| !e.is_empty()),
+        directory: fa
+            .directory
+            .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".into()),
+        challenge,
+        ca_roots: fa
+            .ca_roots
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        storage,
+        dns: dns01,
+    };
+
+    let fd = file.docker.unwrap_or_default();
+    let docker = DockerConfig {
+        endpoint: fd
+            .endpoint
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
+        mode: match fd.mode.as_deref().unwrap_or("auto") {
+            "auto" => DockerMode::Auto,
+            "swarm" => DockerMode::Swarm,
+            "containers" => DockerMode::Containers,
+            "off" => DockerMode::Off,
+            other => {
+                ck.fail(
+                    "docker.mode",
+                    format!("`{other}` is not a mode; use auto, swarm, containers or off"),
+                );
+                DockerMode::Auto
+            }
+        },
+        network: fd.network.unwrap_or_else(|| "wharf-public".into()),
+        exposed_by_default: fd.exposed_by_default.unwrap_or(false),
+        traefik_labels: fd.traefik_labels.unwrap_or(true),
+    };
+
+    let fdns = file.dns.unwrap_or_default();
+    let mut nameservers = Vec::new();
+    for (i, ns) in fdns
+        .nameservers
+        .unwrap_or_else(|| vec!["127.0.0.11:53".into()])
+        .iter()
+        .enumerate()
+    {
+        // A bare address means port 53.
+        let parsed = socket_addr(ns).or_else(|e| {
+            ns.trim()
+                .parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .map_err(|_| e)
+        });
+        match parsed {
+            Ok(a) => nameservers.push(a),
+            Err(e) => ck.fail(&format!("dns.nameservers[{i}]"), e),
+        }
+    }
+    let dns = DnsConfig {
+        nameservers,
+        refresh: ck.duration("dns.refresh", fdns.refresh.as_ref(), Duration::from_secs(5)),
+        hold_valid: ck.duration(
+            "dns.hold_valid",
+            fdns.hold_valid.as_ref(),
+            Duration::from_secs(300),
+        ),
+    };
+
+    let sticky = StickyConfig {
+        secret: file.sticky.and_then(|s| s.secret).filter(|s| !s.is_empty()),
+    };
+
+    // Routes, through the same parser as labels.
+    let mut routes: Vec<RouteSpec> = Vec::new();
+    for (i, table) in file.routes.iter().enumerate() {
+        let base = format!("routes[{i}]");
+        let mut pairs = Vec::new();
+        if let Err(e) = flatten("", table, &mut pairs) {
+            ck.fail(&base, e);
+            continue;
+        }
+        let placeholder = format!("\u{0}{i}");
+        match route::parse_route(&placeholder, &pairs, true) {
+            Ok(mut spec) => {
+                if spec.name == placeholder {
+                    spec.name = format!("{}{}", spec.hosts[0], spec.path);
+                }
+                if let Some(eps) = &spec.entrypoints {
+                    for ep in eps {
+                        if !entrypoints.iter().any(|e| &e.name == ep) {
+                            let names: Vec<_> =
+                                entrypoints.iter().map(|e| e.name.as_str()).collect();
+                            ck.fail(
+                                &format!("{base}.entrypoints"),
+                                format!(
+                                    "no entrypoint named `{ep}` (have: {})",
+                                    names.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+                if let Some(other) = routes.iter().find(|r| r.name == spec.name) {
+                    let msg = format!(
+                        "route name `{}` is used twice; give one a distinct `name`",
+                        other.name
+                    );
+                    ck.fail(&format!("{base}.name"), msg);
+                }
+                routes.push(spec);
+            }
+            Err(problems) => {
+                for p in problems {
+                    ck.fail(&format!("{base}.{}", p.key), p.message);
+                }
+            }
+        }
+    }
+
+    if sticky.secret.is_none() && routes.iter().any(|r| r.sticky.kind == StickyType::Cookie) {
+        warnings.push(
+            "[sticky] secret is not set: sticky cookies use a random per-process key and will \
+             not agree across replicas or restarts"
+                .into(),
+        );
+    }
+
+    if !ck.problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            origin: origin.to_string(),
+            problems: ck.problems,
+        });
+    }
+    Ok(Config {
+        source: None,
+        entrypoints,
+        admin,
+        runtime,
+        upstream,
+        tls,
+        acme,
+        docker,
+        dns,
+        sticky,
+        routes,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        crate::parse(text, "test.toml", std::iter::empty()).unwrap()
+    }
+
+    fn parse_err(text: &str) -> Vec<Problem> {
+        match crate::parse(text, "test.toml", std::iter::empty()) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.entrypoints.len(), 2);
+        assert_eq!(c.entrypoints[0].name, "web");
+        assert_eq!(c.entrypoints[0].address, "[::]:80".parse().unwrap());
+        assert!(c.entrypoints[0].redirect_https);
+        assert!(c.entrypoints[1].tls);
+        assert_eq!(c.admin.address, "127.0.0.1:8082".parse().unwrap());
+        assert_eq!(c.runtime.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.dns.nameservers, vec!["127.0.0.11:53".parse().unwrap()]);
+        assert!(c.acme.email.is_none());
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let text = include_str!("../../../config/example.toml");
+        let c = parse_ok(text);
+        assert_eq!(c.routes.len(), 1);
+        let r = &c.routes[0];
+        assert_eq!(r.hosts, vec!["legacy.example.org"]);
+        assert_eq!(r.maxconn, Some(100));
+        assert_eq!(c.entrypoints.len(), 2);
+        let ws = c.entrypoints.iter().find(|e| e.name == "websecure").unwrap();
+        assert_eq!(ws.proxy_protocol.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let p = parse_err("[admin]\naddress = \"127.0.0.1:1\"\n\n[runtime]\nworkers = 2\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, Some(5), "{p:?}");
+        assert!(p[0].message.contains("workers"), "{p:?}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let p = parse_err("[admin]\naddress = \n");
+        assert_eq!(p[0].line, Some(2), "{p:?}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let p = parse_err(
+            "[entrypoints.web]\naddress = \"nowhere\"\n\n[[routes]]\nhost = \"a.example\"\nupstream = \"static:10.0.0.1:80\"\n\n[[routes]]\nhost = \"b.example\"\nbalance = \"fast\"\nupstream = \"static:10.0.0.1:80\"\n",
+        );
+        let addr = p.iter().find(|p| p.key == "entrypoints.web.address").unwrap();
+        assert_eq!(addr.line, Some(2));
+        let bal = p.iter().find(|p| p.key == "routes[1].balance").unwrap();
+        assert_eq!(bal.line, Some(10), "{p:?}");
+    }
+
+    #[test]
+    fn route_entrypoints_must_exist_and_names_be_unique() {
+        let p = parse_err(
+            "[entrypoints.web]\naddress = \":80\"\n[[routes]]\nhost = \"a\"\nupstream = \"static:10.0.0.1:80\"\nentrypoints = [\"nope\"]\n[[routes]]\nhost = \"a\"\nupstream = \"static:10.0.0.1:80\"\n",
+        );
+        assert!(p.iter().any(|p| p.key == "routes[0].entrypoints"));
+        assert!(p.iter().any(|p| p.key == "routes[1].name"));
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_validated() {
+        let c = crate::parse(
+            "",
+            "t",
+            vec![
+                ("WHARF_ADMIN_ADDRESS".to_string(), "127.0.0.1:9999".to_string()),
+                ("WHARF_ENTRYPOINTS_WEB_ADDRESS".to_string(), "127.0.0.1:8080".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.admin.address, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(c.entrypoints[0].address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.entrypoints[1].name, "websecure");
+        let e = crate::parse(
+            "",
+            "t",
+            vec![("WHARF_ADMIN_ADDRESS".to_string(), "bogus".to_string())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("admin.address"), "{e}");
+    }
+}

@@ -1,0 +1,171 @@
+//! Parsers for the small value languages of the configuration: durations, booleans,
+//! rates, status lists, host names. Shared by the file and by labels so both accept
+//! exactly the same spellings.
+
+use std::time::Duration;
+
+/// `10s`, `500ms`, `5m`, `3h`, `1h30m` (humantime's syntax).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. `10s`, `500ms`, `5m`"))
+}
+
+/// Like [`duration`] but refuses zero, for timeouts and intervals.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be longer than zero"));
+    }
+    Ok(d)
+}
+
+pub fn boolean(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean; write `true` or `false`")),
+    }
+}
+
+pub fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a valid {what}"))
+}
+
+/// A rate `N/s`, `N/m` or `N/h`, returned as requests per second.
+pub fn rate(s: &str) -> Result<f64, String> {
+    let err = || format!("`{s}` is not a rate; write `N/s`, `N/m` or `N/h` with N > 0");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(err)?;
+    let n: f64 = n.trim().parse::<u32>().map_err(|_| err())?.into();
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    if n <= 0.0 {
+        return Err(err());
+    }
+    Ok(n / per)
+}
+
+/// An accepted-status list like `2xx,3xx` or `200,204`, as inclusive ranges.
+pub fn status_list(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("`{part}` is not a status or class; write e.g. `200` or `2xx`");
+        if let Some(class) = part
+            .strip_suffix("xx")
+            .or_else(|| part.strip_suffix("XX"))
+        {
+            let c: u16 = class.parse().map_err(|_| bad())?;
+            if !(1..=5).contains(&c) {
+                return Err(bad());
+            }
+            out.push((c * 100, c * 100 + 99));
+        } else {
+            let code: u16 = part.parse().map_err(|_| bad())?;
+            if !(100..=599).contains(&code) {
+                return Err(bad());
+            }
+            out.push((code, code));
+        }
+    }
+    if out.is_empty() {
+        return Err("the status list is empty".into());
+    }
+    Ok(out)
+}
+
+/// Validates and normalises one host pattern: `example.org`, `*.example.org` or `*`.
+pub fn host_pattern(raw: &str) -> Result<String, String> {
+    let h = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    if h == "*" {
+        return Ok(h);
+    }
+    let name = h.strip_prefix("*.").unwrap_or(&h);
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!(
+            "`{raw}` is not a host name (letters, digits, `-`, dots; `*.` only as the first label)"
+        ));
+    }
+    Ok(h)
+}
+
+/// A comma-separated list, trimmed, empty items dropped.
+pub fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Levenshtein distance, for "did you mean" hints on unknown keys.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within an edit distance of 3, if any.
+pub fn suggest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(key, c), c))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_values() {
+        assert_eq!(duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(duration("ten").is_err());
+        assert!(positive_duration("0s").is_err());
+        assert_eq!(rate("100/s").unwrap(), 100.0);
+        assert_eq!(rate("60/m").unwrap(), 1.0);
+        assert!(rate("0/s").is_err());
+        assert!(rate("5/d").is_err());
+        assert_eq!(status_list("2xx,3xx").unwrap(), vec![(200, 299), (300, 399)]);
+        assert_eq!(status_list("200, 204").unwrap(), vec![(200, 200), (204, 204)]);
+        assert!(status_list("9xx").is_err());
+        assert!(status_list("").is_err());
+        assert_eq!(host_pattern("A.Example.org.").unwrap(), "a.example.org");
+        assert_eq!(host_pattern("*.example.org").unwrap(), "*.example.org");
+        assert!(host_pattern("a.*.org").is_err());
+        assert!(host_pattern("a b").is_err());
+        assert!(host_pattern("example.org:80").is_err());
+        assert!(boolean("TRUE").unwrap());
+        assert!(boolean("yes").is_err());
+    }
+
+    #[test]
+    fn suggests() {
+        assert_eq!(
+            suggest("helthcheck.path", ["healthcheck.path", "host"]),
+            Some("healthcheck.path")
+        );
+        assert_eq!(suggest("zzzzzzzz", ["host"]), None);
+    }
+}
