@@ -158,8 +158,9 @@ impl BackendRegistry {
 pub struct Backend {
     pub addr: SocketAddr,
     pub scheme: Scheme,
-    /// `scheme://addr`, built once so the hot path never formats it.
-    pub base_uri: Box<str>,
+    /// URI parts built once so the hot path never formats an address.
+    pub uri_scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
     pub state: Arc<BackendState>,
 }
 
@@ -176,14 +177,19 @@ impl fmt::Debug for Backend {
 
 impl Backend {
     pub(crate) fn new(def: &BackendDef, state: Arc<BackendState>) -> Self {
-        let scheme = match def.scheme {
-            Scheme::Https => "https",
-            Scheme::Http | Scheme::H2c => "http",
+        let uri_scheme = match def.scheme {
+            Scheme::Https => http::uri::Scheme::HTTPS,
+            Scheme::Http | Scheme::H2c => http::uri::Scheme::HTTP,
         };
+        // A socket address always renders as a valid authority (`1.2.3.4:80`,
+        // `[::1]:80`); the fallback is unreachable but keeps this panic-free.
+        let authority = http::uri::Authority::try_from(def.addr.to_string())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid"));
         Backend {
             addr: def.addr,
             scheme: def.scheme,
-            base_uri: format!("{scheme}://{}", def.addr).into_boxed_str(),
+            uri_scheme,
+            authority,
             state,
         }
     }

@@ -1,0 +1,57 @@
+//! The response body type: the backend's body streamed through (never buffered),
+//! holding the backend's in-flight count until the last byte, or a small body of
+//! our own.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use wharf_table::InflightGuard;
+
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// A backend's response body plus the guard that counts it as in flight.
+pub struct UpstreamBody {
+    inner: Incoming,
+    _guard: InflightGuard,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, guard: InflightGuard) -> Self {
+        UpstreamBody {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A small body of our own (redirects, errors).
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Either::Right(Full::new(b.into()))
+}

@@ -1,0 +1,223 @@
+//! One request: route it, pick a backend, rewrite headers, forward, stream back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::debug;
+use wharf_table::{normalize_host, InflightGuard, Route, Scheme};
+
+use crate::body::{full, ProxyBody, UpstreamBody};
+use crate::error::ProxyError;
+use crate::headers::{self, ClientInfo};
+use crate::{SharedTable, UpstreamSettings};
+
+type HttpClient = Client<HttpConnector, Incoming>;
+
+/// The ACME HTTP-01 path, never redirected (RFC 8555 §8.3).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Everything a request needs that does not change per request.
+pub struct Forwarder {
+    table: SharedTable,
+    http1: HttpClient,
+    h2c: HttpClient,
+    response_timeout: Duration,
+    /// Port of the first TLS entrypoint, for redirects; `None` means no TLS is
+    /// served, so nothing is redirected.
+    https_port: Option<u16>,
+}
+
+/// Per-connection facts.
+pub struct ConnInfo {
+    pub entrypoint: usize,
+    pub tls: bool,
+    pub redirect_https: bool,
+    pub client: SocketAddr,
+    pub info: ClientInfo,
+}
+
+impl Forwarder {
+    pub fn new(table: SharedTable, up: &UpstreamSettings, https_port: Option<u16>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(up.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(up.idle_timeout)
+            .pool_max_idle_per_host(up.max_idle_per_backend)
+            // We set Host ourselves: the client's Host, not the backend address.
+            .set_host(false)
+            .retry_canceled_requests(true);
+        let http1 = builder.build(connector.clone());
+        builder.http2_only(true);
+        let h2c = builder.build(connector);
+        Forwarder {
+            table,
+            http1,
+            h2c,
+            response_timeout: up.response_timeout,
+            https_port,
+        }
+    }
+
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+        match self.forward(conn, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, client = %conn.client, "request failed");
+                e.into_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // RFC 9112 §3.2: the Host field; an HTTP/2 request carries :authority.
+        let host_value = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
+            None => req
+                .headers()
+                .get(header::HOST)
+                .cloned()
+                .ok_or(ProxyError::BadHost)?,
+        };
+        let route: Arc<Route> = {
+            let raw = host_value.to_str().map_err(|_| ProxyError::BadHost)?;
+            let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
+            let table = self.table.load();
+            let route = table.find(&host, req.uri().path(), conn.entrypoint);
+            let route = route.ok_or(ProxyError::NoRoute)?.clone();
+            // The guard is dropped here, before any await (STYLE habit 3).
+            if conn.redirect_https
+                && route.policy.tls
+                && route.policy.https_redirect
+                && !req.uri().path().starts_with(ACME_CHALLENGE)
+            {
+                if let Some(port) = self.https_port {
+                    return Ok(redirect(&req, &host, port));
+                }
+            }
+            route
+        };
+        let backend = route
+            .backends
+            .pick(conn.client.ip())
+            .ok_or(ProxyError::NoHealthyBackend)?
+            .clone();
+        let guard = InflightGuard::new(backend.state.clone());
+
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::set_forwarded(&mut parts.headers, &conn.info, &host_value);
+        parts.headers.insert(header::HOST, host_value);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(backend.uri_scheme.clone());
+        uri.authority = Some(backend.authority.clone());
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        let client = match backend.scheme {
+            Scheme::Http => {
+                parts.version = Version::HTTP_11;
+                &self.http1
+            }
+            Scheme::H2c => {
+                parts.version = Version::HTTP_2;
+                &self.h2c
+            }
+            Scheme::Https => return Err(ProxyError::UnsupportedScheme("https")),
+        };
+
+        let sent = client.request(Request::from_parts(parts, body));
+        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
+            Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let backend_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
+                        return;
+                    };
+                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                    drop(guard);
+                });
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(parts, full("")));
+            }
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        if conn.tls {
+            if let Some(hsts) = &route.policy.hsts {
+                parts
+                    .headers
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
+        Ok(Response::from_parts(
+            parts,
+            http_body_util::Either::Left(UpstreamBody::new(body, guard)),
+        ))
+    }
+}
+
+/// 301 for GET/HEAD, 308 otherwise so the method and body are kept (RFC 9110
+/// §15.4.9).
+fn redirect(req: &Request<Incoming>, host: &str, port: u16) -> Response<ProxyBody> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let status = if req.method() == http::Method::GET || req.method() == http::Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,224 @@
+//! Header rewriting on the way through: hop-by-hop fields removed and the
+//! `X-Forwarded-*` family set. Header names are constants so the hot path never
+//! parses them.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub const HTTP: HeaderValue = HeaderValue::from_static("http");
+pub const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1; RFC 2616 §13.5.1 for the older names that
+/// clients still send). `TE: trailers` is kept for HTTP/2 and gRPC backends.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+];
+
+/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| connection_lists(v, "upgrade"))
+}
+
+fn connection_lists(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// Removes hop-by-hop fields, including every field named in `Connection`
+/// (RFC 9110 §7.6.1). With `upgrade`, `Connection: upgrade` and `Upgrade` are kept
+/// so the backend sees the upgrade request.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Only names listed in Connection need parsing; the common request has no
+    // Connection field at all, or `keep-alive`/`close`.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if headers.get_all(header::CONNECTION).iter().count() > 1
+            || conn.as_bytes().contains(&b',')
+            || !is_simple_token(conn.as_bytes())
+        {
+            let listed: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|s| s.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in listed {
+                if name == header::HOST || (upgrade && name == header::UPGRADE) {
+                    continue;
+                }
+                headers.remove(&name);
+            }
+        }
+    }
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if headers.contains_key(header::TE) {
+        let trailers_only = headers
+            .get_all(header::TE)
+            .iter()
+            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !trailers_only {
+            headers.remove(header::TE);
+        }
+    }
+    if let Some(u) = upgrade_value {
+        headers.insert(header::CONNECTION, UPGRADE);
+        headers.insert(header::UPGRADE, u);
+    }
+}
+
+fn is_simple_token(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
+/// What the proxy knows about the client of a connection, computed once per
+/// connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client address as a header value (`X-Real-IP`, `X-Forwarded-For`).
+    pub ip: HeaderValue,
+    /// The client may set `X-Forwarded-*` itself (it is in `forwarded_trusted`).
+    pub trusted: bool,
+    /// `http` or `https`.
+    pub proto: HeaderValue,
+}
+
+/// Sets the forwarding headers. From a trusted client, `X-Forwarded-For` is
+/// extended and its `X-Forwarded-Proto`/`-Host` kept; from anyone else they are
+/// replaced, so a client cannot forge its address.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &HeaderValue) {
+    let xff = if client.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined: Vec<u8> = Vec::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(client.ip.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.ip.clone())
+    } else {
+        client.ip.clone()
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, client.proto.clone());
+    }
+    if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
+    headers.insert(&X_REAL_IP, client.ip.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_listed_and_fixed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_host() {
+        let mut h = map(&[("te", "trailers"), ("connection", "host"), ("host", "a")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["host"], "a");
+    }
+
+    #[test]
+    fn keeps_upgrade_when_upgrading() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    fn client(trusted: bool) -> ClientInfo {
+        ClientInfo {
+            ip: HeaderValue::from_static("192.0.2.7"),
+            trusted,
+            proto: HTTP,
+        }
+    }
+
+    #[test]
+    fn forwarded_untrusted_replaces() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        set_forwarded(&mut h, &client(false), &HeaderValue::from_static("a.example"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
+    }
+
+    #[test]
+    fn forwarded_trusted_appends() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, &client(true), &HeaderValue::from_static("a.example"));
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 192.0.2.7"
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

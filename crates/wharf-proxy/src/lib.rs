@@ -1,0 +1,50 @@
+//! The data plane: listeners, the PROXY protocol, the hyper server and pooled
+//! client, forwarding headers, and the one error-to-status function.
+//!
+//! It reads the routing table and nothing else of the control plane: it must never
+//! link Docker, ACME or DNS clients, and never block or lock on the request path.
+
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod listener;
+pub mod proxy_protocol;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use forward::Forwarder;
+pub use listener::{bind, Entrypoint};
+
+pub type SharedTable = Arc<ArcSwap<wharf_table::Table>>;
+
+/// An entrypoint's settings, as the proxy needs them.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: bool,
+    pub redirect_https: bool,
+    pub proxy_protocol: Option<Vec<IpNet>>,
+    pub forwarded_trusted: Vec<IpNet>,
+    pub http2: bool,
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+}
+
+/// How the proxy talks to backends.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+}

@@ -1,0 +1,177 @@
+//! Listeners: bind (dual-stack), accept, optional PROXY header, then hyper serves
+//! HTTP/1.1 and HTTP/2 on the connection until it closes or the proxy drains.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::forward::{ConnInfo, Forwarder};
+use crate::headers::{self, ClientInfo};
+use crate::proxy_protocol::{self, Prefixed};
+use crate::ListenerSettings;
+
+/// Binds a listening socket. An unspecified IPv6 address (`[::]`) also accepts
+/// IPv4 (dual-stack, IPV6_V6ONLY off), whatever the host's sysctl default.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A bound entrypoint, ready to serve.
+pub struct Entrypoint {
+    pub index: usize,
+    pub settings: Arc<ListenerSettings>,
+    pub listener: TcpListener,
+}
+
+impl Entrypoint {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until `cancel`; each connection runs on `tracker`, so the caller can
+    /// wait for in-flight requests to finish (drain).
+    pub async fn serve(
+        self,
+        fwd: Arc<Forwarder>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let s = &self.settings;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            .max_buf_size(s.max_header_size)
+            .max_headers(s.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        let builder = if s.http2 { builder } else { builder.http1_only() };
+        let builder = Arc::new(builder);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(entrypoint = %s.name, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                index: self.index,
+                settings: self.settings.clone(),
+                fwd: fwd.clone(),
+                builder: builder.clone(),
+                cancel: cancel.clone(),
+            };
+            tracker.spawn(conn.run(stream, peer));
+        }
+        debug!(entrypoint = %s.name, "stopped accepting");
+    }
+}
+
+struct Conn {
+    index: usize,
+    settings: Arc<ListenerSettings>,
+    fwd: Arc<Forwarder>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    cancel: CancellationToken,
+}
+
+impl Conn {
+    async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
+        let trusted_pp = self
+            .settings
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer.ip())));
+        if !trusted_pp {
+            return self.serve(stream, peer).await;
+        }
+        let read = tokio::time::timeout(
+            self.settings.header_read_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await;
+        match read {
+            Ok(Ok(h)) => {
+                let client = h.source.unwrap_or(peer);
+                self.serve(Prefixed::new(h.rest, stream), client).await
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "PROXY header rejected; closing"),
+            Err(_) => debug!(%peer, "no PROXY header in time; closing"),
+        }
+    }
+
+    async fn serve<I>(self, io: I, client: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.settings;
+        let ip = client.ip().to_canonical();
+        let info = ConnInfo {
+            entrypoint: self.index,
+            tls: s.tls,
+            redirect_https: s.redirect_https,
+            client: SocketAddr::new(ip, client.port()),
+            info: ClientInfo {
+                // An IP address always renders as a valid header value.
+                ip: HeaderValue::from_str(&ip.to_string())
+                    .unwrap_or(HeaderValue::from_static("unknown")),
+                trusted: s.forwarded_trusted.iter().any(|n| n.contains(&ip)),
+                proto: if s.tls { headers::HTTPS } else { headers::HTTP },
+            },
+        };
+        let info = Arc::new(info);
+        let fwd = self.fwd;
+        let svc = service_fn(move |req| {
+            let fwd = fwd.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(fwd.handle(&info, req).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.cancel.cancelled() => {
+                // Finish the request in flight, then close (drain).
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(%client, error = %e, "connection ended with an error");
+        }
+    }
+}
