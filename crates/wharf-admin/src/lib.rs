@@ -1,0 +1,184 @@
+//! The admin listener: `/ping`, `/metrics`, `/api/routes`, `/api/errors` and a
+//! read-only dashboard at `/`. It reads the same published table as the proxy and
+//! never changes anything.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::{Encoder, TextEncoder};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use wharf_table::Table;
+
+/// A current configuration problem (SPEC `/api/errors`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Which provider reported it (`file`, `docker`, ...).
+    pub source: String,
+    /// The service or route it concerns, if any.
+    pub service: Option<String>,
+    /// The key or label it concerns, if any.
+    pub label: Option<String>,
+    pub message: String,
+}
+
+/// What the admin listener reads.
+#[derive(Clone)]
+pub struct AdminState {
+    pub table: Arc<ArcSwap<Table>>,
+    pub problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
+    pub registry: prometheus::Registry,
+}
+
+#[derive(Serialize)]
+struct RouteView<'a> {
+    name: &'a str,
+    source: &'a str,
+    hosts: &'a [String],
+    path: &'a str,
+    balance: &'static str,
+    sticky: &'static str,
+    tls: &'static str,
+    backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+struct BackendView {
+    address: String,
+    scheme: &'static str,
+    health: &'static str,
+    inflight: u32,
+}
+
+fn routes_json(table: &Table) -> Vec<u8> {
+    let routes: Vec<RouteView<'_>> = table
+        .routes()
+        .iter()
+        .map(|r| RouteView {
+            name: &r.name,
+            source: &r.source,
+            hosts: &r.hosts,
+            path: &r.path,
+            balance: r.balance().as_str(),
+            sticky: "none",
+            tls: if r.policy.tls { "acme" } else { "none" },
+            backends: r
+                .backends
+                .all()
+                .iter()
+                .map(|b| BackendView {
+                    address: b.addr.to_string(),
+                    scheme: b.scheme.as_str(),
+                    health: if b.state.is_up() { "up" } else { "down" },
+                    inflight: b.state.inflight(),
+                })
+                .collect(),
+        })
+        .collect();
+    serde_json::to_vec_pretty(&routes).unwrap_or_default()
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            b"the admin listener is read-only\n".to_vec(),
+        );
+    }
+    const JSON: &str = "application/json";
+    match req.uri().path() {
+        "/ping" => respond(StatusCode::OK, "text/plain; charset=utf-8", b"OK".to_vec()),
+        "/metrics" => {
+            let mut buf = Vec::new();
+            let enc = TextEncoder::new();
+            match enc.encode(&state.registry.gather(), &mut buf) {
+                Ok(()) => respond(StatusCode::OK, "text/plain; version=0.0.4", buf),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    e.to_string().into_bytes(),
+                ),
+            }
+        }
+        "/api/routes" => respond(StatusCode::OK, JSON, routes_json(&state.table.load())),
+        "/api/errors" => respond(
+            StatusCode::OK,
+            JSON,
+            serde_json::to_vec_pretty(&**state.problems.load()).unwrap_or_default(),
+        ),
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            DASHBOARD.as_bytes().to_vec(),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            b"404 not found\n".to_vec(),
+        ),
+    }
+}
+
+/// Serves the admin listener until `cancel`.
+pub async fn serve(listener: TcpListener, state: AdminState, cancel: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let r = handle(&state, &req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = cancel.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+            };
+            if let Err(e) = res {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}

@@ -32,6 +32,42 @@ pub struct Control {
     registry: BackendRegistry,
 }
 
+/// The control plane's own metrics (SPEC "Metrics").
+#[derive(Clone)]
+pub struct ControlMetrics {
+    pub reloads: prometheus::IntCounterVec,
+    pub errors: prometheus::IntGaugeVec,
+    pub routes: prometheus::IntGauge,
+}
+
+impl ControlMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let reloads = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "wharf_config_reloads_total",
+                "Configuration reloads by provider and result (success, failure).",
+            ),
+            &["provider", "result"],
+        )?;
+        let errors = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "wharf_config_errors",
+                "Current configuration errors by provider.",
+            ),
+            &["provider"],
+        )?;
+        let routes = prometheus::IntGauge::new("wharf_routes", "Routes in the current table.")?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(routes.clone()))?;
+        Ok(ControlMetrics {
+            reloads,
+            errors,
+            routes,
+        })
+    }
+}
+
 impl Default for Control {
     fn default() -> Self {
         Self::new()

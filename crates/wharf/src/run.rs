@@ -1,0 +1,245 @@
+//! `wharf run`: wires the control plane, the data plane and the admin listener, then
+//! waits for signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use wharf_admin::{AdminState, ConfigProblem};
+use wharf_config::Config;
+use wharf_control::{Control, ControlMetrics};
+use wharf_proxy::{Entrypoint, Forwarder, ListenerSettings, UpstreamSettings};
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let runtime = match cfg.runtime.worker_threads {
+        // One worker: a current-thread runtime avoids cross-thread wake-ups.
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg))
+}
+
+fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
+    ListenerSettings {
+        name: ep.name.clone(),
+        address: ep.address,
+        tls: ep.tls,
+        redirect_https: ep.redirect_https,
+        proxy_protocol: ep.proxy_protocol.clone(),
+        forwarded_trusted: ep.forwarded_trusted.clone(),
+        http2: ep.http2,
+        header_read_timeout: ep.header_read_timeout,
+        max_header_size: ep.max_header_size,
+        max_headers: ep.max_headers,
+    }
+}
+
+/// Applies a config's routes and publishes its problems; returns whether it was
+/// free of route problems.
+fn apply(
+    control: &Control,
+    cfg: &Config,
+    problems: &ArcSwap<Vec<ConfigProblem>>,
+    metrics: &ControlMetrics,
+) {
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    let report = control.apply(cfg);
+    for p in &report.problems {
+        warn!("{p}");
+    }
+    for p in &report.not_enforced {
+        warn!("{p}");
+    }
+    info!(
+        routes = report.routes,
+        added = report.added.len(),
+        removed = report.removed.len(),
+        "routing table swapped{}{}",
+        if report.added.is_empty() {
+            String::new()
+        } else {
+            format!("; added: {}", report.added.join(", "))
+        },
+        if report.removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed: {}", report.removed.join(", "))
+        },
+    );
+    let list: Vec<ConfigProblem> = report
+        .problems
+        .iter()
+        .map(|m| ConfigProblem {
+            source: "file".into(),
+            service: None,
+            label: None,
+            message: m.clone(),
+        })
+        .collect();
+    metrics
+        .errors
+        .with_label_values(&["file"])
+        .set(i64::try_from(list.len()).unwrap_or(i64::MAX));
+    metrics
+        .routes
+        .set(i64::try_from(report.routes).unwrap_or(i64::MAX));
+    problems.store(Arc::new(list));
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("registering process metrics")?;
+    let metrics = ControlMetrics::register(&registry).context("registering metrics")?;
+    let control = Control::new();
+    let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    apply(&control, &cfg, &problems, &metrics);
+
+    // TLS termination is not part of this build: a TLS entrypoint is not opened
+    // (rather than served as plain HTTP), so there is no port to redirect to.
+    let https_port = None;
+    let upstream = UpstreamSettings {
+        connect_timeout: cfg.upstream.connect_timeout,
+        response_timeout: cfg.upstream.response_timeout,
+        idle_timeout: cfg.upstream.idle_timeout,
+        max_idle_per_backend: cfg.upstream.max_idle_per_backend,
+    };
+    let fwd = Arc::new(Forwarder::new(control.table(), &upstream, https_port));
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut listeners = Vec::new();
+    for (index, ep) in cfg.entrypoints.iter().enumerate() {
+        if ep.tls {
+            warn!(
+                entrypoint = %ep.name,
+                address = %ep.address,
+                "tls = true: TLS termination is not in this build yet; entrypoint not opened"
+            );
+            continue;
+        }
+        let listener = wharf_proxy::bind(ep.address)
+            .with_context(|| format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address))?;
+        let entry = Entrypoint {
+            index,
+            settings: Arc::new(listener_settings(ep)),
+            listener,
+        };
+        let local = entry.local_addr()?;
+        info!(entrypoint = %ep.name, address = %local, "entrypoint listening");
+        listeners.push(tokio::spawn(entry.serve(
+            fwd.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        )));
+    }
+
+    let admin_listener = wharf_proxy::bind(cfg.admin.address)
+        .with_context(|| format!("admin: cannot listen on {}", cfg.admin.address))?;
+    info!(address = %admin_listener.local_addr()?, "admin listening");
+    let admin_state = AdminState {
+        table: control.table(),
+        problems: problems.clone(),
+        registry: registry.clone(),
+    };
+    let admin = tokio::spawn(wharf_admin::serve(
+        admin_listener,
+        admin_state,
+        cancel.clone(),
+    ));
+
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut current = cfg;
+    info!("wharf is ready");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&control, &mut current, &problems, &metrics),
+            _ = term.recv() => { info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { info!("SIGINT: draining"); break; }
+        }
+    }
+
+    cancel.cancel();
+    tracker.close();
+    for l in listeners {
+        let _ = l.await;
+    }
+    let _ = admin.await;
+    let timeout = current.runtime.shutdown_timeout;
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        warn!(
+            open = tracker.len(),
+            "shutdown_timeout ({timeout:?}) reached; closing the remaining connections"
+        );
+    } else {
+        info!("drained; exiting");
+    }
+    Ok(())
+}
+
+/// SIGHUP: re-read the file. A file that fails changes nothing.
+fn reload(
+    control: &Control,
+    current: &mut Config,
+    problems: &ArcSwap<Vec<ConfigProblem>>,
+    metrics: &ControlMetrics,
+) {
+    let Some(path) = current.source.clone() else {
+        info!("SIGHUP: no config file to reload (running on built-in defaults)");
+        return;
+    };
+    match wharf_config::load(&path, std::env::vars()) {
+        Err(e) => {
+            metrics
+                .reloads
+                .with_label_values(&["file", "failure"])
+                .inc();
+            error!("SIGHUP: reload rejected, the running configuration stays:\n{e}");
+        }
+        Ok(new) => {
+            let restart_only = [
+                (new.entrypoints != current.entrypoints, "entrypoints"),
+                (new.admin != current.admin, "admin"),
+                (new.runtime != current.runtime, "runtime"),
+                (new.upstream != current.upstream, "upstream"),
+            ];
+            for (changed, section) in restart_only {
+                if changed {
+                    warn!("SIGHUP: [{section}] changed; it takes effect at the next restart");
+                }
+            }
+            apply(control, &new, problems, metrics);
+            metrics
+                .reloads
+                .with_label_values(&["file", "success"])
+                .inc();
+            info!(file = %path.display(), "SIGHUP: configuration reloaded");
+            // Keep the running sections so later diffs compare with what runs.
+            let mut next = new;
+            next.entrypoints = std::mem::take(&mut current.entrypoints);
+            next.admin = current.admin.clone();
+            next.runtime = current.runtime.clone();
+            next.upstream = current.upstream.clone();
+            *current = next;
+        }
+    }
+}
