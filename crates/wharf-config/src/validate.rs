@@ -452,7 +452,9 @@ pub(crate) fn parse(
         });
     }
     for (i, a) in entrypoints.iter().enumerate() {
-        if let Some(b) = entrypoints[..i].iter().find(|b| b.address == a.address) {
+        // Port 0 asks the kernel for a free port, so it never collides.
+        let clash = |b: &&Entrypoint| b.address == a.address && a.address.port() != 0;
+        if let Some(b) = entrypoints[..i].iter().find(clash) {
             let msg = format!("{} is also the address of entrypoint `{}`", a.address, b.name);
             ck.fail(&format!("entrypoints.{}.address", a.name), msg);
         }
@@ -469,7 +471,8 @@ pub(crate) fn parse(
             }
         },
     };
-    if let Some(ep) = entrypoints.iter().find(|e| e.address == admin.address) {
+    let clash = |e: &&Entrypoint| e.address == admin.address && admin.address.port() != 0;
+    if let Some(ep) = entrypoints.iter().find(clash) {
         let msg = format!("{} is also the address of entrypoint `{}`", admin.address, ep.name);
         ck.fail("admin.address", msg);
     }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs Wharf as the candidate of ../shared/bench/peers.sh: writes a config from the
+# BENCH_* variables the harness exports (plain listener on BENCH_PORT, every path to
+# BENCH_BACKEND, one worker thread) and execs the release binary, so the harness's
+# PID is Wharf's.
+#
+#   cargo build --release
+#   CANDIDATE_NAME=wharf CANDIDATE_CMD="$PWD/benches/peers-candidate.sh" \
+#     REPEAT=3 SCENARIOS="ka ka4k close" ../shared/bench/peers.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${WHARF_BIN:-$here/target/release/wharf}
+: "${BENCH_PORT:?run me from peers.sh}" "${BENCH_BACKEND:?run me from peers.sh}"
+rundir=${BENCH_RUNDIR:-$(mktemp -d)}
+cat > "$rundir/wharf.toml" <<TOML
+[entrypoints.web]
+address = "127.0.0.1:${BENCH_PORT}"
+
+[admin]
+address = "127.0.0.1:0"
+
+[runtime]
+worker_threads = 1
+
+[[routes]]
+host = "*"
+upstream = "static:${BENCH_BACKEND}"
+tls = "none"
+TOML
+export WHARF_LOG=${WHARF_LOG:-warn}
+exec "$bin" run --config "$rundir/wharf.toml"

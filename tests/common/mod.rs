@@ -1,0 +1,518 @@
+//! Shared harness for the end-to-end tests: real HTTP backends on port 0, the real
+//! `wharf` binary started on a config written to a temporary directory, and small
+//! HTTP clients. Everything started here is stopped on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "wharf-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a backend saw of a request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 + h2c backend on 127.0.0.1:0, running on its own runtime thread.
+///
+/// Paths: `/slow?ms=N` answers after N ms; `/stream` sends one chunk, waits for
+/// [`Backend::release`], then sends the last; `/upgrade` answers 101 and echoes
+/// bytes; `/big?n=N` answers N bytes; anything else answers 200 `name`.
+/// Every request is recorded; `x-backend: name` is on every response.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    started: Arc<Notify>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let (tx, rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let started = Arc::new(Notify::new());
+        let (seen2, release2, started2, name2) =
+            (seen.clone(), release.clone(), started.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(l.local_addr().unwrap()).unwrap();
+                let serve = async {
+                    loop {
+                        let (s, _) = match l.accept().await {
+                            Ok(x) => x,
+                            Err(_) => continue,
+                        };
+                        let (seen, release, started, name) =
+                            (seen2.clone(), release2.clone(), started2.clone(), name2.clone());
+                        tokio::spawn(async move {
+                            let svc = hyper::service::service_fn(move |req| {
+                                handle(
+                                    req,
+                                    seen.clone(),
+                                    release.clone(),
+                                    started.clone(),
+                                    name.clone(),
+                                )
+                            });
+                            let _ = hyper_util::server::conn::auto::Builder::new(
+                                TokioExecutor::new(),
+                            )
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = rx.recv_timeout(WAIT).unwrap();
+        Backend {
+            addr,
+            name: name.to_string(),
+            seen,
+            release,
+            started,
+            shutdown: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("the backend saw no request")
+    }
+
+    /// Lets a `/stream` response send its last chunk.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// A handle that is notified when a `/slow` or `/stream` request arrives.
+    pub fn started(&self) -> Arc<Notify> {
+        self.started.clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn handle(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    started: Arc<Notify>,
+    name: String,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let path = req.uri().path().to_string();
+    let mut record = Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        version: format!("{:?}", req.version()),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect(),
+        body_len: 0,
+    };
+    let on_upgrade = (path == "/upgrade").then(|| hyper::upgrade::on(&mut req));
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    record.body_len = body.len();
+    seen.lock().unwrap().push(record);
+    let full = |b: Bytes| Full::new(b).boxed();
+    let mut resp = match path.as_str() {
+        "/slow" => {
+            started.notify_one();
+            let ms = query.get("ms").and_then(|m| m.parse().ok()).unwrap_or(500);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full(Bytes::from("slow done")))
+        }
+        "/stream" => {
+            started.notify_one();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from("first;")).await;
+                release.notified().await;
+                let _ = tx.send(Bytes::from("last")).await;
+            });
+            Response::new(BodyExt::boxed(ChannelBody(rx)))
+        }
+        "/upgrade" => {
+            if let Some(up) = on_upgrade {
+                tokio::spawn(async move {
+                    if let Ok(u) = up.await {
+                        let mut io = TokioIo::new(u);
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+            r
+        }
+        "/big" => {
+            let n = query.get("n").and_then(|m| m.parse().ok()).unwrap_or(1 << 20);
+            Response::new(full(Bytes::from(vec![b'x'; n])))
+        }
+        "/echo-len" => Response::new(full(Bytes::from(body.len().to_string()))),
+        _ => {
+            let mut r = Response::new(full(Bytes::from(name.clone())));
+            // Hop-by-hop fields a proxy must drop on the way back.
+            r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "x-backend-private".parse().unwrap());
+            r.headers_mut()
+                .insert("x-backend-private", "secret".parse().unwrap());
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    Ok(resp)
+}
+
+/// A response body fed from a channel, so a test controls when each chunk leaves.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// The real `wharf` binary, started on a config file; killed on drop.
+pub struct Wharf {
+    pub child: Child,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    /// Entrypoint name → bound address, from the JSON logs.
+    pub entrypoints: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    log_seen: mpsc::Receiver<()>,
+}
+
+/// Writes `config` (with `{port0}` entrypoints already in it) and starts Wharf.
+impl Wharf {
+    pub fn start(config: &str) -> Wharf {
+        Self::try_start(config).unwrap_or_else(|e| panic!("wharf did not start: {e}"))
+    }
+
+    pub fn try_start(config: &str) -> Result<Wharf, String> {
+        let dir = TempDir::new("wharf");
+        let path = dir.0.join("wharf.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("WHARF_LOG", "info,wharf_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let logs2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                logs2.lock().unwrap().push(v);
+                let _ = tx.send(());
+            }
+        });
+        let mut w = Wharf {
+            child,
+            dir,
+            config: path,
+            entrypoints: HashMap::new(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+            log_seen: rx,
+        };
+        w.wait_log("wharf is ready")?;
+        for l in w.logs() {
+            let msg = l["message"].as_str().unwrap_or("");
+            let addr = || l["address"].as_str().and_then(|a| a.parse().ok());
+            if msg == "entrypoint listening" {
+                w.entrypoints
+                    .insert(l["entrypoint"].as_str().unwrap().to_string(), addr().unwrap());
+            } else if msg == "admin listening" {
+                w.admin = addr().unwrap();
+            }
+        }
+        Ok(w)
+    }
+
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line whose message contains `needle` (a readiness wait).
+    pub fn wait_log(&mut self, needle: &str) -> Result<serde_json::Value, String> {
+        self.wait_log_after(needle, 0)
+    }
+
+    /// Like [`Self::wait_log`], ignoring the first `skip` lines.
+    pub fn wait_log_after(&mut self, needle: &str, skip: usize) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self.logs().into_iter().skip(skip).find(|l| {
+                l["message"].as_str().is_some_and(|m| m.contains(needle))
+            }) {
+                return Ok(l);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("wharf exited ({status}); logs: {:#?}", self.logs()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no log line with {needle:?}; logs: {:#?}", self.logs()));
+            }
+            let _ = self.log_seen.recv_timeout(left.min(Duration::from_millis(200)));
+        }
+    }
+
+    pub fn log_count(&self) -> usize {
+        self.logs.lock().unwrap().len()
+    }
+
+    pub fn ep(&self, name: &str) -> SocketAddr {
+        self.entrypoints[name]
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 exchange: writes `request` bytes, reads one response.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request).unwrap();
+    read_response(&mut s)
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one HTTP/1.1 response (content-length, chunked, or until close).
+pub fn read_response(s: &mut TcpStream) -> RawResponse {
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if status == 101 || status == 304 || status == 204 {
+    } else if let Some(len) = get("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        r.read_exact(&mut body).unwrap();
+    } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET path` with a Host header, on a new connection.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> RawResponse {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// An address nothing listens on: bound on port 0, then closed.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A config header with one plain entrypoint `web` and the admin listener, both on
+/// port 0.
+pub fn base_config() -> String {
+    "[entrypoints.web]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n"
+        .to_string()
+}
+
+pub fn route(host: &str, path: &str, backends: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+    format!(
+        "[[routes]]\nhost = \"{host}\"\npath = \"{path}\"\nupstream = \"static:{}\"\ntls = \"none\"\n{extra}\n",
+        list.join(",")
+    )
+}
