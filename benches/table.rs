@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use wharf_table::{
-    normalize_host, BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef,
-    Scheme, Table,
+    normalize_host, BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef, Scheme,
+    Table,
 };
 
 fn defs(n: usize) -> Vec<RouteDef> {
@@ -17,7 +17,11 @@ fn defs(n: usize) -> Vec<RouteDef> {
             name: format!("svc-{i}").into(),
             source: "bench".into(),
             hosts: vec![format!("app-{i}.example.org")],
-            path: if i % 4 == 0 { "/api".into() } else { "/".into() },
+            path: if i % 4 == 0 {
+                "/api".into()
+            } else {
+                "/".into()
+            },
             entrypoints: EntrypointMask::ALL,
             balance: Balance::LeastConn,
             backends: (0..3)
@@ -51,10 +55,22 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("table");
     g.bench_function("find exact host, 10k hosts", |b| {
-        b.iter(|| table.find(black_box("app-5123.example.org"), black_box("/index.html"), 0))
+        b.iter(|| {
+            table.find(
+                black_box("app-5123.example.org"),
+                black_box("/index.html"),
+                0,
+            )
+        })
     });
     g.bench_function("find longest path, 10k hosts", |b| {
-        b.iter(|| table.find(black_box("app-5124.example.org"), black_box("/api/v1/users"), 0))
+        b.iter(|| {
+            table.find(
+                black_box("app-5124.example.org"),
+                black_box("/api/v1/users"),
+                0,
+            )
+        })
     });
     g.bench_function("find wildcard host, 10k hosts", |b| {
         b.iter(|| table.find(black_box("acme.tenant.example.org"), black_box("/"), 0))

@@ -49,17 +49,22 @@ fn malformed_requests_get_400_and_do_not_disturb_others() {
     // A keep-alive connection opened before the garbage...
     let mut keep = TcpStream::connect(web).unwrap();
     keep.set_read_timeout(Some(WAIT)).unwrap();
-    keep.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").unwrap();
+    keep.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut keep).status, 200);
     // ...garbage, a missing Host, a bad Host...
     let r = raw(web, b"GARBAGE\r\n\r\n");
     assert_eq!(r.status, 400);
     let r = raw(web, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 400);
-    let r = raw(web, b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        web,
+        b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 400);
     // ...and the first connection still works.
-    keep.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").unwrap();
+    keep.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut keep).status, 200);
 }
 
@@ -147,7 +152,12 @@ fn proxy_protocol_from_trusted_sources() {
     assert_eq!(a.last().header("x-real-ip"), Some("203.0.113.9"));
     // v2, IPv6 source
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
-    v2.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     v2.extend_from_slice(&[0u8; 16]);
     v2.extend_from_slice(&[0x1f, 0x90, 0, 80]);
     v2.extend_from_slice(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
@@ -159,7 +169,8 @@ fn proxy_protocol_from_trusted_sources() {
     // A broken header closes that connection only.
     let mut s = TcpStream::connect(web).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n")
+        .unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
@@ -178,7 +189,8 @@ fn request_and_response_bodies_stream() {
         .unwrap();
     let chunk = vec![b'z'; 64 * 1024];
     for _ in 0..64 {
-        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).unwrap();
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .unwrap();
         s.write_all(&chunk).unwrap();
         s.write_all(b"\r\n").unwrap();
     }
@@ -213,8 +225,10 @@ fn upgrades_pass_through() {
     let w = Wharf::start(&(base_config() + &route("app.test", "/", &[a.addr], "")));
     let mut s = TcpStream::connect(w.ep("web")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
     let r = read_response(&mut s);
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("echo"));
@@ -253,7 +267,13 @@ fn balances_over_all_backends() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let w = Wharf::start(
-        &(base_config() + &route("app.test", "/", &[a.addr, b.addr], "balance = \"roundrobin\"")),
+        &(base_config()
+            + &route(
+                "app.test",
+                "/",
+                &[a.addr, b.addr],
+                "balance = \"roundrobin\"",
+            )),
     );
     for _ in 0..10 {
         assert_eq!(get(w.ep("web"), "app.test", "/").status, 200);

@@ -2,6 +2,8 @@
 //! `wharf` binary started on a config written to a temporary directory, and small
 //! HTTP clients. Everything started here is stopped on drop.
 #![allow(dead_code)]
+// Test harness: a failed setup step should abort the test loudly.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -87,8 +89,12 @@ impl Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
         let started = Arc::new(Notify::new());
-        let (seen2, release2, started2, name2) =
-            (seen.clone(), release.clone(), started.clone(), name.to_string());
+        let (seen2, release2, started2, name2) = (
+            seen.clone(),
+            release.clone(),
+            started.clone(),
+            name.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -103,8 +109,12 @@ impl Backend {
                             Ok(x) => x,
                             Err(_) => continue,
                         };
-                        let (seen, release, started, name) =
-                            (seen2.clone(), release2.clone(), started2.clone(), name2.clone());
+                        let (seen, release, started, name) = (
+                            seen2.clone(),
+                            release2.clone(),
+                            started2.clone(),
+                            name2.clone(),
+                        );
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 handle(
@@ -115,11 +125,10 @@ impl Backend {
                                     name.clone(),
                                 )
                             });
-                            let _ = hyper_util::server::conn::auto::Builder::new(
-                                TokioExecutor::new(),
-                            )
-                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                            .await;
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
                         });
                     }
                 };
@@ -146,7 +155,10 @@ impl Backend {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("the backend saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the backend saw no request")
     }
 
     /// Lets a `/stream` response send its last chunk.
@@ -201,7 +213,12 @@ async fn handle(
         body_len: 0,
     };
     let on_upgrade = (path == "/upgrade").then(|| hyper::upgrade::on(&mut req));
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     record.body_len = body.len();
     seen.lock().unwrap().push(record);
     let full = |b: Bytes| Full::new(b).boxed();
@@ -238,19 +255,24 @@ async fn handle(
             }
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
             r.headers_mut().insert("upgrade", "echo".parse().unwrap());
             r
         }
         "/big" => {
-            let n = query.get("n").and_then(|m| m.parse().ok()).unwrap_or(1 << 20);
+            let n = query
+                .get("n")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(1 << 20);
             Response::new(full(Bytes::from(vec![b'x'; n])))
         }
         "/echo-len" => Response::new(full(Bytes::from(body.len().to_string()))),
         _ => {
             let mut r = Response::new(full(Bytes::from(name.clone())));
             // Hop-by-hop fields a proxy must drop on the way back.
-            r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut()
+                .insert("keep-alive", "timeout=5".parse().unwrap());
             r.headers_mut()
                 .insert("connection", "x-backend-private".parse().unwrap());
             r.headers_mut()
@@ -335,8 +357,10 @@ impl Wharf {
             let msg = l["message"].as_str().unwrap_or("");
             let addr = || l["address"].as_str().and_then(|a| a.parse().ok());
             if msg == "entrypoint listening" {
-                w.entrypoints
-                    .insert(l["entrypoint"].as_str().unwrap().to_string(), addr().unwrap());
+                w.entrypoints.insert(
+                    l["entrypoint"].as_str().unwrap().to_string(),
+                    addr().unwrap(),
+                );
             } else if msg == "admin listening" {
                 w.admin = addr().unwrap();
             }
@@ -354,12 +378,19 @@ impl Wharf {
     }
 
     /// Like [`Self::wait_log`], ignoring the first `skip` lines.
-    pub fn wait_log_after(&mut self, needle: &str, skip: usize) -> Result<serde_json::Value, String> {
+    pub fn wait_log_after(
+        &mut self,
+        needle: &str,
+        skip: usize,
+    ) -> Result<serde_json::Value, String> {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(l) = self.logs().into_iter().skip(skip).find(|l| {
-                l["message"].as_str().is_some_and(|m| m.contains(needle))
-            }) {
+            if let Some(l) = self
+                .logs()
+                .into_iter()
+                .skip(skip)
+                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            {
                 return Ok(l);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -367,9 +398,14 @@ impl Wharf {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("no log line with {needle:?}; logs: {:#?}", self.logs()));
+                return Err(format!(
+                    "no log line with {needle:?}; logs: {:#?}",
+                    self.logs()
+                ));
             }
-            let _ = self.log_seen.recv_timeout(left.min(Duration::from_millis(200)));
+            let _ = self
+                .log_seen
+                .recv_timeout(left.min(Duration::from_millis(200)));
         }
     }
 

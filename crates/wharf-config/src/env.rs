@@ -138,7 +138,10 @@ mod tests {
                 ("WHARF_RUNTIME_WORKER_THREADS", "1"),
                 ("WHARF_ACME_DNS_ZONE", "example.org"),
                 ("WHARF_ENTRYPOINTS_WEB_ALT_ADDRESS", "127.0.0.1:81"),
-                ("WHARF_ENTRYPOINTS_NEW_PROXY_PROTOCOL_TRUSTED", "10.0.0.0/8, ::1/128"),
+                (
+                    "WHARF_ENTRYPOINTS_NEW_PROXY_PROTOCOL_TRUSTED",
+                    "10.0.0.0/8, ::1/128",
+                ),
                 ("WHARF_LOG", "debug"),
                 ("WHARF_NOPE", "x"),
                 ("PATH", "/bin"),

@@ -286,7 +286,9 @@ pub fn parse_route(
     });
     field("path", &mut |v| {
         if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(format!("`{v}` is not a path prefix (it must start with `/`)"));
+            return Err(format!(
+                "`{v}` is not a path prefix (it must start with `/`)"
+            ));
         }
         spec.path = v.to_string();
         Ok(())
@@ -343,7 +345,11 @@ pub fn parse_route(
             "none" => StickyType::None,
             "cookie" => StickyType::Cookie,
             "source" => StickyType::Source,
-            _ => return Err(format!("`{v}` is not a sticky type; use none, cookie or source")),
+            _ => {
+                return Err(format!(
+                    "`{v}` is not a sticky type; use none, cookie or source"
+                ))
+            }
         };
         Ok(())
     });
@@ -389,7 +395,11 @@ pub fn parse_route(
     field("healthcheck.method", &mut |v| {
         hc.method = match v.trim().to_ascii_uppercase().as_str() {
             m @ ("HEAD" | "GET") => m.to_string(),
-            _ => return Err(format!("`{v}` is not a health check method; use HEAD or GET")),
+            _ => {
+                return Err(format!(
+                    "`{v}` is not a health check method; use HEAD or GET"
+                ))
+            }
         };
         Ok(())
     });
@@ -601,7 +611,10 @@ mod tests {
         assert_eq!(r.path, "/api");
         assert_eq!(
             r.upstream,
-            Upstream::Static(vec!["10.0.0.5:80".parse().unwrap(), "[::1]:81".parse().unwrap()])
+            Upstream::Static(vec![
+                "10.0.0.5:80".parse().unwrap(),
+                "[::1]:81".parse().unwrap()
+            ])
         );
         assert_eq!(r.balance, Balance::RoundRobin);
         assert_eq!(r.sticky.kind, StickyType::Cookie);

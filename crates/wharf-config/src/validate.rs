@@ -308,13 +308,15 @@ fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) -> Re
 /// The 1-based line of a byte offset.
 fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 fn toml_problem(origin: &str, text: &str, e: &toml::de::Error, key: &str) -> ConfigError {
-    let line = e
-        .span()
-        .map(|s| line_at(text, s.start));
+    let line = e.span().map(|s| line_at(text, s.start));
     ConfigError::Invalid {
         origin: origin.to_string(),
         problems: vec![Problem {
@@ -420,8 +422,10 @@ pub(crate) fn parse(
             .proxy_protocol
             .as_ref()
             .map(|p| ck.cidrs(&k("proxy_protocol.trusted"), &p.trusted));
-        let forwarded_trusted =
-            ck.cidrs(&k("forwarded_trusted"), ep.forwarded_trusted.as_deref().unwrap_or(&[]));
+        let forwarded_trusted = ck.cidrs(
+            &k("forwarded_trusted"),
+            ep.forwarded_trusted.as_deref().unwrap_or(&[]),
+        );
         let header_read_timeout = ck.duration(
             &k("header_read_timeout"),
             ep.header_read_timeout.as_ref(),
@@ -455,7 +459,10 @@ pub(crate) fn parse(
         // Port 0 asks the kernel for a free port, so it never collides.
         let clash = |b: &&Entrypoint| b.address == a.address && a.address.port() != 0;
         if let Some(b) = entrypoints[..i].iter().find(clash) {
-            let msg = format!("{} is also the address of entrypoint `{}`", a.address, b.name);
+            let msg = format!(
+                "{} is also the address of entrypoint `{}`",
+                a.address, b.name
+            );
             ck.fail(&format!("entrypoints.{}.address", a.name), msg);
         }
     }
@@ -473,7 +480,10 @@ pub(crate) fn parse(
     };
     let clash = |e: &&Entrypoint| e.address == admin.address && admin.address.port() != 0;
     if let Some(ep) = entrypoints.iter().find(clash) {
-        let msg = format!("{} is also the address of entrypoint `{}`", admin.address, ep.name);
+        let msg = format!(
+            "{} is also the address of entrypoint `{}`",
+            admin.address, ep.name
+        );
         ck.fail("admin.address", msg);
     }
 
@@ -570,7 +580,10 @@ pub(crate) fn parse(
         }
     });
     if challenge == Challenge::Dns01 && dns01.is_none() {
-        ck.fail("acme.dns", "challenge = \"dns-01\" needs [acme.dns] server and zone");
+        ck.fail(
+            "acme.dns",
+            "challenge = \"dns-01\" needs [acme.dns] server and zone",
+        );
     }
     if let Some(email) = &fa.email {
         if !email.contains('@') {
@@ -672,10 +685,7 @@ pub(crate) fn parse(
                                 entrypoints.iter().map(|e| e.name.as_str()).collect();
                             ck.fail(
                                 &format!("{base}.entrypoints"),
-                                format!(
-                                    "no entrypoint named `{ep}` (have: {})",
-                                    names.join(", ")
-                                ),
+                                format!("no entrypoint named `{ep}` (have: {})", names.join(", ")),
                             );
                         }
                     }
@@ -765,7 +775,11 @@ mod tests {
         assert_eq!(r.hosts, vec!["legacy.example.org"]);
         assert_eq!(r.maxconn, Some(100));
         assert_eq!(c.entrypoints.len(), 2);
-        let ws = c.entrypoints.iter().find(|e| e.name == "websecure").unwrap();
+        let ws = c
+            .entrypoints
+            .iter()
+            .find(|e| e.name == "websecure")
+            .unwrap();
         assert_eq!(ws.proxy_protocol.as_ref().unwrap().len(), 1);
     }
 
@@ -788,7 +802,10 @@ mod tests {
         let p = parse_err(
             "[entrypoints.web]\naddress = \"nowhere\"\n\n[[routes]]\nhost = \"a.example\"\nupstream = \"static:10.0.0.1:80\"\n\n[[routes]]\nhost = \"b.example\"\nbalance = \"fast\"\nupstream = \"static:10.0.0.1:80\"\n",
         );
-        let addr = p.iter().find(|p| p.key == "entrypoints.web.address").unwrap();
+        let addr = p
+            .iter()
+            .find(|p| p.key == "entrypoints.web.address")
+            .unwrap();
         assert_eq!(addr.line, Some(2));
         let bal = p.iter().find(|p| p.key == "routes[1].balance").unwrap();
         assert_eq!(bal.line, Some(10), "{p:?}");
@@ -809,8 +826,14 @@ mod tests {
             "",
             "t",
             vec![
-                ("WHARF_ADMIN_ADDRESS".to_string(), "127.0.0.1:9999".to_string()),
-                ("WHARF_ENTRYPOINTS_WEB_ADDRESS".to_string(), "127.0.0.1:8080".to_string()),
+                (
+                    "WHARF_ADMIN_ADDRESS".to_string(),
+                    "127.0.0.1:9999".to_string(),
+                ),
+                (
+                    "WHARF_ENTRYPOINTS_WEB_ADDRESS".to_string(),
+                    "127.0.0.1:8080".to_string(),
+                ),
             ],
         )
         .unwrap();

@@ -55,10 +55,7 @@ pub fn status_list(s: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let bad = || format!("`{part}` is not a status or class; write e.g. `200` or `2xx`");
-        if let Some(class) = part
-            .strip_suffix("xx")
-            .or_else(|| part.strip_suffix("XX"))
-        {
+        if let Some(class) = part.strip_suffix("xx").or_else(|| part.strip_suffix("XX")) {
             let c: u16 = class.parse().map_err(|_| bad())?;
             if !(1..=5).contains(&c) {
                 return Err(bad());
@@ -147,8 +144,14 @@ mod tests {
         assert_eq!(rate("60/m").unwrap(), 1.0);
         assert!(rate("0/s").is_err());
         assert!(rate("5/d").is_err());
-        assert_eq!(status_list("2xx,3xx").unwrap(), vec![(200, 299), (300, 399)]);
-        assert_eq!(status_list("200, 204").unwrap(), vec![(200, 200), (204, 204)]);
+        assert_eq!(
+            status_list("2xx,3xx").unwrap(),
+            vec![(200, 299), (300, 399)]
+        );
+        assert_eq!(
+            status_list("200, 204").unwrap(),
+            vec![(200, 200), (204, 204)]
+        );
         assert!(status_list("9xx").is_err());
         assert!(status_list("").is_err());
         assert_eq!(host_pattern("A.Example.org.").unwrap(), "a.example.org");

@@ -40,9 +40,9 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::UnsupportedScheme(_)
-            | ProxyError::Connect(_)
-            | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -55,9 +55,9 @@ impl ProxyError {
             ProxyError::Misdirected => "421 Misdirected Request\n",
             ProxyError::NoHealthyBackend => "503 Service Unavailable: no healthy backend\n",
             ProxyError::RateLimited { .. } => "429 Too Many Requests\n",
-            ProxyError::UnsupportedScheme(_)
-            | ProxyError::Connect(_)
-            | ProxyError::Upstream(_) => "502 Bad Gateway\n",
+            ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+                "502 Bad Gateway\n"
+            }
             ProxyError::Timeout => "504 Gateway Timeout\n",
         }
     }
@@ -71,7 +71,10 @@ impl ProxyError {
         h.insert(header::CONTENT_TYPE, TEXT);
         match self {
             ProxyError::RateLimited { retry_after_secs } => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
             }
             // A service between tasks comes back soon: tell clients when to retry.
             ProxyError::NoHealthyBackend => {

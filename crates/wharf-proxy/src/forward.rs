@@ -58,6 +58,7 @@ impl Forwarder {
             .pool_max_idle_per_host(up.max_idle_per_backend)
             // We set Host ourselves: the client's Host, not the backend address.
             .set_host(false)
+            .http1_writev(false)
             .retry_canceled_requests(true);
         let http1 = builder.build(connector.clone());
         builder.http2_only(true);

@@ -200,7 +200,11 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-real-ip", "6.6.6.6"),
         ]);
-        set_forwarded(&mut h, &client(false), &HeaderValue::from_static("a.example"));
+        set_forwarded(
+            &mut h,
+            &client(false),
+            &HeaderValue::from_static("a.example"),
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
@@ -214,11 +218,12 @@ mod tests {
             ("x-forwarded-for", "198.51.100.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, &client(true), &HeaderValue::from_static("a.example"));
-        assert_eq!(
-            h["x-forwarded-for"],
-            "203.0.113.1, 198.51.100.2, 192.0.2.7"
+        set_forwarded(
+            &mut h,
+            &client(true),
+            &HeaderValue::from_static("a.example"),
         );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 }

@@ -94,7 +94,7 @@ enum Kind {
 
 fn classify(buf: &[u8]) -> Kind {
     let n = buf.len();
-    let v1 = &V1_PREFIX[..n.min(V1_PREFIX.len())] == &buf[..n.min(V1_PREFIX.len())];
+    let v1 = V1_PREFIX[..n.min(V1_PREFIX.len())] == buf[..n.min(V1_PREFIX.len())];
     let v2 = V2_SIG[..n.min(12)] == buf[..n.min(12)];
     match (v1, v2) {
         (true, _) if n >= V1_PREFIX.len() => Kind::V1,
@@ -157,7 +157,10 @@ fn parse_v2(head: &[u8]) -> Result<Option<SocketAddr>, PpError> {
             let mut ip = [0u8; 16];
             ip.copy_from_slice(&body[..16]);
             body.advance(32);
-            Ok(Some(SocketAddr::new(Ipv6Addr::from(ip).into(), body.get_u16())))
+            Ok(Some(SocketAddr::new(
+                Ipv6Addr::from(ip).into(),
+                body.get_u16(),
+            )))
         }
         0 => Ok(None), // AF_UNSPEC
         1 | 2 => Err(PpError::Malformed("v2 address block too short")),
@@ -234,10 +237,14 @@ mod tests {
 
     #[tokio::test]
     async fn v1_tcp4_and_tcp6() {
-        let h = read(b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\nGET /").await.unwrap();
+        let h = read(b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\nGET /")
+            .await
+            .unwrap();
         assert_eq!(h.source, Some("192.0.2.1:56324".parse().unwrap()));
         assert_eq!(&h.rest[..], b"GET /");
-        let h = read(b"PROXY TCP6 2001:db8::1 2001:db8::2 1000 80\r\n").await.unwrap();
+        let h = read(b"PROXY TCP6 2001:db8::1 2001:db8::2 1000 80\r\n")
+            .await
+            .unwrap();
         assert_eq!(h.source, Some("[2001:db8::1]:1000".parse().unwrap()));
         let h = read(b"PROXY UNKNOWN\r\n").await.unwrap();
         assert_eq!(h.source, None);
@@ -246,7 +253,9 @@ mod tests {
     #[tokio::test]
     async fn v2_tcp4_and_local() {
         let mut b = V2_SIG.to_vec();
-        b.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 9, 10, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+        b.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 203, 0, 113, 9, 10, 0, 0, 1, 0x1f, 0x90, 0, 80,
+        ]);
         b.extend_from_slice(b"GET");
         let h = read(&b).await.unwrap();
         assert_eq!(h.source, Some("203.0.113.9:8080".parse().unwrap()));
@@ -265,10 +274,14 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_headers_fail_cleanly() {
-        assert!(read(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n").await.is_err());
+        assert!(read(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n")
+            .await
+            .is_err());
         assert!(read(b"PROXY TCP4 ::1 ::1 1 2\r\n").await.is_err());
         assert!(read(b"PROXY TCP4 1.2.3.4").await.is_err());
-        assert!(read(&[b"PROXY ".as_slice(), &[b'x'; 200]].concat()).await.is_err());
+        assert!(read(&[b"PROXY ".as_slice(), &[b'x'; 200]].concat())
+            .await
+            .is_err());
         let mut b = V2_SIG.to_vec();
         b.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert!(read(&b).await.is_err());

@@ -321,7 +321,9 @@ mod tests {
     #[test]
     fn round_robin_cycles_and_skips_down() {
         let s = set(3, Balance::RoundRobin);
-        let picks: Vec<_> = (0..6).map(|_| s.pick(CLIENT).unwrap().addr.port()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| s.pick(CLIENT).unwrap().addr.port())
+            .collect();
         let mut first3 = picks[..3].to_vec();
         first3.sort();
         assert_eq!(first3, vec![8000, 8001, 8002]);

@@ -86,7 +86,7 @@ impl Table {
         }
         let finish = |mut v: Vec<Arc<Route>>| {
             // Longest prefix first; the sort is stable so ties keep declaration order.
-            v.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            v.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             v.into_boxed_slice()
         };
         let table = Table {

@@ -20,7 +20,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
@@ -135,8 +137,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             );
             continue;
         }
-        let listener = wharf_proxy::bind(ep.address)
-            .with_context(|| format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address))?;
+        let listener = wharf_proxy::bind(ep.address).with_context(|| {
+            format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
+        })?;
         let entry = Entrypoint {
             index,
             settings: Arc::new(listener_settings(ep)),
