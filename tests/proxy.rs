@@ -337,3 +337,27 @@ fn admin_api_lists_routes_and_backends() {
     let m = get(w.admin, "x", "/metrics").text();
     assert!(m.contains("wharf_routes 1"), "{m}");
 }
+
+#[test]
+fn dual_stack_listener_serves_ipv4_and_ipv6_and_trusts_mapped_ipv4() {
+    let a = Backend::start("a");
+    let cfg = "[entrypoints.web]\naddress = \"[::]:0\"\nproxy_protocol = { trusted = [\"127.0.0.1\"] }\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n".to_string()
+        + &route("app.test", "/", &[a.addr], "");
+    let w = Wharf::start(&cfg);
+    let port = w.ep("web").port();
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // IPv4 on the [::] listener arrives as ::ffff:127.0.0.1 and must match the
+    // IPv4 trust list.
+    let r = raw(
+        v4,
+        b"PROXY TCP4 198.51.100.4 127.0.0.1 1234 80\r\nGET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(a.last().header("x-real-ip"), Some("198.51.100.4"));
+    // IPv6 loopback, where the machine has it.
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    if TcpStream::connect(v6).is_ok() {
+        assert_eq!(get(v6, "app.test", "/").status, 200);
+        assert_eq!(a.last().header("x-real-ip"), Some("::1"));
+    }
+}

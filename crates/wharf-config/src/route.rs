@@ -180,6 +180,9 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSpec {
     pub name: String,
+    /// `enable` as written, if it was (`false` drops a file route; labels use it
+    /// for `exposed_by_default`).
+    pub enable: Option<bool>,
     pub hosts: Vec<String>,
     pub path: String,
     pub upstream: Upstream,
@@ -248,6 +251,7 @@ pub fn parse_route(
 
     let mut spec = RouteSpec {
         name: default_name.to_string(),
+        enable: None,
         hosts: Vec::new(),
         path: "/".into(),
         upstream: Upstream::Provided,
@@ -272,7 +276,10 @@ pub fn parse_route(
         spec.name = v.trim().to_string();
         Ok(())
     });
-    field("enable", &mut |v| values::boolean(v).map(drop));
+    field("enable", &mut |v| {
+        spec.enable = Some(values::boolean(v)?);
+        Ok(())
+    });
     field("host", &mut |v| {
         let mut hosts = Vec::new();
         for h in values::list(v) {

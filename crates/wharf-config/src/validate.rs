@@ -579,6 +579,12 @@ pub(crate) fn parse(
             key_secret: d.key_secret,
         }
     });
+    if dns01.as_ref().is_some_and(|d| d.zone.trim().is_empty()) {
+        ck.fail(
+            "acme.dns.zone",
+            "required: the zone that receives the TXT records",
+        );
+    }
     if challenge == Challenge::Dns01 && dns01.is_none() {
         ck.fail(
             "acme.dns",
@@ -689,6 +695,9 @@ pub(crate) fn parse(
                             );
                         }
                     }
+                }
+                if spec.enable == Some(false) {
+                    continue;
                 }
                 if let Some(other) = routes.iter().find(|r| r.name == spec.name) {
                     let msg = format!(
@@ -809,6 +818,15 @@ mod tests {
         assert_eq!(addr.line, Some(2));
         let bal = p.iter().find(|p| p.key == "routes[1].balance").unwrap();
         assert_eq!(bal.line, Some(10), "{p:?}");
+    }
+
+    #[test]
+    fn disabled_file_routes_are_dropped() {
+        let c = parse_ok(
+            "[[routes]]\nhost = \"a\"\nupstream = \"static:10.0.0.1:80\"\nenable = false\n[[routes]]\nhost = \"b\"\nupstream = \"static:10.0.0.1:80\"\n",
+        );
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].hosts, vec!["b"]);
     }
 
     #[test]

@@ -111,11 +111,14 @@ struct Conn {
 
 impl Conn {
     async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
+        // On a dual-stack `[::]` listener an IPv4 peer arrives as `::ffff:a.b.c.d`;
+        // compare its canonical form so IPv4 CIDRs match.
+        let peer_ip = peer.ip().to_canonical();
         let trusted_pp = self
             .settings
             .proxy_protocol
             .as_ref()
-            .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer.ip())));
+            .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer_ip)));
         if !trusted_pp {
             return self.serve(stream, peer).await;
         }

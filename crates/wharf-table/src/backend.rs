@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -74,24 +74,44 @@ pub struct BackendKey {
 pub struct BackendState {
     inflight: AtomicU32,
     up: AtomicBool,
-}
-
-impl Default for BackendState {
-    fn default() -> Self {
-        BackendState {
-            inflight: AtomicU32::new(0),
-            up: AtomicBool::new(true),
-        }
-    }
+    /// The last compile that used this backend (mark and sweep in the registry).
+    seen: AtomicU64,
+    /// URI parts built once per backend identity, so neither the hot path nor a
+    /// recompile formats or parses an address.
+    uri_scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
 }
 
 impl BackendState {
+    fn new(def: &BackendDef) -> Self {
+        let uri_scheme = match def.scheme {
+            Scheme::Https => http::uri::Scheme::HTTPS,
+            Scheme::Http | Scheme::H2c => http::uri::Scheme::HTTP,
+        };
+        // A socket address always renders as a valid authority (`1.2.3.4:80`,
+        // `[::1]:80`); the fallback is unreachable but keeps this panic-free.
+        let authority = http::uri::Authority::try_from(def.addr.to_string())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid"));
+        BackendState {
+            inflight: AtomicU32::new(0),
+            up: AtomicBool::new(true),
+            seen: AtomicU64::new(0),
+            uri_scheme,
+            authority,
+        }
+    }
+
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    fn authority_scheme_matches(&self, def: &BackendDef) -> bool {
+        let https = def.scheme == Scheme::Https;
+        (self.uri_scheme == http::uri::Scheme::HTTPS) == https
     }
 
     /// Marks the backend up or down (the health checker's hook).
@@ -126,7 +146,10 @@ impl Drop for InflightGuard {
 /// their own `Arc` until they finish.
 #[derive(Debug, Default)]
 pub struct BackendRegistry {
-    states: DashMap<BackendKey, Arc<BackendState>>,
+    /// Keyed by identity; the key's scheme is part of the state, so a scheme change
+    /// replaces the state.
+    states: DashMap<BackendKey, Arc<BackendState>, ahash::RandomState>,
+    generation: AtomicU64,
 }
 
 impl BackendRegistry {
@@ -134,15 +157,45 @@ impl BackendRegistry {
         Self::default()
     }
 
-    pub fn state(&self, key: &BackendKey) -> Arc<BackendState> {
-        if let Some(s) = self.states.get(key) {
-            return s.clone();
-        }
-        self.states.entry(key.clone()).or_default().clone()
+    /// Starts a compile: states not marked with the returned generation before
+    /// [`Self::sweep`] are forgotten.
+    pub(crate) fn begin(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub(crate) fn retain(&self, live: &ahash::HashSet<BackendKey>) {
-        self.states.retain(|k, _| live.contains(k));
+    /// The state of a backend, created on first use, marked as used by `generation`.
+    pub(crate) fn mark(
+        &self,
+        key: BackendKey,
+        def: &BackendDef,
+        generation: u64,
+    ) -> Arc<BackendState> {
+        let fresh = |s: &Arc<BackendState>| s.authority_scheme_matches(def);
+        let state = match self.states.get(&key) {
+            Some(s) if fresh(&s) => s.clone(),
+            _ => self
+                .states
+                .entry(key)
+                .and_modify(|s| {
+                    if !fresh(s) {
+                        *s = Arc::new(BackendState::new(def));
+                    }
+                })
+                .or_insert_with(|| Arc::new(BackendState::new(def)))
+                .clone(),
+        };
+        state.seen.store(generation, Ordering::Relaxed);
+        state
+    }
+
+    pub(crate) fn sweep(&self, generation: u64) {
+        self.states
+            .retain(|_, s| s.seen.load(Ordering::Relaxed) == generation);
+    }
+
+    /// The state of a backend if some compiled table uses it.
+    pub fn get(&self, key: &BackendKey) -> Option<Arc<BackendState>> {
+        self.states.get(key).map(|s| s.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -158,7 +211,6 @@ impl BackendRegistry {
 pub struct Backend {
     pub addr: SocketAddr,
     pub scheme: Scheme,
-    /// URI parts built once so the hot path never formats an address.
     pub uri_scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub state: Arc<BackendState>,
@@ -177,19 +229,11 @@ impl fmt::Debug for Backend {
 
 impl Backend {
     pub(crate) fn new(def: &BackendDef, state: Arc<BackendState>) -> Self {
-        let uri_scheme = match def.scheme {
-            Scheme::Https => http::uri::Scheme::HTTPS,
-            Scheme::Http | Scheme::H2c => http::uri::Scheme::HTTP,
-        };
-        // A socket address always renders as a valid authority (`1.2.3.4:80`,
-        // `[::1]:80`); the fallback is unreachable but keeps this panic-free.
-        let authority = http::uri::Authority::try_from(def.addr.to_string())
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid"));
         Backend {
             addr: def.addr,
             scheme: def.scheme,
-            uri_scheme,
-            authority,
+            uri_scheme: state.uri_scheme.clone(),
+            authority: state.authority.clone(),
             state,
         }
     }
@@ -310,7 +354,7 @@ mod tests {
                     route: "r".into(),
                     addr: def.addr,
                 };
-                Arc::new(Backend::new(&def, reg.state(&key)))
+                Arc::new(Backend::new(&def, reg.mark(key, &def, 1)))
             })
             .collect();
         BackendSet::new(backends, balance)

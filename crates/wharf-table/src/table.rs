@@ -38,7 +38,7 @@ impl Table {
     /// identity, and the registry forgets backends no route uses any more.
     pub fn compile(defs: Vec<RouteDef>, registry: &BackendRegistry) -> (Table, CompileReport) {
         let mut report = CompileReport::default();
-        let mut live = ahash::HashSet::default();
+        let generation = registry.begin();
         let mut routes = Vec::with_capacity(defs.len());
         for def in defs {
             let backends = def
@@ -49,15 +49,13 @@ impl Table {
                         route: def.name.clone(),
                         addr: b.addr,
                     };
-                    let state = registry.state(&key);
-                    live.insert(key);
-                    Arc::new(Backend::new(b, state))
+                    Arc::new(Backend::new(b, registry.mark(key, b, generation)))
                 })
                 .collect();
             let set = BackendSet::new(backends, def.balance);
             routes.push(Arc::new(Route::new(def, set)));
         }
-        registry.retain(&live);
+        registry.sweep(generation);
 
         // Group by host, keeping declaration order for conflict resolution.
         let mut exact: Map<Vec<Arc<Route>>> = Map::default();

@@ -230,18 +230,30 @@ fn reload(
                     warn!("SIGHUP: [{section}] changed; it takes effect at the next restart");
                 }
             }
-            apply(control, &new, problems, metrics);
-            metrics
-                .reloads
-                .with_label_values(&["file", "success"])
-                .inc();
-            info!(file = %path.display(), "SIGHUP: configuration reloaded");
-            // Keep the running sections so later diffs compare with what runs.
+            // Listeners, admin, runtime and upstream settings stay as they run until
+            // a restart; route entrypoint lists resolve against the running ones.
             let mut next = new;
             next.entrypoints = std::mem::take(&mut current.entrypoints);
             next.admin = current.admin.clone();
             next.runtime = current.runtime.clone();
             next.upstream = current.upstream.clone();
+            for r in &next.routes {
+                for ep in r.entrypoints.iter().flatten() {
+                    if next.entrypoint_index(ep).is_none() {
+                        warn!(
+                            "SIGHUP: route `{}` names entrypoint `{ep}`, which is not running \
+                             until the next restart",
+                            r.name
+                        );
+                    }
+                }
+            }
+            apply(control, &next, problems, metrics);
+            metrics
+                .reloads
+                .with_label_values(&["file", "success"])
+                .inc();
+            info!(file = %path.display(), "SIGHUP: configuration reloaded");
             *current = next;
         }
     }
