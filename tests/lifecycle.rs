@@ -242,3 +242,25 @@ fn sigterm_gives_up_after_shutdown_timeout() {
     assert_eq!(w.wait_exit(), Some(0));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn sighup_adding_an_entrypoint_never_moves_routes_onto_another_listener() {
+    let a = Backend::start("a");
+    let mut w = Wharf::start(
+        &(base_config() + &route("a.test", "/", &[a.addr], "entrypoints = [\"web\"]")),
+    );
+    let web = w.ep("web");
+    // `aaa` sorts before `web`: a naive reload would give it web's index.
+    let next = "[entrypoints.aaa]\naddress = \"127.0.0.1:0\"\n\n".to_string()
+        + &base_config()
+        + &route("a.test", "/", &[a.addr], "entrypoints = [\"web\"]")
+        + &route("internal.test", "/", &[a.addr], "entrypoints = [\"aaa\"]");
+    std::fs::write(&w.config, next).unwrap();
+    let before = w.log_count();
+    w.signal("HUP");
+    w.wait_log_after("configuration reloaded", before).unwrap();
+    w.wait_log_after("not running until the next restart", before)
+        .unwrap();
+    assert_eq!(get(web, "a.test", "/").status, 200);
+    assert_eq!(get(web, "internal.test", "/").status, 404);
+}

@@ -361,3 +361,47 @@ fn dual_stack_listener_serves_ipv4_and_ipv6_and_trusts_mapped_ipv4() {
         assert_eq!(a.last().header("x-real-ip"), Some("::1"));
     }
 }
+
+#[test]
+fn silent_and_idle_connections_are_closed_after_the_head_timeout() {
+    let a = Backend::start("a");
+    let cfg = base_config().replace(
+        "address = \"127.0.0.1:0\"\n\n[admin]",
+        "address = \"127.0.0.1:0\"\nheader_read_timeout = \"300ms\"\n\n[admin]",
+    ) + &route("app.test", "/", &[a.addr], "");
+    let w = Wharf::start(&cfg);
+    let web = w.ep("web");
+    let closed_within = |s: &mut TcpStream| {
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        t.elapsed()
+    };
+    // Connects and says nothing.
+    let mut silent = TcpStream::connect(web).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(closed_within(&mut silent) < Duration::from_secs(5));
+    // One request, then idle on keep-alive.
+    let mut idle = TcpStream::connect(web).unwrap();
+    idle.set_read_timeout(Some(WAIT)).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).status, 200);
+    assert!(closed_within(&mut idle) < Duration::from_secs(5));
+}
+
+#[test]
+fn proxy_headers_from_untrusted_peers_are_refused() {
+    let a = Backend::start("a");
+    let cfg = base_config().replace(
+        "address = \"127.0.0.1:0\"\n\n[admin]",
+        "address = \"127.0.0.1:0\"\nproxy_protocol = { trusted = [\"10.0.0.0/8\"] }\n\n[admin]",
+    ) + &route("app.test", "/", &[a.addr], "");
+    let w = Wharf::start(&cfg);
+    let r = raw(
+        w.ep("web"),
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\nGET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(a.seen().is_empty(), "a spoofed request reached the backend");
+}

@@ -184,6 +184,9 @@ fn not_enforced(r: &RouteSpec) -> Vec<String> {
     if r.maxconn.is_some() {
         say("maxconn");
     }
+    if r.scheme == wharf_table::Scheme::Https {
+        say("scheme = https (backends answer 502 until TLS to backends lands)");
+    }
     out
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -20,6 +21,8 @@ use crate::headers::{self, ClientInfo};
 use crate::{SharedTable, UpstreamSettings};
 
 type HttpClient = Client<HttpConnector, Incoming>;
+
+const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
 
 /// The ACME HTTP-01 path, never redirected (RFC 8555 §8.3).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
@@ -125,9 +128,9 @@ impl Forwarder {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
+        let from_h2 = parts.version == Version::HTTP_2;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::set_forwarded(&mut parts.headers, &conn.info, &host_value);
-        parts.headers.insert(header::HOST, host_value);
         let path = parts
             .uri
             .path_and_query()
@@ -141,9 +144,23 @@ impl Forwarder {
         let client = match backend.scheme {
             Scheme::Http => {
                 parts.version = Version::HTTP_11;
+                parts.headers.insert(header::HOST, host_value);
+                if from_h2 {
+                    headers::join_cookies(&mut parts.headers);
+                }
+                // A body of unknown length (h2 without content-length, chunked GET)
+                // must stay chunked: hyper would otherwise send a GET's body as
+                // empty.
+                if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+                    parts.headers.insert(header::TRANSFER_ENCODING, CHUNKED);
+                }
                 &self.http1
             }
             Scheme::H2c => {
+                // The backend address is the :authority here; a Host field that
+                // differs from it is forbidden (RFC 9113 §8.3.1), so the client's
+                // host travels in X-Forwarded-Host only.
+                parts.headers.remove(header::HOST);
                 parts.version = Version::HTTP_2;
                 &self.h2c
             }
@@ -169,7 +186,8 @@ impl Forwarder {
                     let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
                     drop(guard);
                 });
-                let (parts, _) = resp.into_parts();
+                let (mut parts, _) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers, true);
                 return Ok(Response::from_parts(parts, full("")));
             }
         }

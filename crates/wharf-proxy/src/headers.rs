@@ -9,6 +9,10 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 pub const HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -16,16 +20,44 @@ pub const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1; RFC 2616 §13.5.1 for the older names that
-/// clients still send). `TE: trailers` is kept for HTTP/2 and gRPC backends.
+/// clients still send). `TE: trailers` is kept for HTTP/2 and gRPC backends;
+/// `Trailer` is end-to-end (RFC 9110 §6.6.2) and stays.
 static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
     &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
 ];
+
+/// Forwarding fields only a trusted peer may set; from anyone else they are
+/// removed so an application cannot be told a forged scheme, port or address
+/// (RFC 7239 `Forwarded` included).
+static UNTRUSTED_DROP: [&HeaderName; 4] = [
+    &FORWARDED,
+    &X_FORWARDED_PORT,
+    &X_FORWARDED_PREFIX,
+    &X_FORWARDED_SERVER,
+];
+
+/// Joins the `Cookie` fields an HTTP/2 client sends separately into one, as
+/// RFC 9113 §8.2.3 requires before forwarding over HTTP/1.1.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
 
 /// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -113,6 +145,13 @@ pub struct ClientInfo {
 /// extended and its `X-Forwarded-Proto`/`-Host` kept; from anyone else they are
 /// replaced, so a client cannot forge its address.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &HeaderValue) {
+    if !client.trusted {
+        for name in UNTRUSTED_DROP {
+            if headers.contains_key(name) {
+                headers.remove(name);
+            }
+        }
+    }
     let xff = if client.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -166,6 +205,42 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn joins_cookies() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1");
+    }
+
+    #[test]
+    fn untrusted_forwarding_fields_dropped() {
+        let mut h = map(&[
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-forwarded-port", "443"),
+        ]);
+        set_forwarded(&mut h, &client(false), &HeaderValue::from_static("a"));
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-forwarded-port").is_none());
+        let mut h = map(&[("forwarded", "for=203.0.113.1")]);
+        set_forwarded(&mut h, &client(true), &HeaderValue::from_static("a"));
+        assert_eq!(h["forwarded"], "for=203.0.113.1");
+    }
+
+    #[test]
+    fn keeps_trailer_drops_proxy_authorization() {
+        let mut h = map(&[
+            ("trailer", "x-checksum"),
+            ("proxy-authorization", "Basic x"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["trailer"], "x-checksum");
+        assert!(h.get("proxy-authorization").is_none());
     }
 
     #[test]

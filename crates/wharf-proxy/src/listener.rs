@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -67,7 +68,10 @@ impl Entrypoint {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(256)
+            // Find dead HTTP/2 peers: ping every 30 s, give up after 20 s.
+            .keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(20));
         let builder = if s.http2 {
             builder
         } else {
@@ -158,21 +162,41 @@ impl Conn {
         };
         let info = Arc::new(info);
         let fwd = self.fwd;
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = started.clone();
         let svc = service_fn(move |req| {
             let fwd = fwd.clone();
             let info = info.clone();
+            if !seen.load(Ordering::Relaxed) {
+                seen.store(true, Ordering::Relaxed);
+            }
             async move { Ok::<_, Infallible>(fwd.handle(&info, req).await) }
         });
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.cancel.cancelled() => {
-                // Finish the request in flight, then close (drain).
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        // hyper's head timer starts only once it knows the protocol; a peer that
+        // connects and sends nothing (or half an HTTP/2 preface) would hold a file
+        // descriptor forever. Close it if no request starts within the head timeout.
+        let first = tokio::time::sleep(s.header_read_timeout);
+        tokio::pin!(first);
+        let mut waiting_first = true;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = &mut first, if waiting_first => {
+                    waiting_first = false;
+                    if !started.load(Ordering::Relaxed) {
+                        debug!(%client, "no request within header_read_timeout; closing");
+                        return;
+                    }
+                }
+                _ = self.cancel.cancelled() => {
+                    // Finish the request in flight, then close (drain).
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
             }
         };
         if let Err(e) = result {

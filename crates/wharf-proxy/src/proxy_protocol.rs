@@ -53,7 +53,8 @@ pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Header,
                 })
             }
             Kind::V1 => {
-                if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                let window = &buf[..buf.len().min(V1_MAX)];
+                if let Some(end) = window.windows(2).position(|w| w == b"\r\n") {
                     let line = buf.split_to(end + 2);
                     return Ok(Header {
                         source: parse_v1(&line[..end])?,
@@ -119,14 +120,8 @@ fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, PpError> {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .ok_or(PpError::Malformed("v1 destination address"))?;
-            let sport: u16 = parts
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or(PpError::Malformed("v1 source port"))?;
-            let _dport: u16 = parts
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or(PpError::Malformed("v1 destination port"))?;
+            let sport = port(parts.next()).ok_or(PpError::Malformed("v1 source port"))?;
+            let _dport = port(parts.next()).ok_or(PpError::Malformed("v1 destination port"))?;
             if parts.next().is_some() || (proto == "TCP4") != src.is_ipv4() {
                 return Err(PpError::Malformed("v1 protocol and address disagree"));
             }
@@ -134,6 +129,15 @@ fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, PpError> {
         }
         _ => Err(PpError::Malformed("v1 protocol")),
     }
+}
+
+/// A v1 port: decimal digits only, no sign (the spec's grammar).
+fn port(s: Option<&str>) -> Option<u16> {
+    let s = s?;
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn parse_v2(head: &[u8]) -> Result<Option<SocketAddr>, PpError> {
@@ -162,9 +166,9 @@ fn parse_v2(head: &[u8]) -> Result<Option<SocketAddr>, PpError> {
                 body.get_u16(),
             )))
         }
-        0 => Ok(None), // AF_UNSPEC
+        0 | 3 => Ok(None), // AF_UNSPEC, AF_UNIX: no IP to report
         1 | 2 => Err(PpError::Malformed("v2 address block too short")),
-        _ => Ok(None), // AF_UNIX: no IP to report
+        _ => Err(PpError::Malformed("v2 address family")),
     }
 }
 
@@ -278,6 +282,9 @@ mod tests {
             .await
             .is_err());
         assert!(read(b"PROXY TCP4 ::1 ::1 1 2\r\n").await.is_err());
+        assert!(read(b"PROXY TCP4 1.2.3.4 5.6.7.8 +80 80\r\n")
+            .await
+            .is_err());
         assert!(read(b"PROXY TCP4 1.2.3.4").await.is_err());
         assert!(read(&[b"PROXY ".as_slice(), &[b'x'; 200]].concat())
             .await

@@ -1,7 +1,6 @@
 //! Backends, their long-lived state, and the balancers that pick one.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -239,13 +238,32 @@ impl Backend {
     }
 }
 
-/// Fixed seeds: source hashing must give the same answer in every replica.
-const SOURCE_SEEDS: [u64; 4] = [
-    0x5761_7266_2d73_7263,
-    0x9e37_79b9_7f4a_7c15,
-    0xbf58_476d_1ce4_e5b9,
-    0x94d0_49bb_1331_11eb,
-];
+/// A fixed, fully specified hash for rendezvous scoring, so that every replica,
+/// whatever its build, version or CPU, ranks backends the same way for a client:
+/// FNV-1a over the address octets, then the splitmix64 finaliser for spread.
+fn rendezvous_score(client: IpAddr, backend: SocketAddr) -> u64 {
+    fn feed(mut h: u64, bytes: &[u8]) -> u64 {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    h = match client.to_canonical() {
+        IpAddr::V4(a) => feed(h, &a.octets()),
+        IpAddr::V6(a) => feed(h, &a.octets()),
+    };
+    h = feed(h, &[0xff]);
+    h = match backend.ip() {
+        IpAddr::V4(a) => feed(h, &a.octets()),
+        IpAddr::V6(a) => feed(h, &a.octets()),
+    };
+    h = feed(h, &backend.port().to_be_bytes());
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
 
 /// The backends of one route and how to choose among them.
 #[derive(Debug)]
@@ -320,21 +338,10 @@ impl BackendSet {
     }
 
     fn rendezvous(&self, client: IpAddr) -> Option<&Arc<Backend>> {
-        let hasher = ahash::RandomState::with_seeds(
-            SOURCE_SEEDS[0],
-            SOURCE_SEEDS[1],
-            SOURCE_SEEDS[2],
-            SOURCE_SEEDS[3],
-        );
         self.backends
             .iter()
             .filter(|b| b.state.is_up())
-            .max_by_key(|b| {
-                let mut h = hasher.build_hasher();
-                client.hash(&mut h);
-                b.addr.hash(&mut h);
-                h.finish()
-            })
+            .max_by_key(|b| rendezvous_score(client, b.addr))
     }
 }
 
@@ -360,6 +367,7 @@ mod tests {
         BackendSet::new(backends, balance)
     }
 
+    const GOLDEN: u64 = 17_561_349_671_499_069_348;
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
     #[test]
@@ -410,6 +418,24 @@ mod tests {
             s.all().iter().for_each(|b| b.state.set_up(false));
             assert!(s.pick(CLIENT).is_none());
         }
+    }
+
+    #[test]
+    fn rendezvous_score_is_a_fixed_function() {
+        // Golden values: a change here breaks agreement between replicas running
+        // different builds, so it must be deliberate.
+        let c: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            rendezvous_score(c, "10.0.0.1:8080".parse().unwrap()),
+            rendezvous_score(
+                "::ffff:192.0.2.1".parse().unwrap(),
+                "10.0.0.1:8080".parse().unwrap()
+            )
+        );
+        assert_eq!(
+            rendezvous_score(c, "10.0.0.1:8080".parse().unwrap()),
+            GOLDEN
+        );
     }
 
     #[test]

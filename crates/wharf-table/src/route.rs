@@ -29,6 +29,11 @@ impl EntrypointMask {
         }
     }
 
+    /// Do two masks share an entrypoint?
+    pub fn overlaps(self, other: EntrypointMask) -> bool {
+        self.0 & other.0 != 0
+    }
+
     #[inline]
     pub fn contains(self, index: usize) -> bool {
         index < Self::MAX_ENTRYPOINTS && self.0 & (1 << index) != 0

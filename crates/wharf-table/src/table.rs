@@ -70,7 +70,12 @@ impl Table {
                 } else {
                     exact.entry(host.as_str().into()).or_default()
                 };
-                if let Some(kept) = bucket.iter().find(|r| r.path == route.path) {
+                // Same host and path on disjoint entrypoints (public vs internal)
+                // never collide.
+                let clash = |r: &&Arc<Route>| {
+                    r.path == route.path && r.entrypoints.overlaps(route.entrypoints)
+                };
+                if let Some(kept) = bucket.iter().find(clash) {
                     report.conflicts.push(Conflict {
                         host: host.clone(),
                         path: route.path.clone(),
@@ -217,6 +222,19 @@ mod tests {
         assert_eq!(name(&t, "h", "/"), Some("one"));
         assert_eq!(rep.conflicts.len(), 1);
         assert_eq!(&*rep.conflicts[0].dropped, "two");
+    }
+
+    #[test]
+    fn same_host_on_disjoint_entrypoints_is_no_conflict() {
+        let reg = BackendRegistry::new();
+        let mut public = def("public", &["h"], "/", 1);
+        public.entrypoints = EntrypointMask::none().with(0);
+        let mut internal = def("internal", &["h"], "/", 2);
+        internal.entrypoints = EntrypointMask::none().with(1);
+        let (t, rep) = Table::compile(vec![public, internal], &reg);
+        assert!(rep.conflicts.is_empty());
+        assert_eq!(t.find("h", "/", 0).map(|r| &*r.name), Some("public"));
+        assert_eq!(t.find("h", "/", 1).map(|r| &*r.name), Some("internal"));
     }
 
     #[test]

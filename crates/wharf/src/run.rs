@@ -102,6 +102,11 @@ fn apply(
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Installed first, so a signal during start-up is handled rather than killing
+    // the process with the default action.
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let registry = prometheus::Registry::new();
     #[cfg(target_os = "linux")]
     registry
@@ -168,9 +173,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut current = cfg;
     info!("wharf is ready");
     loop {
