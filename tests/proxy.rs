@@ -405,3 +405,26 @@ fn proxy_headers_from_untrusted_peers_are_refused() {
     assert_eq!(r.status, 400);
     assert!(a.seen().is_empty(), "a spoofed request reached the backend");
 }
+
+#[test]
+fn upstream_connections_are_reused() {
+    let a = Backend::start("a");
+    let w = Wharf::start(&(base_config() + &route("app.test", "/", &[a.addr], "")));
+    for _ in 0..20 {
+        assert_eq!(get(w.ep("web"), "app.test", "/").status, 200);
+    }
+    // Sequential requests from fresh client connections share one pooled
+    // upstream connection.
+    let peers: std::collections::HashSet<_> = a.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    // A response read only partly is not reused: its connection is dropped.
+    let mut s = TcpStream::connect(w.ep("web")).unwrap();
+    s.write_all(b"GET /big?n=10000000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    s.read_exact(&mut buf).unwrap();
+    drop(s);
+    assert_eq!(get(w.ep("web"), "app.test", "/").status, 200);
+    let last = a.last();
+    assert_eq!(last.uri, "/");
+}

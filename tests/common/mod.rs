@@ -55,6 +55,8 @@ pub struct Seen {
     pub version: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The proxy's address as the backend saw it (one per upstream connection).
+    pub peer: SocketAddr,
 }
 
 impl Seen {
@@ -105,7 +107,7 @@ impl Backend {
                 tx.send(l.local_addr().unwrap()).unwrap();
                 let serve = async {
                     loop {
-                        let (s, _) = match l.accept().await {
+                        let (s, peer) = match l.accept().await {
                             Ok(x) => x,
                             Err(_) => continue,
                         };
@@ -119,6 +121,7 @@ impl Backend {
                             let svc = hyper::service::service_fn(move |req| {
                                 handle(
                                     req,
+                                    peer,
                                     seen.clone(),
                                     release.clone(),
                                     started.clone(),
@@ -187,6 +190,7 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infalli
 
 async fn handle(
     mut req: Request<Incoming>,
+    peer: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     started: Arc<Notify>,
@@ -211,6 +215,7 @@ async fn handle(
             .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
             .collect(),
         body_len: 0,
+        peer,
     };
     let on_upgrade = (path == "/upgrade").then(|| hyper::upgrade::on(&mut req));
     let body = req

@@ -11,19 +11,38 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use wharf_table::InflightGuard;
 
+use crate::pool::Pooled;
+
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-/// A backend's response body plus the guard that counts it as in flight.
+/// A backend's response body plus the guard that counts it as in flight and, for
+/// pooled HTTP/1.1, the connection, which goes back to the pool only once the
+/// body has been read to its end (a half-read connection is never reused).
 pub struct UpstreamBody {
     inner: Incoming,
     _guard: InflightGuard,
+    conn: Option<Pooled>,
+    done: bool,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, guard: InflightGuard) -> Self {
+    pub fn new(inner: Incoming, guard: InflightGuard, conn: Option<Pooled>) -> Self {
+        let done = inner.is_end_stream();
         UpstreamBody {
             inner,
             _guard: guard,
+            conn,
+            done,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.done {
+            if let Some(c) = self.conn.take() {
+                c.release();
+            }
         }
     }
 }
@@ -37,7 +56,13 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done = true,
+            Poll::Ready(Some(Ok(_))) => self.done = self.inner.is_end_stream(),
+            _ => {}
+        }
+        polled
     }
 
     #[inline]

@@ -13,11 +13,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
-use wharf_table::{normalize_host, InflightGuard, Route, Scheme};
+use wharf_table::{normalize_host, Backend, InflightGuard, Route, Scheme};
 
 use crate::body::{full, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
+use crate::pool::{H1Pool, Pooled};
 use crate::{SharedTable, UpstreamSettings};
 
 type HttpClient = Client<HttpConnector, Incoming>;
@@ -30,6 +31,8 @@ const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 /// Everything a request needs that does not change per request.
 pub struct Forwarder {
     table: SharedTable,
+    pool: Arc<H1Pool>,
+    /// hyper-util's client, for upgrades (the tunnel takes the connection over).
     http1: HttpClient,
     h2c: HttpClient,
     response_timeout: Duration,
@@ -68,6 +71,7 @@ impl Forwarder {
         let h2c = builder.build(connector);
         Forwarder {
             table,
+            pool: H1Pool::new(up.connect_timeout, up.idle_timeout, up.max_idle_per_backend),
             http1,
             h2c,
             response_timeout: up.response_timeout,
@@ -136,47 +140,40 @@ impl Forwarder {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(backend.uri_scheme.clone());
-        uri.authority = Some(backend.authority.clone());
-        uri.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))?;
-        let client = match backend.scheme {
-            Scheme::Http => {
-                parts.version = Version::HTTP_11;
-                parts.headers.insert(header::HOST, host_value);
-                if from_h2 {
-                    headers::join_cookies(&mut parts.headers);
-                }
-                // A body of unknown length (h2 without content-length, chunked GET)
-                // must stay chunked: hyper would otherwise send a GET's body as
-                // empty.
-                if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-                    parts.headers.insert(header::TRANSFER_ENCODING, CHUNKED);
-                }
-                &self.http1
-            }
-            Scheme::H2c => {
-                // The backend address is the :authority here; a Host field that
-                // differs from it is forbidden (RFC 9113 §8.3.1), so the client's
-                // host travels in X-Forwarded-Host only.
-                parts.headers.remove(header::HOST);
-                parts.version = Version::HTTP_2;
-                &self.h2c
-            }
-            Scheme::Https => return Err(ProxyError::UnsupportedScheme("https")),
-        };
 
-        let sent = client.request(Request::from_parts(parts, body));
-        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
-            Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
-            Ok(Ok(r)) => r,
-        };
+        if backend.scheme == Scheme::H2c {
+            // The backend address is the :authority here; a Host field that differs
+            // from it is forbidden (RFC 9113 §8.3.1), so the client's host travels
+            // in X-Forwarded-Host only.
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+            parts.uri = absolute_uri(&backend, path)?;
+            let sent = self.h2c.request(Request::from_parts(parts, body));
+            let resp = self.with_timeout(sent).await?;
+            return Ok(self.finish(resp, guard, None, conn, &route));
+        }
+        if backend.scheme == Scheme::Https {
+            return Err(ProxyError::UnsupportedScheme("https"));
+        }
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(header::HOST, host_value);
+        if from_h2 {
+            headers::join_cookies(&mut parts.headers);
+        }
+        // A body of unknown length (h2 without content-length, a chunked GET) must
+        // stay chunked: hyper would otherwise send a GET's body as empty.
+        if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts.headers.insert(header::TRANSFER_ENCODING, CHUNKED);
+        }
+
+        if let Some(client_upgrade) = client_upgrade {
+            // The tunnel takes the connection over, so it never comes from or goes
+            // back to the pool.
+            parts.uri = absolute_uri(&backend, path)?;
+            let sent = self.http1.request(Request::from_parts(parts, body));
+            let mut resp = self.with_timeout(sent).await?;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
@@ -190,8 +187,67 @@ impl Forwarder {
                 headers::strip_hop_by_hop(&mut parts.headers, true);
                 return Ok(Response::from_parts(parts, full("")));
             }
+            return Ok(self.finish(resp, guard, None, conn, &route));
         }
 
+        // The common case: pooled HTTP/1.1 in origin form.
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        let sent = self.send_pooled(backend.addr, Request::from_parts(parts, body));
+        let (resp, pooled) = match tokio::time::timeout(self.response_timeout, sent).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(r) => r?,
+        };
+        Ok(self.finish(resp, guard, Some(pooled), conn, &route))
+    }
+
+    async fn with_timeout(
+        &self,
+        sent: hyper_util::client::legacy::ResponseFuture,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_timeout, sent).await {
+            Err(_) => Err(ProxyError::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Sends on a pooled connection. A request that a reused connection refused
+    /// before anything was written (it closed meanwhile) is sent again on a fresh
+    /// connection; nothing else is retried.
+    async fn send_pooled(
+        &self,
+        addr: std::net::SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Pooled), ProxyError> {
+        let mut pooled = self.pool.checkout(addr).await?;
+        match pooled.tx.try_send_request(req).await {
+            Ok(resp) => Ok((resp, pooled)),
+            Err(mut e) => match e.take_message() {
+                Some(req) if pooled.reused => {
+                    let mut fresh = self.pool.connect(addr).await?;
+                    match fresh.tx.send_request(req).await {
+                        Ok(resp) => Ok((resp, fresh)),
+                        Err(e) => Err(ProxyError::Upstream(error_chain(&e))),
+                    }
+                }
+                _ => Err(ProxyError::Upstream(error_chain(e.error()))),
+            },
+        }
+    }
+
+    /// The response on its way back: hop-by-hop fields dropped, HSTS on TLS, the
+    /// body streamed with the in-flight guard (and the pooled connection) attached.
+    fn finish(
+        &self,
+        resp: Response<Incoming>,
+        guard: InflightGuard,
+        pooled: Option<Pooled>,
+        conn: &ConnInfo,
+        route: &Route,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         if conn.tls {
@@ -201,11 +257,19 @@ impl Forwarder {
                     .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
-        Ok(Response::from_parts(
+        Response::from_parts(
             parts,
-            http_body_util::Either::Left(UpstreamBody::new(body, guard)),
-        ))
+            http_body_util::Either::Left(UpstreamBody::new(body, guard, pooled)),
+        )
     }
+}
+
+fn absolute_uri(backend: &Backend, path: PathAndQuery) -> Result<Uri, ProxyError> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(backend.uri_scheme.clone());
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(path);
+    Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))
 }
 
 /// 301 for GET/HEAD, 308 otherwise so the method and body are kept (RFC 9110

@@ -9,6 +9,7 @@ mod error;
 mod forward;
 mod headers;
 mod listener;
+mod pool;
 pub mod proxy_protocol;
 
 use std::net::SocketAddr;
