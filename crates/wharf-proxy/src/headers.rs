@@ -105,11 +105,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         None
     };
-    for name in HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
+    remove_any(headers, &HOP_BY_HOP);
     if headers.contains_key(header::TE) {
         let trailers_only = headers
             .get_all(header::TE)
@@ -122,6 +118,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if let Some(u) = upgrade_value {
         headers.insert(header::CONNECTION, UPGRADE);
         headers.insert(header::UPGRADE, u);
+    }
+}
+
+/// Removes every field of `names` that is present. A request carries a handful of
+/// fields, so one pass comparing names (standard names compare as enum tags) is
+/// cheaper than hashing each candidate name; removals, which are rare, hash.
+fn remove_any(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    let present = headers.keys().any(|k| names.iter().any(|n| *n == k));
+    if present {
+        for name in names {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -146,11 +154,7 @@ pub struct ClientInfo {
 /// replaced, so a client cannot forge its address.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &HeaderValue) {
     if !client.trusted {
-        for name in UNTRUSTED_DROP {
-            if headers.contains_key(name) {
-                headers.remove(name);
-            }
-        }
+        remove_any(headers, &UNTRUSTED_DROP);
     }
     let xff = if client.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
