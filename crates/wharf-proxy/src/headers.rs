@@ -125,7 +125,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// fields, so one pass comparing names (standard names compare as enum tags) is
 /// cheaper than hashing each candidate name; removals, which are rare, hash.
 fn remove_any(headers: &mut HeaderMap, names: &[&HeaderName]) {
-    let present = headers.keys().any(|k| names.iter().any(|n| *n == k));
+    let present = headers.keys().any(|k| names.contains(&k));
     if present {
         for name in names {
             headers.remove(*name);
