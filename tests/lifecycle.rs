@@ -173,28 +173,24 @@ fn sighup_rejects_a_bad_file_and_swaps_a_good_one_without_dropping_connections()
     );
 }
 
+/// Wharf with one route to `a` and the given `shutdown_timeout`.
+fn start_with_shutdown_timeout(a: &Backend, timeout: &str) -> Wharf {
+    Wharf::start(
+        &(base_config().replace(
+            "[admin]",
+            &format!("[runtime]\nshutdown_timeout = \"{timeout}\"\n\n[admin]"),
+        ) + &route("a.test", "/", &[a.addr], "")),
+    )
+}
+
 #[test]
 fn sigterm_drains_the_request_in_flight_then_exits_0() {
     let a = Backend::start("a");
-    let mut w = Wharf::start(
-        &(base_config().replace(
-            "[admin]",
-            "[runtime]\nshutdown_timeout = \"10s\"\n\n[admin]",
-        ) + &route("a.test", "/", &[a.addr], "")),
-    );
+    let mut w = start_with_shutdown_timeout(&a, "10s");
     let web = w.ep("web");
-    let started = a.started();
     let inflight = std::thread::spawn(move || get(web, "a.test", "/slow?ms=700"));
     // Wait until the backend has the request, then ask Wharf to stop.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(WAIT, started.notified())
-            .await
-            .expect("the backend never saw the request")
-    });
+    wait_notified(&a.started());
     let t = Instant::now();
     w.signal("TERM");
     w.wait_log("draining").unwrap();
@@ -209,38 +205,32 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
     assert_eq!(r.text(), "slow done");
     assert_eq!(w.wait_exit(), Some(0));
     assert!(t.elapsed() < Duration::from_secs(5));
+    w.wait_log("drained; exiting").unwrap();
 }
 
 #[test]
 fn sigterm_gives_up_after_shutdown_timeout() {
     let a = Backend::start("a");
-    let mut w = Wharf::start(
-        &(base_config().replace(
-            "[admin]",
-            "[runtime]\nshutdown_timeout = \"300ms\"\n\n[admin]",
-        ) + &route("a.test", "/", &[a.addr], "")),
-    );
+    let mut w = start_with_shutdown_timeout(&a, "300ms");
     let web = w.ep("web");
-    let started = a.started();
-    let _inflight = std::thread::spawn(move || {
+    let cut = std::thread::spawn(move || {
         let mut s = TcpStream::connect(web).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
         let _ = s.write_all(b"GET /slow?ms=10000 HTTP/1.1\r\nHost: a.test\r\n\r\n");
         let mut buf = Vec::new();
         let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+        buf
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(WAIT, started.notified())
-            .await
-            .unwrap()
-    });
+    wait_notified(&a.started());
     let t = Instant::now();
     w.signal("TERM");
     assert_eq!(w.wait_exit(), Some(0));
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    w.wait_log("shutdown_timeout").unwrap();
+    // The request that outlived the timeout got no response: its connection was cut.
+    assert!(cut.join().unwrap().is_empty());
 }
 
 #[test]

@@ -793,6 +793,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        let q = parse_ok(include_str!("../../../config/quickstart.toml"));
+        assert_eq!(q.routes[0].hosts, vec!["*"]);
+        let d = parse_ok(include_str!("../../../deploy/wharf.toml"));
+        assert_eq!(d.entrypoints.len(), 2);
+    }
+
+    #[test]
     fn unknown_key_names_line() {
         let p = parse_err("[admin]\naddress = \"127.0.0.1:1\"\n\n[runtime]\nworkers = 2\n");
         assert_eq!(p.len(), 1);
