@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 use wharf_table::{normalize_host, Backend, InflightGuard, Route, Scheme};
 
@@ -31,6 +32,7 @@ const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 /// Everything a request needs that does not change per request.
 pub struct Forwarder {
     table: SharedTable,
+    tunnels: TaskTracker,
     pool: Arc<H1Pool>,
     /// hyper-util's client, for upgrades (the tunnel takes the connection over).
     http1: HttpClient,
@@ -51,7 +53,14 @@ pub struct ConnInfo {
 }
 
 impl Forwarder {
-    pub fn new(table: SharedTable, up: &UpstreamSettings, https_port: Option<u16>) -> Self {
+    /// `tunnels` tracks upgraded connections (WebSocket and others) so a drain
+    /// waits for them too, up to the shutdown timeout.
+    pub fn new(
+        table: SharedTable,
+        up: &UpstreamSettings,
+        https_port: Option<u16>,
+        tunnels: TaskTracker,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(up.connect_timeout));
@@ -71,6 +80,7 @@ impl Forwarder {
         let h2c = builder.build(connector);
         Forwarder {
             table,
+            tunnels,
             pool: H1Pool::new(up.connect_timeout, up.idle_timeout, up.max_idle_per_backend),
             http1,
             h2c,
@@ -175,7 +185,7 @@ impl Forwarder {
             let mut resp = self.with_timeout(sent).await?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
+                self.tunnels.spawn(async move {
                     let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
                         return;
                     };

@@ -128,10 +128,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         idle_timeout: cfg.upstream.idle_timeout,
         max_idle_per_backend: cfg.upstream.max_idle_per_backend,
     };
-    let fwd = Arc::new(Forwarder::new(control.table(), &upstream, https_port));
-
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let fwd = Arc::new(Forwarder::new(
+        control.table(),
+        &upstream,
+        https_port,
+        tracker.clone(),
+    ));
     let mut listeners = Vec::new();
     for (index, ep) in cfg.entrypoints.iter().enumerate() {
         if ep.tls {
