@@ -336,6 +336,12 @@ fn admin_api_lists_routes_and_backends() {
     assert_eq!(v[0]["backends"][0]["health"], "up");
     let m = get(w.admin, "x", "/metrics").text();
     assert!(m.contains("wharf_routes 1"), "{m}");
+    let up = format!(
+        "wharf_backend_up{{backend=\"{}\",route=\"app.test/\"}} 1",
+        a.addr
+    );
+    assert!(m.contains(&up), "{m}");
+    assert!(m.contains("wharf_backend_inflight{"), "{m}");
 }
 
 #[test]

@@ -182,3 +182,77 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
         });
     }
 }
+
+/// `wharf_backend_up{route,backend}` and `wharf_backend_inflight{route,backend}`,
+/// read from the published table at scrape time, so the request path pays nothing
+/// for them.
+pub struct BackendCollector {
+    table: Arc<ArcSwap<Table>>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const BACKEND_LABELS: [&str; 2] = ["route", "backend"];
+
+impl BackendCollector {
+    pub fn new(table: Arc<ArcSwap<Table>>) -> prometheus::Result<Self> {
+        use prometheus::core::Describer as _;
+        let up = prometheus::Opts::new("wharf_backend_up", "1 when the backend takes requests.")
+            .variable_labels(BACKEND_LABELS.iter().map(|s| s.to_string()).collect());
+        let inflight = prometheus::Opts::new(
+            "wharf_backend_inflight",
+            "Requests in flight to the backend (until the response body ends).",
+        )
+        .variable_labels(BACKEND_LABELS.iter().map(|s| s.to_string()).collect());
+        Ok(BackendCollector {
+            table,
+            descs: vec![up.describe()?, inflight.describe()?],
+        })
+    }
+
+    fn gauges(&self) -> prometheus::Result<[prometheus::IntGaugeVec; 2]> {
+        let up = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("wharf_backend_up", "1 when the backend takes requests."),
+            &BACKEND_LABELS,
+        )?;
+        let inflight = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "wharf_backend_inflight",
+                "Requests in flight to the backend (until the response body ends).",
+            ),
+            &BACKEND_LABELS,
+        )?;
+        let table = self.table.load();
+        for route in table.routes() {
+            for b in route.backends.all() {
+                let addr = b.addr.to_string();
+                let labels = [&*route.name, addr.as_str()];
+                up.with_label_values(&labels)
+                    .set(i64::from(b.state.is_up()));
+                inflight
+                    .with_label_values(&labels)
+                    .set(i64::from(b.state.inflight()));
+            }
+        }
+        Ok([up, inflight])
+    }
+}
+
+impl prometheus::core::Collector for BackendCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        match self.gauges() {
+            Ok([up, inflight]) => {
+                let mut out = up.collect();
+                out.extend(inflight.collect());
+                out
+            }
+            Err(e) => {
+                warn!(error = %e, "backend metrics unavailable");
+                Vec::new()
+            }
+        }
+    }
+}

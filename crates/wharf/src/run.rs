@@ -116,6 +116,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("registering process metrics")?;
     let metrics = ControlMetrics::register(&registry).context("registering metrics")?;
     let control = Control::new();
+    registry
+        .register(Box::new(
+            wharf_admin::BackendCollector::new(control.table()).context("backend metrics")?,
+        ))
+        .context("registering backend metrics")?;
     let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
     apply(&control, &cfg, &problems, &metrics);
 
