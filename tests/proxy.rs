@@ -327,15 +327,22 @@ fn h2c_to_backends() {
 #[test]
 fn admin_api_lists_routes_and_backends() {
     let a = Backend::start("a");
-    let w = Wharf::start(&(base_config() + &route("app.test", "/", &[a.addr], "")));
+    let w = Wharf::start(
+        &(base_config()
+            + &route("app.test", "/", &[a.addr], "")
+            + &route("sticky.test", "/", &[a.addr], "sticky = \"cookie\"")),
+    );
     assert_eq!(get(w.admin, "x", "/ping").status, 200);
     let r = get(w.admin, "x", "/api/routes");
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v[0]["hosts"][0], "app.test");
     assert_eq!(v[0]["backends"][0]["address"], a.addr.to_string());
     assert_eq!(v[0]["backends"][0]["health"], "up");
+    assert_eq!(v[0]["sticky"], "none");
+    assert_eq!(v[1]["sticky"], "cookie");
+    assert_eq!(v[0]["tls"], "none");
     let m = get(w.admin, "x", "/metrics").text();
-    assert!(m.contains("wharf_routes 1"), "{m}");
+    assert!(m.contains("wharf_routes 2"), "{m}");
     let up = format!(
         "wharf_backend_up{{backend=\"{}\",route=\"app.test/\"}} 1",
         a.addr

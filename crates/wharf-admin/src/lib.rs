@@ -70,7 +70,7 @@ fn routes_json(table: &Table) -> Vec<u8> {
             hosts: &r.hosts,
             path: &r.path,
             balance: r.balance().as_str(),
-            sticky: "none",
+            sticky: r.policy.sticky.as_str(),
             tls: if r.policy.tls { "acme" } else { "none" },
             backends: r
                 .backends

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use wharf_config::route::{StickyType, TlsMode};
 use wharf_config::{Config, RouteSpec, Upstream};
-use wharf_table::{BackendDef, BackendRegistry, Policy, RouteDef, Table};
+use wharf_table::{BackendDef, BackendRegistry, Policy, RouteDef, Sticky, Table};
 
 /// The published table, shared with the proxy and the admin listener.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -158,6 +158,11 @@ fn route_def(config: &Config, r: &RouteSpec, problems: &mut Vec<String>) -> Rout
             tls: r.tls == TlsMode::Acme,
             https_redirect: r.https_redirect,
             hsts,
+            sticky: match r.sticky.kind {
+                StickyType::None => Sticky::None,
+                StickyType::Cookie => Sticky::Cookie,
+                StickyType::Source => Sticky::Source,
+            },
         },
     }
 }

@@ -18,5 +18,5 @@ pub use backend::{
     Backend, BackendDef, BackendKey, BackendRegistry, BackendState, Balance, InflightGuard, Scheme,
 };
 pub use host::normalize_host;
-pub use route::{EntrypointMask, Policy, Route, RouteDef};
+pub use route::{EntrypointMask, Policy, Route, RouteDef, Sticky};
 pub use table::{CompileReport, Table};

@@ -40,6 +40,25 @@ impl EntrypointMask {
     }
 }
 
+/// How a route pins clients to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sticky {
+    #[default]
+    None,
+    Cookie,
+    Source,
+}
+
+impl Sticky {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sticky::None => "none",
+            Sticky::Cookie => "cookie",
+            Sticky::Source => "source",
+        }
+    }
+}
+
 /// Per-route behaviour that the proxy applies around forwarding. Values that are
 /// sent on the wire are precomputed here so the hot path never formats them.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +70,7 @@ pub struct Policy {
     pub https_redirect: bool,
     /// The `Strict-Transport-Security` value, sent on TLS responses only.
     pub hsts: Option<HeaderValue>,
+    pub sticky: Sticky,
 }
 
 /// What the control plane compiles into a [`Route`].
