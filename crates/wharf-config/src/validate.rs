@@ -144,16 +144,6 @@ pub struct StickyConfig {
 }
 
 impl Config {
-    /// The built-in defaults (SPEC: "With no config file at all").
-    pub fn defaults() -> Config {
-        match crate::parse("", "defaults", std::iter::empty()) {
-            Ok(c) => c,
-            // The empty document is valid by construction; a failure is a bug in the
-            // defaults themselves, caught by the `defaults_are_valid` test.
-            Err(e) => unreachable!("built-in defaults are invalid: {e}"),
-        }
-    }
-
     /// The index of an entrypoint by name (the table's entrypoint id).
     pub fn entrypoint_index(&self, name: &str) -> Option<usize> {
         self.entrypoints.iter().position(|e| e.name == name)
@@ -763,7 +753,8 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::defaults();
+        // SPEC: "With no config file at all" (the binary parses "" plus overrides).
+        let c = parse_ok("");
         assert_eq!(c.entrypoints.len(), 2);
         assert_eq!(c.entrypoints[0].name, "web");
         assert_eq!(c.entrypoints[0].address, "[::]:80".parse().unwrap());

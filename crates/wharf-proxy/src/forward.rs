@@ -276,8 +276,8 @@ impl Forwarder {
 
 fn absolute_uri(backend: &Backend, path: PathAndQuery) -> Result<Uri, ProxyError> {
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(backend.uri_scheme.clone());
-    uri.authority = Some(backend.authority.clone());
+    uri.scheme = Some(backend.state.uri_scheme().clone());
+    uri.authority = Some(backend.state.authority().clone());
     uri.path_and_query = Some(path);
     Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))
 }

@@ -108,6 +108,16 @@ impl BackendState {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// The URI scheme to reach this backend with.
+    pub fn uri_scheme(&self) -> &http::uri::Scheme {
+        &self.uri_scheme
+    }
+
+    /// The backend address as a URI authority.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
     fn authority_scheme_matches(&self, def: &BackendDef) -> bool {
         let https = def.scheme == Scheme::Https;
         (self.uri_scheme == http::uri::Scheme::HTTPS) == https
@@ -192,11 +202,6 @@ impl BackendRegistry {
             .retain(|_, s| s.seen.load(Ordering::Relaxed) == generation);
     }
 
-    /// The state of a backend if some compiled table uses it.
-    pub fn get(&self, key: &BackendKey) -> Option<Arc<BackendState>> {
-        self.states.get(key).map(|s| s.clone())
-    }
-
     pub fn len(&self) -> usize {
         self.states.len()
     }
@@ -210,8 +215,6 @@ impl BackendRegistry {
 pub struct Backend {
     pub addr: SocketAddr,
     pub scheme: Scheme,
-    pub uri_scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
     pub state: Arc<BackendState>,
 }
 
@@ -231,8 +234,6 @@ impl Backend {
         Backend {
             addr: def.addr,
             scheme: def.scheme,
-            uri_scheme: state.uri_scheme.clone(),
-            authority: state.authority.clone(),
             state,
         }
     }
