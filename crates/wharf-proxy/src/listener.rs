@@ -105,6 +105,14 @@ impl Entrypoint {
     }
 }
 
+/// Per-connection state shared with the request futures.
+struct Shared {
+    fwd: Arc<Forwarder>,
+    info: ConnInfo,
+    /// A request has started on this connection.
+    started: AtomicBool,
+}
+
 struct Conn {
     index: usize,
     settings: Arc<ListenerSettings>,
@@ -160,17 +168,20 @@ impl Conn {
                 proto: if s.tls { headers::HTTPS } else { headers::HTTP },
             },
         };
-        let info = Arc::new(info);
-        let fwd = self.fwd;
-        let started = Arc::new(AtomicBool::new(false));
-        let seen = started.clone();
+        // Everything a request needs from its connection behind one Arc: one
+        // reference count per request.
+        let shared = Arc::new(Shared {
+            fwd: self.fwd,
+            info,
+            started: AtomicBool::new(false),
+        });
+        let for_svc = shared.clone();
         let svc = service_fn(move |req| {
-            let fwd = fwd.clone();
-            let info = info.clone();
-            if !seen.load(Ordering::Relaxed) {
-                seen.store(true, Ordering::Relaxed);
+            let c = for_svc.clone();
+            if !c.started.load(Ordering::Relaxed) {
+                c.started.store(true, Ordering::Relaxed);
             }
-            async move { Ok::<_, Infallible>(fwd.handle(&info, req).await) }
+            async move { Ok::<_, Infallible>(c.fwd.handle(&c.info, req).await) }
         });
         let conn = self
             .builder
@@ -187,7 +198,7 @@ impl Conn {
                 r = conn.as_mut() => break r,
                 _ = &mut first, if waiting_first => {
                     waiting_first = false;
-                    if !started.load(Ordering::Relaxed) {
+                    if !shared.started.load(Ordering::Relaxed) {
                         debug!(%client, "no request within header_read_timeout; closing");
                         return;
                     }
