@@ -28,6 +28,7 @@ fn defs(n: usize) -> Vec<RouteDef> {
                 .map(|b| BackendDef {
                     addr: SocketAddr::from(([10, (i >> 8) as u8, i as u8, b], 8080)),
                     scheme: Scheme::Http,
+                    draining: false,
                 })
                 .collect(),
             policy: Policy::default(),
@@ -42,6 +43,7 @@ fn defs(n: usize) -> Vec<RouteDef> {
             backends: vec![BackendDef {
                 addr: SocketAddr::from(([10, 255, 0, 1], 80)),
                 scheme: Scheme::Http,
+                draining: false,
             }],
             policy: Policy::default(),
         }))

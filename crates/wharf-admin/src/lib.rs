@@ -79,7 +79,7 @@ fn routes_json(table: &Table) -> Vec<u8> {
                 .map(|b| BackendView {
                     address: b.addr.to_string(),
                     scheme: b.scheme.as_str(),
-                    health: if b.state.is_up() { "up" } else { "down" },
+                    health: b.health(),
                     inflight: b.state.inflight(),
                 })
                 .collect(),
@@ -227,7 +227,7 @@ impl BackendCollector {
                 let addr = b.addr.to_string();
                 let labels = [&*route.name, addr.as_str()];
                 up.with_label_values(&labels)
-                    .set(i64::from(b.state.is_up()));
+                    .set(i64::from(b.usable()));
                 inflight
                     .with_label_values(&labels)
                     .set(i64::from(b.state.inflight()));

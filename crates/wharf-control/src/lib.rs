@@ -1,35 +1,121 @@
-//! The control plane: compiles the desired state (config routes now; provider
-//! snapshots later) into one [`Table`] and publishes it with a single atomic swap.
+//! The control plane: merges what every provider declares (the config file's
+//! routes, Docker's services and containers with their labels, DNS answers) into
+//! one [`Table`] and publishes it with a single atomic swap — and no swap at all
+//! when nothing changed.
 //!
 //! It owns the [`BackendRegistry`], so state keyed by backend identity survives
 //! every swap. It never runs on the request path: readers only `load()` the table.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use wharf_config::labels::{self, LabelOptions, ServiceInput, Severity};
 use wharf_config::route::{StickyType, TlsMode};
 use wharf_config::{Config, RouteSpec, Upstream};
+use wharf_docker::{Snapshot, Workload};
 use wharf_table::{BackendDef, BackendRegistry, Policy, RouteDef, Sticky, Table};
 
 /// The published table, shared with the proxy and the admin listener.
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
-/// What one compile-and-swap did, for logs, the API and metrics.
+/// Everything the table is compiled from.
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    /// The Docker provider's latest snapshot; `None` when Docker is off or has not
+    /// answered yet.
+    pub docker: Option<&'a Snapshot>,
+    /// The DNS provider's current address set per name.
+    pub dns: &'a BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// One problem, attributed as precisely as the API can show it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Problem {
+    /// `file`, `docker` or `dns`.
+    pub source: &'static str,
+    /// The service, container or route it concerns.
+    pub service: Option<String>,
+    /// The label or key it concerns.
+    pub label: Option<String>,
+    pub message: String,
+    /// An error rejected something; a warning did not.
+    pub error: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(s) = &self.service {
+            write!(f, ": {s}")?;
+        }
+        if let Some(l) = &self.label {
+            write!(f, ": {l}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// What one apply did, for logs, the API and metrics.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
+    /// False when the compiled routes equal the published ones (no swap).
+    pub swapped: bool,
     pub routes: usize,
     pub added: Vec<String>,
     pub removed: Vec<String>,
-    /// Problems that concern one route or host only; everything else was applied.
-    pub problems: Vec<String>,
+    /// Routes whose hosts, path, policy or backends changed.
+    pub changed: Vec<String>,
+    /// Problems that concern one route, service or host only; everything else was
+    /// applied.
+    pub problems: Vec<Problem>,
     /// Accepted settings this build does not enforce yet, per route.
     pub not_enforced: Vec<String>,
+    /// Names the DNS provider must watch (`dns:` upstreams, dnsrr services).
+    pub dns_names: BTreeSet<String>,
+}
+
+impl ApplyReport {
+    /// `added: a, b; removed: c; changed: d` (empty when nothing changed).
+    pub fn diff_line(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
+        parts.join("; ")
+    }
+
+    pub fn errors(&self, source: &str) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.error && p.source == source)
+            .count()
+    }
+}
+
+/// What a workload's labels last declared without error, so that a bad edit
+/// keeps the service online.
+#[derive(Debug, Clone)]
+struct LastGood {
+    routes: Vec<RouteSpec>,
 }
 
 pub struct Control {
     table: SharedTable,
     registry: BackendRegistry,
+    /// Route definitions of the published table, to skip no-op swaps and diff.
+    published: Mutex<Vec<RouteDef>>,
+    /// The conflicts the published table was compiled with.
+    conflicts: Mutex<Vec<Problem>>,
+    last_good: Mutex<HashMap<String, LastGood>>,
 }
 
 /// The control plane's own metrics (SPEC "Metrics").
@@ -79,6 +165,9 @@ impl Control {
         Control {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
             registry: BackendRegistry::new(),
+            published: Mutex::new(Vec::new()),
+            conflicts: Mutex::new(Vec::new()),
+            last_good: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,59 +175,263 @@ impl Control {
         self.table.clone()
     }
 
-    /// Compiles `config`'s routes and swaps the table in once.
+    /// Compiles the file's routes alone (no providers) and swaps.
     pub fn apply(&self, config: &Config) -> ApplyReport {
+        self.apply_inputs(&Inputs {
+            config,
+            docker: None,
+            dns: &BTreeMap::new(),
+        })
+    }
+
+    /// Compiles every provider's routes and swaps the table in once, unless the
+    /// result equals what is published.
+    pub fn apply_inputs(&self, inputs: &Inputs) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let defs: Vec<RouteDef> = config
-            .routes
-            .iter()
-            .map(|r| {
-                report.not_enforced.extend(not_enforced(r));
-                route_def(config, r, &mut report.problems)
-            })
-            .collect();
-        let (table, compile) = Table::compile(defs, &self.registry);
-        for c in compile.conflicts {
-            report.problems.push(format!(
-                "host `{}` path `{}` is claimed by routes `{}` and `{}`; `{}` keeps it",
-                c.host, c.path, c.kept, c.dropped, c.kept
-            ));
+        let config = inputs.config;
+        let mut defs: Vec<RouteDef> = Vec::new();
+        for r in &config.routes {
+            report.not_enforced.extend(not_enforced(r));
+            defs.push(route_def(config, r, "file", inputs.dns, &mut report));
         }
-        let old = self.table.load();
-        let old_names: Vec<&str> = old.routes().iter().map(|r| &*r.name).collect();
-        let new_names: Vec<&str> = table.routes().iter().map(|r| &*r.name).collect();
-        report.added = new_names
-            .iter()
-            .filter(|n| !old_names.contains(n))
-            .map(|n| n.to_string())
-            .collect();
-        report.removed = old_names
-            .iter()
-            .filter(|n| !new_names.contains(n))
-            .map(|n| n.to_string())
-            .collect();
+        if let Some(snap) = inputs.docker {
+            self.docker_defs(config, snap, inputs.dns, &mut defs, &mut report);
+        }
+
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Conflicts are found by compiling; compile even when unchanged would be
+        // wasted work, so only the report of a real compile carries them — keep
+        // the last ones for an unchanged input.
+        let mut last_conflicts = self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *published == defs {
+            report.routes = self.table.load().len();
+            report.problems.extend(last_conflicts.iter().cloned());
+            return report;
+        }
+        diff(&published, &defs, &mut report);
+        let (table, compile) = Table::compile(defs.clone(), &self.registry);
+        let mut conflicts = Vec::new();
+        for c in compile.conflicts {
+            conflicts.push(Problem {
+                source: source_of(&defs, &c.dropped),
+                service: Some(c.dropped.to_string()),
+                label: None,
+                message: format!(
+                    "host `{}` path `{}` is claimed by `{}` and `{}`; `{}` keeps it",
+                    c.host, c.path, c.kept, c.dropped, c.kept
+                ),
+                error: true,
+            });
+        }
+        report.problems.extend(conflicts.iter().cloned());
         report.routes = table.len();
+        report.swapped = true;
         self.table.store(Arc::new(table));
+        *published = defs;
+        *last_conflicts = conflicts;
         report
+    }
+
+    fn docker_defs(
+        &self,
+        config: &Config,
+        snap: &Snapshot,
+        dns: &BTreeMap<String, Vec<IpAddr>>,
+        defs: &mut Vec<RouteDef>,
+        report: &mut ApplyReport,
+    ) {
+        let opts = LabelOptions {
+            exposed_by_default: config.docker.exposed_by_default,
+            traefik_labels: config.docker.traefik_labels,
+        };
+        let mut last_good = self
+            .last_good
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = BTreeSet::new();
+        for w in &snap.workloads {
+            seen.insert(w.id.clone());
+            let declared = labels::service_routes(
+                &ServiceInput {
+                    name: &w.name,
+                    labels: &w.labels,
+                    exposed_ports: &w.exposed_ports,
+                },
+                &opts,
+            );
+            for p in &declared.problems {
+                report.problems.push(Problem {
+                    source: "docker",
+                    service: Some(format!("{} {}", w.kind.as_str(), p.service)),
+                    label: Some(format!("{}={}", p.label, p.value)),
+                    message: p.message.clone(),
+                    error: p.severity == Severity::Error,
+                });
+            }
+            if !declared.enabled {
+                last_good.remove(&w.id);
+                continue;
+            }
+            let routes = if declared.has_errors() {
+                match last_good.get(&w.id) {
+                    Some(good) => {
+                        report.problems.push(Problem {
+                            source: "docker",
+                            service: Some(format!("{} {}", w.kind.as_str(), w.name)),
+                            label: None,
+                            message: "its new labels are rejected; it keeps its last good routes"
+                                .into(),
+                            error: false,
+                        });
+                        good.routes.clone()
+                    }
+                    None => continue,
+                }
+            } else {
+                last_good.insert(
+                    w.id.clone(),
+                    LastGood {
+                        routes: declared.routes.clone(),
+                    },
+                );
+                declared.routes
+            };
+            for r in &routes {
+                report.not_enforced.extend(not_enforced(r));
+                let mut def = route_def(config, r, "docker", dns, report);
+                def.name = format!("{}@docker", r.name).into();
+                def.backends = workload_backends(config, w, r, dns, report);
+                defs.push(def);
+            }
+        }
+        last_good.retain(|id, _| seen.contains(id));
     }
 }
 
-fn route_def(config: &Config, r: &RouteSpec, problems: &mut Vec<String>) -> RouteDef {
+/// The backends of one route of a workload: its endpoints' addresses on the
+/// route's network, or, for `endpoint_mode: dnsrr`, Docker's DNS answer for
+/// `tasks.<service>`.
+fn workload_backends(
+    config: &Config,
+    w: &Workload,
+    r: &RouteSpec,
+    dns: &BTreeMap<String, Vec<IpAddr>>,
+    report: &mut ApplyReport,
+) -> Vec<BackendDef> {
+    let Some(port) = r.port else {
+        // The label layer always sets a port or reports an error.
+        return Vec::new();
+    };
+    if w.dnsrr {
+        let name = format!("tasks.{}", w.name);
+        let addrs = dns.get(&name).cloned().unwrap_or_default();
+        report.dns_names.insert(name);
+        return addrs
+            .into_iter()
+            .map(|ip| BackendDef {
+                addr: SocketAddr::new(ip, port),
+                scheme: r.scheme,
+                draining: false,
+            })
+            .collect();
+    }
+    let network = r.network.as_deref().unwrap_or(&config.docker.network);
+    let mut out = Vec::new();
+    let mut elsewhere = BTreeSet::new();
+    for e in &w.endpoints {
+        let ip = match e.addrs.get(network) {
+            Some(ip) => Some(*ip),
+            // Attached to one network only: that is the one to use (as Traefik
+            // does when no network is named).
+            None if e.addrs.len() == 1 && r.network.is_none() => e.addrs.values().next().copied(),
+            None => None,
+        };
+        match ip {
+            Some(ip) => out.push(BackendDef {
+                addr: SocketAddr::new(ip, port),
+                scheme: r.scheme,
+                draining: e.draining,
+            }),
+            None => elsewhere.extend(e.addrs.keys().cloned()),
+        }
+    }
+    if out.is_empty() && !w.endpoints.is_empty() {
+        report.problems.push(Problem {
+            source: "docker",
+            service: Some(format!("{} {}", w.kind.as_str(), w.name)),
+            label: Some("wharf.network".into()),
+            message: format!(
+                "not attached to network `{network}` (attached to: {}); it has no reachable backend",
+                elsewhere.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            error: true,
+        });
+    }
+    out.sort_by_key(|b| b.addr);
+    out
+}
+
+fn source_of(defs: &[RouteDef], name: &str) -> &'static str {
+    match defs.iter().find(|d| &*d.name == name).map(|d| &*d.source) {
+        Some("docker") => "docker",
+        _ => "file",
+    }
+}
+
+/// Route names added, removed and changed between two definition lists.
+fn diff(old: &[RouteDef], new: &[RouteDef], report: &mut ApplyReport) {
+    let old_by: HashMap<&str, &RouteDef> = old.iter().map(|d| (&*d.name, d)).collect();
+    let new_by: HashMap<&str, &RouteDef> = new.iter().map(|d| (&*d.name, d)).collect();
+    for d in new {
+        match old_by.get(&*d.name) {
+            None => report.added.push(d.name.to_string()),
+            Some(o) if *o != d => report.changed.push(d.name.to_string()),
+            Some(_) => {}
+        }
+    }
+    for d in old {
+        if !new_by.contains_key(&*d.name) {
+            report.removed.push(d.name.to_string());
+        }
+    }
+}
+
+fn route_def(
+    config: &Config,
+    r: &RouteSpec,
+    source: &str,
+    dns: &BTreeMap<String, Vec<IpAddr>>,
+    report: &mut ApplyReport,
+) -> RouteDef {
     let backends = match &r.upstream {
         Upstream::Static(addrs) => addrs
             .iter()
             .map(|addr| BackendDef {
                 addr: *addr,
                 scheme: r.scheme,
+                draining: false,
             })
             .collect(),
         Upstream::Dns { name, port } => {
-            problems.push(format!(
-                "route `{}`: `dns:{name}:{port}` is resolved by the DNS provider, which this \
-                 build does not include yet; the route answers 503 until then",
-                r.name
-            ));
-            Vec::new()
+            report.dns_names.insert(name.clone());
+            let mut v: Vec<BackendDef> = dns
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|ip| BackendDef {
+                    addr: SocketAddr::new(*ip, *port),
+                    scheme: r.scheme,
+                    draining: false,
+                })
+                .collect();
+            v.sort_by_key(|b| b.addr);
+            v
         }
         Upstream::Provided => Vec::new(),
     };
@@ -148,7 +441,7 @@ fn route_def(config: &Config, r: &RouteSpec, problems: &mut Vec<String>) -> Rout
         .and_then(|v| HeaderValue::from_str(&v).ok());
     RouteDef {
         name: r.name.as_str().into(),
-        source: "file".into(),
+        source: source.into(),
         hosts: r.hosts.clone(),
         path: r.path.clone(),
         entrypoints: config.route_mask(r),

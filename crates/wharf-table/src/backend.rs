@@ -57,6 +57,9 @@ impl Balance {
 pub struct BackendDef {
     pub addr: SocketAddr,
     pub scheme: Scheme,
+    /// Its provider says it is going away (task shutting down, container
+    /// unhealthy): requests in flight finish, new ones go elsewhere.
+    pub draining: bool,
 }
 
 /// Identity of a backend across table generations: the route it serves and its
@@ -215,6 +218,7 @@ impl BackendRegistry {
 pub struct Backend {
     pub addr: SocketAddr,
     pub scheme: Scheme,
+    pub draining: bool,
     pub state: Arc<BackendState>,
 }
 
@@ -225,6 +229,7 @@ impl fmt::Debug for Backend {
             .field("scheme", &self.scheme)
             .field("inflight", &self.state.inflight())
             .field("up", &self.state.is_up())
+            .field("draining", &self.draining)
             .finish()
     }
 }
@@ -234,7 +239,25 @@ impl Backend {
         Backend {
             addr: def.addr,
             scheme: def.scheme,
+            draining: def.draining,
             state,
+        }
+    }
+
+    /// May receive new requests: up and not draining.
+    #[inline]
+    pub fn usable(&self) -> bool {
+        !self.draining && self.state.is_up()
+    }
+
+    /// `up`, `down` or `draining`, for the admin API.
+    pub fn health(&self) -> &'static str {
+        if self.draining {
+            "draining"
+        } else if self.state.is_up() {
+            "up"
+        } else {
+            "down"
         }
     }
 }
@@ -296,7 +319,7 @@ impl BackendSet {
         let n = self.backends.len();
         match n {
             0 => return None,
-            1 => return self.backends.first().filter(|b| b.state.is_up()),
+            1 => return self.backends.first().filter(|b| b.usable()),
             _ => {}
         }
         match self.balance {
@@ -314,14 +337,14 @@ impl BackendSet {
         let n = self.backends.len();
         (0..n)
             .map(|i| &self.backends[(start + i) % n])
-            .find(|b| b.state.is_up())
+            .find(|b| b.usable())
     }
 
     fn least_conn(&self) -> Option<&Arc<Backend>> {
         let mut best: Option<&Arc<Backend>> = None;
         let mut best_load = u32::MAX;
         let mut ties = 0u32;
-        for b in self.backends.iter().filter(|b| b.state.is_up()) {
+        for b in self.backends.iter().filter(|b| b.usable()) {
             let load = b.state.inflight();
             if load < best_load {
                 best = Some(b);
@@ -341,7 +364,7 @@ impl BackendSet {
     fn rendezvous(&self, client: IpAddr) -> Option<&Arc<Backend>> {
         self.backends
             .iter()
-            .filter(|b| b.state.is_up())
+            .filter(|b| b.usable())
             .max_by_key(|b| rendezvous_score(client, b.addr))
     }
 }
@@ -357,6 +380,7 @@ mod tests {
                 let def = BackendDef {
                     addr: SocketAddr::from(([10, 0, 0, 1], 8000 + i)),
                     scheme: Scheme::Http,
+                    draining: false,
                 };
                 let key = BackendKey {
                     route: "r".into(),

@@ -61,7 +61,7 @@ impl Sticky {
 
 /// Per-route behaviour that the proxy applies around forwarding. Values that are
 /// sent on the wire are precomputed here so the hot path never formats them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     /// TLS is wanted for this route (`tls = acme`): a plain entrypoint with
     /// `redirect_https` redirects it.
@@ -74,7 +74,7 @@ pub struct Policy {
 }
 
 /// What the control plane compiles into a [`Route`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteDef {
     pub name: Arc<str>,
     /// Which provider declared it (`file`, `docker`, ...), for the API and logs.

@@ -158,6 +158,7 @@ mod tests {
             backends: vec![BackendDef {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 scheme: Scheme::Http,
+                draining: false,
             }],
             policy: Policy::default(),
         }

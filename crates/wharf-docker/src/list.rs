@@ -1,0 +1,605 @@
+//! The provider's loop: connect, list, follow events, poll tasks, reconnect.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerSummary, ContainerSummaryHealthStatusEnum, EndpointSpecModeEnum, EventMessage,
+    EventMessageTypeEnum, LocalNodeState, Service, Task, TaskState,
+};
+use bollard::query_parameters::{
+    EventsOptions, InspectNetworkOptions, ListContainersOptions, ListServicesOptions,
+    ListTasksOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{client, DockerSettings, Endpoint, Kind, Mode, ProviderState, Snapshot, Workload};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Without swarm there is nothing to poll, but a periodic full listing still
+/// repairs anything an event stream could have missed.
+const RESYNC: Duration = Duration::from_secs(30);
+/// A stream of events never postpones a listing by more than this many debounces.
+const DEBOUNCE_CAP: u32 = 10;
+
+/// Label prefixes that make a workload interesting to Wharf.
+fn interesting(labels: &HashMap<String, String>) -> bool {
+    labels.keys().any(|k| {
+        let k = k.to_ascii_lowercase();
+        k.starts_with("wharf.") || k.starts_with("traefik.")
+    })
+}
+
+pub(crate) async fn run(
+    settings: DockerSettings,
+    snap_tx: watch::Sender<Option<Arc<Snapshot>>>,
+    state_tx: watch::Sender<ProviderState>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let result = session(&settings, &snap_tx, &state_tx, &cancel, &mut backoff).await;
+        if cancel.is_cancelled() {
+            return;
+        }
+        let error = match result {
+            Ok(()) => "the event stream ended".to_string(),
+            Err(e) => e,
+        };
+        let changed = state_tx.send_if_modified(|s| {
+            let was_unreachable = matches!(s, ProviderState::Unreachable { .. });
+            *s = ProviderState::Unreachable {
+                error: error.clone(),
+            };
+            !was_unreachable
+        });
+        if changed {
+            warn!(
+                error = %error,
+                "docker: unreachable; serving the last known routes and reconnecting"
+            );
+        } else {
+            debug!(error = %error, retry_in = ?backoff, "docker: still unreachable");
+        }
+        // Full jitter keeps several replicas from reconnecting in lockstep.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's life. Returns Ok only when cancelled or the stream ended.
+async fn session(
+    settings: &DockerSettings,
+    snap_tx: &watch::Sender<Option<Arc<Snapshot>>>,
+    state_tx: &watch::Sender<ProviderState>,
+    cancel: &CancellationToken,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let docker = client::connect(&settings.endpoint).await?;
+    let info = docker.info().await.map_err(|e| format!("info: {e}"))?;
+    let manager = info.swarm.as_ref().is_some_and(|s| {
+        s.local_node_state == Some(LocalNodeState::ACTIVE) && s.control_available == Some(true)
+    });
+    let (services, containers) = match settings.mode {
+        Mode::Auto => (manager, true),
+        Mode::Swarm => {
+            if !manager {
+                return Err("docker.mode = \"swarm\" but this node is not a swarm manager".into());
+            }
+            (true, false)
+        }
+        Mode::Containers => (false, true),
+    };
+
+    // Subscribe before listing, so that nothing between the two is missed.
+    let mut types = vec!["container".to_string(), "network".to_string()];
+    if services {
+        types.push("service".to_string());
+    }
+    let mut filters = HashMap::new();
+    filters.insert("type".to_string(), types);
+    let mut events = docker.events(Some(EventsOptions {
+        filters: Some(filters),
+        ..Default::default()
+    }));
+
+    let mut lister = Lister {
+        docker: &docker,
+        services,
+        containers,
+        include_unlabelled: settings.include_unlabelled,
+        images: HashMap::new(),
+        tasks_digest: Vec::new(),
+    };
+    let started = Instant::now();
+    let snap = lister.full().await?;
+    let count = snap.workloads.len();
+    publish(snap_tx, snap);
+    *backoff = BACKOFF_MIN;
+    state_tx.send_replace(ProviderState::Connected { swarm: services });
+    info!(
+        endpoint = %settings.endpoint,
+        swarm = services,
+        workloads = count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "docker: connected and listed"
+    );
+
+    let mut poll = tokio::time::interval(if services {
+        settings.poll_interval
+    } else {
+        RESYNC
+    });
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.reset();
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let mut dirty: Option<(Instant, Instant)> = None; // (deadline, cap)
+    loop {
+        let deadline = dirty.map_or(far, |(d, cap)| d.min(cap));
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            ev = events.next() => match ev {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("events: {e}")),
+                Some(Ok(ev)) => {
+                    if relevant(&ev) {
+                        let now = Instant::now();
+                        let cap = dirty.map_or(now + settings.debounce * DEBOUNCE_CAP, |(_, c)| c);
+                        dirty = Some((now + settings.debounce, cap));
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(deadline), if dirty.is_some() => {
+                dirty = None;
+                publish(snap_tx, lister.full().await?);
+            }
+            _ = poll.tick() => {
+                if services {
+                    if lister.tasks_changed().await? {
+                        publish(snap_tx, lister.full().await?);
+                    }
+                } else {
+                    publish(snap_tx, lister.full().await?);
+                }
+            }
+        }
+    }
+}
+
+/// Events that can change routes. Health-check execs (`exec_*`) and the like are
+/// frequent and change nothing.
+fn relevant(ev: &EventMessage) -> bool {
+    let action = ev.action.as_deref().unwrap_or_default();
+    match ev.typ {
+        Some(EventMessageTypeEnum::CONTAINER) => {
+            let base = action.split(':').next().unwrap_or_default();
+            matches!(
+                base,
+                "start"
+                    | "die"
+                    | "stop"
+                    | "kill"
+                    | "destroy"
+                    | "pause"
+                    | "unpause"
+                    | "rename"
+                    | "update"
+                    | "health_status"
+            )
+        }
+        Some(EventMessageTypeEnum::SERVICE) => true,
+        Some(EventMessageTypeEnum::NETWORK) => matches!(action, "connect" | "disconnect"),
+        _ => false,
+    }
+}
+
+/// Publishes only a snapshot that differs from the current one, so an unchanged
+/// listing causes no recompilation downstream.
+fn publish(tx: &watch::Sender<Option<Arc<Snapshot>>>, snap: Snapshot) {
+    tx.send_if_modified(|cur| {
+        if cur.as_deref() == Some(&snap) {
+            return false;
+        }
+        *cur = Some(Arc::new(snap));
+        true
+    });
+}
+
+struct Lister<'a> {
+    docker: &'a Docker,
+    services: bool,
+    containers: bool,
+    include_unlabelled: bool,
+    /// Exposed ports per image reference (images are immutable once resolved).
+    images: HashMap<String, Vec<u16>>,
+    /// (task, state, desired state) of the last task listing.
+    tasks_digest: Vec<(String, String, String)>,
+}
+
+impl Lister<'_> {
+    async fn full(&mut self) -> Result<Snapshot, String> {
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| format!("listing containers: {e}"))?;
+        let mut workloads = Vec::new();
+        if self.services {
+            workloads.extend(self.services(&containers).await?);
+        }
+        if self.containers {
+            workloads.extend(
+                containers
+                    .iter()
+                    .filter_map(|c| container_workload(c, self.include_unlabelled)),
+            );
+        }
+        workloads.sort_by(|a, b| (a.kind, &a.created, &a.name).cmp(&(b.kind, &b.created, &b.name)));
+        Ok(Snapshot { workloads })
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<Task>, String> {
+        self.docker
+            .list_tasks(None::<ListTasksOptions>)
+            .await
+            .map_err(|e| format!("listing tasks: {e}"))
+    }
+
+    /// One API call: did any task start, stop or change its desired state?
+    async fn tasks_changed(&mut self) -> Result<bool, String> {
+        let digest = tasks_digest(&self.list_tasks().await?);
+        Ok(digest != self.tasks_digest)
+    }
+
+    async fn services(&mut self, containers: &[ContainerSummary]) -> Result<Vec<Workload>, String> {
+        let services = self
+            .docker
+            .list_services(None::<ListServicesOptions>)
+            .await
+            .map_err(|e| format!("listing services: {e}"))?;
+        let tasks = self.list_tasks().await?;
+        self.tasks_digest = tasks_digest(&tasks);
+
+        // Health is known only for containers on this node.
+        let unhealthy: BTreeSet<&str> = containers
+            .iter()
+            .filter(|c| container_unhealthy(c))
+            .filter_map(|c| c.id.as_deref())
+            .collect();
+
+        let services: Vec<&Service> = services
+            .iter()
+            .filter(|s| {
+                self.include_unlabelled
+                    || s.spec
+                        .as_ref()
+                        .and_then(|sp| sp.labels.as_ref())
+                        .is_some_and(interesting)
+            })
+            .collect();
+
+        // Task addresses per network, from each network's view of its tasks: this
+        // covers tasks on every node, which the local container list does not.
+        let mut networks = BTreeSet::new();
+        for s in &services {
+            for n in service_networks(s) {
+                networks.insert(n);
+            }
+        }
+        let mut task_addrs: HashMap<String, BTreeMap<String, IpAddr>> = HashMap::new();
+        for net in networks {
+            let inspected = match self
+                .docker
+                .inspect_network(
+                    &net,
+                    Some(InspectNetworkOptions {
+                        verbose: true,
+                        scope: Some("swarm".into()),
+                    }),
+                )
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(network = %net, error = %e, "docker: network inspect failed");
+                    continue;
+                }
+            };
+            let name = inspected.name.clone().unwrap_or(net);
+            for svc in inspected.services.iter().flat_map(|m| m.values()) {
+                let Some(list) = svc.get("Tasks").and_then(|t| t.as_array()) else {
+                    continue;
+                };
+                for t in list {
+                    let task_name = t.get("Name").and_then(|v| v.as_str()).unwrap_or_default();
+                    let ip = t.get("EndpointIP").and_then(|v| v.as_str()).unwrap_or_default();
+                    let (Some(task_id), Ok(ip)) = (task_name.rsplit('.').next(), ip.parse()) else {
+                        continue;
+                    };
+                    task_addrs
+                        .entry(task_id.to_string())
+                        .or_default()
+                        .insert(name.clone(), ip);
+                }
+            }
+        }
+        // Containers of local tasks also know their addresses (a fallback while
+        // the network's view catches up).
+        let mut container_addrs: HashMap<&str, BTreeMap<String, IpAddr>> = HashMap::new();
+        for c in containers {
+            if let Some(task) = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("com.docker.swarm.task.id"))
+            {
+                container_addrs.insert(task.as_str(), container_networks(c));
+            }
+        }
+
+        let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+        for t in &tasks {
+            if let Some(sid) = t.service_id.as_deref() {
+                by_service.entry(sid).or_default().push(t);
+            }
+        }
+
+        let mut out = Vec::new();
+        for s in services {
+            let (Some(id), Some(spec)) = (s.id.as_deref(), s.spec.as_ref()) else {
+                continue;
+            };
+            let labels: BTreeMap<String, String> = spec
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let dnsrr = spec
+                .endpoint_spec
+                .as_ref()
+                .and_then(|e| e.mode)
+                .is_some_and(|m| m == EndpointSpecModeEnum::DNSRR);
+            let mut exposed: Vec<u16> = spec
+                .endpoint_spec
+                .as_ref()
+                .and_then(|e| e.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.target_port.and_then(|t| u16::try_from(t).ok()))
+                .collect();
+            if exposed.is_empty() {
+                if let Some(image) = spec
+                    .task_template
+                    .as_ref()
+                    .and_then(|t| t.container_spec.as_ref())
+                    .and_then(|c| c.image.clone())
+                {
+                    exposed = self.image_ports(&image).await;
+                }
+            }
+            exposed.sort_unstable();
+            exposed.dedup();
+
+            let mut endpoints = Vec::new();
+            for t in by_service.get(id).into_iter().flatten() {
+                let state = t.status.as_ref().and_then(|s| s.state);
+                if state != Some(TaskState::RUNNING) {
+                    continue;
+                }
+                let Some(task_id) = t.id.as_deref() else {
+                    continue;
+                };
+                let container = t
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_status.as_ref())
+                    .and_then(|c| c.container_id.as_deref());
+                let shutting_down = t.desired_state != Some(TaskState::RUNNING);
+                let sick = container.is_some_and(|c| unhealthy.contains(c));
+                let mut addrs = task_addrs.get(task_id).cloned().unwrap_or_default();
+                if let Some(local) = container_addrs.get(task_id) {
+                    for (n, ip) in local {
+                        addrs.entry(n.clone()).or_insert(*ip);
+                    }
+                }
+                endpoints.push(Endpoint {
+                    id: task_id.to_string(),
+                    addrs,
+                    draining: shutting_down || sick,
+                });
+            }
+            endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+            out.push(Workload {
+                kind: Kind::Service,
+                id: id.to_string(),
+                name: spec.name.clone().unwrap_or_else(|| id.to_string()),
+                created: s.created_at.clone().unwrap_or_default(),
+                labels,
+                exposed_ports: exposed,
+                dnsrr,
+                endpoints,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn image_ports(&mut self, image: &str) -> Vec<u16> {
+        if let Some(p) = self.images.get(image) {
+            return p.clone();
+        }
+        // A swarm image reference may carry a digest the local store does not
+        // index by (`name:tag@sha256:...`); try it whole, then without it.
+        let mut ports = None;
+        for candidate in [image, image.split('@').next().unwrap_or(image)] {
+            if let Ok(inspected) = self.docker.inspect_image(candidate).await {
+                ports = Some(
+                    inspected
+                        .config
+                        .and_then(|c| c.exposed_ports)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|p| parse_port(p))
+                        .collect::<Vec<u16>>(),
+                );
+                break;
+            }
+        }
+        match ports {
+            Some(p) => {
+                self.images.insert(image.to_string(), p.clone());
+                p
+            }
+            // Not on this node: unknown, and worth asking again next time.
+            None => Vec::new(),
+        }
+    }
+}
+
+/// `80/tcp` → 80; other protocols are not HTTP.
+fn parse_port(p: &str) -> Option<u16> {
+    let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+    (proto == "tcp").then(|| port.parse().ok()).flatten()
+}
+
+fn tasks_digest(tasks: &[Task]) -> Vec<(String, String, String)> {
+    let mut d: Vec<(String, String, String)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t.id.clone().unwrap_or_default(),
+                format!("{:?}", t.status.as_ref().and_then(|s| s.state)),
+                format!("{:?}", t.desired_state),
+            )
+        })
+        .collect();
+    d.sort();
+    d
+}
+
+/// The networks a service's tasks join (IDs or names, as the spec holds them).
+fn service_networks(s: &Service) -> Vec<String> {
+    let Some(spec) = s.spec.as_ref() else {
+        return Vec::new();
+    };
+    let from_template = spec.task_template.as_ref().and_then(|t| t.networks.as_ref());
+    from_template
+        .or(spec.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.target.clone())
+        .collect()
+}
+
+fn container_networks(c: &ContainerSummary) -> BTreeMap<String, IpAddr> {
+    let mut out = BTreeMap::new();
+    for (name, ep) in c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let v4 = ep.ip_address.as_deref().and_then(|a| a.parse().ok());
+        let v6 = ep.global_ipv6_address.as_deref().and_then(|a| a.parse().ok());
+        if let Some(ip) = v4.or(v6) {
+            out.insert(name.clone(), ip);
+        }
+    }
+    out
+}
+
+fn container_unhealthy(c: &ContainerSummary) -> bool {
+    if let Some(h) = c.health.as_ref().and_then(|h| h.status) {
+        return h == ContainerSummaryHealthStatusEnum::UNHEALTHY;
+    }
+    // Engines older than API 1.52 report health only inside the status text.
+    c.status
+        .as_deref()
+        .is_some_and(|s| s.contains("(unhealthy)"))
+}
+
+fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<Workload> {
+    let labels = c.labels.as_ref();
+    // Task containers are routed through their service.
+    if labels.is_some_and(|l| l.contains_key("com.docker.swarm.service.id")) {
+        return None;
+    }
+    if !include_unlabelled && !labels.is_some_and(interesting) {
+        return None;
+    }
+    let id = c.id.clone()?;
+    let name = c
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let mut exposed: Vec<u16> = c
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| {
+            p.typ
+                .is_none_or(|t| t == bollard::models::PortSummaryTypeEnum::TCP)
+        })
+        .map(|p| p.private_port)
+        .collect();
+    exposed.sort_unstable();
+    exposed.dedup();
+    let paused = c.state == Some(bollard::models::ContainerSummaryStateEnum::PAUSED);
+    Some(Workload {
+        kind: Kind::Container,
+        endpoints: vec![Endpoint {
+            id: id.clone(),
+            addrs: container_networks(c),
+            draining: paused || container_unhealthy(c),
+        }],
+        id,
+        name,
+        created: format!("{:020}", c.created.unwrap_or_default()),
+        labels: labels
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        exposed_ports: exposed,
+        dnsrr: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(parse_port("80/tcp"), Some(80));
+        assert_eq!(parse_port("53/udp"), None);
+        assert_eq!(parse_port("8080"), Some(8080));
+        assert_eq!(parse_port("x/tcp"), None);
+    }
+
+    #[test]
+    fn interesting_is_case_insensitive() {
+        let mut l = HashMap::new();
+        l.insert("com.example".to_string(), "x".to_string());
+        assert!(!interesting(&l));
+        l.insert("Traefik.enable".to_string(), "true".to_string());
+        assert!(interesting(&l));
+    }
+}
