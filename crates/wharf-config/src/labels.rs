@@ -527,3 +527,548 @@ pub(crate) fn overlay(base: &[Pair], top: &[Pair]) -> Vec<Pair> {
     out.extend(top.iter().cloned());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use wharf_table::{Balance, Scheme};
+
+    use super::*;
+    use crate::route::{RateKey, StickyMode, StickyType, TlsMode};
+    use crate::Upstream;
+
+    pub(crate) fn run_with(
+        labels: &[(&str, &str)],
+        ports: &[u16],
+        opts: LabelOptions,
+    ) -> ServiceRoutes {
+        let map: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        service_routes(
+            &ServiceInput {
+                name: "shop_web",
+                labels: &map,
+                exposed_ports: ports,
+            },
+            &opts,
+        )
+    }
+
+    pub(crate) fn run(labels: &[(&str, &str)], ports: &[u16]) -> ServiceRoutes {
+        run_with(labels, ports, LabelOptions::default())
+    }
+
+    pub(crate) fn errors(r: &ServiceRoutes) -> Vec<&LabelProblem> {
+        r.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .collect()
+    }
+
+    pub(crate) fn warnings(r: &ServiceRoutes) -> Vec<&LabelProblem> {
+        r.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Warning)
+            .collect()
+    }
+
+    fn only_route(r: &ServiceRoutes) -> &RouteSpec {
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes.len(), 1, "{:#?}", r.routes);
+        &r.routes[0]
+    }
+
+    #[test]
+    fn every_spec_label() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "shop.example.org, *.shop.example.org"),
+                ("wharf.path", "/api"),
+                ("wharf.port", "8080"),
+                ("wharf.scheme", "h2c"),
+                ("wharf.network", "backend-net"),
+                ("wharf.balance", "source"),
+                ("wharf.entrypoints", "websecure"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.sticky.cookie", "JSESSIONID"),
+                ("wharf.sticky.mode", "prefix"),
+                ("wharf.sticky.ttl", "1h"),
+                ("wharf.healthcheck.path", "/health"),
+                ("wharf.healthcheck.method", "GET"),
+                ("wharf.healthcheck.host", "probe.example.org"),
+                ("wharf.healthcheck.interval", "5s"),
+                ("wharf.healthcheck.timeout", "1s"),
+                ("wharf.healthcheck.rise", "4"),
+                ("wharf.healthcheck.fall", "5"),
+                ("wharf.healthcheck.expect", "200,204"),
+                ("wharf.tls", "none"),
+                ("wharf.https-redirect", "false"),
+                ("wharf.hsts", "300"),
+                ("wharf.hsts.subdomains", "true"),
+                ("wharf.hsts.preload", "true"),
+                ("wharf.ratelimit", "60/m"),
+                ("wharf.ratelimit.burst", "7"),
+                ("wharf.ratelimit.key", "header:X-Api-Key"),
+                ("wharf.maxconn", "25"),
+            ],
+            &[80, 8080],
+        );
+        assert!(r.enabled);
+        let s = only_route(&r);
+        assert_eq!(s.name, "shop_web");
+        assert_eq!(s.hosts, vec!["shop.example.org", "*.shop.example.org"]);
+        assert_eq!(s.path, "/api");
+        assert_eq!(s.port, Some(8080));
+        assert_eq!(s.upstream, Upstream::Provided);
+        assert_eq!(s.scheme, Scheme::H2c);
+        assert_eq!(s.network.as_deref(), Some("backend-net"));
+        assert_eq!(s.balance, Balance::Source);
+        assert_eq!(s.entrypoints, Some(vec!["websecure".to_string()]));
+        assert_eq!(s.sticky.kind, StickyType::Cookie);
+        assert_eq!(s.sticky.cookie, "JSESSIONID");
+        assert_eq!(s.sticky.mode, StickyMode::Prefix);
+        assert_eq!(s.sticky.ttl, Duration::from_secs(3600));
+        let hc = s.healthcheck.as_ref().unwrap();
+        assert_eq!(hc.path, "/health");
+        assert_eq!(hc.method, "GET");
+        assert_eq!(hc.host.as_deref(), Some("probe.example.org"));
+        assert_eq!(hc.interval, Duration::from_secs(5));
+        assert_eq!(hc.timeout, Duration::from_secs(1));
+        assert_eq!((hc.rise, hc.fall), (4, 5));
+        assert_eq!(hc.expect, vec![(200, 200), (204, 204)]);
+        assert_eq!(s.tls, TlsMode::None);
+        assert!(!s.https_redirect);
+        assert_eq!(
+            s.hsts.header_value().unwrap(),
+            "max-age=300; includeSubDomains; preload"
+        );
+        let rl = s.ratelimit.as_ref().unwrap();
+        assert_eq!((rl.per_second, rl.burst), (1.0, 7));
+        assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
+        assert_eq!(s.maxconn, Some(25));
+        assert_eq!(
+            r.host_labels,
+            vec![(
+                "wharf.host".to_string(),
+                "shop.example.org, *.shop.example.org".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn defaults_of_a_minimal_service() {
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.host", "a.example.org")],
+            &[3000],
+        );
+        let s = only_route(&r);
+        assert_eq!(s.path, "/");
+        assert_eq!(s.port, Some(3000), "the only exposed port");
+        assert_eq!(s.balance, Balance::LeastConn);
+        assert_eq!(s.sticky.kind, StickyType::None);
+        assert_eq!(s.sticky.cookie, "WHARFID");
+        assert_eq!(s.tls, TlsMode::Acme);
+        assert!(s.https_redirect);
+        assert_eq!(s.hsts.header_value().unwrap(), "max-age=63072000");
+        assert!(s.healthcheck.is_none() && s.ratelimit.is_none() && s.maxconn.is_none());
+        assert!(r.problems.is_empty());
+    }
+
+    #[test]
+    fn group_keys_and_their_aliases() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.sticky.type", "source"),
+                ("wharf.hsts.max-age", "0"),
+                ("wharf.ratelimit.rate", "10/s"),
+            ],
+            &[80],
+        );
+        let s = only_route(&r);
+        assert_eq!(s.sticky.kind, StickyType::Source);
+        assert_eq!(s.hsts.header_value(), None);
+        assert_eq!(s.ratelimit.as_ref().unwrap().burst, 10);
+
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.sticky.type", "source"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].message.contains("set twice"), "{e:#?}");
+        assert!(r.routes.is_empty());
+    }
+
+    #[test]
+    fn keys_are_case_insensitive() {
+        let r = run(
+            &[
+                ("Wharf.Enable", "TRUE"),
+                ("WHARF.HOST", "A.Example.org"),
+                ("wharf.HTTPS-Redirect", "false"),
+                ("wharf.Routes.API.Path", "/api"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes.len(), 2);
+        assert_eq!(r.routes[0].hosts, vec!["a.example.org"]);
+        assert!(!r.routes[0].https_redirect);
+        assert_eq!(r.routes[1].name, "shop_web/api");
+
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.Host", "b.example.org"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].label, "wharf.host");
+        assert!(
+            e[0].message.contains("set twice (also as `wharf.Host`)"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_get_a_hint_naming_service_label_and_value() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.helthcheck.path", "/health"),
+                ("wharf.https_redirekt", "false"),
+                ("wharf.route.api.host", "b.example.org"),
+                ("wharf.frobnicate-everything", "1"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 4, "{e:#?}");
+        let hc = e
+            .iter()
+            .find(|p| p.label == "wharf.helthcheck.path")
+            .unwrap();
+        assert_eq!(hc.service, "shop_web");
+        assert_eq!(hc.value, "/health");
+        assert!(
+            hc.message
+                .contains("did you mean `wharf.healthcheck.path`?"),
+            "{hc:?}"
+        );
+        let hr = e
+            .iter()
+            .find(|p| p.label == "wharf.https_redirekt")
+            .unwrap();
+        assert!(
+            hr.message.contains("did you mean `wharf.https-redirect`?"),
+            "{hr:?}"
+        );
+        let rt = e
+            .iter()
+            .find(|p| p.label == "wharf.route.api.host")
+            .unwrap();
+        assert!(
+            rt.message.contains("did you mean `wharf.routes.api.host`?"),
+            "{rt:?}"
+        );
+        let fr = e
+            .iter()
+            .find(|p| p.label == "wharf.frobnicate-everything")
+            .unwrap();
+        assert_eq!(fr.message, "unknown label");
+        assert!(r.routes.is_empty(), "an error keeps the last good routes");
+        assert_eq!(
+            hc.to_string(),
+            "service shop_web: wharf.helthcheck.path=\"/health\": unknown label; did you mean `wharf.healthcheck.path`?"
+        );
+    }
+
+    #[test]
+    fn a_typo_in_a_named_route_is_reported_with_its_prefix() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.routes.api.hots", "a.example.org"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        let t = e
+            .iter()
+            .find(|p| p.label == "wharf.routes.api.hots")
+            .unwrap();
+        assert!(
+            t.message.contains("did you mean `wharf.routes.api.host`?"),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_label_as_written() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.Port", "http"),
+                ("wharf.balance", "fastest"),
+                ("wharf.routes.api.path", "api"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        let port = e.iter().find(|p| p.label == "wharf.Port").unwrap();
+        assert_eq!(port.value, "http");
+        assert!(port.message.contains("not a valid port"));
+        assert!(e
+            .iter()
+            .any(|p| p.label == "wharf.balance" && p.value == "fastest"));
+        assert!(e
+            .iter()
+            .any(|p| p.label == "wharf.routes.api.path" && p.value == "api"));
+        assert!(r.routes.is_empty());
+    }
+
+    #[test]
+    fn named_routes_fall_back_to_service_keys() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "shop.example.org"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.port", "8080"),
+                ("wharf.routes.api.path", "/api"),
+                ("wharf.routes.api.port", "9090"),
+                ("wharf.routes.api.sticky", "none"),
+                ("wharf.routes.admin.host", "admin.example.org"),
+            ],
+            &[8080, 9090],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let names: Vec<_> = r.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["shop_web", "shop_web/admin", "shop_web/api"]);
+        let admin = &r.routes[1];
+        assert_eq!(admin.hosts, vec!["admin.example.org"]);
+        assert_eq!(admin.port, Some(8080));
+        assert_eq!(admin.sticky.kind, StickyType::Cookie);
+        let api = &r.routes[2];
+        assert_eq!(api.hosts, vec!["shop.example.org"]);
+        assert_eq!((api.path.as_str(), api.port), ("/api", Some(9090)));
+        assert_eq!(api.sticky.kind, StickyType::None);
+        assert_eq!(r.host_labels[1].0, "wharf.routes.admin.host");
+        assert_eq!(r.host_labels[2].0, "wharf.host");
+    }
+
+    #[test]
+    fn without_a_service_host_only_named_routes_exist() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.port", "80"),
+                ("wharf.routes.a.host", "a.example.org"),
+                ("wharf.routes.b.host", "b.example.org"),
+                ("wharf.routes.off.host", "c.example.org"),
+                ("wharf.routes.off.enable", "false"),
+            ],
+            &[],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let names: Vec<_> = r.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["shop_web/a", "shop_web/b"]);
+
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.routes.a.path", "/a")],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "wharf.routes.a.host");
+        assert!(e[0].message.contains("required"));
+    }
+
+    #[test]
+    fn malformed_route_names() {
+        for key in [
+            "wharf.routes",
+            "wharf.routes.api",
+            "wharf.routes..host",
+            "wharf.routes.a/b.host",
+        ] {
+            let r = run(
+                &[
+                    ("wharf.enable", "true"),
+                    ("wharf.host", "a.example.org"),
+                    (key, "x"),
+                ],
+                &[80],
+            );
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{key}: {e:#?}");
+            assert_eq!(e[0].label, key);
+            assert!(e[0].message.contains("wharf.routes.<name>.<key>"), "{e:#?}");
+        }
+    }
+
+    #[test]
+    fn port_defaults_to_the_only_exposed_port() {
+        let base = [("wharf.enable", "true"), ("wharf.host", "a.example.org")];
+        assert_eq!(only_route(&run(&base, &[3000, 3000])).port, Some(3000));
+
+        let r = run(&base, &[80, 443]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].label, "wharf.port");
+        assert_eq!(
+            e[0].message,
+            "wharf.port is required: the service exposes 2 ports (80, 443)"
+        );
+        let r = run(&base, &[]);
+        assert_eq!(
+            errors(&r)[0].message,
+            "wharf.port is required: the service exposes no port"
+        );
+        let mut with_port = base.to_vec();
+        with_port.push(("wharf.port", "443"));
+        assert_eq!(only_route(&run(&with_port, &[80, 443])).port, Some(443));
+        // Reported once per service, not once per route.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.routes.a.host", "a.example.org"),
+                ("wharf.routes.b.host", "b.example.org"),
+            ],
+            &[],
+        );
+        assert_eq!(errors(&r).len(), 1);
+    }
+
+    #[test]
+    fn enable_and_exposed_by_default() {
+        // Not enabled: no routes, and no nagging about its other labels.
+        let r = run(
+            &[("wharf.host", "a.example.org"), ("wharf.helthcheck", "/")],
+            &[80],
+        );
+        assert!(!r.enabled && r.routes.is_empty() && r.problems.is_empty());
+        let r = run(
+            &[("wharf.enable", "false"), ("wharf.host", "a.example.org")],
+            &[80],
+        );
+        assert!(!r.enabled && r.problems.is_empty());
+
+        // A malformed wharf.enable is an error.
+        let r = run(
+            &[("wharf.enable", "yes"), ("wharf.host", "a.example.org")],
+            &[80],
+        );
+        assert!(!r.enabled && r.has_errors());
+        assert_eq!(errors(&r)[0].label, "wharf.enable");
+        assert_eq!(errors(&r)[0].value, "yes");
+
+        let exposed = LabelOptions {
+            exposed_by_default: true,
+            traefik_labels: true,
+        };
+        let r = run_with(&[("wharf.host", "a.example.org")], &[80], exposed);
+        assert!(r.enabled);
+        assert_eq!(only_route(&r).hosts, vec!["a.example.org"]);
+        let r = run_with(
+            &[("wharf.enable", "false"), ("wharf.host", "a.example.org")],
+            &[80],
+            exposed,
+        );
+        assert!(!r.enabled && r.routes.is_empty());
+        // A service with no labels at all (a database) is only a warning.
+        let r = run_with(&[], &[5432], exposed);
+        assert!(!r.has_errors());
+        assert_eq!(warnings(&r)[0].label, "wharf.host");
+        // But an explicitly enabled service without a host is an error.
+        let r = run(&[("wharf.enable", "true")], &[80]);
+        assert_eq!(errors(&r)[0].label, "wharf.host");
+        assert!(errors(&r)[0].message.starts_with("required"));
+        let r = run_with(&[("wharf.port", "80")], &[80], exposed);
+        assert_eq!(errors(&r)[0].label, "wharf.host");
+    }
+
+    #[test]
+    fn upstream_is_not_a_label() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.upstream", "static:10.0.0.1:80"),
+                ("wharf.name", "x"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 2);
+        let up = e.iter().find(|p| p.label == "wharf.upstream").unwrap();
+        assert!(up.message.contains("[[routes]]"), "{e:#?}");
+        assert!(e.iter().any(|p| p.label == "wharf.name"));
+    }
+
+    #[test]
+    fn one_service_cannot_claim_a_host_and_path_twice() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.routes.x.host", "b.example.org,a.example.org"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "wharf.routes.x.host");
+        assert!(e[0].message.contains("also claimed by route `shop_web`"));
+        assert!(r.routes.is_empty());
+    }
+
+    #[test]
+    fn hostile_values_are_errors_not_panics() {
+        let long = "a".repeat(10_000);
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", &long),
+                ("wharf.path", "/\u{0}"),
+                ("wharf.ratelimit", "99999999999/s"),
+                ("wharf.healthcheck.interval", "-1s"),
+                ("wharf.port", "0"),
+            ],
+            &[80],
+        );
+        assert!(r.has_errors());
+        assert!(errors(&r).len() >= 4, "{:#?}", r.problems);
+    }
+
+    #[test]
+    fn unrelated_labels_are_ignored() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("com.docker.stack.namespace", "shop"),
+                ("wharfish", "x"),
+            ],
+            &[80],
+        );
+        assert!(r.problems.is_empty());
+        assert_eq!(r.routes.len(), 1);
+    }
+}
