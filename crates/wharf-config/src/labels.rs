@@ -123,14 +123,29 @@ pub(crate) struct Pair {
     pub key: String,
     pub label: String,
     pub value: String,
+    /// The label's value as written, shown in problems (a Traefik rule rather
+    /// than the hosts taken from it).
+    pub shown: String,
 }
 
 impl Pair {
     pub fn new(key: &str, label: &str, value: impl Into<String>) -> Self {
+        let value = value.into();
         Pair {
             key: key.to_string(),
             label: label.to_string(),
+            shown: value.clone(),
+            value,
+        }
+    }
+
+    /// A key derived from a label whose whole value is shown in problems.
+    pub fn from_label(key: &str, l: &Label, value: impl Into<String>) -> Self {
+        Pair {
+            key: key.to_string(),
+            label: l.written.to_string(),
             value: value.into(),
+            shown: l.value.to_string(),
         }
     }
 }
@@ -410,14 +425,14 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
                     .pairs
                     .iter()
                     .find(|p| group_alias(&p.key) == "host")
-                    .map(|p| (p.label.clone(), p.value.clone()))
+                    .map(|p| (p.label.clone(), p.shown.clone()))
                     .unwrap_or_else(|| (format!("{}host", d.prefix), String::new()));
                 routes.push((spec, host_label));
             }
             Err(problems) => {
                 for p in problems {
                     match d.pairs.iter().find(|x| x.key == p.key) {
-                        Some(x) => pr.push(Severity::Error, &x.label, &x.value, p.message),
+                        Some(x) => pr.push(Severity::Error, &x.label, &x.shown, p.message),
                         None => pr.push(
                             Severity::Error,
                             &format!("{}{}", d.prefix, label_spelling(&p.key)),
@@ -529,7 +544,7 @@ pub(crate) fn overlay(base: &[Pair], top: &[Pair]) -> Vec<Pair> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use wharf_table::{Balance, Scheme};

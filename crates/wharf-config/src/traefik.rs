@@ -47,6 +47,7 @@ struct Router<'a> {
 /// The backend settings of a v2 service or of v1's `traefik.backend.*`.
 #[derive(Default)]
 struct Backend<'a> {
+    first: Option<&'a Label<'a>>,
     port: Option<&'a Label<'a>>,
     scheme: Option<&'a Label<'a>>,
     sticky: Option<&'a Label<'a>>,
@@ -59,6 +60,7 @@ struct Backend<'a> {
 
 #[derive(Default)]
 struct Middleware<'a> {
+    first: Option<&'a Label<'a>>,
     rl_average: Option<&'a Label<'a>>,
     rl_burst: Option<&'a Label<'a>>,
     rl_period: Option<&'a Label<'a>>,
@@ -117,6 +119,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 continue;
             };
             let s = services.entry(name.to_string()).or_default();
+            s.first.get_or_insert(l);
             let slot = match opt.strip_prefix("loadbalancer.").unwrap_or("") {
                 "server.port" => &mut s.port,
                 "server.scheme" => &mut s.scheme,
@@ -142,6 +145,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 continue;
             };
             let m = middlewares.entry(name.to_string()).or_default();
+            m.first.get_or_insert(l);
             let slot = match opt {
                 "ratelimit.average" => &mut m.rl_average,
                 "ratelimit.burst" => &mut m.rl_burst,
@@ -257,6 +261,8 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
         entrypoints: Option<&'a Label<'a>>,
     }
     let mut groups: Vec<(String, Vec<Piece>)> = Vec::new();
+    let mut used_mw: Vec<String> = Vec::new();
+    let mut used_svc: Vec<String> = Vec::new();
     for (rname, r) in &routers {
         let Some(rule) = r.rule else {
             if let Some(l) = r.first {
@@ -315,7 +321,10 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 let lower = m.to_ascii_lowercase();
                 let name = lower.strip_suffix("@docker").unwrap_or(&lower);
                 match middlewares.get(name) {
-                    Some(mw) if !name.contains('@') => middleware_effects(mw, &mut fx, pr),
+                    Some(mw) if !name.contains('@') => {
+                        used_mw.push(name.to_string());
+                        middleware_effects(mw, &mut fx, pr)
+                    }
                     _ => pr.warn(
                         l,
                         format!(
@@ -325,6 +334,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 }
             }
         }
+        used_svc.extend(svc.clone());
         let tls = r.tls.is_some_and(|l| match values::boolean(l.value) {
             Ok(b) => b,
             Err(m) => {
@@ -351,6 +361,22 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 Some((_, g)) => g.push(piece),
                 None => groups.push((path, vec![piece])),
             }
+        }
+    }
+    for (name, m) in &middlewares {
+        if let (false, Some(l)) = (used_mw.contains(name), m.first) {
+            pr.warn(
+                l,
+                format!("middleware `{name}` is not used by any router of this service; ignored"),
+            );
+        }
+    }
+    for (name, b) in &services {
+        if let (false, Some(l)) = (used_svc.contains(name), b.first) {
+            pr.warn(
+                l,
+                format!("service `{name}` is not used by any router of this service; ignored"),
+            );
         }
     }
     let mut per_router: BTreeMap<String, usize> = BTreeMap::new();
@@ -626,8 +652,8 @@ fn host_path_pairs(hosts: &[String], path: &str, rule: &Label, pr: &mut Problems
         hosts.join(",")
     };
     vec![
-        Pair::new("host", rule.written, hosts),
-        Pair::new("path", rule.written, path),
+        Pair::from_label("host", rule, hosts),
+        Pair::from_label("path", rule, path),
     ]
 }
 
@@ -947,4 +973,635 @@ pub fn parse_v2_rule(rule: &str) -> Result<Vec<Term>, String> {
         return Err(format!("unexpected {t:?} after a complete rule"));
     }
     Ok(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use wharf_table::Scheme;
+
+    use super::*;
+    use crate::labels::tests::{errors, run, run_with, warnings};
+    use crate::labels::{LabelOptions, ServiceRoutes};
+    use crate::route::{StickyType, TlsMode};
+
+    fn names(r: &ServiceRoutes) -> Vec<&str> {
+        r.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn v1_the_context_example() {
+        // CONTEXT.md setup 1: three labels on a swarm service.
+        let r = run(
+            &[
+                ("traefik.backend", "test"),
+                ("traefik.frontend.rule", "Host:saas.example.org"),
+                ("traefik.port", "80"),
+            ],
+            &[80, 443],
+        );
+        assert!(r.enabled, "a frontend rule enables the service");
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0];
+        assert_eq!(names(&r), ["shop_web"]);
+        assert_eq!(s.hosts, vec!["saas.example.org"]);
+        assert_eq!((s.path.as_str(), s.port), ("/", Some(80)));
+        assert_eq!(s.tls, TlsMode::Acme);
+        assert!(s.https_redirect);
+        assert_eq!(
+            s.hsts.header_value(),
+            None,
+            "Traefik sends no HSTS unless told"
+        );
+        assert_eq!(r.host_labels[0].0, "traefik.frontend.rule");
+    }
+
+    #[test]
+    fn v1_rules_with_paths_and_several_hosts() {
+        let r = run(
+            &[(
+                "traefik.frontend.rule",
+                "Host:a.example.org,B.example.org;PathPrefix:/x,/y",
+            )],
+            &[8080],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(names(&r), ["shop_web/1", "shop_web/2"]);
+        for (route, path) in r.routes.iter().zip(["/x", "/y"]) {
+            assert_eq!(route.hosts, vec!["a.example.org", "b.example.org"]);
+            assert_eq!(route.path, path);
+            assert_eq!(route.port, Some(8080));
+        }
+        let r = run(
+            &[(
+                "traefik.frontend.rule",
+                "Host:a.example.org;PathPrefixStrip:/api",
+            )],
+            &[80],
+        );
+        assert!(!r.has_errors());
+        assert_eq!(r.routes[0].path, "/api");
+        assert!(warnings(&r)[0].message.contains("does not strip"));
+
+        for bad in [
+            "Path:/x",
+            "HostRegexp:{a:.+}.example.org",
+            "Host:",
+            "Host:a.org;Host:b.org",
+            "garbage",
+            "Method:GET",
+        ] {
+            let r = run(&[("traefik.frontend.rule", bad)], &[80]);
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{bad}: {:#?}", r.problems);
+            assert_eq!(
+                (e[0].label.as_str(), e[0].value.as_str()),
+                ("traefik.frontend.rule", bad)
+            );
+        }
+        let e = run(&[("traefik.frontend.rule", "Path:/x")], &[80]);
+        assert!(errors(&e)[0]
+            .message
+            .contains("`Path` matcher is not supported"));
+    }
+
+    #[test]
+    fn v1_backend_settings() {
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.frontend.rule", "Host:a.example.org"),
+                ("traefik.backend.loadbalancer.stickiness", "true"),
+                (
+                    "traefik.backend.loadbalancer.stickiness.cookieName",
+                    "JSESSIONID",
+                ),
+                ("traefik.backend.healthcheck.path", "/health"),
+                ("traefik.backend.healthcheck.interval", "15s"),
+                ("traefik.protocol", "https"),
+                ("traefik.frontend.entryPoints", "web,websecure"),
+                ("traefik.frontend.headers.STSSeconds", "31536000"),
+                ("traefik.frontend.headers.STSIncludeSubdomains", "true"),
+                ("traefik.docker.network", "wharf-public"),
+            ],
+            &[8443],
+        );
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0];
+        assert_eq!(s.sticky.kind, StickyType::Cookie);
+        assert_eq!(s.sticky.cookie, "JSESSIONID");
+        let hc = s.healthcheck.as_ref().unwrap();
+        assert_eq!((hc.path.as_str(), hc.method.as_str()), ("/health", "GET"));
+        assert_eq!(hc.interval, Duration::from_secs(15));
+        assert_eq!((hc.rise, hc.fall), (1, 1));
+        assert_eq!(s.scheme, Scheme::Https);
+        assert_eq!(s.entrypoints, Some(vec!["web".into(), "websecure".into()]));
+        assert_eq!(
+            s.hsts.header_value().unwrap(),
+            "max-age=31536000; includeSubDomains"
+        );
+        assert_eq!(s.network.as_deref(), Some("wharf-public"));
+
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.example.org"),
+                ("traefik.backend.healthcheck.path", "/h"),
+            ],
+            &[80],
+        );
+        let hc = r.routes[0].healthcheck.as_ref().unwrap();
+        assert_eq!(
+            hc.interval,
+            Duration::from_secs(30),
+            "Traefik's default interval"
+        );
+        assert_eq!(hc.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn v1_port_is_required_with_several_exposed_ports() {
+        let r = run(
+            &[("traefik.frontend.rule", "Host:a.example.org")],
+            &[80, 443],
+        );
+        let e = errors(&r);
+        assert_eq!(e[0].label, "traefik.port");
+        assert!(e[0].message.contains("exposes 2 ports (80, 443)"));
+    }
+
+    #[test]
+    fn v2_rules() {
+        let cases: &[(&str, &[(&[&str], &str)])] = &[
+            ("Host(`a.example.org`)", &[(&["a.example.org"], "/")]),
+            (
+                "Host(`a.example.org`, `b.example.org`)",
+                &[(&["a.example.org", "b.example.org"], "/")],
+            ),
+            (
+                "Host(\"a.example.org\") || Host(`b.example.org`)",
+                &[(&["a.example.org", "b.example.org"], "/")],
+            ),
+            (
+                "Host(`a.example.org`) && PathPrefix(`/api`)",
+                &[(&["a.example.org"], "/api")],
+            ),
+            (
+                "(Host(`a.example.org`) || Host(`b.example.org`)) && PathPrefix(`/api`)",
+                &[(&["a.example.org", "b.example.org"], "/api")],
+            ),
+            (
+                "Host(`a.example.org`) && (PathPrefix(`/x`) || PathPrefix(`/y`))",
+                &[(&["a.example.org"], "/x"), (&["a.example.org"], "/y")],
+            ),
+            (
+                "Host(`a.example.org`) && PathPrefix(`/api`) || Host(`b.example.org`)",
+                &[(&["a.example.org"], "/api"), (&["b.example.org"], "/")],
+            ),
+            (
+                "PathPrefix(`/a`) && PathPrefix(`/a/b`) && Host(`a.example.org`)",
+                &[(&["a.example.org"], "/a/b")],
+            ),
+        ];
+        for (rule, want) in cases {
+            let r = run(&[("traefik.http.routers.app.rule", rule)], &[80]);
+            assert!(!r.has_errors(), "{rule}: {:#?}", r.problems);
+            let got: Vec<(Vec<&str>, &str)> = r
+                .routes
+                .iter()
+                .map(|s| {
+                    (
+                        s.hosts.iter().map(String::as_str).collect(),
+                        s.path.as_str(),
+                    )
+                })
+                .collect();
+            let want: Vec<(Vec<&str>, &str)> = want.iter().map(|(h, p)| (h.to_vec(), *p)).collect();
+            assert_eq!(got, want, "{rule}");
+        }
+        let r = run(
+            &[(
+                "traefik.http.routers.app.rule",
+                "Host(`a.example.org`) && (PathPrefix(`/x`) || PathPrefix(`/y`))",
+            )],
+            &[80],
+        );
+        assert_eq!(names(&r), ["shop_web/app.1", "shop_web/app.2"]);
+        let r = run(
+            &[("traefik.http.routers.app.rule", "PathPrefix(`/x`)")],
+            &[80],
+        );
+        assert_eq!(r.routes[0].hosts, vec!["*"]);
+        assert!(warnings(&r)[0].message.contains("any host"));
+    }
+
+    #[test]
+    fn v2_rules_wharf_cannot_evaluate_are_errors_naming_the_rule() {
+        let deep = format!("{}Host(`a.org`){}", "(".repeat(100), ")".repeat(100));
+        let wide = vec!["Host(`a.org`)"; 200].join(" || ");
+        let product = vec!["(PathPrefix(`/a`) || PathPrefix(`/a`))"; 20].join(" && ");
+        for rule in [
+            "HostRegexp(`{sub:[a-z]+}.example.org`)",
+            "Host(`a.org`) && Headers(`X`, `y`)",
+            "Path(`/exact`)",
+            "!Host(`a.org`)",
+            "Host(`a.org`) && Host(`b.org`)",
+            "PathPrefix(`/a`) && PathPrefix(`/b`)",
+            "PathPrefix(`/{id:[0-9]+}`)",
+            "Host(`a.org`",
+            "Host(a.org)",
+            "Host(`a.org`) &",
+            "Host(`a.org`) Host(`b.org`)",
+            "Host(`unterminated)",
+            "",
+            "Host(`a.org`) ||",
+            "Host(`a b`)",
+            deep.as_str(),
+            wide.as_str(),
+            product.as_str(),
+        ] {
+            let r = run(&[("traefik.http.routers.app.rule", rule)], &[80]);
+            let e = errors(&r);
+            assert!(!e.is_empty(), "{rule:?} should be an error");
+            assert_eq!(e[0].label, "traefik.http.routers.app.rule", "{rule:?}");
+            assert_eq!(e[0].value, rule);
+            assert!(r.routes.is_empty());
+        }
+        let r = run(
+            &[("traefik.http.routers.app.rule", "HostRegexp(`x`)")],
+            &[80],
+        );
+        assert!(errors(&r)[0]
+            .message
+            .contains("`HostRegexp` matcher is not supported"));
+    }
+
+    #[test]
+    fn v2_a_typical_stack() {
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.shop.rule", "Host(`shop.example.org`)"),
+                ("traefik.http.routers.shop.entrypoints", "web"),
+                ("traefik.http.routers.shop.middlewares", "to-https@docker"),
+                (
+                    "traefik.http.routers.shop-secure.rule",
+                    "Host(`shop.example.org`)",
+                ),
+                ("traefik.http.routers.shop-secure.entrypoints", "websecure"),
+                ("traefik.http.routers.shop-secure.tls", "true"),
+                ("traefik.http.routers.shop-secure.tls.certresolver", "le"),
+                ("traefik.http.routers.shop-secure.middlewares", "hsts,limit"),
+                (
+                    "traefik.http.middlewares.to-https.redirectscheme.scheme",
+                    "https",
+                ),
+                (
+                    "traefik.http.middlewares.to-https.redirectscheme.permanent",
+                    "true",
+                ),
+                (
+                    "traefik.http.middlewares.hsts.headers.stsseconds",
+                    "31536000",
+                ),
+                (
+                    "traefik.http.middlewares.hsts.headers.stsincludesubdomains",
+                    "true",
+                ),
+                ("traefik.http.middlewares.hsts.headers.stspreload", "true"),
+                ("traefik.http.middlewares.limit.ratelimit.average", "100"),
+                ("traefik.http.middlewares.limit.ratelimit.burst", "50"),
+                (
+                    "traefik.http.services.shop.loadbalancer.server.port",
+                    "8080",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.server.scheme",
+                    "h2c",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.sticky.cookie",
+                    "true",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.sticky.cookie.name",
+                    "SHOPID",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.healthcheck.path",
+                    "/ping",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.healthcheck.interval",
+                    "10s",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.healthcheck.timeout",
+                    "3",
+                ),
+            ],
+            &[8080, 9100],
+        );
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        assert_eq!(
+            names(&r),
+            ["shop_web/shop"],
+            "two routers, one rule: one route"
+        );
+        let s = &r.routes[0];
+        assert_eq!(s.hosts, vec!["shop.example.org"]);
+        assert_eq!(s.port, Some(8080));
+        assert_eq!(s.scheme, Scheme::H2c);
+        assert_eq!(s.tls, TlsMode::Acme);
+        assert!(s.https_redirect);
+        assert_eq!(s.entrypoints, Some(vec!["web".into(), "websecure".into()]));
+        assert_eq!(
+            s.hsts.header_value().unwrap(),
+            "max-age=31536000; includeSubDomains; preload"
+        );
+        let rl = s.ratelimit.as_ref().unwrap();
+        assert_eq!((rl.per_second, rl.burst), (100.0, 50));
+        assert_eq!(
+            (s.sticky.kind, s.sticky.cookie.as_str()),
+            (StickyType::Cookie, "SHOPID")
+        );
+        let hc = s.healthcheck.as_ref().unwrap();
+        assert_eq!(
+            (hc.interval, hc.timeout),
+            (Duration::from_secs(10), Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn v2_tls_per_router() {
+        // No TLS router: plain HTTP only, as Traefik would serve it.
+        let r = run(&[("traefik.http.routers.a.rule", "Host(`a.org`)")], &[80]);
+        assert_eq!(r.routes[0].tls, TlsMode::None);
+        // TLS only: Wharf's default redirect from plain HTTP.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.tls", "true"),
+            ],
+            &[80],
+        );
+        assert_eq!(r.routes[0].tls, TlsMode::Acme);
+        assert!(r.routes[0].https_redirect);
+        // A plain and a TLS router without a redirect: both are served.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.b.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.b.tls.certresolver", "le"),
+            ],
+            &[80],
+        );
+        assert_eq!(names(&r), ["shop_web/a"]);
+        assert_eq!(r.routes[0].tls, TlsMode::Acme);
+        assert!(!r.routes[0].https_redirect);
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.tls", "maybe"),
+            ],
+            &[80],
+        );
+        assert_eq!(errors(&r)[0].label, "traefik.http.routers.a.tls");
+    }
+
+    #[test]
+    fn v2_ratelimit_follows_average_per_period() {
+        let rl = |avg: &str, period: Option<&str>| {
+            let mut labels = vec![
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.middlewares", "rl"),
+                ("traefik.http.middlewares.rl.ratelimit.average", avg),
+            ];
+            if let Some(p) = period {
+                labels.push(("traefik.http.middlewares.rl.ratelimit.period", p));
+            }
+            let r = run(&labels, &[80]);
+            assert!(!r.has_errors(), "{:#?}", r.problems);
+            r.routes[0].ratelimit.clone()
+        };
+        let r = rl("100", None).unwrap();
+        assert_eq!(
+            (r.per_second, r.burst),
+            (100.0, 1),
+            "period 1s, burst 1 by default"
+        );
+        assert_eq!(rl("6", Some("1m")).unwrap().per_second, 0.1);
+        assert_eq!(rl("10", Some("500ms")).unwrap().per_second, 20.0);
+        assert!((rl("10", Some("3s")).unwrap().per_second - 10.0 / 3.0).abs() < 1e-9);
+        assert_eq!(rl("5", Some("7")).unwrap().per_second, 5.0 / 7.0 * 1.0);
+        assert_eq!(rl("0", None), None, "average 0 means no limit");
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.middlewares", "rl"),
+                ("traefik.http.middlewares.rl.ratelimit.average", "many"),
+            ],
+            &[80],
+        );
+        assert_eq!(
+            errors(&r)[0].label,
+            "traefik.http.middlewares.rl.ratelimit.average"
+        );
+    }
+
+    #[test]
+    fn unsupported_keys_are_warnings_naming_the_key() {
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.priority", "10"),
+                ("traefik.http.routers.a.middlewares", "auth,strip@file"),
+                ("traefik.http.middlewares.auth.basicauth.users", "u:p"),
+                (
+                    "traefik.http.services.a.loadbalancer.sticky.cookie.secure",
+                    "true",
+                ),
+                ("traefik.tcp.routers.db.rule", "HostSNI(`*`)"),
+                ("traefik.frontend.priority", "5"),
+                ("traefik.http.middlewares.r.redirectscheme.scheme", "http"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let w: Vec<&str> = warnings(&r).iter().map(|p| p.label.as_str()).collect();
+        for key in [
+            "traefik.http.routers.a.priority",
+            "traefik.http.middlewares.auth.basicauth.users",
+            "traefik.http.services.a.loadbalancer.sticky.cookie.secure",
+            "traefik.tcp.routers.db.rule",
+            "traefik.frontend.priority",
+            "traefik.http.middlewares.r.redirectscheme.scheme",
+            "traefik.http.routers.a.middlewares",
+        ] {
+            assert!(w.contains(&key), "{key} missing from {w:?}");
+        }
+        let strip = warnings(&r)
+            .into_iter()
+            .find(|p| p.message.contains("strip@file"))
+            .unwrap();
+        assert!(strip.message.contains("not defined"));
+        assert_eq!(r.routes.len(), 1);
+    }
+
+    #[test]
+    fn v2_services() {
+        // Several services: each router must say which.
+        let two = [
+            ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ("traefik.http.services.x.loadbalancer.server.port", "80"),
+            ("traefik.http.services.y.loadbalancer.server.port", "81"),
+        ];
+        let r = run(&two, &[80, 81]);
+        assert!(errors(&r)[0]
+            .message
+            .contains("traefik.http.routers.a.service"));
+        let mut named = two.to_vec();
+        named.push(("traefik.http.routers.a.service", "y@docker"));
+        named.push(("traefik.http.routers.b.rule", "Host(`b.org`)"));
+        named.push(("traefik.http.routers.b.service", "x"));
+        let r = run(&named, &[80, 81]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].port, Some(81));
+        assert_eq!(r.routes[1].port, Some(80));
+        // A service that is not on this container cannot be routed to.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.service", "api@internal"),
+            ],
+            &[80],
+        );
+        assert_eq!(errors(&r)[0].label, "traefik.http.routers.a.service");
+        // No port anywhere and two exposed: the error names the Traefik key.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.services.s.loadbalancer.sticky.cookie", "true"),
+            ],
+            &[80, 81],
+        );
+        assert_eq!(
+            errors(&r)[0].label,
+            "traefik.http.services.s.loadbalancer.server.port"
+        );
+    }
+
+    #[test]
+    fn enabling_and_precedence() {
+        // traefik.enable=false wins over a rule.
+        let r = run(
+            &[
+                ("traefik.enable", "false"),
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ],
+            &[80],
+        );
+        assert!(!r.enabled && r.problems.is_empty());
+        // wharf.enable wins over traefik.enable.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("traefik.enable", "false"),
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ],
+            &[80],
+        );
+        assert!(r.enabled);
+        assert_eq!(r.routes.len(), 1);
+        let r = run(
+            &[
+                ("traefik.enable", "nope"),
+                ("traefik.frontend.rule", "Host:a.org"),
+            ],
+            &[80],
+        );
+        assert!(!r.enabled);
+        assert_eq!(errors(&r)[0].label, "traefik.enable");
+        // traefik_labels = false: Traefik labels mean nothing.
+        let off = LabelOptions {
+            exposed_by_default: false,
+            traefik_labels: false,
+        };
+        let r = run_with(
+            &[("traefik.http.routers.a.rule", "Host(`a.org`)")],
+            &[80],
+            off,
+        );
+        assert!(!r.enabled && r.problems.is_empty());
+        // traefik.enable=true but no rule (Traefik's defaultRule): an error.
+        let r = run(&[("traefik.enable", "true")], &[80]);
+        assert_eq!(errors(&r)[0].label, "wharf.host");
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.http.services.s.loadbalancer.server.port", "80"),
+            ],
+            &[80],
+        );
+        assert!(r.has_errors());
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.a.tls", "true"),
+            ],
+            &[80],
+        );
+        assert!(warnings(&r)
+            .iter()
+            .any(|p| p.message.contains("has no rule")));
+        assert!(r.has_errors());
+
+        // wharf.* routes win; the Traefik labels are ignored with one warning.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "w.org"),
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.a.rule", "Host(`t.org`)"),
+                ("traefik.http.routers.a.tls", "true"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors());
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[0].hosts, vec!["w.org"]);
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].message.contains("wharf.* wins"));
+
+        // Service-level wharf.* keys refine a Traefik route.
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("wharf.sticky", "source"),
+                ("wharf.hsts", "600"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].sticky.kind, StickyType::Source);
+        assert_eq!(r.routes[0].hsts.max_age, 600);
+    }
+
+    #[test]
+    fn rule_parser_directly() {
+        let t = parse_v2_rule("host(`A.org`) && pathprefix(`/x`)").unwrap();
+        assert_eq!(
+            t,
+            vec![Term {
+                hosts: Some(vec!["a.org".into()]),
+                path: Some("/x".into())
+            }]
+        );
+        let mut warned = Vec::new();
+        let t =
+            parse_v1_rule("Host: a.org ; PathPrefixStrip: /x", &mut |m| warned.push(m)).unwrap();
+        assert_eq!(t[0].path.as_deref(), Some("/x"));
+        assert_eq!(warned.len(), 1);
+    }
 }
