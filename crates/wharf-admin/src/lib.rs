@@ -226,8 +226,7 @@ impl BackendCollector {
             for b in route.backends.all() {
                 let addr = b.addr.to_string();
                 let labels = [&*route.name, addr.as_str()];
-                up.with_label_values(&labels)
-                    .set(i64::from(b.usable()));
+                up.with_label_values(&labels).set(i64::from(b.usable()));
                 inflight
                     .with_label_values(&labels)
                     .set(i64::from(b.state.inflight()));

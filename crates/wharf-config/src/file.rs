@@ -109,6 +109,7 @@ pub struct FileDocker {
     pub network: Option<String>,
     pub exposed_by_default: Option<bool>,
     pub traefik_labels: Option<bool>,
+    pub poll_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +159,7 @@ pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("docker", "network", Kind::Str),
     ("docker", "exposed_by_default", Kind::Bool),
     ("docker", "traefik_labels", Kind::Bool),
+    ("docker", "poll_interval", Kind::Str),
     ("dns", "nameservers", Kind::List),
     ("dns", "refresh", Kind::Str),
     ("dns", "hold_valid", Kind::Str),

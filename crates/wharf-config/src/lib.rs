@@ -5,12 +5,18 @@
 //! Nothing here binds a port or touches the network: a config is validated whole
 //! before anything starts, and a config that fails changes nothing.
 
+pub mod compose;
 pub mod env;
 pub mod file;
+pub mod labels;
 pub mod route;
+pub mod traefik;
 mod validate;
 pub mod values;
 
+pub use labels::{
+    service_routes, LabelOptions, LabelProblem, ServiceInput, ServiceRoutes, Severity,
+};
 pub use route::{RouteSpec, Upstream};
 pub use validate::{
     AcmeConfig, AdminConfig, CertPaths, Challenge, Config, DnsConfig, DockerConfig, DockerMode,

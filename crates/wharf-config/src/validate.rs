@@ -129,6 +129,9 @@ pub struct DockerConfig {
     pub network: String,
     pub exposed_by_default: bool,
     pub traefik_labels: bool,
+    /// How often swarm tasks are listed (task changes on other nodes emit no
+    /// local event).
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -623,6 +626,11 @@ pub(crate) fn parse(
         network: fd.network.unwrap_or_else(|| "wharf-public".into()),
         exposed_by_default: fd.exposed_by_default.unwrap_or(false),
         traefik_labels: fd.traefik_labels.unwrap_or(true),
+        poll_interval: ck.duration(
+            "docker.poll_interval",
+            fd.poll_interval.as_ref(),
+            Duration::from_secs(1),
+        ),
     };
 
     let fdns = file.dns.unwrap_or_default();

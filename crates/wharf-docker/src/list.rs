@@ -327,7 +327,10 @@ impl Lister<'_> {
                 };
                 for t in list {
                     let task_name = t.get("Name").and_then(|v| v.as_str()).unwrap_or_default();
-                    let ip = t.get("EndpointIP").and_then(|v| v.as_str()).unwrap_or_default();
+                    let ip = t
+                        .get("EndpointIP")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
                     let (Some(task_id), Ok(ip)) = (task_name.rsplit('.').next(), ip.parse()) else {
                         continue;
                     };
@@ -496,7 +499,10 @@ fn service_networks(s: &Service) -> Vec<String> {
     let Some(spec) = s.spec.as_ref() else {
         return Vec::new();
     };
-    let from_template = spec.task_template.as_ref().and_then(|t| t.networks.as_ref());
+    let from_template = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.as_ref());
     from_template
         .or(spec.networks.as_ref())
         .into_iter()
@@ -515,7 +521,10 @@ fn container_networks(c: &ContainerSummary) -> BTreeMap<String, IpAddr> {
         .flatten()
     {
         let v4 = ep.ip_address.as_deref().and_then(|a| a.parse().ok());
-        let v6 = ep.global_ipv6_address.as_deref().and_then(|a| a.parse().ok());
+        let v6 = ep
+            .global_ipv6_address
+            .as_deref()
+            .and_then(|a| a.parse().ok());
         if let Some(ip) = v4.or(v6) {
             out.insert(name.clone(), ip);
         }
@@ -572,11 +581,7 @@ fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<
         id,
         name,
         created: format!("{:020}", c.created.unwrap_or_default()),
-        labels: labels
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
+        labels: labels.cloned().unwrap_or_default().into_iter().collect(),
         exposed_ports: exposed,
         dnsrr: false,
     })

@@ -1,6 +1,7 @@
 //! The `wharf` binary: command line, logging, wiring, signals and drain. The only
 //! place that uses `anyhow`; every library crate has its own error type.
 
+mod providers;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -50,10 +51,15 @@ enum Command {
         #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Validate a config file; exit 1 if it has errors.
+    /// Validate a config file and the wharf/traefik labels of compose or stack
+    /// files; exit 1 if anything is an error.
     Check {
         #[arg(long, env = "WHARF_CONFIG")]
         config: Option<PathBuf>,
+        /// Compose or stack files whose services' labels to check (together: a host
+        /// and path claimed by two services is an error).
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        compose: Vec<PathBuf>,
     },
     /// Print the version.
     Version,
@@ -85,6 +91,67 @@ fn load_config(path: Option<&Path>) -> Result<wharf_config::Config, wharf_config
     }
 }
 
+/// `wharf check`: the config (named, default or built-in), then compose files with
+/// the config's label options. One line per problem; exit 1 if any is an error.
+fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    let mut opts = wharf_config::LabelOptions::default();
+    match load_config(config) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "ok: {} entrypoint(s), {} route(s)",
+                cfg.entrypoints.len(),
+                cfg.routes.len()
+            );
+            opts = wharf_config::LabelOptions {
+                exposed_by_default: cfg.docker.exposed_by_default,
+                traefik_labels: cfg.docker.traefik_labels,
+            };
+        }
+        Err(e) => {
+            println!("{e}");
+            failed = true;
+        }
+    }
+    if compose.is_empty() {
+        return if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let mut files = Vec::new();
+    for path in compose {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => files.push((origin, text)),
+            Err(e) => {
+                println!("error: {origin}: cannot read: {e}");
+                failed = true;
+            }
+        }
+    }
+    let report = wharf_config::compose::check(&files, &opts);
+    for line in &report.lines {
+        println!("{}: {}", line.severity, line.text);
+    }
+    failed |= report.has_errors();
+    if !failed {
+        println!(
+            "ok: {} compose service(s), {} labelled route(s)",
+            report.services, report.routes
+        );
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -92,23 +159,7 @@ fn main() -> ExitCode {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match load_config(config.as_deref()) {
-            Ok(cfg) => {
-                for w in &cfg.warnings {
-                    println!("warning: {w}");
-                }
-                println!(
-                    "ok: {} entrypoint(s), {} route(s)",
-                    cfg.entrypoints.len(),
-                    cfg.routes.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                println!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Check { config, compose } => check(config.as_deref(), &compose),
         Command::Run { config } => {
             init_logging(cli.log_format);
             let cfg = match load_config(config.as_deref()) {

@@ -9,9 +9,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use wharf_admin::{AdminState, ConfigProblem};
+use wharf_admin::AdminState;
 use wharf_config::Config;
-use wharf_control::{Control, ControlMetrics};
+use wharf_control::ControlMetrics;
+
+use crate::providers::{self, Reconciler};
 use wharf_proxy::{Entrypoint, Forwarder, ListenerSettings, UpstreamSettings};
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -47,60 +49,6 @@ fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
     }
 }
 
-/// Applies a config's routes and publishes its problems; returns whether it was
-/// free of route problems.
-fn apply(
-    control: &Control,
-    cfg: &Config,
-    problems: &ArcSwap<Vec<ConfigProblem>>,
-    metrics: &ControlMetrics,
-) {
-    for w in &cfg.warnings {
-        warn!("{w}");
-    }
-    let report = control.apply(cfg);
-    for p in &report.problems {
-        warn!("{p}");
-    }
-    for p in &report.not_enforced {
-        warn!("{p}");
-    }
-    info!(
-        routes = report.routes,
-        added = report.added.len(),
-        removed = report.removed.len(),
-        "routing table swapped{}{}",
-        if report.added.is_empty() {
-            String::new()
-        } else {
-            format!("; added: {}", report.added.join(", "))
-        },
-        if report.removed.is_empty() {
-            String::new()
-        } else {
-            format!("; removed: {}", report.removed.join(", "))
-        },
-    );
-    let list: Vec<ConfigProblem> = report
-        .problems
-        .iter()
-        .map(|m| ConfigProblem {
-            source: "file".into(),
-            service: None,
-            label: None,
-            message: m.clone(),
-        })
-        .collect();
-    metrics
-        .errors
-        .with_label_values(&["file"])
-        .set(i64::try_from(list.len()).unwrap_or(i64::MAX));
-    metrics
-        .routes
-        .set(i64::try_from(report.routes).unwrap_or(i64::MAX));
-    problems.store(Arc::new(list));
-}
-
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Installed first, so a signal during start-up is handled rather than killing
     // the process with the default action.
@@ -115,14 +63,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ))
         .context("registering process metrics")?;
     let metrics = ControlMetrics::register(&registry).context("registering metrics")?;
-    let control = Control::new();
+    let cancel = CancellationToken::new();
+    let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let docker = providers::start_docker(&cfg, &cancel);
+    let mut rec = Reconciler::new(cfg.clone(), docker, problems.clone(), metrics.clone());
+    let control = &rec.control;
     registry
         .register(Box::new(
             wharf_admin::BackendCollector::new(control.table()).context("backend metrics")?,
         ))
         .context("registering backend metrics")?;
-    let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
-    apply(&control, &cfg, &problems, &metrics);
+    rec.apply();
+    let control = &rec.control;
 
     // TLS termination is not part of this build: a TLS entrypoint is not opened
     // (rather than served as plain HTTP), so there is no port to redirect to.
@@ -133,7 +85,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         idle_timeout: cfg.upstream.idle_timeout,
         max_idle_per_backend: cfg.upstream.max_idle_per_backend,
     };
-    let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let fwd = Arc::new(Forwarder::new(
         control.table(),
@@ -182,11 +133,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
-    let mut current = cfg;
+    drop(cfg);
     info!("wharf is ready");
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&control, &mut current, &problems, &metrics),
+            _ = hup.recv() => reload(&mut rec, &metrics),
+            _ = rec.changed() => rec.apply(),
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
         }
@@ -198,7 +150,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = l.await;
     }
     let _ = admin.await;
-    let timeout = current.runtime.shutdown_timeout;
+    let timeout = rec.config.runtime.shutdown_timeout;
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         warn!(
             open = tracker.len(),
@@ -211,12 +163,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: re-read the file. A file that fails changes nothing.
-fn reload(
-    control: &Control,
-    current: &mut Config,
-    problems: &ArcSwap<Vec<ConfigProblem>>,
-    metrics: &ControlMetrics,
-) {
+fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
+    let current = &mut rec.config;
     let Some(path) = current.source.clone() else {
         info!("SIGHUP: no config file to reload (running on built-in defaults)");
         return;
@@ -259,13 +207,17 @@ fn reload(
                     }
                 }
             }
-            apply(control, &next, problems, metrics);
+            if next.docker != current.docker {
+                warn!("SIGHUP: [docker] changed; it takes effect at the next restart");
+                next.docker = current.docker.clone();
+            }
+            *current = next;
+            rec.apply();
             metrics
                 .reloads
                 .with_label_values(&["file", "success"])
                 .inc();
             info!(file = %path.display(), "SIGHUP: configuration reloaded");
-            *current = next;
         }
     }
 }

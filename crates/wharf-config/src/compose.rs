@@ -1,0 +1,319 @@
+//! Compose and stack files, for `wharf check --compose`: each service's labels and
+//! exposed ports, run through [`service_routes`] exactly as the Docker provider
+//! will, plus the one check a single service cannot make: a host and path claimed
+//! by two services (the first in file order keeps it).
+//!
+//! Reads the YAML only: no variable interpolation (`${VAR}` stays as written; run
+//! `docker compose config` first to check the expanded file), no Docker.
+
+use std::collections::BTreeMap;
+
+use serde_yaml::Value;
+
+use crate::labels::{service_routes, LabelOptions, LabelProblem, ServiceInput, Severity};
+
+/// One service of a compose file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComposeService {
+    pub name: String,
+    /// `labels` overlaid with `deploy.labels` (which wins: it is what a swarm
+    /// service carries).
+    pub labels: BTreeMap<String, String>,
+    /// Container ports from `expose:` and the targets of `ports:` (TCP only).
+    pub exposed_ports: Vec<u16>,
+    /// Problems with the file's shape for this service (not with label values).
+    pub problems: Vec<LabelProblem>,
+}
+
+/// A file that is not YAML or not a compose file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ComposeError {
+    /// 1-based line, when the YAML parser knows it.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Reads a compose file's services in file order.
+pub fn parse(text: &str) -> Result<Vec<ComposeService>, ComposeError> {
+    let mut doc: Value = serde_yaml::from_str(text).map_err(|e| ComposeError {
+        line: e.location().map(|l| l.line()),
+        message: e.to_string(),
+    })?;
+    doc.apply_merge().map_err(|e| ComposeError {
+        line: e.location().map(|l| l.line()),
+        message: e.to_string(),
+    })?;
+    let Some(services) = doc.get("services").and_then(Value::as_mapping) else {
+        return Err(ComposeError {
+            line: None,
+            message: "no `services:` mapping: not a compose or stack file".into(),
+        });
+    };
+    let mut out = Vec::new();
+    for (name, svc) in services {
+        let name = scalar(name).unwrap_or_default();
+        let mut s = ComposeService {
+            name: name.clone(),
+            labels: BTreeMap::new(),
+            exposed_ports: Vec::new(),
+            problems: Vec::new(),
+        };
+        let mut shape = |label: &str, message: String| {
+            s.problems.push(LabelProblem {
+                service: name.clone(),
+                label: label.into(),
+                value: String::new(),
+                message,
+                severity: Severity::Error,
+            })
+        };
+        let container = labels(svc.get("labels"), "labels", &mut shape);
+        let deploy = labels(
+            svc.get("deploy").and_then(|d| d.get("labels")),
+            "deploy.labels",
+            &mut shape,
+        );
+        let mut ports = Vec::new();
+        if let Some(v) = svc.get("expose") {
+            port_list(v, "expose", false, &mut ports, &mut shape);
+        }
+        if let Some(v) = svc.get("ports") {
+            port_list(v, "ports", true, &mut ports, &mut shape);
+        }
+        for (k, v) in &deploy {
+            let relevant = {
+                let l = k.to_ascii_lowercase();
+                l.starts_with("wharf.") || l.starts_with("traefik.")
+            };
+            if relevant && container.get(k).is_some_and(|c| c != v) {
+                s.problems.push(LabelProblem {
+                    service: name.clone(),
+                    label: k.clone(),
+                    value: v.clone(),
+                    message: format!(
+                        "also in `labels` with value {:?}; deploy.labels wins here and in \
+                         swarm mode, a plain container (docker compose) uses `labels`",
+                        container[k]
+                    ),
+                    severity: Severity::Warning,
+                });
+            }
+        }
+        s.labels = container;
+        s.labels.extend(deploy);
+        for p in ports {
+            if !s.exposed_ports.contains(&p) {
+                s.exposed_ports.push(p);
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Labels in map form (`key: value`) or list form (`- "key=value"`).
+fn labels(
+    v: Option<&Value>,
+    what: &str,
+    shape: &mut dyn FnMut(&str, String),
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                match (scalar(k), scalar(v)) {
+                    (Some(k), Some(v)) => {
+                        out.insert(k, v);
+                    }
+                    _ => shape(what, "a label's key and value must be plain strings".into()),
+                }
+            }
+        }
+        Some(Value::Sequence(items)) => {
+            for item in items {
+                match scalar(item) {
+                    Some(s) => {
+                        let (k, v) = s.split_once('=').unwrap_or((s.as_str(), ""));
+                        out.insert(k.to_string(), v.to_string());
+                    }
+                    None => shape(what, "a list label must be a string `key=value`".into()),
+                }
+            }
+        }
+        Some(_) => shape(
+            what,
+            "labels must be a mapping or a list of `key=value`".into(),
+        ),
+    }
+    out
+}
+
+/// `expose: ["3000", "8000-8001"]` or `ports: ["8080:80", "127.0.0.1:443:8443/tcp",
+/// {target: 80}]`: the container side, TCP only.
+fn port_list(
+    v: &Value,
+    what: &str,
+    published: bool,
+    out: &mut Vec<u16>,
+    shape: &mut dyn FnMut(&str, String),
+) {
+    let Some(items) = v.as_sequence() else {
+        return shape(what, "must be a list".into());
+    };
+    for item in items {
+        let text = match item {
+            Value::Mapping(_) => {
+                let proto = item.get("protocol").and_then(scalar).unwrap_or_default();
+                if !proto.is_empty() && !proto.eq_ignore_ascii_case("tcp") {
+                    continue;
+                }
+                match item.get("target").and_then(scalar) {
+                    Some(t) => t,
+                    None => {
+                        shape(what, "a long-syntax port needs `target`".into());
+                        continue;
+                    }
+                }
+            }
+            other => match scalar(other) {
+                Some(s) => s,
+                None => {
+                    shape(what, format!("`{other:?}` is not a port"));
+                    continue;
+                }
+            },
+        };
+        let (spec, proto) = text.split_once('/').unwrap_or((text.as_str(), "tcp"));
+        if !proto.eq_ignore_ascii_case("tcp") {
+            continue;
+        }
+        // HOST_IP:PUBLISHED:TARGET — the target is after the last colon.
+        let target = if published {
+            spec.rsplit(':').next().unwrap_or(spec)
+        } else {
+            spec
+        };
+        match port_range(target.trim()) {
+            Some(ports) => out.extend(ports),
+            None => shape(what, format!("`{text}` is not a port or port range")),
+        }
+    }
+}
+
+fn port_range(s: &str) -> Option<Vec<u16>> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    // A range is a range of ports, not thousands of routes' worth of guesses.
+    if a == 0 || b < a || b - a > 1024 {
+        return None;
+    }
+    Some((a..=b).collect())
+}
+
+/// One line of `wharf check --compose` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    pub severity: Severity,
+    /// `FILE: service NAME: LABEL="VALUE": MESSAGE` or `FILE:LINE: MESSAGE`.
+    pub text: String,
+}
+
+/// What checking a set of compose files found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub lines: Vec<CheckLine>,
+    pub services: usize,
+    pub routes: usize,
+}
+
+impl CheckReport {
+    pub fn has_errors(&self) -> bool {
+        self.lines.iter().any(|l| l.severity == Severity::Error)
+    }
+}
+
+/// Checks compose files `(origin, text)` together, as one Wharf would see their
+/// services: each service's labels, then host and path claims across all of them.
+pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
+    let mut report = CheckReport::default();
+    // (host, path) → (file, service) of the first claim.
+    let mut claims: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    for (origin, text) in files {
+        let services = match parse(text) {
+            Ok(s) => s,
+            Err(e) => {
+                let at = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+                report.lines.push(CheckLine {
+                    severity: Severity::Error,
+                    text: format!("{origin}{at}: {}", e.message),
+                });
+                continue;
+            }
+        };
+        for svc in services {
+            report.services += 1;
+            let mut problems = svc.problems.clone();
+            let r = service_routes(
+                &ServiceInput {
+                    name: &svc.name,
+                    labels: &svc.labels,
+                    exposed_ports: &svc.exposed_ports,
+                },
+                opts,
+            );
+            problems.extend(r.problems.iter().cloned());
+            if !r.has_errors() {
+                let mut mine = Vec::new();
+                let mut conflict = false;
+                for (route, (label, value)) in r.routes.iter().zip(&r.host_labels) {
+                    for host in &route.hosts {
+                        let key = (host.clone(), route.path.clone());
+                        match claims.get(&key) {
+                            Some((f, s)) => {
+                                conflict = true;
+                                problems.push(LabelProblem {
+                                    service: svc.name.clone(),
+                                    label: label.clone(),
+                                    value: value.clone(),
+                                    message: format!(
+                                        "host `{host}` with path `{}` is already claimed by \
+                                         service {s} ({f}), which keeps it",
+                                        route.path
+                                    ),
+                                    severity: Severity::Error,
+                                })
+                            }
+                            None => mine.push(key),
+                        }
+                    }
+                }
+                // A rejected service claims nothing: the first claimant keeps its hosts.
+                if !conflict {
+                    for key in mine {
+                        claims.insert(key, (origin.clone(), svc.name.clone()));
+                    }
+                    report.routes += r.routes.len();
+                }
+            }
+            for p in problems {
+                report.lines.push(CheckLine {
+                    severity: p.severity,
+                    text: format!("{origin}: {p}"),
+                });
+            }
+        }
+    }
+    report
+}

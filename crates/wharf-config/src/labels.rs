@@ -1,0 +1,1089 @@
+//! Docker labels → routes, for one service at a time (SPEC "Labels" and "Traefik
+//! labels"). Pure: the Docker provider hands in a service's name, labels and
+//! exposed ports; this module hands back the routes it declares and every problem,
+//! each naming the service, the label as written and its value.
+//!
+//! `wharf.*` keys go through the same [`route::parse_route`] as `[[routes]]` in the
+//! file, so a label and a file key accept exactly the same values. `traefik.*`
+//! labels are translated into the same route keys by [`crate::traefik`].
+//!
+//! Never panics on a label: any Error means the caller keeps the service's last
+//! good routes (STYLE habit 5), and other services are never affected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::route::{self, group_alias, RouteSpec, ROUTE_KEYS};
+use crate::{traefik, values};
+
+/// The `[docker]` settings that change how labels are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelOptions {
+    /// `docker.exposed_by_default`: a service with no `wharf.enable` is exposed.
+    pub exposed_by_default: bool,
+    /// `docker.traefik_labels`: also read `traefik.*` labels.
+    pub traefik_labels: bool,
+}
+
+impl Default for LabelOptions {
+    /// The SPEC defaults: `exposed_by_default = false`, `traefik_labels = true`.
+    fn default() -> Self {
+        LabelOptions {
+            exposed_by_default: false,
+            traefik_labels: true,
+        }
+    }
+}
+
+/// One Docker service (swarm) or container, as the provider sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInput<'a> {
+    /// The service (or container) name; routes are named after it.
+    pub name: &'a str,
+    /// `deploy.labels` of a swarm service, or a container's labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// The ports the image or service exposes (TCP), used when no port label is set.
+    pub exposed_ports: &'a [u16],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The service's new labels are rejected; its last good routes stay.
+    Error,
+    /// Worth telling the owner; the routes are still used.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One problem with one label of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelProblem {
+    pub service: String,
+    /// The label key as written (or the key that is missing, e.g. `wharf.host`).
+    pub label: String,
+    /// The value as written; empty for a missing label.
+    pub value: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl fmt::Display for LabelProblem {
+    /// `service web: wharf.helthcheck.path="/": unknown label; did you mean ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service {}: {}={:?}: {}",
+            self.service, self.label, self.value, self.message
+        )
+    }
+}
+
+/// What one service's labels declare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRoutes {
+    /// Whether the service is exposed at all. A service that is not yields no
+    /// routes and no problems (except a malformed `wharf.enable`/`traefik.enable`).
+    pub enabled: bool,
+    /// The routes, each with `Upstream::Provided` and a port. Empty when
+    /// [`has_errors`](Self::has_errors).
+    pub routes: Vec<RouteSpec>,
+    /// For each route (same index): the label, as written, that set its hosts and
+    /// its value, to name when another service claims the same host and path.
+    pub host_labels: Vec<(String, String)>,
+    pub problems: Vec<LabelProblem>,
+}
+
+impl ServiceRoutes {
+    /// True when any problem is an Error: the caller keeps the last good routes.
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+}
+
+/// One label, its key lower-cased for matching (label keys are case-insensitive,
+/// as in Traefik) and the key as written kept for messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Label<'a> {
+    pub key: String,
+    pub written: &'a str,
+    pub value: &'a str,
+}
+
+/// A route key (file spelling) headed for `parse_route`, with the label it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Pair {
+    pub key: String,
+    pub label: String,
+    pub value: String,
+    /// The label's value as written, shown in problems (a Traefik rule rather
+    /// than the hosts taken from it).
+    pub shown: String,
+}
+
+impl Pair {
+    pub fn new(key: &str, label: &str, value: impl Into<String>) -> Self {
+        let value = value.into();
+        Pair {
+            key: key.to_string(),
+            label: label.to_string(),
+            shown: value.clone(),
+            value,
+        }
+    }
+
+    /// A key derived from a label whose whole value is shown in problems.
+    pub fn from_label(key: &str, l: &Label, value: impl Into<String>) -> Self {
+        Pair {
+            key: key.to_string(),
+            label: l.written.to_string(),
+            value: value.into(),
+            shown: l.value.to_string(),
+        }
+    }
+}
+
+/// A route before `parse_route`: its name and its keys.
+#[derive(Debug, Clone)]
+pub(crate) struct Draft {
+    pub name: String,
+    pub pairs: Vec<Pair>,
+    /// Label prefix used to name a key that is missing (`wharf.`, `wharf.routes.api.`).
+    pub prefix: String,
+    /// The label that would set the backend port, named when it is required.
+    pub port_label: String,
+    /// A rate in requests per second that `N/s|m|h` cannot state exactly
+    /// (Traefik's `average` over an arbitrary `period`).
+    pub rate_override: Option<f64>,
+}
+
+/// Collects problems for one service.
+pub(crate) struct Problems<'a> {
+    pub service: &'a str,
+    pub list: Vec<LabelProblem>,
+}
+
+impl Problems<'_> {
+    pub fn push(&mut self, severity: Severity, label: &str, value: &str, message: String) {
+        self.list.push(LabelProblem {
+            service: self.service.to_string(),
+            label: label.to_string(),
+            value: value.to_string(),
+            message,
+            severity,
+        });
+    }
+    pub fn error(&mut self, l: &Label, message: impl Into<String>) {
+        self.push(Severity::Error, l.written, l.value, message.into());
+    }
+    pub fn warn(&mut self, l: &Label, message: impl Into<String>) {
+        self.push(Severity::Warning, l.written, l.value, message.into());
+    }
+    fn has_errors(&self) -> bool {
+        self.list.iter().any(|p| p.severity == Severity::Error)
+    }
+}
+
+/// Route keys that are not labels: a labelled route is named after its service and
+/// gets its backends from Docker.
+const NOT_LABELS: &[&str] = &["name", "upstream"];
+
+/// File key → label spelling: `https_redirect` → `https-redirect`.
+fn label_spelling(file_key: &str) -> String {
+    file_key.replace('_', "-")
+}
+
+/// Every `wharf.*` key a label may have after `wharf.` (or `wharf.routes.<n>.`),
+/// in label spelling, for "did you mean".
+fn label_candidates() -> Vec<String> {
+    let mut v: Vec<String> = ROUTE_KEYS
+        .iter()
+        .filter(|k| !NOT_LABELS.contains(k) && **k != "hosts")
+        .map(|k| label_spelling(k))
+        .collect();
+    v.extend(["sticky", "hsts", "ratelimit", "routes.<name>.host"].map(String::from));
+    v
+}
+
+/// Reads one service's labels. See the module docs and docs/labels.md.
+pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoutes {
+    let mut pr = Problems {
+        service: input.name,
+        list: Vec::new(),
+    };
+    // Keys differing only in case are the same key: keep the first, report the rest
+    // (once the service is known to be enabled).
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let mut dups = Vec::new();
+    let mut wharf = Vec::new();
+    let mut traefik_labels = Vec::new();
+    for (k, v) in input.labels {
+        let key = k.trim().to_ascii_lowercase();
+        let is_wharf = key.starts_with("wharf.");
+        let is_traefik = opts.traefik_labels && key.starts_with("traefik.");
+        if !is_wharf && !is_traefik {
+            continue;
+        }
+        let l = Label {
+            key: key.clone(),
+            written: k.as_str(),
+            value: v.as_str(),
+        };
+        if let Some(first) = seen.get(&key) {
+            dups.push((l, format!("set twice (also as `{first}`)")));
+            continue;
+        }
+        seen.insert(key, k.as_str());
+        if is_wharf {
+            wharf.push(l);
+        } else {
+            traefik_labels.push(l);
+        }
+    }
+
+    let disabled = |problems| ServiceRoutes {
+        enabled: false,
+        routes: Vec::new(),
+        host_labels: Vec::new(),
+        problems,
+    };
+    let enabled = match wharf.iter().find(|l| l.key == "wharf.enable") {
+        Some(l) => match values::boolean(l.value) {
+            Ok(b) => b,
+            Err(m) => {
+                pr.error(l, m);
+                return disabled(pr.list);
+            }
+        },
+        None => match traefik::enabled(&traefik_labels, &mut pr) {
+            Some(Ok(b)) => b,
+            Some(Err(())) => return disabled(pr.list),
+            None => opts.exposed_by_default,
+        },
+    };
+    if !enabled {
+        return disabled(Vec::new());
+    }
+    for (l, m) in &dups {
+        pr.error(l, m.clone());
+    }
+
+    // wharf.* keys: service level and wharf.routes.<name>.<key>.
+    let mut service_pairs: Vec<Pair> = Vec::new();
+    let mut named: BTreeMap<String, (String, Vec<Pair>)> = BTreeMap::new();
+    let mut any_wharf_key = false;
+    for l in &wharf {
+        let rest = &l.key["wharf.".len()..];
+        if rest == "enable" {
+            continue;
+        }
+        any_wharf_key = true;
+        if let Some(r) = rest.strip_prefix("routes.") {
+            match r.split_once('.') {
+                Some((name, key)) if valid_route_name(name) && !key.is_empty() => {
+                    let entry = named
+                        .entry(name.to_string())
+                        .or_insert_with(|| (format!("wharf.routes.{name}."), Vec::new()));
+                    add_pair(&mut entry.1, key, l, true, &entry.0, &mut pr);
+                }
+                _ => pr.error(
+                    l,
+                    "write `wharf.routes.<name>.<key>`, where <name> is letters, digits, `-` \
+                     or `_` (e.g. `wharf.routes.api.host`)",
+                ),
+            }
+        } else if rest == "routes" {
+            pr.error(
+                l,
+                "write `wharf.routes.<name>.<key>` (e.g. `wharf.routes.api.host`)",
+            );
+        } else {
+            add_pair(&mut service_pairs, rest, l, false, "wharf.", &mut pr);
+        }
+    }
+    let has_host = |pairs: &[Pair]| pairs.iter().any(|p| group_alias(&p.key) == "host");
+    let wharf_routes = has_host(&service_pairs) || !named.is_empty();
+
+    let mut drafts = Vec::new();
+    if wharf_routes {
+        // wharf.* wins: a service being moved from Traefik may carry both.
+        if let Some(l) = traefik_labels.iter().find(|l| l.key != "traefik.enable") {
+            let n = traefik_labels
+                .iter()
+                .filter(|l| l.key != "traefik.enable")
+                .count();
+            pr.warn(
+                l,
+                format!(
+                    "this and the service's other traefik.* labels ({n} in all) are ignored: \
+                     its wharf.* labels define its routes, and wharf.* wins"
+                ),
+            );
+        }
+        if has_host(&service_pairs) {
+            drafts.push(Draft {
+                name: input.name.to_string(),
+                pairs: service_pairs.clone(),
+                prefix: "wharf.".into(),
+                port_label: "wharf.port".into(),
+                rate_override: None,
+            });
+        }
+        for (name, (prefix, pairs)) in &named {
+            drafts.push(Draft {
+                name: format!("{}/{name}", input.name),
+                pairs: overlay(&service_pairs, pairs),
+                prefix: prefix.clone(),
+                port_label: format!("{prefix}port"),
+                rate_override: None,
+            });
+        }
+    } else if !traefik_labels.is_empty() {
+        for mut d in traefik::translate(input.name, &traefik_labels, &mut pr) {
+            // Service-level wharf.* keys refine Traefik-defined routes.
+            d.pairs = overlay(&d.pairs, &service_pairs);
+            drafts.push(d);
+        }
+    }
+
+    if drafts.is_empty() && !pr.has_errors() {
+        let explicit = any_wharf_key
+            || wharf.iter().any(|l| l.key == "wharf.enable")
+            || !traefik_labels.is_empty();
+        let (severity, message) = if explicit {
+            (
+                Severity::Error,
+                "required: the host name(s) this service answers (or a Traefik rule, \
+                 `traefik.http.routers.<name>.rule`)",
+            )
+        } else {
+            (
+                Severity::Warning,
+                "exposed by default (docker.exposed_by_default) but has no wharf.host: not routed",
+            )
+        };
+        pr.push(severity, "wharf.host", "", message.into());
+    }
+
+    let mut ports: Vec<u16> = Vec::new();
+    for p in input.exposed_ports {
+        if !ports.contains(p) {
+            ports.push(*p);
+        }
+    }
+    let mut routes: Vec<(RouteSpec, (String, String))> = Vec::new();
+    let mut port_reported = false;
+    for d in drafts {
+        let kv: Vec<(String, String)> = d
+            .pairs
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
+        match route::parse_route(&d.name, &kv, false) {
+            Ok(mut spec) => {
+                if spec.enable == Some(false) {
+                    continue;
+                }
+                spec.name = d.name.clone();
+                if let (Some(r), Some(rl)) = (d.rate_override, spec.ratelimit.as_mut()) {
+                    rl.per_second = r;
+                }
+                if spec.port.is_none() {
+                    match ports.as_slice() {
+                        [p] => spec.port = Some(*p),
+                        _ if port_reported => {}
+                        _ => {
+                            port_reported = true;
+                            let exposes = match ports.len() {
+                                0 => "exposes no port".to_string(),
+                                n => format!(
+                                    "exposes {n} ports ({})",
+                                    ports
+                                        .iter()
+                                        .map(u16::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            };
+                            pr.push(
+                                Severity::Error,
+                                &d.port_label,
+                                "",
+                                format!("{} is required: the service {exposes}", d.port_label),
+                            );
+                        }
+                    }
+                }
+                let host_label = d
+                    .pairs
+                    .iter()
+                    .find(|p| group_alias(&p.key) == "host")
+                    .map(|p| (p.label.clone(), p.shown.clone()))
+                    .unwrap_or_else(|| (format!("{}host", d.prefix), String::new()));
+                routes.push((spec, host_label));
+            }
+            Err(problems) => {
+                for p in problems {
+                    match d.pairs.iter().find(|x| x.key == p.key) {
+                        Some(x) => pr.push(Severity::Error, &x.label, &x.shown, p.message),
+                        None => pr.push(
+                            Severity::Error,
+                            &format!("{}{}", d.prefix, label_spelling(&p.key)),
+                            "",
+                            p.message,
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    // One service cannot claim a host and path twice (across services the caller
+    // decides who keeps it).
+    for i in 0..routes.len() {
+        for j in 0..i {
+            let (a, (label, value)) = &routes[i];
+            let b = &routes[j].0;
+            if a.path != b.path {
+                continue;
+            }
+            if let Some(h) = a.hosts.iter().find(|h| b.hosts.contains(h)) {
+                pr.push(
+                    Severity::Error,
+                    label,
+                    value,
+                    format!(
+                        "host `{h}` with path `{}` is also claimed by route `{}` of this service",
+                        a.path, b.name
+                    ),
+                );
+            }
+        }
+    }
+
+    if pr.has_errors() {
+        routes.clear();
+    }
+    let (routes, host_labels) = routes.into_iter().unzip();
+    ServiceRoutes {
+        enabled: true,
+        routes,
+        host_labels,
+        problems: pr.list,
+    }
+}
+
+fn valid_route_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Checks one `wharf.*` key (lower-cased, without `wharf.`/`wharf.routes.<n>.`)
+/// and adds it to `dst` in file spelling.
+fn add_pair(
+    dst: &mut Vec<Pair>,
+    key: &str,
+    l: &Label,
+    in_named_route: bool,
+    prefix: &str,
+    pr: &mut Problems,
+) {
+    let file = key.replace('-', "_");
+    let canon = group_alias(&file);
+    if canon == "upstream" {
+        pr.error(
+            l,
+            "not a label: a labelled service's backends are its Docker tasks (pick the port \
+             with wharf.port); static and dns: upstreams belong in [[routes]] of the config file",
+        );
+        return;
+    }
+    if canon == "enable" && !in_named_route {
+        return; // handled by the caller
+    }
+    if !ROUTE_KEYS.contains(&canon) || NOT_LABELS.contains(&canon) {
+        let hint = if let Some(r) = key.strip_prefix("route.") {
+            format!("; did you mean `wharf.routes.{r}`?")
+        } else {
+            let cands = label_candidates();
+            values::suggest(key, cands.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{prefix}{s}`?"))
+                .unwrap_or_default()
+        };
+        pr.error(l, format!("unknown label{hint}"));
+        return;
+    }
+    if let Some(other) = dst.iter().find(|p| group_alias(&p.key) == canon) {
+        pr.error(l, format!("set twice (also as `{}`)", other.label));
+        return;
+    }
+    dst.push(Pair::new(&file, l.written, l.value));
+}
+
+/// `base` with every key that `top` sets replaced by `top`'s.
+pub(crate) fn overlay(base: &[Pair], top: &[Pair]) -> Vec<Pair> {
+    let mut out: Vec<Pair> = base
+        .iter()
+        .filter(|b| {
+            !top.iter()
+                .any(|t| group_alias(&t.key) == group_alias(&b.key))
+        })
+        .cloned()
+        .collect();
+    out.extend(top.iter().cloned());
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use wharf_table::{Balance, Scheme};
+
+    use super::*;
+    use crate::route::{RateKey, StickyMode, StickyType, TlsMode};
+    use crate::Upstream;
+
+    pub(crate) fn run_with(
+        labels: &[(&str, &str)],
+        ports: &[u16],
+        opts: LabelOptions,
+    ) -> ServiceRoutes {
+        let map: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        service_routes(
+            &ServiceInput {
+                name: "shop_web",
+                labels: &map,
+                exposed_ports: ports,
+            },
+            &opts,
+        )
+    }
+
+    pub(crate) fn run(labels: &[(&str, &str)], ports: &[u16]) -> ServiceRoutes {
+        run_with(labels, ports, LabelOptions::default())
+    }
+
+    pub(crate) fn errors(r: &ServiceRoutes) -> Vec<&LabelProblem> {
+        r.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .collect()
+    }
+
+    pub(crate) fn warnings(r: &ServiceRoutes) -> Vec<&LabelProblem> {
+        r.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Warning)
+            .collect()
+    }
+
+    fn only_route(r: &ServiceRoutes) -> &RouteSpec {
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes.len(), 1, "{:#?}", r.routes);
+        &r.routes[0]
+    }
+
+    #[test]
+    fn every_spec_label() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "shop.example.org, *.shop.example.org"),
+                ("wharf.path", "/api"),
+                ("wharf.port", "8080"),
+                ("wharf.scheme", "h2c"),
+                ("wharf.network", "backend-net"),
+                ("wharf.balance", "source"),
+                ("wharf.entrypoints", "websecure"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.sticky.cookie", "JSESSIONID"),
+                ("wharf.sticky.mode", "prefix"),
+                ("wharf.sticky.ttl", "1h"),
+                ("wharf.healthcheck.path", "/health"),
+                ("wharf.healthcheck.method", "GET"),
+                ("wharf.healthcheck.host", "probe.example.org"),
+                ("wharf.healthcheck.interval", "5s"),
+                ("wharf.healthcheck.timeout", "1s"),
+                ("wharf.healthcheck.rise", "4"),
+                ("wharf.healthcheck.fall", "5"),
+                ("wharf.healthcheck.expect", "200,204"),
+                ("wharf.tls", "none"),
+                ("wharf.https-redirect", "false"),
+                ("wharf.hsts", "300"),
+                ("wharf.hsts.subdomains", "true"),
+                ("wharf.hsts.preload", "true"),
+                ("wharf.ratelimit", "60/m"),
+                ("wharf.ratelimit.burst", "7"),
+                ("wharf.ratelimit.key", "header:X-Api-Key"),
+                ("wharf.maxconn", "25"),
+            ],
+            &[80, 8080],
+        );
+        assert!(r.enabled);
+        let s = only_route(&r);
+        assert_eq!(s.name, "shop_web");
+        assert_eq!(s.hosts, vec!["shop.example.org", "*.shop.example.org"]);
+        assert_eq!(s.path, "/api");
+        assert_eq!(s.port, Some(8080));
+        assert_eq!(s.upstream, Upstream::Provided);
+        assert_eq!(s.scheme, Scheme::H2c);
+        assert_eq!(s.network.as_deref(), Some("backend-net"));
+        assert_eq!(s.balance, Balance::Source);
+        assert_eq!(s.entrypoints, Some(vec!["websecure".to_string()]));
+        assert_eq!(s.sticky.kind, StickyType::Cookie);
+        assert_eq!(s.sticky.cookie, "JSESSIONID");
+        assert_eq!(s.sticky.mode, StickyMode::Prefix);
+        assert_eq!(s.sticky.ttl, Duration::from_secs(3600));
+        let hc = s.healthcheck.as_ref().unwrap();
+        assert_eq!(hc.path, "/health");
+        assert_eq!(hc.method, "GET");
+        assert_eq!(hc.host.as_deref(), Some("probe.example.org"));
+        assert_eq!(hc.interval, Duration::from_secs(5));
+        assert_eq!(hc.timeout, Duration::from_secs(1));
+        assert_eq!((hc.rise, hc.fall), (4, 5));
+        assert_eq!(hc.expect, vec![(200, 200), (204, 204)]);
+        assert_eq!(s.tls, TlsMode::None);
+        assert!(!s.https_redirect);
+        assert_eq!(
+            s.hsts.header_value().unwrap(),
+            "max-age=300; includeSubDomains; preload"
+        );
+        let rl = s.ratelimit.as_ref().unwrap();
+        assert_eq!((rl.per_second, rl.burst), (1.0, 7));
+        assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
+        assert_eq!(s.maxconn, Some(25));
+        assert_eq!(
+            r.host_labels,
+            vec![(
+                "wharf.host".to_string(),
+                "shop.example.org, *.shop.example.org".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn defaults_of_a_minimal_service() {
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.host", "a.example.org")],
+            &[3000],
+        );
+        let s = only_route(&r);
+        assert_eq!(s.path, "/");
+        assert_eq!(s.port, Some(3000), "the only exposed port");
+        assert_eq!(s.balance, Balance::LeastConn);
+        assert_eq!(s.sticky.kind, StickyType::None);
+        assert_eq!(s.sticky.cookie, "WHARFID");
+        assert_eq!(s.tls, TlsMode::Acme);
+        assert!(s.https_redirect);
+        assert_eq!(s.hsts.header_value().unwrap(), "max-age=63072000");
+        assert!(s.healthcheck.is_none() && s.ratelimit.is_none() && s.maxconn.is_none());
+        assert!(r.problems.is_empty());
+    }
+
+    #[test]
+    fn group_keys_and_their_aliases() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.sticky.type", "source"),
+                ("wharf.hsts.max-age", "0"),
+                ("wharf.ratelimit.rate", "10/s"),
+            ],
+            &[80],
+        );
+        let s = only_route(&r);
+        assert_eq!(s.sticky.kind, StickyType::Source);
+        assert_eq!(s.hsts.header_value(), None);
+        assert_eq!(s.ratelimit.as_ref().unwrap().burst, 10);
+
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.sticky.type", "source"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].message.contains("set twice"), "{e:#?}");
+        assert!(r.routes.is_empty());
+    }
+
+    #[test]
+    fn keys_are_case_insensitive() {
+        let r = run(
+            &[
+                ("Wharf.Enable", "TRUE"),
+                ("WHARF.HOST", "A.Example.org"),
+                ("wharf.HTTPS-Redirect", "false"),
+                ("wharf.Routes.API.Path", "/api"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes.len(), 2);
+        assert_eq!(r.routes[0].hosts, vec!["a.example.org"]);
+        assert!(!r.routes[0].https_redirect);
+        assert_eq!(r.routes[1].name, "shop_web/api");
+
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.Host", "b.example.org"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].label, "wharf.host");
+        assert!(
+            e[0].message.contains("set twice (also as `wharf.Host`)"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_get_a_hint_naming_service_label_and_value() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.helthcheck.path", "/health"),
+                ("wharf.https_redirekt", "false"),
+                ("wharf.route.api.host", "b.example.org"),
+                ("wharf.frobnicate-everything", "1"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 4, "{e:#?}");
+        let hc = e
+            .iter()
+            .find(|p| p.label == "wharf.helthcheck.path")
+            .unwrap();
+        assert_eq!(hc.service, "shop_web");
+        assert_eq!(hc.value, "/health");
+        assert!(
+            hc.message
+                .contains("did you mean `wharf.healthcheck.path`?"),
+            "{hc:?}"
+        );
+        let hr = e
+            .iter()
+            .find(|p| p.label == "wharf.https_redirekt")
+            .unwrap();
+        assert!(
+            hr.message.contains("did you mean `wharf.https-redirect`?"),
+            "{hr:?}"
+        );
+        let rt = e
+            .iter()
+            .find(|p| p.label == "wharf.route.api.host")
+            .unwrap();
+        assert!(
+            rt.message.contains("did you mean `wharf.routes.api.host`?"),
+            "{rt:?}"
+        );
+        let fr = e
+            .iter()
+            .find(|p| p.label == "wharf.frobnicate-everything")
+            .unwrap();
+        assert_eq!(fr.message, "unknown label");
+        assert!(r.routes.is_empty(), "an error keeps the last good routes");
+        assert_eq!(
+            hc.to_string(),
+            "service shop_web: wharf.helthcheck.path=\"/health\": unknown label; did you mean `wharf.healthcheck.path`?"
+        );
+    }
+
+    #[test]
+    fn a_typo_in_a_named_route_is_reported_with_its_prefix() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.routes.api.hots", "a.example.org"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        let t = e
+            .iter()
+            .find(|p| p.label == "wharf.routes.api.hots")
+            .unwrap();
+        assert!(
+            t.message.contains("did you mean `wharf.routes.api.host`?"),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_label_as_written() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.Port", "http"),
+                ("wharf.balance", "fastest"),
+                ("wharf.routes.api.path", "api"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        let port = e.iter().find(|p| p.label == "wharf.Port").unwrap();
+        assert_eq!(port.value, "http");
+        assert!(port.message.contains("not a valid port"));
+        assert!(e
+            .iter()
+            .any(|p| p.label == "wharf.balance" && p.value == "fastest"));
+        assert!(e
+            .iter()
+            .any(|p| p.label == "wharf.routes.api.path" && p.value == "api"));
+        assert!(r.routes.is_empty());
+    }
+
+    #[test]
+    fn named_routes_fall_back_to_service_keys() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "shop.example.org"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.port", "8080"),
+                ("wharf.routes.api.path", "/api"),
+                ("wharf.routes.api.port", "9090"),
+                ("wharf.routes.api.sticky", "none"),
+                ("wharf.routes.admin.host", "admin.example.org"),
+            ],
+            &[8080, 9090],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let names: Vec<_> = r.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["shop_web", "shop_web/admin", "shop_web/api"]);
+        let admin = &r.routes[1];
+        assert_eq!(admin.hosts, vec!["admin.example.org"]);
+        assert_eq!(admin.port, Some(8080));
+        assert_eq!(admin.sticky.kind, StickyType::Cookie);
+        let api = &r.routes[2];
+        assert_eq!(api.hosts, vec!["shop.example.org"]);
+        assert_eq!((api.path.as_str(), api.port), ("/api", Some(9090)));
+        assert_eq!(api.sticky.kind, StickyType::None);
+        assert_eq!(r.host_labels[1].0, "wharf.routes.admin.host");
+        assert_eq!(r.host_labels[2].0, "wharf.host");
+    }
+
+    #[test]
+    fn without_a_service_host_only_named_routes_exist() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.port", "80"),
+                ("wharf.routes.a.host", "a.example.org"),
+                ("wharf.routes.b.host", "b.example.org"),
+                ("wharf.routes.off.host", "c.example.org"),
+                ("wharf.routes.off.enable", "false"),
+            ],
+            &[],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let names: Vec<_> = r.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["shop_web/a", "shop_web/b"]);
+
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.routes.a.path", "/a")],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "wharf.routes.a.host");
+        assert!(e[0].message.contains("required"));
+    }
+
+    #[test]
+    fn malformed_route_names() {
+        for key in [
+            "wharf.routes",
+            "wharf.routes.api",
+            "wharf.routes..host",
+            "wharf.routes.a/b.host",
+        ] {
+            let r = run(
+                &[
+                    ("wharf.enable", "true"),
+                    ("wharf.host", "a.example.org"),
+                    (key, "x"),
+                ],
+                &[80],
+            );
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{key}: {e:#?}");
+            assert_eq!(e[0].label, key);
+            assert!(e[0].message.contains("wharf.routes.<name>.<key>"), "{e:#?}");
+        }
+    }
+
+    #[test]
+    fn port_defaults_to_the_only_exposed_port() {
+        let base = [("wharf.enable", "true"), ("wharf.host", "a.example.org")];
+        assert_eq!(only_route(&run(&base, &[3000, 3000])).port, Some(3000));
+
+        let r = run(&base, &[80, 443]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].label, "wharf.port");
+        assert_eq!(
+            e[0].message,
+            "wharf.port is required: the service exposes 2 ports (80, 443)"
+        );
+        let r = run(&base, &[]);
+        assert_eq!(
+            errors(&r)[0].message,
+            "wharf.port is required: the service exposes no port"
+        );
+        let mut with_port = base.to_vec();
+        with_port.push(("wharf.port", "443"));
+        assert_eq!(only_route(&run(&with_port, &[80, 443])).port, Some(443));
+        // Reported once per service, not once per route.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.routes.a.host", "a.example.org"),
+                ("wharf.routes.b.host", "b.example.org"),
+            ],
+            &[],
+        );
+        assert_eq!(errors(&r).len(), 1);
+    }
+
+    #[test]
+    fn enable_and_exposed_by_default() {
+        // Not enabled: no routes, and no nagging about its other labels.
+        let r = run(
+            &[("wharf.host", "a.example.org"), ("wharf.helthcheck", "/")],
+            &[80],
+        );
+        assert!(!r.enabled && r.routes.is_empty() && r.problems.is_empty());
+        let r = run(
+            &[("wharf.enable", "false"), ("wharf.host", "a.example.org")],
+            &[80],
+        );
+        assert!(!r.enabled && r.problems.is_empty());
+
+        // A malformed wharf.enable is an error.
+        let r = run(
+            &[("wharf.enable", "yes"), ("wharf.host", "a.example.org")],
+            &[80],
+        );
+        assert!(!r.enabled && r.has_errors());
+        assert_eq!(errors(&r)[0].label, "wharf.enable");
+        assert_eq!(errors(&r)[0].value, "yes");
+
+        let exposed = LabelOptions {
+            exposed_by_default: true,
+            traefik_labels: true,
+        };
+        let r = run_with(&[("wharf.host", "a.example.org")], &[80], exposed);
+        assert!(r.enabled);
+        assert_eq!(only_route(&r).hosts, vec!["a.example.org"]);
+        let r = run_with(
+            &[("wharf.enable", "false"), ("wharf.host", "a.example.org")],
+            &[80],
+            exposed,
+        );
+        assert!(!r.enabled && r.routes.is_empty());
+        // A service with no labels at all (a database) is only a warning.
+        let r = run_with(&[], &[5432], exposed);
+        assert!(!r.has_errors());
+        assert_eq!(warnings(&r)[0].label, "wharf.host");
+        // But an explicitly enabled service without a host is an error.
+        let r = run(&[("wharf.enable", "true")], &[80]);
+        assert_eq!(errors(&r)[0].label, "wharf.host");
+        assert!(errors(&r)[0].message.starts_with("required"));
+        let r = run_with(&[("wharf.port", "80")], &[80], exposed);
+        assert_eq!(errors(&r)[0].label, "wharf.host");
+    }
+
+    #[test]
+    fn upstream_is_not_a_label() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.upstream", "static:10.0.0.1:80"),
+                ("wharf.name", "x"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 2);
+        let up = e.iter().find(|p| p.label == "wharf.upstream").unwrap();
+        assert!(up.message.contains("[[routes]]"), "{e:#?}");
+        assert!(e.iter().any(|p| p.label == "wharf.name"));
+    }
+
+    #[test]
+    fn one_service_cannot_claim_a_host_and_path_twice() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.routes.x.host", "b.example.org,a.example.org"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "wharf.routes.x.host");
+        assert!(e[0].message.contains("also claimed by route `shop_web`"));
+        assert!(r.routes.is_empty());
+    }
+
+    #[test]
+    fn hostile_values_are_errors_not_panics() {
+        let long = "a".repeat(10_000);
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", &long),
+                ("wharf.path", "/\u{0}"),
+                ("wharf.ratelimit", "99999999999/s"),
+                ("wharf.healthcheck.interval", "-1s"),
+                ("wharf.port", "0"),
+            ],
+            &[80],
+        );
+        assert!(r.has_errors());
+        assert!(errors(&r).len() >= 4, "{:#?}", r.problems);
+    }
+
+    #[test]
+    fn unrelated_labels_are_ignored() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("com.docker.stack.namespace", "shop"),
+                ("wharfish", "x"),
+            ],
+            &[80],
+        );
+        assert!(r.problems.is_empty());
+        assert_eq!(r.routes.len(), 1);
+    }
+}

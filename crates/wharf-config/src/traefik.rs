@@ -1,0 +1,1607 @@
+//! Traefik labels → Wharf route keys (SPEC "Traefik labels"), so a service labelled
+//! for Traefik v1 or v2/v3 is routed without relabelling. The output is the same
+//! route keys `wharf.*` labels give, validated by the same `route::parse_route`.
+//!
+//! What Traefik means is kept where Wharf can express it (a rule's hosts and path
+//! prefix, TLS per router, a ratelimit's `average` per `period`, no HSTS unless a
+//! headers middleware sets it, health checks with GET every 30s); anything else is
+//! a Warning naming the key, or an Error when routing would differ (a rule matcher
+//! Wharf cannot evaluate). Nothing is dropped silently. docs/labels.md has the table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::labels::{Draft, Label, Pair, Problems};
+use crate::values;
+
+/// `traefik.enable` if set (malformed → Error, reported), else `Some(true)` when
+/// the service has a routing rule, as Traefik v1's default `exposedByDefault` did.
+pub(crate) fn enabled(labels: &[Label], pr: &mut Problems) -> Option<Result<bool, ()>> {
+    if let Some(l) = labels.iter().find(|l| l.key == "traefik.enable") {
+        return Some(values::boolean(l.value).map_err(|m| pr.error(l, m)));
+    }
+    labels.iter().any(|l| is_rule(&l.key)).then_some(Ok(true))
+}
+
+fn is_rule(key: &str) -> bool {
+    key == "traefik.frontend.rule"
+        || key
+            .strip_prefix("traefik.http.routers.")
+            .and_then(|r| r.strip_suffix(".rule"))
+            .is_some_and(|name| !name.contains('.'))
+}
+
+const UNSUPPORTED: &str = "not supported by Wharf; ignored";
+
+#[derive(Default)]
+struct Router<'a> {
+    rule: Option<&'a Label<'a>>,
+    tls: Option<&'a Label<'a>>,
+    certresolver: Option<&'a Label<'a>>,
+    middlewares: Option<&'a Label<'a>>,
+    service: Option<&'a Label<'a>>,
+    entrypoints: Option<&'a Label<'a>>,
+    first: Option<&'a Label<'a>>,
+}
+
+/// The backend settings of a v2 service or of v1's `traefik.backend.*`.
+#[derive(Default)]
+struct Backend<'a> {
+    first: Option<&'a Label<'a>>,
+    port: Option<&'a Label<'a>>,
+    scheme: Option<&'a Label<'a>>,
+    sticky: Option<&'a Label<'a>>,
+    sticky_name: Option<&'a Label<'a>>,
+    hc_path: Option<&'a Label<'a>>,
+    hc_interval: Option<&'a Label<'a>>,
+    hc_timeout: Option<&'a Label<'a>>,
+    hc_hostname: Option<&'a Label<'a>>,
+}
+
+#[derive(Default)]
+struct Middleware<'a> {
+    first: Option<&'a Label<'a>>,
+    rl_average: Option<&'a Label<'a>>,
+    rl_burst: Option<&'a Label<'a>>,
+    rl_period: Option<&'a Label<'a>>,
+    sts_seconds: Option<&'a Label<'a>>,
+    sts_subdomains: Option<&'a Label<'a>>,
+    sts_preload: Option<&'a Label<'a>>,
+    redirect_scheme: Option<&'a Label<'a>>,
+}
+
+/// What a router's middlewares add to its route.
+#[derive(Default, Clone)]
+struct Effects {
+    pairs: Vec<Pair>,
+    rate_override: Option<f64>,
+    redirect: Option<Pair>,
+    hsts: bool,
+}
+
+/// Translates a service's `traefik.*` labels (keys lower-cased) into route drafts.
+pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> Vec<Draft> {
+    let mut routers: BTreeMap<String, Router> = BTreeMap::new();
+    let mut services: BTreeMap<String, Backend> = BTreeMap::new();
+    let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
+    let mut v1 = Backend::default();
+    let mut v1_rule = None;
+    let mut v1_entrypoints = None;
+    let mut v1_redirect = None;
+    let mut v1_sts = Middleware::default();
+    let mut network = None;
+
+    for l in labels {
+        let k = l.key.as_str();
+        if let Some(rest) = k.strip_prefix("traefik.http.routers.") {
+            let Some((name, opt)) = rest.split_once('.') else {
+                pr.warn(l, UNSUPPORTED);
+                continue;
+            };
+            let r = routers.entry(name.to_string()).or_default();
+            r.first.get_or_insert(l);
+            let slot = match opt {
+                "rule" => &mut r.rule,
+                "tls" => &mut r.tls,
+                "tls.certresolver" => &mut r.certresolver,
+                "middlewares" => &mut r.middlewares,
+                "service" => &mut r.service,
+                "entrypoints" => &mut r.entrypoints,
+                _ => {
+                    pr.warn(l, UNSUPPORTED);
+                    continue;
+                }
+            };
+            *slot = Some(l);
+        } else if let Some(rest) = k.strip_prefix("traefik.http.services.") {
+            let Some((name, opt)) = rest.split_once('.') else {
+                pr.warn(l, UNSUPPORTED);
+                continue;
+            };
+            let s = services.entry(name.to_string()).or_default();
+            s.first.get_or_insert(l);
+            let slot = match opt.strip_prefix("loadbalancer.").unwrap_or("") {
+                "server.port" => &mut s.port,
+                "server.scheme" => &mut s.scheme,
+                "sticky.cookie" => &mut s.sticky,
+                "sticky.cookie.name" => &mut s.sticky_name,
+                "healthcheck.path" => &mut s.hc_path,
+                "healthcheck.interval" => &mut s.hc_interval,
+                "healthcheck.timeout" => &mut s.hc_timeout,
+                "healthcheck.hostname" => &mut s.hc_hostname,
+                "passhostheader" => {
+                    pass_host_header(l, pr);
+                    continue;
+                }
+                _ => {
+                    pr.warn(l, UNSUPPORTED);
+                    continue;
+                }
+            };
+            *slot = Some(l);
+        } else if let Some(rest) = k.strip_prefix("traefik.http.middlewares.") {
+            let Some((name, opt)) = rest.split_once('.') else {
+                pr.warn(l, UNSUPPORTED);
+                continue;
+            };
+            let m = middlewares.entry(name.to_string()).or_default();
+            m.first.get_or_insert(l);
+            let slot = match opt {
+                "ratelimit.average" => &mut m.rl_average,
+                "ratelimit.burst" => &mut m.rl_burst,
+                "ratelimit.period" => &mut m.rl_period,
+                "headers.stsseconds" => &mut m.sts_seconds,
+                "headers.stsincludesubdomains" => &mut m.sts_subdomains,
+                "headers.stspreload" => &mut m.sts_preload,
+                "redirectscheme.scheme" => &mut m.redirect_scheme,
+                "redirectscheme.permanent" => {
+                    if values::boolean(l.value) == Ok(false) {
+                        pr.warn(l, "Wharf's redirect to https is always permanent (301/308)");
+                    }
+                    continue;
+                }
+                _ => {
+                    pr.warn(
+                        l,
+                        format!("{UNSUPPORTED} (Wharf supports ratelimit, the headers sts* keys and redirectscheme)"),
+                    );
+                    continue;
+                }
+            };
+            *slot = Some(l);
+        } else {
+            let slot = match k {
+                "traefik.enable" => continue,
+                "traefik.docker.network" => &mut network,
+                "traefik.frontend.rule" => &mut v1_rule,
+                "traefik.port" => &mut v1.port,
+                "traefik.protocol" => &mut v1.scheme,
+                // Backends come from the service itself; the name groups nothing here.
+                "traefik.backend" => continue,
+                "traefik.backend.loadbalancer.stickiness"
+                | "traefik.backend.loadbalancer.sticky" => &mut v1.sticky,
+                "traefik.backend.loadbalancer.stickiness.cookiename" => &mut v1.sticky_name,
+                "traefik.backend.healthcheck.path" => &mut v1.hc_path,
+                "traefik.backend.healthcheck.interval" => &mut v1.hc_interval,
+                "traefik.backend.healthcheck.hostname" => &mut v1.hc_hostname,
+                "traefik.frontend.entrypoints" => &mut v1_entrypoints,
+                "traefik.frontend.redirect.entrypoint" => &mut v1_redirect,
+                "traefik.frontend.headers.stsseconds" => &mut v1_sts.sts_seconds,
+                "traefik.frontend.headers.stsincludesubdomains" => &mut v1_sts.sts_subdomains,
+                "traefik.frontend.headers.stspreload" => &mut v1_sts.sts_preload,
+                "traefik.frontend.passhostheader" => {
+                    pass_host_header(l, pr);
+                    continue;
+                }
+                _ => {
+                    pr.warn(l, UNSUPPORTED);
+                    continue;
+                }
+            };
+            *slot = Some(l);
+        }
+    }
+
+    let mut common = Vec::new();
+    if let Some(l) = network {
+        common.push(Pair::new("network", l.written, l.value));
+    }
+    let mut drafts = Vec::new();
+
+    // Traefik v1: one frontend per service.
+    if let Some(rule) = v1_rule {
+        match parse_v1_rule(rule.value, &mut |m| pr.warn(rule, m)) {
+            Err(m) => pr.error(rule, m),
+            Ok(terms) => {
+                let backend = backend_pairs(&v1, true, pr);
+                let mut fx = Effects::default();
+                sts_pairs(&v1_sts, &mut fx, pr);
+                if let Some(l) = v1_redirect {
+                    // v1 redirects to a named entrypoint, in practice the https one.
+                    fx.redirect = Some(Pair::new("https_redirect", l.written, "true"));
+                }
+                let groups = group_by_path(terms);
+                let many = groups.len() > 1;
+                for (i, (path, hosts)) in groups.into_iter().enumerate() {
+                    let mut pairs = common.clone();
+                    pairs.extend(host_path_pairs(&hosts, &path, rule, pr));
+                    pairs.extend(backend.clone());
+                    pairs.extend(fx.pairs.clone());
+                    if !fx.hsts {
+                        pairs.push(Pair::new("hsts.max_age", rule.written, "0"));
+                    }
+                    pairs.extend(fx.redirect.clone());
+                    if let Some(l) = v1_entrypoints {
+                        pairs.push(Pair::new("entrypoints", l.written, l.value));
+                    }
+                    drafts.push(Draft {
+                        name: if many {
+                            format!("{service}/{}", i + 1)
+                        } else {
+                            service.to_string()
+                        },
+                        pairs,
+                        prefix: "traefik.".into(),
+                        port_label: "traefik.port".into(),
+                        rate_override: None,
+                    });
+                }
+            }
+        }
+    }
+
+    // Traefik v2/v3: routers → services and middlewares declared on the same service.
+    struct Piece<'a> {
+        router: String,
+        rule: &'a Label<'a>,
+        hosts: Vec<String>,
+        tls: bool,
+        fx: Effects,
+        svc: Option<String>,
+        entrypoints: Option<&'a Label<'a>>,
+    }
+    let mut groups: Vec<(String, Vec<Piece>)> = Vec::new();
+    let mut used_mw: Vec<String> = Vec::new();
+    let mut used_svc: Vec<String> = Vec::new();
+    for (rname, r) in &routers {
+        let Some(rule) = r.rule else {
+            if let Some(l) = r.first {
+                pr.warn(
+                    l,
+                    format!(
+                        "router `{rname}` has no rule (Traefik's defaultRule is not supported); \
+                         it is ignored"
+                    ),
+                );
+            }
+            continue;
+        };
+        let terms = match parse_v2_rule(rule.value) {
+            Ok(t) => t,
+            Err(m) => {
+                pr.error(rule, m);
+                continue;
+            }
+        };
+        let svc = match r.service {
+            Some(l) => {
+                let name = l.value.trim().to_ascii_lowercase();
+                let name = name.strip_suffix("@docker").unwrap_or(&name).to_string();
+                if name.contains('@') || !services.contains_key(&name) {
+                    pr.error(
+                        l,
+                        format!(
+                            "service `{}` is not defined by this service's labels (Wharf routes \
+                             a service's routers only to its own tasks)",
+                            l.value
+                        ),
+                    );
+                    continue;
+                }
+                Some(name)
+            }
+            None => match services.len() {
+                0 => None,
+                1 => services.keys().next().cloned(),
+                _ => {
+                    pr.error(
+                        rule,
+                        format!(
+                            "this service defines several Traefik services; set \
+                             traefik.http.routers.{rname}.service"
+                        ),
+                    );
+                    continue;
+                }
+            },
+        };
+        let mut fx = Effects::default();
+        if let Some(l) = r.middlewares {
+            for m in values::list(l.value) {
+                let lower = m.to_ascii_lowercase();
+                let name = lower.strip_suffix("@docker").unwrap_or(&lower);
+                match middlewares.get(name) {
+                    Some(mw) if !name.contains('@') => {
+                        used_mw.push(name.to_string());
+                        middleware_effects(mw, &mut fx, pr)
+                    }
+                    _ => pr.warn(
+                        l,
+                        format!(
+                            "middleware `{m}` is not defined by this service's labels; ignored"
+                        ),
+                    ),
+                }
+            }
+        }
+        used_svc.extend(svc.clone());
+        let tls = r.tls.is_some_and(|l| match values::boolean(l.value) {
+            Ok(b) => b,
+            Err(m) => {
+                pr.error(l, m);
+                false
+            }
+        }) || r.certresolver.is_some();
+        for (path, hosts) in group_by_path(terms) {
+            let piece = Piece {
+                router: rname.clone(),
+                rule,
+                hosts,
+                tls,
+                fx: fx.clone(),
+                svc: svc.clone(),
+                entrypoints: r.entrypoints,
+            };
+            // Routers with the same rule (typically one on `web`, one on
+            // `websecure`) are one Wharf route.
+            match groups
+                .iter_mut()
+                .find(|(p, g)| *p == path && g[0].hosts == piece.hosts)
+            {
+                Some((_, g)) => g.push(piece),
+                None => groups.push((path, vec![piece])),
+            }
+        }
+    }
+    for (name, m) in &middlewares {
+        if let (false, Some(l)) = (used_mw.contains(name), m.first) {
+            pr.warn(
+                l,
+                format!("middleware `{name}` is not used by any router of this service; ignored"),
+            );
+        }
+    }
+    for (name, b) in &services {
+        if let (false, Some(l)) = (used_svc.contains(name), b.first) {
+            pr.warn(
+                l,
+                format!("service `{name}` is not used by any router of this service; ignored"),
+            );
+        }
+    }
+    let mut per_router: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, g) in &groups {
+        *per_router.entry(g[0].router.clone()).or_default() += 1;
+    }
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for (path, g) in groups {
+        let first = &g[0];
+        if let Some(other) = g.iter().find(|p| p.svc != first.svc) {
+            pr.error(
+                other.rule,
+                format!(
+                    "routers `{}` and `{}` have the same rule but different services",
+                    first.router, other.router
+                ),
+            );
+            continue;
+        }
+        let mut pairs = common.clone();
+        pairs.extend(host_path_pairs(&first.hosts, &path, first.rule, pr));
+        let backend = first.svc.as_ref().and_then(|s| services.get(s));
+        if let Some(b) = backend {
+            pairs.extend(backend_pairs(b, false, pr));
+        }
+        let mut fx = Effects::default();
+        for p in &g {
+            for pair in &p.fx.pairs {
+                if !fx.pairs.iter().any(|x| x.key == pair.key) {
+                    fx.pairs.push(pair.clone());
+                }
+            }
+            fx.rate_override = fx.rate_override.or(p.fx.rate_override);
+            fx.hsts |= p.fx.hsts;
+            if fx.redirect.is_none() {
+                fx.redirect = p.fx.redirect.clone();
+            }
+        }
+        pairs.extend(fx.pairs);
+        if !fx.hsts {
+            pairs.push(Pair::new("hsts.max_age", first.rule.written, "0"));
+        }
+        let any_tls = g.iter().any(|p| p.tls);
+        let any_plain = g.iter().any(|p| !p.tls);
+        match (&fx.redirect, any_tls) {
+            // A redirect to https implies the https side exists.
+            (Some(r), _) => pairs.push(r.clone()),
+            (None, false) => pairs.push(Pair::new("tls", first.rule.written, "none")),
+            // Traefik serves both a plain and a TLS router when nothing redirects.
+            (None, true) if any_plain => {
+                pairs.push(Pair::new("https_redirect", first.rule.written, "false"))
+            }
+            (None, true) => {}
+        }
+        if g.iter().all(|p| p.entrypoints.is_some()) {
+            let mut eps: Vec<String> = Vec::new();
+            for p in &g {
+                if let Some(l) = p.entrypoints {
+                    for e in values::list(l.value) {
+                        if !eps.contains(&e) {
+                            eps.push(e);
+                        }
+                    }
+                }
+            }
+            if let Some(l) = first.entrypoints {
+                pairs.push(Pair::new("entrypoints", l.written, eps.join(",")));
+            }
+        }
+        let name = if per_router[&first.router] > 1 {
+            let i = index.entry(first.router.clone()).or_default();
+            *i += 1;
+            format!("{service}/{}.{i}", first.router)
+        } else {
+            format!("{service}/{}", first.router)
+        };
+        let svc_name = first.svc.clone().unwrap_or_else(|| "<name>".into());
+        drafts.push(Draft {
+            name,
+            pairs,
+            prefix: "traefik.".into(),
+            port_label: format!("traefik.http.services.{svc_name}.loadbalancer.server.port"),
+            rate_override: fx.rate_override,
+        });
+    }
+    drafts
+}
+
+fn pass_host_header(l: &Label, pr: &mut Problems) {
+    if values::boolean(l.value) != Ok(true) {
+        pr.warn(l, "Wharf always passes the client's Host header; ignored");
+    }
+}
+
+/// A Traefik duration: `10s`, `1m`, or a bare number of seconds.
+fn duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return values::number::<u64>(v, "number of seconds").map(Duration::from_secs);
+    }
+    values::duration(v)
+}
+
+fn duration_pair(key: &str, l: &Label, pairs: &mut Vec<Pair>, pr: &mut Problems) {
+    match duration(l.value) {
+        Ok(d) => pairs.push(Pair::new(
+            key,
+            l.written,
+            humantime::format_duration(d).to_string(),
+        )),
+        Err(m) => pr.error(l, m),
+    }
+}
+
+fn backend_pairs(b: &Backend, v1: bool, pr: &mut Problems) -> Vec<Pair> {
+    let mut pairs = Vec::new();
+    if let Some(l) = b.port {
+        pairs.push(Pair::new("port", l.written, l.value));
+    }
+    if let Some(l) = b.scheme {
+        pairs.push(Pair::new("scheme", l.written, l.value));
+    }
+    let sticky = match b.sticky {
+        Some(l) => match values::boolean(l.value) {
+            Ok(on) => on,
+            Err(m) => {
+                pr.error(l, m);
+                false
+            }
+        },
+        // v2: setting any cookie option enables the sticky cookie.
+        None => !v1 && b.sticky_name.is_some(),
+    };
+    if sticky {
+        let l = b.sticky.or(b.sticky_name);
+        if let Some(l) = l {
+            pairs.push(Pair::new("sticky.type", l.written, "cookie"));
+        }
+        if let Some(l) = b.sticky_name {
+            pairs.push(Pair::new("sticky.cookie", l.written, l.value));
+        }
+    } else if let Some(l) = b.sticky_name {
+        pr.warn(l, "has no effect without stickiness enabled");
+    }
+    match b.hc_path {
+        Some(l) => {
+            pairs.push(Pair::new("healthcheck.path", l.written, l.value));
+            // Traefik's health check: GET, every 30s, 5s timeout, one result flips.
+            pairs.push(Pair::new("healthcheck.method", l.written, "GET"));
+            pairs.push(Pair::new("healthcheck.rise", l.written, "1"));
+            pairs.push(Pair::new("healthcheck.fall", l.written, "1"));
+            match b.hc_interval {
+                Some(i) => duration_pair("healthcheck.interval", i, &mut pairs, pr),
+                None => pairs.push(Pair::new("healthcheck.interval", l.written, "30s")),
+            }
+            match b.hc_timeout {
+                Some(t) => duration_pair("healthcheck.timeout", t, &mut pairs, pr),
+                None => pairs.push(Pair::new("healthcheck.timeout", l.written, "5s")),
+            }
+            if let Some(h) = b.hc_hostname {
+                pairs.push(Pair::new("healthcheck.host", h.written, h.value));
+            }
+        }
+        None => {
+            for l in [b.hc_interval, b.hc_timeout, b.hc_hostname]
+                .into_iter()
+                .flatten()
+            {
+                pr.warn(l, "has no effect without a health check path");
+            }
+        }
+    }
+    pairs
+}
+
+fn sts_pairs(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
+    if let Some(l) = m.sts_seconds {
+        fx.hsts = true;
+        fx.pairs.push(Pair::new("hsts.max_age", l.written, l.value));
+    }
+    for (key, l) in [
+        ("hsts.subdomains", m.sts_subdomains),
+        ("hsts.preload", m.sts_preload),
+    ] {
+        if let Some(l) = l {
+            if m.sts_seconds.is_none() {
+                pr.warn(l, "has no effect without stsSeconds");
+            } else {
+                fx.pairs.push(Pair::new(key, l.written, l.value));
+            }
+        }
+    }
+}
+
+fn middleware_effects(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
+    sts_pairs(m, fx, pr);
+    if let Some(l) = m.redirect_scheme {
+        if l.value.trim().eq_ignore_ascii_case("https") {
+            fx.redirect = Some(Pair::new("https_redirect", l.written, "true"));
+        } else {
+            pr.warn(l, "Wharf only redirects to https; ignored");
+        }
+    }
+    match m.rl_average {
+        Some(avg) => {
+            let average = match values::number::<u64>(avg.value, "average (requests per period)") {
+                Ok(a) => a,
+                Err(msg) => return pr.error(avg, msg),
+            };
+            if average == 0 {
+                return; // Traefik: 0 means no rate limit.
+            }
+            let period = match m.rl_period {
+                Some(p) => match duration(p.value) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => return pr.error(p, "the period must be longer than zero"),
+                    Err(msg) => return pr.error(p, msg),
+                },
+                None => Duration::from_secs(1),
+            };
+            let (rate, exact) = rate_text(average, period);
+            fx.pairs
+                .push(Pair::new("ratelimit.rate", avg.written, rate));
+            if !exact {
+                fx.rate_override = Some(average as f64 / period.as_secs_f64());
+            }
+            // Traefik's burst defaults to 1 (and a smaller one counts as 1).
+            let burst = match m.rl_burst {
+                Some(b) => match values::number::<u64>(b.value, "burst") {
+                    Ok(n) => Pair::new(
+                        "ratelimit.burst",
+                        b.written,
+                        n.clamp(1, u32::MAX.into()).to_string(),
+                    ),
+                    Err(msg) => return pr.error(b, msg),
+                },
+                None => Pair::new("ratelimit.burst", avg.written, "1"),
+            };
+            fx.pairs.push(burst);
+        }
+        None => {
+            for l in [m.rl_burst, m.rl_period].into_iter().flatten() {
+                pr.warn(l, "has no effect without ratelimit.average");
+            }
+        }
+    }
+}
+
+/// `average` per `period` as `N/s`, `N/m` or `N/h` when exact; else `1/s` and false.
+fn rate_text(average: u64, period: Duration) -> (String, bool) {
+    let ms = period.as_millis();
+    for (unit, per) in [("s", 1_000u128), ("m", 60_000), ("h", 3_600_000)] {
+        let num = u128::from(average) * per;
+        if num % ms == 0 {
+            let n = num / ms;
+            if n > 0 && n <= u128::from(u32::MAX) {
+                return (format!("{n}/{unit}"), true);
+            }
+        }
+    }
+    ("1/s".into(), false)
+}
+
+fn host_path_pairs(hosts: &[String], path: &str, rule: &Label, pr: &mut Problems) -> Vec<Pair> {
+    let hosts = if hosts.is_empty() {
+        pr.warn(
+            rule,
+            "matches any host: Wharf serves it as the `*` default route, which a more \
+             specific host's route wins over",
+        );
+        "*".to_string()
+    } else {
+        hosts.join(",")
+    };
+    vec![
+        Pair::from_label("host", rule, hosts),
+        Pair::from_label("path", rule, path),
+    ]
+}
+
+/// One alternative of a rule in disjunctive normal form: hosts (`None` = any) and
+/// a path prefix (`None` = `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub hosts: Option<Vec<String>>,
+    pub path: Option<String>,
+}
+
+/// Merges alternatives that share a path prefix: `(path, hosts)`, hosts empty = any.
+fn group_by_path(terms: Vec<Term>) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for t in terms {
+        let path = t.path.unwrap_or_else(|| "/".into());
+        match out.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, hosts)) => match (hosts.as_mut(), t.hosts) {
+                (Some(h), Some(new)) => {
+                    for n in new {
+                        if !h.contains(&n) {
+                            h.push(n);
+                        }
+                    }
+                }
+                _ => *hosts = None,
+            },
+            None => out.push((path, t.hosts)),
+        }
+    }
+    out.into_iter()
+        .map(|(p, h)| (p, h.unwrap_or_default()))
+        .collect()
+}
+
+/// Most alternatives a rule may expand to; a hostile label cannot blow up memory.
+const MAX_TERMS: usize = 64;
+/// Deepest parenthesis nesting accepted; a hostile label cannot overflow the stack.
+const MAX_DEPTH: usize = 16;
+
+const SUBSET: &str = "Wharf understands Host, PathPrefix, &&, || and parentheses";
+
+/// Traefik v1 `frontend.rule`: matchers separated by `;` (all must match), each
+/// `Name:v1,v2` (any value matches). `PathPrefixStrip` routes like `PathPrefix`
+/// without stripping, with a warning.
+pub fn parse_v1_rule(rule: &str, warn: &mut dyn FnMut(String)) -> Result<Vec<Term>, String> {
+    let mut hosts: Option<Vec<String>> = None;
+    let mut paths: Option<Vec<String>> = None;
+    for part in rule.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, vals) = part
+            .split_once(':')
+            .ok_or_else(|| format!("`{part}` is not a matcher; write e.g. `Host:example.org`"))?;
+        let vals = values::list(vals);
+        if vals.is_empty() {
+            return Err(format!("`{part}` has no value"));
+        }
+        match name.trim().to_ascii_lowercase().as_str() {
+            "host" => {
+                let vals: Vec<String> = vals.iter().map(|v| v.to_ascii_lowercase()).collect();
+                hosts = Some(match hosts {
+                    None => vals,
+                    Some(h) => {
+                        let both: Vec<String> =
+                            h.into_iter().filter(|x| vals.contains(x)).collect();
+                        if both.is_empty() {
+                            return Err(
+                                "two Host matchers with no host in common never match".into()
+                            );
+                        }
+                        both
+                    }
+                });
+            }
+            n @ ("pathprefix" | "pathprefixstrip") => {
+                if paths.is_some() {
+                    return Err("more than one PathPrefix matcher is not supported".into());
+                }
+                if n == "pathprefixstrip" {
+                    warn(
+                        "PathPrefixStrip is routed as PathPrefix: Wharf does not strip the \
+                         prefix, so the backend sees the full path"
+                            .into(),
+                    );
+                }
+                paths = Some(vals);
+            }
+            _ => {
+                return Err(format!(
+                    "the `{}` matcher is not supported ({SUBSET}; in v1 syntax Host: and \
+                     PathPrefix:)",
+                    name.trim()
+                ))
+            }
+        }
+    }
+    if hosts.is_none() && paths.is_none() {
+        return Err("the rule is empty".into());
+    }
+    Ok(match paths {
+        None => vec![Term { hosts, path: None }],
+        Some(ps) => ps
+            .into_iter()
+            .map(|p| Term {
+                hosts: hosts.clone(),
+                path: Some(p),
+            })
+            .collect(),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    LParen,
+    RParen,
+    Comma,
+    And,
+    Or,
+    Not,
+}
+
+fn lex(rule: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let mut it = rule.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '(' => out.push(Tok::LParen),
+            ')' => out.push(Tok::RParen),
+            ',' => out.push(Tok::Comma),
+            '!' => out.push(Tok::Not),
+            '&' | '|' => {
+                if it.next_if(|(_, n)| *n == c).is_none() {
+                    return Err(format!("`{c}` at position {i}: write `&&` or `||`"));
+                }
+                out.push(if c == '&' { Tok::And } else { Tok::Or });
+            }
+            '`' | '"' => {
+                let mut s = String::new();
+                loop {
+                    match it.next() {
+                        None => return Err(format!("unterminated string at position {i}")),
+                        Some((_, '\\')) if c == '"' => {
+                            if let Some((_, e)) = it.next() {
+                                s.push(e);
+                            }
+                        }
+                        Some((_, q)) if q == c => break,
+                        Some((_, ch)) => s.push(ch),
+                    }
+                }
+                out.push(Tok::Str(s));
+            }
+            c if c.is_ascii_alphanumeric() || c == '_' => {
+                let mut s = String::from(c);
+                while let Some((_, n)) = it.next_if(|(_, n)| n.is_ascii_alphanumeric() || *n == '_')
+                {
+                    s.push(n);
+                }
+                out.push(Tok::Ident(s));
+            }
+            other => return Err(format!("unexpected `{other}` at position {i}")),
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn or(&mut self, depth: usize) -> Result<Vec<Term>, String> {
+        let mut terms = self.and(depth)?;
+        while self.peek() == Some(&Tok::Or) {
+            self.pos += 1;
+            terms.extend(self.and(depth)?);
+            if terms.len() > MAX_TERMS {
+                return Err("the rule is too complex".into());
+            }
+        }
+        Ok(terms)
+    }
+    fn and(&mut self, depth: usize) -> Result<Vec<Term>, String> {
+        let mut terms = self.unary(depth)?;
+        while self.peek() == Some(&Tok::And) {
+            self.pos += 1;
+            let right = self.unary(depth)?;
+            let mut out = Vec::new();
+            for a in &terms {
+                for b in &right {
+                    out.push(conjoin(a, b)?);
+                    if out.len() > MAX_TERMS {
+                        return Err("the rule is too complex".into());
+                    }
+                }
+            }
+            terms = out;
+        }
+        Ok(terms)
+    }
+    fn unary(&mut self, depth: usize) -> Result<Vec<Term>, String> {
+        match self.next() {
+            Some(Tok::Not) => Err(format!("negation (`!`) is not supported ({SUBSET})")),
+            Some(Tok::LParen) => {
+                if depth >= MAX_DEPTH {
+                    return Err("parentheses are nested too deeply".into());
+                }
+                let t = self.or(depth + 1)?;
+                match self.next() {
+                    Some(Tok::RParen) => Ok(t),
+                    _ => Err("a `(` is not closed".into()),
+                }
+            }
+            Some(Tok::Ident(name)) => {
+                if self.next() != Some(Tok::LParen) {
+                    return Err(format!("`{name}` must be followed by `(`"));
+                }
+                let mut args = Vec::new();
+                loop {
+                    match self.next() {
+                        Some(Tok::Str(s)) => args.push(s),
+                        _ => {
+                            return Err(format!(
+                                "`{name}(...)` takes quoted values, e.g. {name}(`example.org`)"
+                            ))
+                        }
+                    }
+                    match self.next() {
+                        Some(Tok::Comma) => continue,
+                        Some(Tok::RParen) => break,
+                        _ => return Err(format!("`{name}(` is not closed")),
+                    }
+                }
+                matcher(&name, args)
+            }
+            Some(t) => Err(format!("unexpected {t:?} where a matcher was expected")),
+            None => Err("the rule ends where a matcher was expected".into()),
+        }
+    }
+}
+
+fn matcher(name: &str, args: Vec<String>) -> Result<Vec<Term>, String> {
+    match name.to_ascii_lowercase().as_str() {
+        // v2 allows several hosts in one Host(); v3 takes one. Both read the same.
+        "host" => Ok(vec![Term {
+            hosts: Some(args.iter().map(|h| h.trim().to_ascii_lowercase()).collect()),
+            path: None,
+        }]),
+        "pathprefix" => args
+            .into_iter()
+            .map(|p| {
+                if p.contains('{') {
+                    Err(format!(
+                        "PathPrefix(`{p}`) uses a pattern; Wharf matches plain prefixes only"
+                    ))
+                } else {
+                    Ok(Term {
+                        hosts: None,
+                        path: Some(p),
+                    })
+                }
+            })
+            .collect(),
+        _ => Err(format!("the `{name}` matcher is not supported ({SUBSET})")),
+    }
+}
+
+/// `a && b` for two alternatives.
+fn conjoin(a: &Term, b: &Term) -> Result<Term, String> {
+    let hosts = match (&a.hosts, &b.hosts) {
+        (Some(x), Some(y)) => {
+            let both: Vec<String> = x.iter().filter(|h| y.contains(h)).cloned().collect();
+            if both.is_empty() {
+                return Err(format!(
+                    "Host({}) && Host({}) never matches",
+                    x.join(","),
+                    y.join(",")
+                ));
+            }
+            Some(both)
+        }
+        (x, y) => x.clone().or_else(|| y.clone()),
+    };
+    let path = match (&a.path, &b.path) {
+        (Some(x), Some(y)) if y.starts_with(x.as_str()) => Some(y.clone()),
+        (Some(x), Some(y)) if x.starts_with(y.as_str()) => Some(x.clone()),
+        (Some(x), Some(y)) => {
+            return Err(format!(
+                "PathPrefix(`{x}`) && PathPrefix(`{y}`) never matches"
+            ))
+        }
+        (x, y) => x.clone().or_else(|| y.clone()),
+    };
+    Ok(Term { hosts, path })
+}
+
+/// Traefik v2/v3 `rule`: `Host(...)`, `PathPrefix(...)`, `&&`, `||`, parentheses;
+/// returned as alternatives (an OR of ANDs).
+pub fn parse_v2_rule(rule: &str) -> Result<Vec<Term>, String> {
+    let mut p = Parser {
+        toks: lex(rule)?,
+        pos: 0,
+    };
+    let terms = p.or(0)?;
+    if let Some(t) = p.toks.get(p.pos) {
+        return Err(format!("unexpected {t:?} after a complete rule"));
+    }
+    Ok(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use wharf_table::Scheme;
+
+    use super::*;
+    use crate::labels::tests::{errors, run, run_with, warnings};
+    use crate::labels::{LabelOptions, ServiceRoutes};
+    use crate::route::{StickyType, TlsMode};
+
+    fn names(r: &ServiceRoutes) -> Vec<&str> {
+        r.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn v1_the_context_example() {
+        // CONTEXT.md setup 1: three labels on a swarm service.
+        let r = run(
+            &[
+                ("traefik.backend", "test"),
+                ("traefik.frontend.rule", "Host:saas.example.org"),
+                ("traefik.port", "80"),
+            ],
+            &[80, 443],
+        );
+        assert!(r.enabled, "a frontend rule enables the service");
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0];
+        assert_eq!(names(&r), ["shop_web"]);
+        assert_eq!(s.hosts, vec!["saas.example.org"]);
+        assert_eq!((s.path.as_str(), s.port), ("/", Some(80)));
+        assert_eq!(s.tls, TlsMode::Acme);
+        assert!(s.https_redirect);
+        assert_eq!(
+            s.hsts.header_value(),
+            None,
+            "Traefik sends no HSTS unless told"
+        );
+        assert_eq!(r.host_labels[0].0, "traefik.frontend.rule");
+    }
+
+    #[test]
+    fn v1_rules_with_paths_and_several_hosts() {
+        let r = run(
+            &[(
+                "traefik.frontend.rule",
+                "Host:a.example.org,B.example.org;PathPrefix:/x,/y",
+            )],
+            &[8080],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(names(&r), ["shop_web/1", "shop_web/2"]);
+        for (route, path) in r.routes.iter().zip(["/x", "/y"]) {
+            assert_eq!(route.hosts, vec!["a.example.org", "b.example.org"]);
+            assert_eq!(route.path, path);
+            assert_eq!(route.port, Some(8080));
+        }
+        let r = run(
+            &[(
+                "traefik.frontend.rule",
+                "Host:a.example.org;PathPrefixStrip:/api",
+            )],
+            &[80],
+        );
+        assert!(!r.has_errors());
+        assert_eq!(r.routes[0].path, "/api");
+        assert!(warnings(&r)[0].message.contains("does not strip"));
+
+        for bad in [
+            "Path:/x",
+            "HostRegexp:{a:.+}.example.org",
+            "Host:",
+            "Host:a.org;Host:b.org",
+            "garbage",
+            "Method:GET",
+        ] {
+            let r = run(&[("traefik.frontend.rule", bad)], &[80]);
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{bad}: {:#?}", r.problems);
+            assert_eq!(
+                (e[0].label.as_str(), e[0].value.as_str()),
+                ("traefik.frontend.rule", bad)
+            );
+        }
+        let e = run(&[("traefik.frontend.rule", "Path:/x")], &[80]);
+        assert!(errors(&e)[0]
+            .message
+            .contains("`Path` matcher is not supported"));
+    }
+
+    #[test]
+    fn v1_backend_settings() {
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.frontend.rule", "Host:a.example.org"),
+                ("traefik.backend.loadbalancer.stickiness", "true"),
+                (
+                    "traefik.backend.loadbalancer.stickiness.cookieName",
+                    "JSESSIONID",
+                ),
+                ("traefik.backend.healthcheck.path", "/health"),
+                ("traefik.backend.healthcheck.interval", "15s"),
+                ("traefik.protocol", "https"),
+                ("traefik.frontend.entryPoints", "web,websecure"),
+                ("traefik.frontend.headers.STSSeconds", "31536000"),
+                ("traefik.frontend.headers.STSIncludeSubdomains", "true"),
+                ("traefik.docker.network", "wharf-public"),
+            ],
+            &[8443],
+        );
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0];
+        assert_eq!(s.sticky.kind, StickyType::Cookie);
+        assert_eq!(s.sticky.cookie, "JSESSIONID");
+        let hc = s.healthcheck.as_ref().unwrap();
+        assert_eq!((hc.path.as_str(), hc.method.as_str()), ("/health", "GET"));
+        assert_eq!(hc.interval, Duration::from_secs(15));
+        assert_eq!((hc.rise, hc.fall), (1, 1));
+        assert_eq!(s.scheme, Scheme::Https);
+        assert_eq!(s.entrypoints, Some(vec!["web".into(), "websecure".into()]));
+        assert_eq!(
+            s.hsts.header_value().unwrap(),
+            "max-age=31536000; includeSubDomains"
+        );
+        assert_eq!(s.network.as_deref(), Some("wharf-public"));
+
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.example.org"),
+                ("traefik.backend.healthcheck.path", "/h"),
+            ],
+            &[80],
+        );
+        let hc = r.routes[0].healthcheck.as_ref().unwrap();
+        assert_eq!(
+            hc.interval,
+            Duration::from_secs(30),
+            "Traefik's default interval"
+        );
+        assert_eq!(hc.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn v1_port_is_required_with_several_exposed_ports() {
+        let r = run(
+            &[("traefik.frontend.rule", "Host:a.example.org")],
+            &[80, 443],
+        );
+        let e = errors(&r);
+        assert_eq!(e[0].label, "traefik.port");
+        assert!(e[0].message.contains("exposes 2 ports (80, 443)"));
+    }
+
+    #[test]
+    fn v2_rules() {
+        let cases: &[(&str, &[(&[&str], &str)])] = &[
+            ("Host(`a.example.org`)", &[(&["a.example.org"], "/")]),
+            (
+                "Host(`a.example.org`, `b.example.org`)",
+                &[(&["a.example.org", "b.example.org"], "/")],
+            ),
+            (
+                "Host(\"a.example.org\") || Host(`b.example.org`)",
+                &[(&["a.example.org", "b.example.org"], "/")],
+            ),
+            (
+                "Host(`a.example.org`) && PathPrefix(`/api`)",
+                &[(&["a.example.org"], "/api")],
+            ),
+            (
+                "(Host(`a.example.org`) || Host(`b.example.org`)) && PathPrefix(`/api`)",
+                &[(&["a.example.org", "b.example.org"], "/api")],
+            ),
+            (
+                "Host(`a.example.org`) && (PathPrefix(`/x`) || PathPrefix(`/y`))",
+                &[(&["a.example.org"], "/x"), (&["a.example.org"], "/y")],
+            ),
+            (
+                "Host(`a.example.org`) && PathPrefix(`/api`) || Host(`b.example.org`)",
+                &[(&["a.example.org"], "/api"), (&["b.example.org"], "/")],
+            ),
+            (
+                "PathPrefix(`/a`) && PathPrefix(`/a/b`) && Host(`a.example.org`)",
+                &[(&["a.example.org"], "/a/b")],
+            ),
+        ];
+        for (rule, want) in cases {
+            let r = run(&[("traefik.http.routers.app.rule", rule)], &[80]);
+            assert!(!r.has_errors(), "{rule}: {:#?}", r.problems);
+            let got: Vec<(Vec<&str>, &str)> = r
+                .routes
+                .iter()
+                .map(|s| {
+                    (
+                        s.hosts.iter().map(String::as_str).collect(),
+                        s.path.as_str(),
+                    )
+                })
+                .collect();
+            let want: Vec<(Vec<&str>, &str)> = want.iter().map(|(h, p)| (h.to_vec(), *p)).collect();
+            assert_eq!(got, want, "{rule}");
+        }
+        let r = run(
+            &[(
+                "traefik.http.routers.app.rule",
+                "Host(`a.example.org`) && (PathPrefix(`/x`) || PathPrefix(`/y`))",
+            )],
+            &[80],
+        );
+        assert_eq!(names(&r), ["shop_web/app.1", "shop_web/app.2"]);
+        let r = run(
+            &[("traefik.http.routers.app.rule", "PathPrefix(`/x`)")],
+            &[80],
+        );
+        assert_eq!(r.routes[0].hosts, vec!["*"]);
+        assert!(warnings(&r)[0].message.contains("any host"));
+    }
+
+    #[test]
+    fn v2_rules_wharf_cannot_evaluate_are_errors_naming_the_rule() {
+        let deep = format!("{}Host(`a.org`){}", "(".repeat(100), ")".repeat(100));
+        let wide = vec!["Host(`a.org`)"; 200].join(" || ");
+        let product = vec!["(PathPrefix(`/a`) || PathPrefix(`/a`))"; 20].join(" && ");
+        for rule in [
+            "HostRegexp(`{sub:[a-z]+}.example.org`)",
+            "Host(`a.org`) && Headers(`X`, `y`)",
+            "Path(`/exact`)",
+            "!Host(`a.org`)",
+            "Host(`a.org`) && Host(`b.org`)",
+            "PathPrefix(`/a`) && PathPrefix(`/b`)",
+            "PathPrefix(`/{id:[0-9]+}`)",
+            "Host(`a.org`",
+            "Host(a.org)",
+            "Host(`a.org`) &",
+            "Host(`a.org`) Host(`b.org`)",
+            "Host(`unterminated)",
+            "",
+            "Host(`a.org`) ||",
+            "Host(`a b`)",
+            deep.as_str(),
+            wide.as_str(),
+            product.as_str(),
+        ] {
+            let r = run(&[("traefik.http.routers.app.rule", rule)], &[80]);
+            let e = errors(&r);
+            assert!(!e.is_empty(), "{rule:?} should be an error");
+            assert_eq!(e[0].label, "traefik.http.routers.app.rule", "{rule:?}");
+            assert_eq!(e[0].value, rule);
+            assert!(r.routes.is_empty());
+        }
+        let r = run(
+            &[("traefik.http.routers.app.rule", "HostRegexp(`x`)")],
+            &[80],
+        );
+        assert!(errors(&r)[0]
+            .message
+            .contains("`HostRegexp` matcher is not supported"));
+    }
+
+    #[test]
+    fn v2_a_typical_stack() {
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.shop.rule", "Host(`shop.example.org`)"),
+                ("traefik.http.routers.shop.entrypoints", "web"),
+                ("traefik.http.routers.shop.middlewares", "to-https@docker"),
+                (
+                    "traefik.http.routers.shop-secure.rule",
+                    "Host(`shop.example.org`)",
+                ),
+                ("traefik.http.routers.shop-secure.entrypoints", "websecure"),
+                ("traefik.http.routers.shop-secure.tls", "true"),
+                ("traefik.http.routers.shop-secure.tls.certresolver", "le"),
+                ("traefik.http.routers.shop-secure.middlewares", "hsts,limit"),
+                (
+                    "traefik.http.middlewares.to-https.redirectscheme.scheme",
+                    "https",
+                ),
+                (
+                    "traefik.http.middlewares.to-https.redirectscheme.permanent",
+                    "true",
+                ),
+                (
+                    "traefik.http.middlewares.hsts.headers.stsseconds",
+                    "31536000",
+                ),
+                (
+                    "traefik.http.middlewares.hsts.headers.stsincludesubdomains",
+                    "true",
+                ),
+                ("traefik.http.middlewares.hsts.headers.stspreload", "true"),
+                ("traefik.http.middlewares.limit.ratelimit.average", "100"),
+                ("traefik.http.middlewares.limit.ratelimit.burst", "50"),
+                (
+                    "traefik.http.services.shop.loadbalancer.server.port",
+                    "8080",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.server.scheme",
+                    "h2c",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.sticky.cookie",
+                    "true",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.sticky.cookie.name",
+                    "SHOPID",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.healthcheck.path",
+                    "/ping",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.healthcheck.interval",
+                    "10s",
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.healthcheck.timeout",
+                    "3",
+                ),
+            ],
+            &[8080, 9100],
+        );
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        assert_eq!(
+            names(&r),
+            ["shop_web/shop"],
+            "two routers, one rule: one route"
+        );
+        let s = &r.routes[0];
+        assert_eq!(s.hosts, vec!["shop.example.org"]);
+        assert_eq!(s.port, Some(8080));
+        assert_eq!(s.scheme, Scheme::H2c);
+        assert_eq!(s.tls, TlsMode::Acme);
+        assert!(s.https_redirect);
+        assert_eq!(s.entrypoints, Some(vec!["web".into(), "websecure".into()]));
+        assert_eq!(
+            s.hsts.header_value().unwrap(),
+            "max-age=31536000; includeSubDomains; preload"
+        );
+        let rl = s.ratelimit.as_ref().unwrap();
+        assert_eq!((rl.per_second, rl.burst), (100.0, 50));
+        assert_eq!(
+            (s.sticky.kind, s.sticky.cookie.as_str()),
+            (StickyType::Cookie, "SHOPID")
+        );
+        let hc = s.healthcheck.as_ref().unwrap();
+        assert_eq!(
+            (hc.interval, hc.timeout),
+            (Duration::from_secs(10), Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn v2_tls_per_router() {
+        // No TLS router: plain HTTP only, as Traefik would serve it.
+        let r = run(&[("traefik.http.routers.a.rule", "Host(`a.org`)")], &[80]);
+        assert_eq!(r.routes[0].tls, TlsMode::None);
+        // TLS only: Wharf's default redirect from plain HTTP.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.tls", "true"),
+            ],
+            &[80],
+        );
+        assert_eq!(r.routes[0].tls, TlsMode::Acme);
+        assert!(r.routes[0].https_redirect);
+        // A plain and a TLS router without a redirect: both are served.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.b.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.b.tls.certresolver", "le"),
+            ],
+            &[80],
+        );
+        assert_eq!(names(&r), ["shop_web/a"]);
+        assert_eq!(r.routes[0].tls, TlsMode::Acme);
+        assert!(!r.routes[0].https_redirect);
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.tls", "maybe"),
+            ],
+            &[80],
+        );
+        assert_eq!(errors(&r)[0].label, "traefik.http.routers.a.tls");
+    }
+
+    #[test]
+    fn v2_ratelimit_follows_average_per_period() {
+        let rl = |avg: &str, period: Option<&str>| {
+            let mut labels = vec![
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.middlewares", "rl"),
+                ("traefik.http.middlewares.rl.ratelimit.average", avg),
+            ];
+            if let Some(p) = period {
+                labels.push(("traefik.http.middlewares.rl.ratelimit.period", p));
+            }
+            let r = run(&labels, &[80]);
+            assert!(!r.has_errors(), "{:#?}", r.problems);
+            r.routes[0].ratelimit.clone()
+        };
+        let r = rl("100", None).unwrap();
+        assert_eq!(
+            (r.per_second, r.burst),
+            (100.0, 1),
+            "period 1s, burst 1 by default"
+        );
+        assert_eq!(rl("6", Some("1m")).unwrap().per_second, 0.1);
+        assert_eq!(rl("10", Some("500ms")).unwrap().per_second, 20.0);
+        assert!((rl("10", Some("3s")).unwrap().per_second - 10.0 / 3.0).abs() < 1e-9);
+        assert_eq!(rl("5", Some("7")).unwrap().per_second, 5.0 / 7.0 * 1.0);
+        assert_eq!(rl("0", None), None, "average 0 means no limit");
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.middlewares", "rl"),
+                ("traefik.http.middlewares.rl.ratelimit.average", "many"),
+            ],
+            &[80],
+        );
+        assert_eq!(
+            errors(&r)[0].label,
+            "traefik.http.middlewares.rl.ratelimit.average"
+        );
+    }
+
+    #[test]
+    fn unsupported_keys_are_warnings_naming_the_key() {
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.priority", "10"),
+                ("traefik.http.routers.a.middlewares", "auth,strip@file"),
+                ("traefik.http.middlewares.auth.basicauth.users", "u:p"),
+                (
+                    "traefik.http.services.a.loadbalancer.sticky.cookie.secure",
+                    "true",
+                ),
+                ("traefik.tcp.routers.db.rule", "HostSNI(`*`)"),
+                ("traefik.frontend.priority", "5"),
+                ("traefik.http.middlewares.r.redirectscheme.scheme", "http"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let w: Vec<&str> = warnings(&r).iter().map(|p| p.label.as_str()).collect();
+        for key in [
+            "traefik.http.routers.a.priority",
+            "traefik.http.middlewares.auth.basicauth.users",
+            "traefik.http.services.a.loadbalancer.sticky.cookie.secure",
+            "traefik.tcp.routers.db.rule",
+            "traefik.frontend.priority",
+            "traefik.http.middlewares.r.redirectscheme.scheme",
+            "traefik.http.routers.a.middlewares",
+        ] {
+            assert!(w.contains(&key), "{key} missing from {w:?}");
+        }
+        let strip = warnings(&r)
+            .into_iter()
+            .find(|p| p.message.contains("strip@file"))
+            .unwrap();
+        assert!(strip.message.contains("not defined"));
+        assert_eq!(r.routes.len(), 1);
+    }
+
+    #[test]
+    fn v2_services() {
+        // Several services: each router must say which.
+        let two = [
+            ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ("traefik.http.services.x.loadbalancer.server.port", "80"),
+            ("traefik.http.services.y.loadbalancer.server.port", "81"),
+        ];
+        let r = run(&two, &[80, 81]);
+        assert!(errors(&r)[0]
+            .message
+            .contains("traefik.http.routers.a.service"));
+        let mut named = two.to_vec();
+        named.push(("traefik.http.routers.a.service", "y@docker"));
+        named.push(("traefik.http.routers.b.rule", "Host(`b.org`)"));
+        named.push(("traefik.http.routers.b.service", "x"));
+        let r = run(&named, &[80, 81]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].port, Some(81));
+        assert_eq!(r.routes[1].port, Some(80));
+        // A service that is not on this container cannot be routed to.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.service", "api@internal"),
+            ],
+            &[80],
+        );
+        assert_eq!(errors(&r)[0].label, "traefik.http.routers.a.service");
+        // No port anywhere and two exposed: the error names the Traefik key.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.services.s.loadbalancer.sticky.cookie", "true"),
+            ],
+            &[80, 81],
+        );
+        assert_eq!(
+            errors(&r)[0].label,
+            "traefik.http.services.s.loadbalancer.server.port"
+        );
+    }
+
+    #[test]
+    fn enabling_and_precedence() {
+        // traefik.enable=false wins over a rule.
+        let r = run(
+            &[
+                ("traefik.enable", "false"),
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ],
+            &[80],
+        );
+        assert!(!r.enabled && r.problems.is_empty());
+        // wharf.enable wins over traefik.enable.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("traefik.enable", "false"),
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ],
+            &[80],
+        );
+        assert!(r.enabled);
+        assert_eq!(r.routes.len(), 1);
+        let r = run(
+            &[
+                ("traefik.enable", "nope"),
+                ("traefik.frontend.rule", "Host:a.org"),
+            ],
+            &[80],
+        );
+        assert!(!r.enabled);
+        assert_eq!(errors(&r)[0].label, "traefik.enable");
+        // traefik_labels = false: Traefik labels mean nothing.
+        let off = LabelOptions {
+            exposed_by_default: false,
+            traefik_labels: false,
+        };
+        let r = run_with(
+            &[("traefik.http.routers.a.rule", "Host(`a.org`)")],
+            &[80],
+            off,
+        );
+        assert!(!r.enabled && r.problems.is_empty());
+        // traefik.enable=true but no rule (Traefik's defaultRule): an error.
+        let r = run(&[("traefik.enable", "true")], &[80]);
+        assert_eq!(errors(&r)[0].label, "wharf.host");
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.http.services.s.loadbalancer.server.port", "80"),
+            ],
+            &[80],
+        );
+        assert!(r.has_errors());
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.a.tls", "true"),
+            ],
+            &[80],
+        );
+        assert!(warnings(&r)
+            .iter()
+            .any(|p| p.message.contains("has no rule")));
+        assert!(r.has_errors());
+
+        // wharf.* routes win; the Traefik labels are ignored with one warning.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "w.org"),
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.a.rule", "Host(`t.org`)"),
+                ("traefik.http.routers.a.tls", "true"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors());
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[0].hosts, vec!["w.org"]);
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].message.contains("wharf.* wins"));
+
+        // Service-level wharf.* keys refine a Traefik route.
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("wharf.sticky", "source"),
+                ("wharf.hsts", "600"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].sticky.kind, StickyType::Source);
+        assert_eq!(r.routes[0].hsts.max_age, 600);
+    }
+
+    #[test]
+    fn rule_parser_directly() {
+        let t = parse_v2_rule("host(`A.org`) && pathprefix(`/x`)").unwrap();
+        assert_eq!(
+            t,
+            vec![Term {
+                hosts: Some(vec!["a.org".into()]),
+                path: Some("/x".into())
+            }]
+        );
+        let mut warned = Vec::new();
+        let t =
+            parse_v1_rule("Host: a.org ; PathPrefixStrip: /x", &mut |m| warned.push(m)).unwrap();
+        assert_eq!(t[0].path.as_deref(), Some("/x"));
+        assert_eq!(warned.len(), 1);
+    }
+}

@@ -1,0 +1,174 @@
+//! Providers and the reconciler: starts the Docker (and DNS) providers the config
+//! asks for, and recompiles the table whenever the file, a Docker snapshot or a
+//! DNS answer changes. Logging is by change: a problem is logged once when it
+//! appears, a swap as one diff line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use wharf_admin::ConfigProblem;
+use wharf_config::{Config, DockerMode};
+use wharf_control::{Control, ControlMetrics, Inputs, Problem};
+use wharf_docker::{DockerProvider, DockerSettings, ProviderState, Snapshot};
+
+const PROVIDERS: [&str; 3] = ["file", "docker", "dns"];
+
+pub struct Reconciler {
+    pub control: Control,
+    pub config: Config,
+    docker: Option<DockerProvider>,
+    docker_snapshot: Option<Arc<Snapshot>>,
+    dns: BTreeMap<String, Vec<IpAddr>>,
+    problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
+    metrics: ControlMetrics,
+    /// Messages logged already, so each is logged once while it lasts.
+    logged: HashSet<String>,
+}
+
+/// Starts the Docker provider unless the config turns it off. In `auto` mode a
+/// missing unix socket means "no Docker here", not an error.
+pub fn start_docker(cfg: &Config, cancel: &CancellationToken) -> Option<DockerProvider> {
+    let mode = match cfg.docker.mode {
+        DockerMode::Off => return None,
+        DockerMode::Auto => wharf_docker::Mode::Auto,
+        DockerMode::Swarm => wharf_docker::Mode::Swarm,
+        DockerMode::Containers => wharf_docker::Mode::Containers,
+    };
+    let endpoint = wharf_docker::endpoint_from_env(&cfg.docker.endpoint);
+    if cfg.docker.mode == DockerMode::Auto {
+        if let Some(path) = endpoint.strip_prefix("unix://") {
+            if !std::path::Path::new(path).exists() {
+                info!(endpoint = %endpoint, "docker: no socket; the Docker provider is off");
+                return None;
+            }
+        }
+    }
+    Some(wharf_docker::spawn(
+        DockerSettings {
+            endpoint,
+            mode,
+            poll_interval: cfg.docker.poll_interval,
+            debounce: Duration::from_millis(20),
+            include_unlabelled: cfg.docker.exposed_by_default,
+        },
+        cancel.child_token(),
+    ))
+}
+
+impl Reconciler {
+    pub fn new(
+        config: Config,
+        docker: Option<DockerProvider>,
+        problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
+        metrics: ControlMetrics,
+    ) -> Self {
+        Reconciler {
+            control: Control::new(),
+            config,
+            docker,
+            docker_snapshot: None,
+            dns: BTreeMap::new(),
+            problems,
+            metrics,
+            logged: HashSet::new(),
+        }
+    }
+
+    /// Waits until some provider has news. Never returns when none is running.
+    pub async fn changed(&mut self) {
+        match self.docker.as_mut() {
+            Some(d) => {
+                tokio::select! {
+                    r = d.snapshots.changed() => if r.is_err() { std::future::pending::<()>().await },
+                    r = d.state.changed() => if r.is_err() { std::future::pending::<()>().await },
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Recompiles from every input and swaps when the result differs.
+    pub fn apply(&mut self) {
+        if let Some(d) = self.docker.as_mut() {
+            self.docker_snapshot = d.snapshots.borrow_and_update().clone();
+        }
+        let started = Instant::now();
+        let report = self.control.apply_inputs(&Inputs {
+            config: &self.config,
+            docker: self.docker_snapshot.as_deref(),
+            dns: &self.dns,
+        });
+        if report.swapped {
+            let diff = report.diff_line();
+            info!(
+                routes = report.routes,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "routing table swapped{}{}",
+                if diff.is_empty() { "" } else { "; " },
+                diff
+            );
+        }
+
+        let mut problems = report.problems;
+        if let Some(d) = self.docker.as_mut() {
+            if let ProviderState::Unreachable { error } = &*d.state.borrow_and_update() {
+                problems.push(Problem {
+                    source: "docker",
+                    service: None,
+                    label: None,
+                    message: format!(
+                        "Docker is unreachable ({error}); serving the last known routes"
+                    ),
+                    error: true,
+                });
+            }
+        }
+
+        // Log what is new; forget what is gone, so it is logged again if it returns.
+        let mut now = HashSet::new();
+        for w in &self.config.warnings {
+            now.insert(w.clone());
+        }
+        for p in &problems {
+            now.insert(p.to_string());
+        }
+        for n in &report.not_enforced {
+            now.insert(n.clone());
+        }
+        for m in &now {
+            if !self.logged.contains(m) {
+                warn!("{m}");
+            }
+        }
+        self.logged = now;
+
+        for provider in PROVIDERS {
+            let n = problems
+                .iter()
+                .filter(|p| p.error && p.source == provider)
+                .count();
+            self.metrics
+                .errors
+                .with_label_values(&[provider])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.metrics
+            .routes
+            .set(i64::try_from(report.routes).unwrap_or(i64::MAX));
+        let list: Vec<ConfigProblem> = problems
+            .into_iter()
+            .map(|p| ConfigProblem {
+                source: p.source.into(),
+                service: p.service,
+                label: p.label,
+                message: p.message,
+            })
+            .collect();
+        self.problems.store(Arc::new(list));
+    }
+}
