@@ -1,10 +1,10 @@
 //! The global query budget shared by every watched name.
 //!
-//! A reservation-style token bucket: a caller takes its tokens at once (the balance may go
-//! negative) and then sleeps until the balance it left behind would have refilled. Waiters are
-//! thus served in the order they asked, and over any window `W` the tokens granted never exceed
-//! `capacity + rate * W`, however many names are failing (HAProxy issue #2503: a down backend
-//! caused 1,500 DNS queries/s; this bound makes that impossible here).
+//! A token bucket whose balance never goes below zero: a query first takes the tokens for every
+//! message it may send, and gives back afterwards those it did not send. Over any window `W`
+//! the messages sent therefore never exceed `capacity + rate * W`, however many names are
+//! failing (HAProxy issue #2503: a down backend caused 1,500 DNS queries/s; this bound makes
+//! that impossible here).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -36,39 +36,46 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `n` tokens and returns how long the caller must wait before using them.
-    pub(crate) fn reserve(&self, n: u32) -> Duration {
-        let now = Instant::now();
+    fn state(&self) -> std::sync::MutexGuard<'_, BucketState> {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
         let elapsed = now
             .saturating_duration_since(state.refilled_at)
             .as_secs_f64();
         state.tokens = (state.tokens + elapsed * self.rate).min(self.capacity);
         state.refilled_at = now;
-        state.tokens -= f64::from(n);
-        if state.tokens >= 0.0 {
-            Duration::ZERO
+        state
+    }
+
+    /// Takes `n` tokens if available; otherwise says how long until they could be.
+    pub(crate) fn try_take(&self, n: u32) -> Result<(), Duration> {
+        // More than the capacity could never be granted; `DnsSettings::validate` rules it out.
+        let n = f64::from(n).min(self.capacity);
+        let mut state = self.state();
+        if state.tokens >= n {
+            state.tokens -= n;
+            Ok(())
         } else {
-            Duration::from_secs_f64(-state.tokens / self.rate)
+            Err(Duration::from_secs_f64((n - state.tokens) / self.rate))
         }
     }
 
     /// Takes `n` tokens, waiting until they are available.
     pub(crate) async fn acquire(&self, n: u32) {
-        let wait = self.reserve(n);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        // Waiters re-check after sleeping: a refund may have served another waiter first.
+        while let Err(wait) = self.try_take(n) {
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         }
     }
 
-    /// Charges `n` tokens already spent (datagrams hickory retransmitted on its own) so that
-    /// the next callers wait for them; never waits itself.
-    pub(crate) fn charge(&self, n: u32) {
+    /// Gives back `n` tokens taken but not used, up to the capacity.
+    pub(crate) fn refund(&self, n: u32) {
         if n > 0 {
-            let _ = self.reserve(n);
+            let mut state = self.state();
+            state.tokens = (state.tokens + f64::from(n)).min(self.capacity);
         }
     }
 }
@@ -82,12 +89,13 @@ mod tests {
         let bucket = TokenBucket::new(10);
         // One second's worth is available at once.
         for _ in 0..10 {
-            assert_eq!(bucket.reserve(1), Duration::ZERO);
+            assert_eq!(bucket.try_take(1), Ok(()));
         }
-        // The next ones queue up at 1/rate apart.
-        assert_eq!(bucket.reserve(1), Duration::from_millis(100));
-        assert_eq!(bucket.reserve(1), Duration::from_millis(200));
-        assert_eq!(bucket.reserve(2), Duration::from_millis(400));
+        assert_eq!(bucket.try_take(1), Err(Duration::from_millis(100)));
+        assert_eq!(bucket.try_take(2), Err(Duration::from_millis(200)));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(bucket.try_take(2), Ok(()));
+        assert_eq!(bucket.try_take(1), Err(Duration::from_millis(100)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -118,9 +126,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn charge_delays_later_callers() {
+    async fn refund_returns_unused_tokens_up_to_capacity() {
         let bucket = TokenBucket::new(10);
-        bucket.charge(15);
-        assert_eq!(bucket.reserve(1), Duration::from_millis(600));
+        assert_eq!(bucket.try_take(4), Ok(()));
+        bucket.refund(3);
+        for _ in 0..9 {
+            assert_eq!(bucket.try_take(1), Ok(()));
+        }
+        assert!(bucket.try_take(1).is_err());
+        bucket.refund(100);
+        assert_eq!(bucket.try_take(10), Ok(()));
+        assert!(bucket.try_take(1).is_err());
     }
 }

@@ -74,8 +74,15 @@ impl DnsSettings {
         if self.timeout.is_zero() {
             return invalid("timeout must be greater than 0");
         }
-        if self.max_queries_per_second < 2 {
-            return invalid("max_queries_per_second must be at least 2 (one A and one AAAA query)");
+        let per_query = resolve::max_messages(self);
+        if self.max_queries_per_second < per_query {
+            return Err(DnsError::InvalidSettings(format!(
+                "max_queries_per_second must be at least {per_query}: one query to {} \
+                 nameserver(s) with a {:?} timeout may send that many messages \
+                 (UDP retransmissions, TCP retry)",
+                self.nameservers.len(),
+                self.timeout
+            )));
         }
         Ok(())
     }

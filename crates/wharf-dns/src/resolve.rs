@@ -5,13 +5,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
     ServerOrderingStrategy,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as ProtoDnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::op::{ResponseCode, DEFAULT_MAX_PAYLOAD_LEN};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
@@ -64,18 +66,19 @@ pub(crate) enum Outcome {
 enum Single {
     Addrs(Vec<IpAddr>, Duration),
     Empty(String, Option<Duration>),
-    Failed(String, bool),
+    Failed(String),
 }
 
 pub(crate) struct Lookups {
     resolver: TokioResolver,
     nameservers: u32,
+    max_datagrams: u32,
 }
 
 /// hickory's UDP client retransmits an unanswered query every `max(333 ms, 1.2 * srtt)`, at most
 /// three sends per server (`hickory_proto::op::DEFAULT_RETRY_FLOOR` and the `max_retries` of
-/// `UdpClientStream`, neither configurable through the resolver). Used to charge the
-/// retransmissions of a timed-out query to the global budget.
+/// `UdpClientStream`, neither configurable through the resolver). The budget reserves these
+/// retransmissions up front and refunds what was not sent.
 const UDP_RETRANSMIT_INTERVAL: Duration = Duration::from_millis(333);
 const UDP_SENDS_PER_SERVER: u32 = 3;
 
@@ -94,29 +97,36 @@ impl Lookups {
         let resolver = builder
             .build()
             .map_err(|error| DnsError::Resolver(error.to_string()))?;
+        let nameservers = u32::try_from(settings.nameservers.len()).unwrap_or(u32::MAX);
         Ok(Self {
             resolver,
-            nameservers: u32::try_from(settings.nameservers.len()).unwrap_or(u32::MAX),
+            nameservers,
+            max_datagrams: datagrams(nameservers, settings.timeout),
         })
     }
 
-    /// Upper estimate of the datagrams hickory sent for a query that timed out after `elapsed`,
-    /// beyond the first one.
-    pub(crate) fn retransmissions(&self, elapsed: Duration) -> u32 {
-        let extra = elapsed.as_millis() / UDP_RETRANSMIT_INTERVAL.as_millis();
-        let max = UDP_SENDS_PER_SERVER
-            .saturating_mul(self.nameservers)
-            .saturating_sub(1);
-        u32::try_from(extra).unwrap_or(u32::MAX).min(max)
+    /// The most DNS messages one [`lookup`](Self::lookup) can send: what the budget reserves.
+    pub(crate) fn max_datagrams(&self) -> u32 {
+        self.max_datagrams
     }
 
-    /// Asks one record type. `Err(timed_out)` results carry whether the query timed out, for
-    /// the budget accounting.
+    /// Asks one record type.
     pub(crate) async fn lookup(&self, name: &Name, record_type: RecordType) -> SingleResult {
         // Belt and braces with `cache_size = 0`: the answer must come from the server.
         self.resolver.clear_lookup_cache(name.clone(), record_type);
-        let single = match self.resolver.lookup(name.clone(), record_type).await {
+        let started = Instant::now();
+        let result = self.resolver.lookup(name.clone(), record_type).await;
+        // Sends that the elapsed time allows: one per server tried plus a retransmission per
+        // interval, plus the TCP retry of a truncated answer.
+        let mut sent = datagrams(self.nameservers, started.elapsed());
+        let single = match result {
             Ok(lookup) => {
+                let truncated_over_udp = lookup.message().to_vec().map_or(true, |bytes| {
+                    bytes.len() > usize::from(DEFAULT_MAX_PAYLOAD_LEN)
+                });
+                if !truncated_over_udp {
+                    sent = sent.saturating_sub(1);
+                }
                 let mut addrs = Vec::new();
                 let mut ttl = u32::MAX;
                 for record in lookup.answers() {
@@ -135,6 +145,7 @@ impl Lookups {
                 }
             }
             Err(NetError::Dns(ProtoDnsError::NoRecordsFound(no_records))) => {
+                sent = sent.saturating_sub(1);
                 let error = if no_records.response_code == ResponseCode::NXDomain {
                     "no such name (NXDOMAIN)".to_owned()
                 } else {
@@ -145,25 +156,43 @@ impl Lookups {
                     .map(|ttl| Duration::from_secs(u64::from(ttl)));
                 Single::Empty(error, ttl)
             }
-            Err(error) => {
-                let timed_out = matches!(error, NetError::Timeout);
-                Single::Failed(format!("{record_type} query failed: {error}"), timed_out)
-            }
+            Err(error) => Single::Failed(format!("{record_type} query failed: {error}")),
         };
-        SingleResult(single)
+        SingleResult {
+            single,
+            sent: sent.clamp(1, self.max_datagrams),
+        }
     }
 }
 
+/// The most messages one query (one record type) can send with these settings.
+pub(crate) fn max_messages(settings: &DnsSettings) -> u32 {
+    let nameservers = u32::try_from(settings.nameservers.len()).unwrap_or(u32::MAX);
+    datagrams(nameservers, settings.timeout)
+}
+
+/// Upper bound of the messages sent to `nameservers` servers during `elapsed`: each server
+/// tried gets one send, plus one retransmission per interval (at most three sends per server),
+/// plus one TCP query after a truncated answer.
+fn datagrams(nameservers: u32, elapsed: Duration) -> u32 {
+    let retransmissions = u32::try_from(elapsed.as_millis() / UDP_RETRANSMIT_INTERVAL.as_millis())
+        .unwrap_or(u32::MAX);
+    let udp = nameservers
+        .saturating_add(retransmissions)
+        .min(UDP_SENDS_PER_SERVER.saturating_mul(nameservers));
+    udp.saturating_add(1)
+}
+
 /// Opaque result of [`Lookups::lookup`], combined by [`combine`].
-pub(crate) struct SingleResult(Single);
+pub(crate) struct SingleResult {
+    single: Single,
+    /// Upper estimate of the messages this lookup sent, for the budget's refund.
+    pub(crate) sent: u32,
+}
 
 impl SingleResult {
-    pub(crate) fn timed_out(&self) -> bool {
-        matches!(self.0, Single::Failed(_, true))
-    }
-
     pub(crate) fn failed(&self) -> bool {
-        matches!(self.0, Single::Failed(..))
+        matches!(self.single, Single::Failed(..))
     }
 }
 
@@ -174,9 +203,9 @@ pub(crate) fn combine(results: Vec<SingleResult>) -> Outcome {
     let mut addrs = Vec::new();
     let mut min_ttl: Option<Duration> = None;
     let mut empty: Option<(String, Option<Duration>)> = None;
-    for SingleResult(single) in results {
+    for SingleResult { single, .. } in results {
         match single {
-            Single::Failed(error, _) => return Outcome::Failed { error },
+            Single::Failed(error) => return Outcome::Failed { error },
             Single::Addrs(found, ttl) => {
                 addrs.extend(found);
                 min_ttl = Some(min_ttl.map_or(ttl, |m| m.min(ttl)));
@@ -244,6 +273,21 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    fn single(single: Single) -> SingleResult {
+        SingleResult { single, sent: 1 }
+    }
+
+    #[test]
+    fn datagram_bound_follows_hickory_retransmissions() {
+        // One server, answered at once: one UDP query (+1 reserved for a TCP retry).
+        assert_eq!(datagrams(1, Duration::from_millis(5)), 2);
+        // Timed out after 1 s: sends at 0, 333 and 666 ms.
+        assert_eq!(datagrams(1, Duration::from_secs(1)), 4);
+        // Never more than three UDP sends per server.
+        assert_eq!(datagrams(1, Duration::from_secs(30)), 4);
+        assert_eq!(datagrams(2, Duration::from_secs(30)), 7);
+    }
+
     fn v4(last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
@@ -270,11 +314,11 @@ mod tests {
     #[test]
     fn combine_sorts_dedups_and_keeps_min_ttl() {
         let outcome = combine(vec![
-            SingleResult(Single::Addrs(
+            single(Single::Addrs(
                 vec![v4(3), v4(1), v4(3)],
                 Duration::from_secs(30),
             )),
-            SingleResult(Single::Addrs(
+            single(Single::Addrs(
                 vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
                 Duration::from_secs(10),
             )),
@@ -291,8 +335,8 @@ mod tests {
     #[test]
     fn combine_ipv4_only_name_is_a_success() {
         let outcome = combine(vec![
-            SingleResult(Single::Addrs(vec![v4(1)], Duration::from_secs(600))),
-            SingleResult(Single::Empty("no AAAA record".into(), None)),
+            single(Single::Addrs(vec![v4(1)], Duration::from_secs(600))),
+            single(Single::Empty("no AAAA record".into(), None)),
         ]);
         assert!(matches!(outcome, Outcome::Addrs { .. }));
     }
@@ -300,8 +344,8 @@ mod tests {
     #[test]
     fn combine_any_failure_fails() {
         let outcome = combine(vec![
-            SingleResult(Single::Addrs(vec![v4(1)], Duration::from_secs(600))),
-            SingleResult(Single::Failed("AAAA query failed: timeout".into(), true)),
+            single(Single::Addrs(vec![v4(1)], Duration::from_secs(600))),
+            single(Single::Failed("AAAA query failed: timeout".into())),
         ]);
         assert!(matches!(outcome, Outcome::Failed { .. }));
     }
@@ -309,8 +353,8 @@ mod tests {
     #[test]
     fn combine_reports_nxdomain() {
         let outcome = combine(vec![
-            SingleResult(Single::Empty("no A record".into(), None)),
-            SingleResult(Single::Empty(
+            single(Single::Empty("no A record".into(), None)),
+            single(Single::Empty(
                 "no such name (NXDOMAIN)".into(),
                 Some(Duration::from_secs(5)),
             )),

@@ -66,22 +66,23 @@ impl Watcher {
         }
     }
 
-    /// A, then AAAA unless A already failed; each query waits for a token of the global budget.
+    /// A, then AAAA unless A already failed; each query waits for the global budget.
     async fn resolve(&self) -> Outcome {
         let mut results = Vec::with_capacity(2);
         for record_type in [RecordType::A, RecordType::AAAA] {
-            self.shared.bucket.acquire(1).await;
+            // Reserve every message this query may send (retransmissions, TCP retry), then
+            // give back what it did not send.
+            let reserved = self.shared.resolver.max_datagrams();
+            self.shared.bucket.acquire(reserved).await;
             self.shared.counters.queries.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
             let result = self
                 .shared
                 .resolver
                 .lookup(&self.query_name, record_type)
                 .await;
-            if result.timed_out() {
-                let extra = self.shared.resolver.retransmissions(started.elapsed());
-                self.shared.bucket.charge(extra);
-            }
+            self.shared
+                .bucket
+                .refund(reserved.saturating_sub(result.sent));
             let failed = result.failed();
             results.push(result);
             if failed {
