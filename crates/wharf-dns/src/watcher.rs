@@ -23,9 +23,20 @@ pub(crate) struct Watcher {
 impl Watcher {
     pub(crate) async fn run(self) {
         let mut state = NameState::default();
+        // Log a failure when it starts, not at every retry of a name that stays down.
+        let mut previous_error: Option<String> = None;
         loop {
             let outcome = self.resolve().await;
             let now = Instant::now();
+            let error = match &outcome {
+                Outcome::Addrs { .. } => None,
+                Outcome::Empty { error, .. } | Outcome::Failed { error } => Some(error.clone()),
+            };
+            let repeated = error.is_some() && error == previous_error;
+            if previous_error.is_some() && error.is_none() {
+                tracing::info!(name = %self.name, "DNS resolves again");
+            }
+            previous_error = error;
             match &outcome {
                 Outcome::Addrs { addrs, ttl } => {
                     tracing::debug!(name = %self.name, ?addrs, ?ttl, "resolved");
@@ -35,14 +46,18 @@ impl Watcher {
                         .counters
                         .empty_answers
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(name = %self.name, %error, "DNS answered no address");
+                    if !repeated {
+                        tracing::info!(name = %self.name, %error, "DNS answered no address");
+                    }
                 }
                 Outcome::Failed { error } => {
                     self.shared
                         .counters
                         .failures
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(name = %self.name, %error, "DNS resolution failed");
+                    if !repeated {
+                        tracing::warn!(name = %self.name, %error, "DNS resolution failed");
+                    }
                 }
             }
             let (answer, delay) = state.apply(outcome, now, &self.shared.settings);

@@ -189,8 +189,10 @@ async fn server_down_keeps_last_answer_for_hold_valid_then_empties() {
         emptied_after >= Duration::from_millis(800),
         "{emptied_after:?}"
     );
+    // The expiry has a timer of its own (it does not wait for the next query): it lands just
+    // after 800 ms; the slack is for a loaded machine.
     assert!(
-        emptied_after < Duration::from_millis(1300),
+        emptied_after < Duration::from_millis(1500),
         "{emptied_after:?}"
     );
     assert!(matches!(failed.state, AnswerState::Failed { .. }));
