@@ -26,7 +26,8 @@ use crate::bucket::TokenBucket;
 /// Settings of the provider: SPEC `[dns]` plus the safety bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsSettings {
-    /// Servers asked, in this order; UDP first, TCP when an answer is truncated.
+    /// Servers asked one at a time, the fastest-answering first (a server that times out is
+    /// demoted); UDP first, TCP when an answer is truncated.
     pub nameservers: Vec<SocketAddr>,
     /// Upper bound between two resolutions of a name; a shorter TTL shortens it.
     pub refresh: Duration,

@@ -256,9 +256,13 @@ fn options(settings: &DnsSettings) -> ResolverOpts {
     opts.timeout = settings.timeout;
     // The watcher retries on its own schedule, under the global budget.
     opts.attempts = 0;
-    // One server at a time, in the configured order: no parallel fan-out that multiplies queries.
+    // One server at a time: no parallel fan-out that multiplies queries.
     opts.num_concurrent_reqs = 1;
-    opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
+    // Fastest server first, by measured round-trip time; a timeout demotes a server. hickory's
+    // `timeout` covers all servers of one query together, so with `UserProvidedOrder` a silent
+    // first server would use it up on every query and the second would never be asked (see the
+    // test `a_silent_first_nameserver_does_not_hide_a_working_second_one`).
+    opts.server_ordering_strategy = ServerOrderingStrategy::QueryStatistics;
     // The refresh schedule is ours: a cached answer would hide a changed record.
     opts.cache_size = 0;
     opts.use_hosts_file = ResolveHosts::Never;

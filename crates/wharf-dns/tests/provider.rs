@@ -440,3 +440,29 @@ fn new_needs_a_runtime_and_valid_settings() {
         assert!(DnsProvider::new(defaults).is_ok());
     });
 }
+
+#[tokio::test]
+async fn a_silent_first_nameserver_does_not_hide_a_working_second_one() {
+    let silent = TestDns::start().await;
+    silent.set("multi.test", Zone::Silent);
+    let live = TestDns::start().await;
+    live.set("multi.test", Zone::v4(&[[10, 0, 0, 6]], 600));
+    let provider = DnsProvider::new(DnsSettings {
+        nameservers: vec![silent.addr, live.addr],
+        ..settings(&live)
+    })
+    .unwrap();
+    provider.set_names(names(&["multi.test"]));
+    let answer = wait_answer(
+        &provider,
+        "multi.test",
+        "an answer via the second server",
+        |a| a.state == AnswerState::Resolved,
+    )
+    .await;
+    assert_eq!(answer.addrs, vec![ip("10.0.0.6")]);
+    assert!(
+        silent.count("multi.test") >= 1,
+        "the first server was tried"
+    );
+}
