@@ -3,7 +3,7 @@
 //! DNS answer changes. Logging is by change: a problem is logged once when it
 //! appears, a swap as one diff line.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use wharf_admin::ConfigProblem;
 use wharf_config::{Config, DockerMode};
 use wharf_control::{Control, ControlMetrics, Inputs, Problem};
+use wharf_dns::{DnsProvider, DnsSettings};
 use wharf_docker::{DockerProvider, DockerSettings, ProviderState, Snapshot};
 
 const PROVIDERS: [&str; 3] = ["file", "docker", "dns"];
@@ -24,6 +25,8 @@ pub struct Reconciler {
     docker: Option<DockerProvider>,
     docker_snapshot: Option<Arc<Snapshot>>,
     dns: BTreeMap<String, Vec<IpAddr>>,
+    resolver: Option<(DnsProvider, tokio::sync::watch::Receiver<u64>)>,
+    dns_names: BTreeSet<String>,
     problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
     metrics: ControlMetrics,
     /// Messages logged already, so each is logged once while it lasts.
@@ -60,10 +63,29 @@ pub fn start_docker(cfg: &Config, cancel: &CancellationToken) -> Option<DockerPr
     ))
 }
 
+/// The DNS provider for `dns:` upstreams and dnsrr services. It sends nothing
+/// until a name is watched.
+pub fn start_dns(cfg: &Config) -> Option<DnsProvider> {
+    let settings = DnsSettings {
+        nameservers: cfg.dns.nameservers.clone(),
+        refresh: cfg.dns.refresh,
+        hold_valid: cfg.dns.hold_valid,
+        ..DnsSettings::default()
+    };
+    match DnsProvider::new(settings) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!("dns: the DNS provider cannot start ({e}); `dns:` upstreams get no backends");
+            None
+        }
+    }
+}
+
 impl Reconciler {
     pub fn new(
         config: Config,
         docker: Option<DockerProvider>,
+        dns: Option<DnsProvider>,
         problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
         metrics: ControlMetrics,
     ) -> Self {
@@ -73,6 +95,11 @@ impl Reconciler {
             docker,
             docker_snapshot: None,
             dns: BTreeMap::new(),
+            resolver: dns.map(|p| {
+                let rx = p.subscribe();
+                (p, rx)
+            }),
+            dns_names: BTreeSet::new(),
             problems,
             metrics,
             logged: HashSet::new(),
@@ -81,14 +108,26 @@ impl Reconciler {
 
     /// Waits until some provider has news. Never returns when none is running.
     pub async fn changed(&mut self) {
-        match self.docker.as_mut() {
-            Some(d) => {
-                tokio::select! {
-                    r = d.snapshots.changed() => if r.is_err() { std::future::pending::<()>().await },
-                    r = d.state.changed() => if r.is_err() { std::future::pending::<()>().await },
-                }
+        let docker = async {
+            match self.docker.as_mut() {
+                Some(d) => tokio::select! {
+                    r = d.snapshots.changed() => r.is_ok(),
+                    r = d.state.changed() => r.is_ok(),
+                },
+                None => false,
             }
-            None => std::future::pending().await,
+        };
+        let dns = async {
+            match self.resolver.as_mut() {
+                Some((_, rx)) => rx.changed().await.is_ok(),
+                None => false,
+            }
+        };
+        // A provider that has stopped never wakes the loop again.
+        tokio::select! {
+            true = docker => {}
+            true = dns => {}
+            else => std::future::pending().await,
         }
     }
 
@@ -96,6 +135,14 @@ impl Reconciler {
     pub fn apply(&mut self) {
         if let Some(d) = self.docker.as_mut() {
             self.docker_snapshot = d.snapshots.borrow_and_update().clone();
+        }
+        if let Some((p, rx)) = self.resolver.as_mut() {
+            rx.borrow_and_update();
+            self.dns = p
+                .answers()
+                .into_iter()
+                .map(|(name, a)| (name, a.addrs))
+                .collect();
         }
         let started = Instant::now();
         let report = self.control.apply_inputs(&Inputs {
@@ -114,6 +161,12 @@ impl Reconciler {
             );
         }
 
+        if let Some((p, _)) = &self.resolver {
+            if report.dns_names != self.dns_names {
+                self.dns_names = report.dns_names.clone();
+                p.set_names(self.dns_names.clone());
+            }
+        }
         let mut problems = report.problems;
         if let Some(d) = self.docker.as_mut() {
             if let ProviderState::Unreachable { error } = &*d.state.borrow_and_update() {

@@ -66,7 +66,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let docker = providers::start_docker(&cfg, &cancel);
-    let mut rec = Reconciler::new(cfg.clone(), docker, problems.clone(), metrics.clone());
+    let dns = providers::start_dns(&cfg);
+    let mut rec = Reconciler::new(cfg.clone(), docker, dns, problems.clone(), metrics.clone());
     let control = &rec.control;
     registry
         .register(Box::new(
