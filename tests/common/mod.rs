@@ -23,6 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+pub mod docker;
+
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A scratch directory removed on drop.
@@ -559,8 +561,9 @@ pub fn dead_addr() -> SocketAddr {
 
 /// A config header with one plain entrypoint `web` and the admin listener, both on
 /// port 0.
+/// Docker is off, so tests never see the engine's containers.
 pub fn base_config() -> String {
-    "[entrypoints.web]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n"
+    "[entrypoints.web]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[docker]\nmode = \"off\"\n\n"
         .to_string()
 }
 

@@ -1,0 +1,373 @@
+//! End-to-end tests of discovery against the machine's real Docker Engine:
+//! labelled containers on a user-defined bridge network (reached from the host),
+//! and swarm services on an attachable overlay network, where Wharf itself runs
+//! in a container on that network (the host has no route to overlay addresses).
+//! Every object is named with a unique prefix and removed on drop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::docker::{docker, poll_until, try_get, Engine};
+use common::*;
+
+fn docker_config(mode: &str, network: &str) -> String {
+    base_config().replace(
+        "[docker]\nmode = \"off\"\n",
+        &format!(
+            "[docker]\nmode = \"{mode}\"\nnetwork = \"{network}\"\npoll_interval = \"500ms\"\n"
+        ),
+    )
+}
+
+fn api(w: &Wharf, path: &str) -> serde_json::Value {
+    let r = get(w.admin, "admin", path);
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn errors_mention(w: &Wharf, needle: &str) -> bool {
+    api(w, "/api/errors").to_string().contains(needle)
+}
+
+/// Waits for a condition on Wharf's admin API (a readiness wait, not a sleep).
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
+    let e = Engine::new("ctr");
+    let net = e.bridge("net");
+    let image = e.backend_image();
+    let mut w = Wharf::start(&docker_config("containers", &net));
+    w.wait_log("docker: connected and listed").unwrap();
+    let web = w.ep("web");
+
+    // 1. `docker run` to the first routed 200.
+    let host = format!("{}.test", e.name("a"));
+    let t0 = Instant::now();
+    let a = e.run(
+        "a",
+        &[
+            "--network",
+            &net,
+            "--hostname",
+            "backend-a",
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={host}"),
+            &image,
+        ],
+    );
+    let (r, at) = poll_until(web, &host, "/cgi-bin/id", Duration::from_secs(10), |r| {
+        r.status == 200
+    })
+    .unwrap();
+    let elapsed = at - t0;
+    eprintln!("docker run -> first routed 200: {elapsed:?}");
+    assert_eq!(r.text().trim(), "backend-a");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+
+    // 2. A typo in another container's labels is an error for that container
+    //    alone, with a suggestion; the first keeps working.
+    let typo = e.run(
+        "typo",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.hots=typo.{host}"),
+            &image,
+        ],
+    );
+    wait_for("the typo in /api/errors", Duration::from_secs(10), || {
+        errors_mention(&w, &typo)
+    });
+    let errs = api(&w, "/api/errors").to_string();
+    assert!(errs.contains("wharf.hots"), "{errs}");
+    assert!(errs.contains("did you mean"), "{errs}");
+    assert_eq!(try_get(web, &host, "/").unwrap().status, 200);
+
+    // 3. A second container claiming the same host: an error naming both; the
+    //    first claimant keeps the host.
+    let b = e.run(
+        "b",
+        &[
+            "--network",
+            &net,
+            "--hostname",
+            "backend-b",
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={host}"),
+            &image,
+        ],
+    );
+    wait_for(
+        "the host conflict in /api/errors",
+        Duration::from_secs(10),
+        || errors_mention(&w, &format!("{b}@docker")),
+    );
+    let errs = api(&w, "/api/errors").to_string();
+    assert!(errs.contains(&format!("{a}@docker")), "{errs}");
+    for _ in 0..5 {
+        assert_eq!(
+            try_get(web, &host, "/cgi-bin/id").unwrap().text().trim(),
+            "backend-a"
+        );
+    }
+
+    // 4. The first claimant stops: the host moves to the other container.
+    docker(&["rm", "-f", &a]);
+    poll_until(web, &host, "/cgi-bin/id", Duration::from_secs(10), |r| {
+        r.text().trim() == "backend-b"
+    })
+    .unwrap();
+
+    // The swap was logged as a one-line diff.
+    assert!(w.logs().iter().any(|l| l["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("removed: ") && m.contains(&a))));
+}
+
+#[test]
+fn unhealthy_container_is_drained_and_answers_503() {
+    let e = Engine::new("health");
+    let net = e.bridge("net");
+    let image = e.backend_image();
+    let w = Wharf::start(&docker_config("containers", &net));
+    let web = w.ep("web");
+    let host = format!("{}.test", e.name("h"));
+    // Healthy while /www/ok exists; the test removes it.
+    let c = e.run(
+        "h",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={host}"),
+            "--health-cmd",
+            "/bin/busybox test -e /www/index.html",
+            "--health-interval",
+            "300ms",
+            "--health-retries",
+            "1",
+            &image,
+        ],
+    );
+    poll_until(web, &host, "/", Duration::from_secs(10), |r| {
+        r.status == 200
+    })
+    .unwrap();
+    docker(&["exec", &c, "/bin/busybox", "rm", "/www/index.html"]);
+    let (r, _) = poll_until(web, &host, "/", Duration::from_secs(15), |r| {
+        r.status == 503
+    })
+    .unwrap();
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let routes = api(&w, "/api/routes").to_string();
+    assert!(routes.contains("draining"), "{routes}");
+}
+
+#[test]
+fn unreachable_docker_keeps_file_routes_and_says_so() {
+    let b = Backend::start("file");
+    let cfg = base_config().replace(
+        "[docker]\nmode = \"off\"\n",
+        "[docker]\nmode = \"containers\"\nendpoint = \"unix:///nonexistent/docker.sock\"\n",
+    ) + &route("file.test", "/", &[b.addr], "");
+    let mut w = Wharf::start(&cfg);
+    w.wait_log("docker: unreachable").unwrap();
+    assert_eq!(get(w.ep("web"), "file.test", "/").status, 200);
+    wait_for(
+        "the docker error in /api/errors",
+        Duration::from_secs(5),
+        || errors_mention(&w, "unreachable"),
+    );
+    let n = w
+        .logs()
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("docker: unreachable"))
+        })
+        .count();
+    assert_eq!(n, 1, "the state change is logged once");
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "wharf is still running"
+    );
+}
+
+/// Swarm: services created, scaled, relabelled, emptied and removed, plus a
+/// dnsrr service, with Wharf in a container on the overlay network.
+#[test]
+fn swarm_services_follow_create_scale_labels_and_dnsrr() {
+    let e = Engine::new("swarm");
+    if let Err(err) = e.ensure_swarm() {
+        panic!("docker swarm init failed on this engine: {err}");
+    }
+    let net = e.overlay("net");
+    let backend = e.backend_image();
+    let wharf = e.wharf_image();
+    let cfg_dir = e.dir().join("etc");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    std::fs::write(
+        cfg_dir.join("wharf.toml"),
+        format!(
+            "[entrypoints.web]\naddress = \"0.0.0.0:8080\"\n\n[admin]\naddress = \"0.0.0.0:8082\"\n\n\
+             [docker]\nmode = \"swarm\"\nnetwork = \"{net}\"\npoll_interval = \"500ms\"\n\n\
+             [dns]\nrefresh = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let proxy = e.run(
+        "proxy",
+        &[
+            "--network",
+            &net,
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &format!("{}:/etc/wharf:ro", cfg_dir.display()),
+            "-p",
+            "127.0.0.1::8080",
+            "-p",
+            "127.0.0.1::8082",
+            "-e",
+            "WHARF_LOG=info",
+            &wharf,
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            "/etc/wharf/wharf.toml",
+        ],
+    );
+    let web = e.published(&proxy, 8080);
+    let admin = e.published(&proxy, 8082);
+    let logs = || docker(&["logs", &proxy]);
+    poll_until(admin, "admin", "/ping", Duration::from_secs(20), |r| {
+        r.status == 200
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
+    let api = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&try_get(admin, "admin", path).unwrap().body).unwrap()
+    };
+
+    // Create → first 200.
+    let host = format!("{}.test", e.name("s"));
+    let t0 = Instant::now();
+    let svc = e.service(
+        "s",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={host}"),
+            &backend,
+        ],
+    );
+    let (_, at) = poll_until(web, &host, "/", Duration::from_secs(30), |r| {
+        r.status == 200
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
+    eprintln!("docker service create -> first routed 200: {:?}", at - t0);
+
+    // Scale → every task is a backend, and requests reach several of them.
+    let t1 = Instant::now();
+    docker(&["service", "scale", "-d", &format!("{svc}=3")]);
+    let backends = |api: &dyn Fn(&str) -> serde_json::Value| -> usize {
+        api("/api/routes")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["hosts"].to_string().contains(&host))
+            .map(|r| r["backends"].as_array().map_or(0, |b| b.len()))
+            .sum()
+    };
+    wait_for("3 backends", Duration::from_secs(30), || {
+        backends(&api) == 3
+    });
+    eprintln!(
+        "docker service scale 1->3 -> 3 backends: {:?}",
+        t1.elapsed()
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(try_get(web, &host, "/cgi-bin/id").unwrap().text());
+    }
+    assert!(seen.len() >= 2, "requests reached {seen:?}");
+
+    // Invalid new labels: an error, and the last good routes stay.
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        "wharf.port=eighty",
+        &svc,
+    ]);
+    wait_for("the label error", Duration::from_secs(30), || {
+        api("/api/errors").to_string().contains("wharf.port")
+    });
+    assert_eq!(try_get(web, &host, "/").unwrap().status, 200);
+    docker(&["service", "update", "-d", "--label-rm", "wharf.port", &svc]);
+
+    // Between tasks: 503 with Retry-After, not 404.
+    docker(&["service", "scale", "-d", &format!("{svc}=0")]);
+    let (r, _) = poll_until(web, &host, "/", Duration::from_secs(30), |r| {
+        r.status == 503
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
+    assert!(r.header("retry-after").is_some());
+
+    // dnsrr: tasks found through Docker's DNS (tasks.<service>).
+    let dhost = format!("{}.test", e.name("d"));
+    let t2 = Instant::now();
+    e.service(
+        "d",
+        &[
+            "--network",
+            &net,
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            "2",
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={dhost}"),
+            &backend,
+        ],
+    );
+    poll_until(web, &dhost, "/", Duration::from_secs(30), |r| {
+        r.status == 200
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
+    eprintln!(
+        "dnsrr service create -> first routed 200: {:?}",
+        t2.elapsed()
+    );
+
+    // Removed → 404.
+    docker(&["service", "rm", &svc]);
+    poll_until(web, &host, "/", Duration::from_secs(30), |r| {
+        r.status == 404
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
+}
