@@ -1132,7 +1132,9 @@ mod tests {
 
     #[test]
     fn v2_rules() {
-        let cases: &[(&str, &[(&[&str], &str)])] = &[
+        // (rule, [(hosts, path) of each route])
+        type Case<'a> = (&'a str, &'a [(&'a [&'a str], &'a str)]);
+        let cases: &[Case] = &[
             ("Host(`a.example.org`)", &[(&["a.example.org"], "/")]),
             (
                 "Host(`a.example.org`, `b.example.org`)",
