@@ -3,8 +3,9 @@
 //! route keys `wharf.*` labels give, validated by the same `route::parse_route`.
 //!
 //! What Traefik means is kept where Wharf can express it (a rule's hosts and path
-//! prefix, TLS per router, a ratelimit's `average` per `period`, no HSTS unless a
-//! headers middleware sets it, health checks with GET every 30s); anything else is
+//! prefix, routers with one rule merged into one route, a ratelimit's `average`
+//! per `period`, no HSTS unless a headers middleware sets it, health checks with
+//! GET every 30s); anything else is
 //! a Warning naming the key, or an Error when routing would differ (a rule matcher
 //! Wharf cannot evaluate). Nothing is dropped silently. docs/labels.md has the table.
 
@@ -421,15 +422,16 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
         }
         let any_tls = g.iter().any(|p| p.tls);
         let any_plain = g.iter().any(|p| !p.tls);
+        // A router without `tls` may still be HTTPS in Traefik (TLS set on its
+        // entrypoint, which labels do not show), so it keeps Wharf's default of TLS
+        // with a redirect; only a plain router beside a TLS one with the same rule
+        // and no redirect says "serve plain HTTP too".
         match (&fx.redirect, any_tls) {
-            // A redirect to https implies the https side exists.
             (Some(r), _) => pairs.push(r.clone()),
-            (None, false) => pairs.push(Pair::new("tls", first.rule.written, "none")),
-            // Traefik serves both a plain and a TLS router when nothing redirects.
             (None, true) if any_plain => {
                 pairs.push(Pair::new("https_redirect", first.rule.written, "false"))
             }
-            (None, true) => {}
+            _ => {}
         }
         if g.iter().all(|p| p.entrypoints.is_some()) {
             let mut eps: Vec<String> = Vec::new();
@@ -1336,8 +1338,18 @@ mod tests {
 
     #[test]
     fn v2_tls_per_router() {
-        // No TLS router: plain HTTP only, as Traefik would serve it.
+        // No TLS router: TLS may come from Traefik's entrypoint, so Wharf's default.
         let r = run(&[("traefik.http.routers.a.rule", "Host(`a.org`)")], &[80]);
+        assert_eq!(r.routes[0].tls, TlsMode::Acme);
+        assert!(r.routes[0].https_redirect);
+        // ... which a service-level wharf.tls overrides.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("wharf.tls", "none"),
+            ],
+            &[80],
+        );
         assert_eq!(r.routes[0].tls, TlsMode::None);
         // TLS only: Wharf's default redirect from plain HTTP.
         let r = run(
