@@ -630,6 +630,9 @@ fn middleware_effects(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
 /// `average` per `period` as `N/s`, `N/m` or `N/h` when exact; else `1/s` and false.
 fn rate_text(average: u64, period: Duration) -> (String, bool) {
     let ms = period.as_millis();
+    if ms == 0 {
+        return ("1/s".into(), false);
+    }
     for (unit, per) in [("s", 1_000u128), ("m", 60_000), ("h", 3_600_000)] {
         let num = u128::from(average) * per;
         if num % ms == 0 {
@@ -1409,6 +1412,7 @@ mod tests {
         assert!((rl("10", Some("3s")).unwrap().per_second - 10.0 / 3.0).abs() < 1e-9);
         assert_eq!(rl("5", Some("7")).unwrap().per_second, 5.0 / 7.0 * 1.0);
         assert_eq!(rl("0", None), None, "average 0 means no limit");
+        assert_eq!(rl("1", Some("100us")).unwrap().per_second, 10_000.0);
         let r = run(
             &[
                 ("traefik.http.routers.a.rule", "Host(`a.org`)"),
@@ -1600,6 +1604,55 @@ mod tests {
         assert!(!r.has_errors(), "{:#?}", r.problems);
         assert_eq!(r.routes[0].sticky.kind, StickyType::Source);
         assert_eq!(r.routes[0].hsts.max_age, 600);
+    }
+
+    #[test]
+    fn random_rules_never_panic() {
+        // Rules stitched from the grammar's pieces, some valid, most not: each must
+        // parse or be refused, never panic or expand past the term limit.
+        const PIECES: &[&str] = &[
+            "Host(`a.org`)",
+            "Host(`b.org`,`c.org`)",
+            "PathPrefix(`/x`)",
+            "PathPrefix(`/x/y`)",
+            "&&",
+            "||",
+            "(",
+            ")",
+            "!",
+            "Host(",
+            "`",
+            "\"",
+            ",",
+            "HostRegexp(`.*`)",
+            " ",
+            "é",
+            "&",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..5000 {
+            let mut rule = String::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                rule.push_str(PIECES[(seed % PIECES.len() as u64) as usize]);
+            }
+            seed = seed.wrapping_add(1);
+            match parse_v2_rule(&rule) {
+                Ok(t) => {
+                    assert!(!t.is_empty() && t.len() <= MAX_TERMS, "{rule}");
+                    ok += 1;
+                }
+                Err(m) => {
+                    assert!(!m.is_empty());
+                    err += 1;
+                }
+            }
+            let _ = parse_v1_rule(&rule, &mut |_| {});
+        }
+        assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
     }
 
     #[test]
