@@ -155,7 +155,8 @@ impl Pair {
 pub(crate) struct Draft {
     pub name: String,
     pub pairs: Vec<Pair>,
-    /// Label prefix used to name a key that is missing (`wharf.`, `wharf.routes.api.`).
+    /// Label prefix used to name a key that is missing (`wharf.`, `wharf.routes.api.`;
+    /// `wharf.` for Traefik routes, which service-level wharf.* labels refine).
     pub prefix: String,
     /// The label that would set the backend port, named when it is required.
     pub port_label: String,
@@ -504,6 +505,14 @@ fn add_pair(
             l,
             "not a label: a labelled service's backends are its Docker tasks (pick the port \
              with wharf.port); static and dns: upstreams belong in [[routes]] of the config file",
+        );
+        return;
+    }
+    if canon == "name" {
+        pr.error(
+            l,
+            "not a label: labelled routes are named after their service \
+             (`<service>`, `<service>/<route>`)",
         );
         return;
     }
@@ -1034,7 +1043,11 @@ pub(crate) mod tests {
         assert_eq!(e.len(), 2);
         let up = e.iter().find(|p| p.label == "wharf.upstream").unwrap();
         assert!(up.message.contains("[[routes]]"), "{e:#?}");
-        assert!(e.iter().any(|p| p.label == "wharf.name"));
+        let name = e.iter().find(|p| p.label == "wharf.name").unwrap();
+        assert!(
+            name.message.contains("named after their service"),
+            "{name:?}"
+        );
     }
 
     #[test]

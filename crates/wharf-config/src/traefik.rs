@@ -242,7 +242,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                             service.to_string()
                         },
                         pairs,
-                        prefix: "traefik.".into(),
+                        prefix: "wharf.".into(),
                         port_label: "traefik.port".into(),
                         rate_override: None,
                     });
@@ -459,7 +459,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
         drafts.push(Draft {
             name,
             pairs,
-            prefix: "traefik.".into(),
+            prefix: "wharf.".into(),
             port_label: format!("traefik.http.services.{svc_name}.loadbalancer.server.port"),
             rate_override: fx.rate_override,
         });
