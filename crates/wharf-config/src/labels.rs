@@ -309,6 +309,8 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
             add_pair(&mut service_pairs, rest, l, false, "wharf.", &mut pr);
         }
     }
+    // A route whose every key was refused is already reported; it is no route.
+    named.retain(|_, (_, pairs)| !pairs.is_empty());
     let has_host = |pairs: &[Pair]| pairs.iter().any(|p| group_alias(&p.key) == "host");
     let wharf_routes = has_host(&service_pairs) || !named.is_empty();
 
@@ -832,10 +834,18 @@ pub(crate) mod tests {
             &[80],
         );
         let e = errors(&r);
-        let t = e
-            .iter()
-            .find(|p| p.label == "wharf.routes.api.hots")
-            .unwrap();
+        assert_eq!(e.len(), 1, "only the typo, not a consequence of it: {e:#?}");
+        let t = e[0];
+        assert_eq!(t.label, "wharf.routes.api.hots");
+        let r2 = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.routes.api.hots", "a.example.org"),
+            ],
+            &[80],
+        );
+        assert_eq!(errors(&r2).len(), 1, "{:#?}", r2.problems);
         assert!(
             t.message.contains("did you mean `wharf.routes.api.host`?"),
             "{t:?}"
