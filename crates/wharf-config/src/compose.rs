@@ -244,12 +244,27 @@ impl CheckReport {
     }
 }
 
+struct Claim {
+    file: String,
+    service: String,
+    entrypoints: Option<Vec<String>>,
+}
+
+/// Two routes meet on some entrypoint (`None` = every entrypoint). The same host
+/// and path on disjoint entrypoints is no conflict, as for file routes.
+pub(crate) fn overlap(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|e| b.contains(e)),
+        _ => true,
+    }
+}
+
 /// Checks compose files `(origin, text)` together, as one Wharf would see their
 /// services: each service's labels, then host and path claims across all of them.
 pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
     let mut report = CheckReport::default();
-    // (host, path) → (file, service) of the first claim.
-    let mut claims: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    // (host, path) → (file, service, entrypoints) of each claim kept.
+    let mut claims: BTreeMap<(String, String), Vec<Claim>> = BTreeMap::new();
     for (origin, text) in files {
         let services = match parse(text) {
             Ok(s) => s,
@@ -280,8 +295,16 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
                 for (route, (label, value)) in r.routes.iter().zip(&r.host_labels) {
                     for host in &route.hosts {
                         let key = (host.clone(), route.path.clone());
-                        match claims.get(&key) {
-                            Some((f, s)) => {
+                        let eps = &route.entrypoints;
+                        let first = claims
+                            .get(&key)
+                            .and_then(|c| c.iter().find(|c| overlap(&c.entrypoints, eps)));
+                        match first {
+                            Some(Claim {
+                                file: f,
+                                service: s,
+                                ..
+                            }) => {
                                 conflict = true;
                                 problems.push(LabelProblem {
                                     service: svc.name.clone(),
@@ -295,14 +318,18 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
                                     severity: Severity::Error,
                                 })
                             }
-                            None => mine.push(key),
+                            None => mine.push((key, eps.clone())),
                         }
                     }
                 }
                 // A rejected service claims nothing: the first claimant keeps its hosts.
                 if !conflict {
-                    for key in mine {
-                        claims.insert(key, (origin.clone(), svc.name.clone()));
+                    for (key, entrypoints) in mine {
+                        claims.entry(key).or_default().push(Claim {
+                            file: origin.clone(),
+                            service: svc.name.clone(),
+                            entrypoints,
+                        });
                     }
                     report.routes += r.routes.len();
                 }
@@ -407,6 +434,23 @@ services:
         );
         // `two` was rejected, so `three` may have y.org.
         assert_eq!((r.services, r.routes), (3, 2));
+    }
+
+    #[test]
+    fn disjoint_entrypoints_do_not_conflict() {
+        let svc = |name: &str, eps: &str| {
+            format!("  {name}:\n    expose: [80]\n    labels: {{wharf.enable: true, wharf.host: x.org, wharf.entrypoints: \"{eps}\"}}\n")
+        };
+        let text = format!(
+            "services:\n{}{}{}",
+            svc("public", "websecure"),
+            svc("internal", "internal"),
+            svc("both", "internal,other")
+        );
+        let r = check(&[("s.yml".into(), text)], &LabelOptions::default());
+        assert_eq!(r.lines.len(), 1, "{:#?}", r.lines);
+        assert!(r.lines[0].text.contains("service both"));
+        assert!(r.lines[0].text.contains("claimed by service internal"));
     }
 
     #[test]

@@ -454,7 +454,7 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
         for j in 0..i {
             let (a, (label, value)) = &routes[i];
             let b = &routes[j].0;
-            if a.path != b.path {
+            if a.path != b.path || !crate::compose::overlap(&a.entrypoints, &b.entrypoints) {
                 continue;
             }
             if let Some(h) = a.hosts.iter().find(|h| b.hosts.contains(h)) {
