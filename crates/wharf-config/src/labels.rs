@@ -357,14 +357,31 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
     }
 
     if drafts.is_empty() && !pr.has_errors() {
-        let explicit = any_wharf_key
-            || wharf.iter().any(|l| l.key == "wharf.enable")
-            || !traefik_labels.is_empty();
-        let (severity, message) = if explicit {
+        let non_http = |k: &str| {
+            k.starts_with("traefik.tcp.") || k.starts_with("traefik.udp.") || k == "traefik.enable"
+        };
+        let traefik_http = traefik_labels.iter().any(|l| !non_http(&l.key));
+        let traefik_other = traefik_labels
+            .iter()
+            .any(|l| l.key.starts_with("traefik.tcp.") || l.key.starts_with("traefik.udp."));
+        let explicit = any_wharf_key || wharf.iter().any(|l| l.key == "wharf.enable");
+        let (severity, message) = if explicit || traefik_http {
             (
                 Severity::Error,
                 "required: the host name(s) this service answers (or a Traefik rule, \
                  `traefik.http.routers.<name>.rule`)",
+            )
+        } else if traefik_other {
+            // A TCP/UDP service routed by Traefik: not Wharf's business, not a mistake.
+            (
+                Severity::Warning,
+                "only Traefik TCP/UDP routing, which Wharf does not serve (HTTP only): not routed",
+            )
+        } else if !traefik_labels.is_empty() {
+            (
+                Severity::Error,
+                "required: traefik.enable=true alone routes nothing in Wharf (Traefik's \
+                 defaultRule is not supported); set wharf.host or a Traefik rule",
             )
         } else {
             (

@@ -1554,6 +1554,18 @@ mod tests {
         // traefik.enable=true but no rule (Traefik's defaultRule): an error.
         let r = run(&[("traefik.enable", "true")], &[80]);
         assert_eq!(errors(&r)[0].label, "wharf.host");
+        assert!(errors(&r)[0].message.contains("defaultRule"));
+        // Only TCP routing: Wharf does not serve it, and that is no mistake.
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.tcp.routers.db.rule", "HostSNI(`*`)"),
+            ],
+            &[5432],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert!(warnings(&r).iter().any(|p| p.message.contains("TCP/UDP")));
+        assert!(r.routes.is_empty());
         let r = run(
             &[
                 ("traefik.enable", "true"),
