@@ -90,7 +90,8 @@ impl fmt::Display for LabelProblem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRoutes {
     /// Whether the service is exposed at all. A service that is not yields no
-    /// routes and no problems (except a malformed `wharf.enable`/`traefik.enable`).
+    /// routes and no problems. A malformed `wharf.enable`/`traefik.enable` counts as
+    /// enabled, with an Error, so that the caller keeps the last good routes.
     pub enabled: bool,
     /// The routes, each with `Upstream::Provided` and a port. Empty when
     /// [`has_errors`](Self::has_errors).
@@ -249,28 +250,30 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
         }
     }
 
-    let disabled = |problems| ServiceRoutes {
-        enabled: false,
+    let no_routes = |enabled, problems| ServiceRoutes {
+        enabled,
         routes: Vec::new(),
         host_labels: Vec::new(),
         problems,
     };
+    // A malformed enable label says neither yes nor no: report `enabled` with the
+    // error, so that the caller keeps the last good routes rather than dropping them.
     let enabled = match wharf.iter().find(|l| l.key == "wharf.enable") {
         Some(l) => match values::boolean(l.value) {
             Ok(b) => b,
             Err(m) => {
                 pr.error(l, m);
-                return disabled(pr.list);
+                return no_routes(true, pr.list);
             }
         },
         None => match traefik::enabled(&traefik_labels, &mut pr) {
             Some(Ok(b)) => b,
-            Some(Err(())) => return disabled(pr.list),
+            Some(Err(())) => return no_routes(true, pr.list),
             None => opts.exposed_by_default,
         },
     };
     if !enabled {
-        return disabled(Vec::new());
+        return no_routes(false, Vec::new());
     }
     for (l, m) in &dups {
         pr.error(l, m.clone());
@@ -1026,7 +1029,8 @@ pub(crate) mod tests {
             &[("wharf.enable", "yes"), ("wharf.host", "a.example.org")],
             &[80],
         );
-        assert!(!r.enabled && r.has_errors());
+        // Enabled-with-an-error: the caller keeps the last good routes.
+        assert!(r.enabled && r.has_errors() && r.routes.is_empty());
         assert_eq!(errors(&r)[0].label, "wharf.enable");
         assert_eq!(errors(&r)[0].value, "yes");
 

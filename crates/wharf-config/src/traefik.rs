@@ -1715,7 +1715,7 @@ mod tests {
             ],
             &[80],
         );
-        assert!(!r.enabled);
+        assert!(r.enabled && r.has_errors() && r.routes.is_empty());
         assert_eq!(errors(&r)[0].label, "traefik.enable");
         // traefik_labels = false: Traefik labels mean nothing.
         let off = LabelOptions {
