@@ -244,12 +244,27 @@ impl CheckReport {
     }
 }
 
+struct Claim {
+    file: String,
+    service: String,
+    entrypoints: Option<Vec<String>>,
+}
+
+/// Two routes meet on some entrypoint (`None` = every entrypoint). The same host
+/// and path on disjoint entrypoints is no conflict, as for file routes.
+pub(crate) fn overlap(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|e| b.contains(e)),
+        _ => true,
+    }
+}
+
 /// Checks compose files `(origin, text)` together, as one Wharf would see their
 /// services: each service's labels, then host and path claims across all of them.
 pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
     let mut report = CheckReport::default();
-    // (host, path) → (file, service) of the first claim.
-    let mut claims: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    // (host, path) → (file, service, entrypoints) of each claim kept.
+    let mut claims: BTreeMap<(String, String), Vec<Claim>> = BTreeMap::new();
     for (origin, text) in files {
         let services = match parse(text) {
             Ok(s) => s,
@@ -280,8 +295,16 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
                 for (route, (label, value)) in r.routes.iter().zip(&r.host_labels) {
                     for host in &route.hosts {
                         let key = (host.clone(), route.path.clone());
-                        match claims.get(&key) {
-                            Some((f, s)) => {
+                        let eps = &route.entrypoints;
+                        let first = claims
+                            .get(&key)
+                            .and_then(|c| c.iter().find(|c| overlap(&c.entrypoints, eps)));
+                        match first {
+                            Some(Claim {
+                                file: f,
+                                service: s,
+                                ..
+                            }) => {
                                 conflict = true;
                                 problems.push(LabelProblem {
                                     service: svc.name.clone(),
@@ -295,14 +318,18 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
                                     severity: Severity::Error,
                                 })
                             }
-                            None => mine.push(key),
+                            None => mine.push((key, eps.clone())),
                         }
                     }
                 }
                 // A rejected service claims nothing: the first claimant keeps its hosts.
                 if !conflict {
-                    for key in mine {
-                        claims.insert(key, (origin.clone(), svc.name.clone()));
+                    for (key, entrypoints) in mine {
+                        claims.entry(key).or_default().push(Claim {
+                            file: origin.clone(),
+                            service: svc.name.clone(),
+                            entrypoints,
+                        });
                     }
                     report.routes += r.routes.len();
                 }
@@ -316,4 +343,123 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STACK: &str = r#"
+version: "3.8"
+x-common: &common
+  image: example/app
+services:
+  web:
+    <<: *common
+    expose: ["8080", 9000-9001/udp]
+    ports:
+      - "80"
+      - "127.0.0.1:8443:443/tcp"
+      - "[::1]:5353:53/udp"
+      - target: 7000
+        published: 17000
+      - target: 7001
+        protocol: udp
+    deploy:
+      labels:
+        wharf.enable: "true"
+        wharf.host: web.example.org
+        wharf.port: 8080
+    labels:
+      - "wharf.host=old.example.org"
+      - "other"
+  api:
+    image: example/api
+    labels:
+      wharf.enable: true
+      wharf.host: api.example.org
+  db:
+    image: postgres
+"#;
+
+    #[test]
+    fn reads_services_labels_and_ports() {
+        let s = parse(STACK).unwrap();
+        let names: Vec<_> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "api", "db"]);
+        let web = &s[0];
+        assert_eq!(web.exposed_ports, vec![8080, 80, 443, 7000]);
+        assert_eq!(
+            web.labels["wharf.host"], "web.example.org",
+            "deploy.labels wins"
+        );
+        assert_eq!(web.labels["wharf.port"], "8080");
+        assert_eq!(web.labels["other"], "");
+        assert_eq!(web.problems.len(), 1);
+        assert_eq!(web.problems[0].severity, Severity::Warning);
+        assert_eq!(web.problems[0].label, "wharf.host");
+        assert!(web.problems[0].message.contains("old.example.org"));
+        assert_eq!(
+            s[1].labels["wharf.enable"], "true",
+            "YAML booleans become text"
+        );
+        assert!(s[2].labels.is_empty());
+    }
+
+    #[test]
+    fn shape_errors() {
+        assert!(parse("").unwrap_err().message.contains("services"));
+        assert!(parse("services: [a]").is_err());
+        let e = parse("services:\n  a:\n    labels: [\n").unwrap_err();
+        assert!(e.line.is_some(), "{e:?}");
+        let s = parse("services:\n  a:\n    labels: 5\n    ports: [\"x:y\", 0, \"1-99999\"]\n")
+            .unwrap();
+        assert_eq!(s[0].problems.len(), 4, "{:#?}", s[0].problems);
+    }
+
+    #[test]
+    fn a_host_claimed_twice_keeps_the_first() {
+        let a = "services:\n  one:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: x.org}\n";
+        let b = "services:\n  two:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: \"y.org,x.org\"}\n  three:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: y.org}\n";
+        let r = check(
+            &[("a.yml".into(), a.into()), ("b.yml".into(), b.into())],
+            &LabelOptions::default(),
+        );
+        assert!(r.has_errors());
+        assert_eq!(r.lines.len(), 1, "{:#?}", r.lines);
+        assert_eq!(
+            r.lines[0].text,
+            "b.yml: service two: wharf.host=\"y.org,x.org\": host `x.org` with path `/` is \
+             already claimed by service one (a.yml), which keeps it"
+        );
+        // `two` was rejected, so `three` may have y.org.
+        assert_eq!((r.services, r.routes), (3, 2));
+    }
+
+    #[test]
+    fn disjoint_entrypoints_do_not_conflict() {
+        let svc = |name: &str, eps: &str| {
+            format!("  {name}:\n    expose: [80]\n    labels: {{wharf.enable: true, wharf.host: x.org, wharf.entrypoints: \"{eps}\"}}\n")
+        };
+        let text = format!(
+            "services:\n{}{}{}",
+            svc("public", "websecure"),
+            svc("internal", "internal"),
+            svc("both", "internal,other")
+        );
+        let r = check(&[("s.yml".into(), text)], &LabelOptions::default());
+        assert_eq!(r.lines.len(), 1, "{:#?}", r.lines);
+        assert!(r.lines[0].text.contains("service both"));
+        assert!(r.lines[0].text.contains("claimed by service internal"));
+    }
+
+    #[test]
+    fn a_syntax_error_names_file_and_line() {
+        let r = check(
+            &[("s.yml".into(), "services:\n  a:\n    labels: [\n".into())],
+            &LabelOptions::default(),
+        );
+        assert!(r.has_errors());
+        assert!(r.lines[0].text.starts_with("s.yml:4: "), "{:?}", r.lines);
+    }
 }

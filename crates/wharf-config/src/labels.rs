@@ -90,7 +90,8 @@ impl fmt::Display for LabelProblem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRoutes {
     /// Whether the service is exposed at all. A service that is not yields no
-    /// routes and no problems (except a malformed `wharf.enable`/`traefik.enable`).
+    /// routes and no problems. A malformed `wharf.enable`/`traefik.enable` counts as
+    /// enabled, with an Error, so that the caller keeps the last good routes.
     pub enabled: bool,
     /// The routes, each with `Upstream::Provided` and a port. Empty when
     /// [`has_errors`](Self::has_errors).
@@ -155,7 +156,8 @@ impl Pair {
 pub(crate) struct Draft {
     pub name: String,
     pub pairs: Vec<Pair>,
-    /// Label prefix used to name a key that is missing (`wharf.`, `wharf.routes.api.`).
+    /// Label prefix used to name a key that is missing (`wharf.`, `wharf.routes.api.`;
+    /// `wharf.` for Traefik routes, which service-level wharf.* labels refine).
     pub prefix: String,
     /// The label that would set the backend port, named when it is required.
     pub port_label: String,
@@ -248,28 +250,30 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
         }
     }
 
-    let disabled = |problems| ServiceRoutes {
-        enabled: false,
+    let no_routes = |enabled, problems| ServiceRoutes {
+        enabled,
         routes: Vec::new(),
         host_labels: Vec::new(),
         problems,
     };
+    // A malformed enable label says neither yes nor no: report `enabled` with the
+    // error, so that the caller keeps the last good routes rather than dropping them.
     let enabled = match wharf.iter().find(|l| l.key == "wharf.enable") {
         Some(l) => match values::boolean(l.value) {
             Ok(b) => b,
             Err(m) => {
                 pr.error(l, m);
-                return disabled(pr.list);
+                return no_routes(true, pr.list);
             }
         },
         None => match traefik::enabled(&traefik_labels, &mut pr) {
             Some(Ok(b)) => b,
-            Some(Err(())) => return disabled(pr.list),
+            Some(Err(())) => return no_routes(true, pr.list),
             None => opts.exposed_by_default,
         },
     };
     if !enabled {
-        return disabled(Vec::new());
+        return no_routes(false, Vec::new());
     }
     for (l, m) in &dups {
         pr.error(l, m.clone());
@@ -308,6 +312,8 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
             add_pair(&mut service_pairs, rest, l, false, "wharf.", &mut pr);
         }
     }
+    // A route whose every key was refused is already reported; it is no route.
+    named.retain(|_, (_, pairs)| !pairs.is_empty());
     let has_host = |pairs: &[Pair]| pairs.iter().any(|p| group_alias(&p.key) == "host");
     let wharf_routes = has_host(&service_pairs) || !named.is_empty();
 
@@ -354,14 +360,31 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
     }
 
     if drafts.is_empty() && !pr.has_errors() {
-        let explicit = any_wharf_key
-            || wharf.iter().any(|l| l.key == "wharf.enable")
-            || !traefik_labels.is_empty();
-        let (severity, message) = if explicit {
+        let non_http = |k: &str| {
+            k.starts_with("traefik.tcp.") || k.starts_with("traefik.udp.") || k == "traefik.enable"
+        };
+        let traefik_http = traefik_labels.iter().any(|l| !non_http(&l.key));
+        let traefik_other = traefik_labels
+            .iter()
+            .any(|l| l.key.starts_with("traefik.tcp.") || l.key.starts_with("traefik.udp."));
+        let explicit = any_wharf_key || wharf.iter().any(|l| l.key == "wharf.enable");
+        let (severity, message) = if explicit || traefik_http {
             (
                 Severity::Error,
                 "required: the host name(s) this service answers (or a Traefik rule, \
                  `traefik.http.routers.<name>.rule`)",
+            )
+        } else if traefik_other {
+            // A TCP/UDP service routed by Traefik: not Wharf's business, not a mistake.
+            (
+                Severity::Warning,
+                "only Traefik TCP/UDP routing, which Wharf does not serve (HTTP only): not routed",
+            )
+        } else if !traefik_labels.is_empty() {
+            (
+                Severity::Error,
+                "required: traefik.enable=true alone routes nothing in Wharf (Traefik's \
+                 defaultRule is not supported); set wharf.host or a Traefik rule",
             )
         } else {
             (
@@ -451,7 +474,7 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
         for j in 0..i {
             let (a, (label, value)) = &routes[i];
             let b = &routes[j].0;
-            if a.path != b.path {
+            if a.path != b.path || !crate::compose::overlap(&a.entrypoints, &b.entrypoints) {
                 continue;
             }
             if let Some(h) = a.hosts.iter().find(|h| b.hosts.contains(h)) {
@@ -504,6 +527,14 @@ fn add_pair(
             l,
             "not a label: a labelled service's backends are its Docker tasks (pick the port \
              with wharf.port); static and dns: upstreams belong in [[routes]] of the config file",
+        );
+        return;
+    }
+    if canon == "name" {
+        pr.error(
+            l,
+            "not a label: labelled routes are named after their service \
+             (`<service>`, `<service>/<route>`)",
         );
         return;
     }
@@ -823,10 +854,18 @@ pub(crate) mod tests {
             &[80],
         );
         let e = errors(&r);
-        let t = e
-            .iter()
-            .find(|p| p.label == "wharf.routes.api.hots")
-            .unwrap();
+        assert_eq!(e.len(), 1, "only the typo, not a consequence of it: {e:#?}");
+        let t = e[0];
+        assert_eq!(t.label, "wharf.routes.api.hots");
+        let r2 = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.routes.api.hots", "a.example.org"),
+            ],
+            &[80],
+        );
+        assert_eq!(errors(&r2).len(), 1, "{:#?}", r2.problems);
         assert!(
             t.message.contains("did you mean `wharf.routes.api.host`?"),
             "{t:?}"
@@ -990,7 +1029,8 @@ pub(crate) mod tests {
             &[("wharf.enable", "yes"), ("wharf.host", "a.example.org")],
             &[80],
         );
-        assert!(!r.enabled && r.has_errors());
+        // Enabled-with-an-error: the caller keeps the last good routes.
+        assert!(r.enabled && r.has_errors() && r.routes.is_empty());
         assert_eq!(errors(&r)[0].label, "wharf.enable");
         assert_eq!(errors(&r)[0].value, "yes");
 
@@ -1034,7 +1074,11 @@ pub(crate) mod tests {
         assert_eq!(e.len(), 2);
         let up = e.iter().find(|p| p.label == "wharf.upstream").unwrap();
         assert!(up.message.contains("[[routes]]"), "{e:#?}");
-        assert!(e.iter().any(|p| p.label == "wharf.name"));
+        let name = e.iter().find(|p| p.label == "wharf.name").unwrap();
+        assert!(
+            name.message.contains("named after their service"),
+            "{name:?}"
+        );
     }
 
     #[test]

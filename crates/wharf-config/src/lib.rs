@@ -1,6 +1,8 @@
 //! Wharf's configuration: the TOML file (raw serde types in [`file`]), environment
 //! overrides ([`env`]), and validation into a [`Config`] that the rest of Wharf can
-//! trust. Route keys are parsed by [`route`], which labels share.
+//! trust. Route keys are parsed by [`route`], which labels share: [`labels`] turns one
+//! service's `wharf.*` (and, through [`traefik`], `traefik.*`) labels into routes, and
+//! [`compose`] reads compose files for `wharf check --compose`.
 //!
 //! Nothing here binds a port or touches the network: a config is validated whole
 //! before anything starts, and a config that fails changes nothing.

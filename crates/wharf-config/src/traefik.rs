@@ -3,8 +3,9 @@
 //! route keys `wharf.*` labels give, validated by the same `route::parse_route`.
 //!
 //! What Traefik means is kept where Wharf can express it (a rule's hosts and path
-//! prefix, TLS per router, a ratelimit's `average` per `period`, no HSTS unless a
-//! headers middleware sets it, health checks with GET every 30s); anything else is
+//! prefix, routers with one rule merged into one route, a ratelimit's `average`
+//! per `period`, no HSTS unless a headers middleware sets it, health checks with
+//! GET every 30s); anything else is
 //! a Warning naming the key, or an Error when routing would differ (a rule matcher
 //! Wharf cannot evaluate). Nothing is dropped silently. docs/labels.md has the table.
 
@@ -26,6 +27,10 @@ pub(crate) fn enabled(labels: &[Label], pr: &mut Problems) -> Option<Result<bool
 fn is_rule(key: &str) -> bool {
     key == "traefik.frontend.rule"
         || key
+            .strip_prefix("traefik.")
+            .and_then(|r| r.strip_suffix(".frontend.rule"))
+            .is_some_and(|segment| !segment.contains('.') && !V1_WORDS.contains(&segment))
+        || key
             .strip_prefix("traefik.http.routers.")
             .and_then(|r| r.strip_suffix(".rule"))
             .is_some_and(|name| !name.contains('.'))
@@ -45,7 +50,7 @@ struct Router<'a> {
 }
 
 /// The backend settings of a v2 service or of v1's `traefik.backend.*`.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Backend<'a> {
     first: Option<&'a Label<'a>>,
     port: Option<&'a Label<'a>>,
@@ -58,7 +63,7 @@ struct Backend<'a> {
     hc_hostname: Option<&'a Label<'a>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Middleware<'a> {
     first: Option<&'a Label<'a>>,
     rl_average: Option<&'a Label<'a>>,
@@ -68,6 +73,91 @@ struct Middleware<'a> {
     sts_subdomains: Option<&'a Label<'a>>,
     sts_preload: Option<&'a Label<'a>>,
     redirect_scheme: Option<&'a Label<'a>>,
+}
+
+/// First words of v1 keys that are not segment names.
+const V1_WORDS: &[&str] = &[
+    "frontend", "backend", "port", "protocol", "weight", "docker", "http", "tcp", "udp", "tags",
+    "enable",
+];
+
+/// One Traefik v1 frontend with its backend: the root labels or one segment's.
+#[derive(Default, Clone, Copy)]
+struct V1<'a> {
+    rule: Option<&'a Label<'a>>,
+    entrypoints: Option<&'a Label<'a>>,
+    redirect: Option<&'a Label<'a>>,
+    sts: Middleware<'a>,
+    backend: Backend<'a>,
+}
+
+impl<'a> V1<'a> {
+    /// The slot for a v1 key without `traefik.` (or `traefik.<segment>.`).
+    fn slot(&mut self, opt: &str) -> Option<&mut Option<&'a Label<'a>>> {
+        Some(match opt {
+            "frontend.rule" => &mut self.rule,
+            "frontend.entrypoints" => &mut self.entrypoints,
+            "frontend.redirect.entrypoint" => &mut self.redirect,
+            "frontend.headers.stsseconds" => &mut self.sts.sts_seconds,
+            "frontend.headers.stsincludesubdomains" => &mut self.sts.sts_subdomains,
+            "frontend.headers.stspreload" => &mut self.sts.sts_preload,
+            "port" => &mut self.backend.port,
+            "protocol" => &mut self.backend.scheme,
+            "backend.loadbalancer.stickiness" | "backend.loadbalancer.sticky" => {
+                &mut self.backend.sticky
+            }
+            "backend.loadbalancer.stickiness.cookiename" => &mut self.backend.sticky_name,
+            "backend.healthcheck.path" => &mut self.backend.hc_path,
+            "backend.healthcheck.interval" => &mut self.backend.hc_interval,
+            "backend.healthcheck.hostname" => &mut self.backend.hc_hostname,
+            _ => return None,
+        })
+    }
+
+    /// `self` with unset keys taken from `root`.
+    fn or(&self, root: &V1<'a>) -> V1<'a> {
+        let (b, r) = (&self.backend, &root.backend);
+        V1 {
+            rule: self.rule.or(root.rule),
+            entrypoints: self.entrypoints.or(root.entrypoints),
+            redirect: self.redirect.or(root.redirect),
+            sts: Middleware {
+                first: None,
+                sts_seconds: self.sts.sts_seconds.or(root.sts.sts_seconds),
+                sts_subdomains: self.sts.sts_subdomains.or(root.sts.sts_subdomains),
+                sts_preload: self.sts.sts_preload.or(root.sts.sts_preload),
+                ..Middleware::default()
+            },
+            backend: Backend {
+                first: None,
+                port: b.port.or(r.port),
+                scheme: b.scheme.or(r.scheme),
+                sticky: b.sticky.or(r.sticky),
+                sticky_name: b.sticky_name.or(r.sticky_name),
+                hc_path: b.hc_path.or(r.hc_path),
+                hc_interval: b.hc_interval.or(r.hc_interval),
+                hc_timeout: b.hc_timeout.or(r.hc_timeout),
+                hc_hostname: b.hc_hostname.or(r.hc_hostname),
+            },
+        }
+    }
+
+    /// Some label of this frontend, to attach a warning to.
+    fn first(&self) -> Option<&'a Label<'a>> {
+        let b = &self.backend;
+        [
+            self.entrypoints,
+            self.redirect,
+            self.sts.sts_seconds,
+            b.port,
+            b.scheme,
+            b.sticky,
+            b.hc_path,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+    }
 }
 
 /// What a router's middlewares add to its route.
@@ -84,11 +174,10 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
     let mut routers: BTreeMap<String, Router> = BTreeMap::new();
     let mut services: BTreeMap<String, Backend> = BTreeMap::new();
     let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
-    let mut v1 = Backend::default();
-    let mut v1_rule = None;
-    let mut v1_entrypoints = None;
-    let mut v1_redirect = None;
-    let mut v1_sts = Middleware::default();
+    // v1: the root frontend (`traefik.frontend.rule`, ...) and segments
+    // (`traefik.<segment>.frontend.rule`, ...), whose unset keys fall back to the root.
+    let mut v1 = V1::default();
+    let mut segments: BTreeMap<String, V1> = BTreeMap::new();
     let mut network = None;
 
     for l in labels {
@@ -170,35 +259,39 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
             };
             *slot = Some(l);
         } else {
-            let slot = match k {
+            match k {
                 "traefik.enable" => continue,
-                "traefik.docker.network" => &mut network,
-                "traefik.frontend.rule" => &mut v1_rule,
-                "traefik.port" => &mut v1.port,
-                "traefik.protocol" => &mut v1.scheme,
+                "traefik.docker.network" => {
+                    network = Some(l);
+                    continue;
+                }
                 // Backends come from the service itself; the name groups nothing here.
                 "traefik.backend" => continue,
-                "traefik.backend.loadbalancer.stickiness"
-                | "traefik.backend.loadbalancer.sticky" => &mut v1.sticky,
-                "traefik.backend.loadbalancer.stickiness.cookiename" => &mut v1.sticky_name,
-                "traefik.backend.healthcheck.path" => &mut v1.hc_path,
-                "traefik.backend.healthcheck.interval" => &mut v1.hc_interval,
-                "traefik.backend.healthcheck.hostname" => &mut v1.hc_hostname,
-                "traefik.frontend.entrypoints" => &mut v1_entrypoints,
-                "traefik.frontend.redirect.entrypoint" => &mut v1_redirect,
-                "traefik.frontend.headers.stsseconds" => &mut v1_sts.sts_seconds,
-                "traefik.frontend.headers.stsincludesubdomains" => &mut v1_sts.sts_subdomains,
-                "traefik.frontend.headers.stspreload" => &mut v1_sts.sts_preload,
-                "traefik.frontend.passhostheader" => {
-                    pass_host_header(l, pr);
-                    continue;
+                _ => {}
+            }
+            let opt = &k["traefik.".len()..];
+            if opt.ends_with("passhostheader") {
+                pass_host_header(l, pr);
+                continue;
+            }
+            if let Some(slot) = v1.slot(opt) {
+                *slot = Some(l);
+                continue;
+            }
+            // `traefik.<segment>.<v1 key>`
+            if let Some((seg, rest)) = opt.split_once('.') {
+                if !V1_WORDS.contains(&seg) {
+                    let entry = segments.entry(seg.to_string()).or_default();
+                    if rest == "backend" {
+                        continue; // a name only, as at the root
+                    }
+                    if let Some(slot) = entry.slot(rest) {
+                        *slot = Some(l);
+                        continue;
+                    }
                 }
-                _ => {
-                    pr.warn(l, UNSUPPORTED);
-                    continue;
-                }
-            };
-            *slot = Some(l);
+            }
+            pr.warn(l, UNSUPPORTED);
         }
     }
 
@@ -208,45 +301,70 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
     }
     let mut drafts = Vec::new();
 
-    // Traefik v1: one frontend per service.
-    if let Some(rule) = v1_rule {
-        match parse_v1_rule(rule.value, &mut |m| pr.warn(rule, m)) {
-            Err(m) => pr.error(rule, m),
-            Ok(terms) => {
-                let backend = backend_pairs(&v1, true, pr);
-                let mut fx = Effects::default();
-                sts_pairs(&v1_sts, &mut fx, pr);
-                if let Some(l) = v1_redirect {
-                    // v1 redirects to a named entrypoint, in practice the https one.
-                    fx.redirect = Some(Pair::new("https_redirect", l.written, "true"));
-                }
-                let groups = group_by_path(terms);
-                let many = groups.len() > 1;
-                for (i, (path, hosts)) in groups.into_iter().enumerate() {
-                    let mut pairs = common.clone();
-                    pairs.extend(host_path_pairs(&hosts, &path, rule, pr));
-                    pairs.extend(backend.clone());
-                    pairs.extend(fx.pairs.clone());
-                    if !fx.hsts {
-                        pairs.push(Pair::new("hsts.max_age", rule.written, "0"));
-                    }
-                    pairs.extend(fx.redirect.clone());
-                    if let Some(l) = v1_entrypoints {
-                        pairs.push(Pair::new("entrypoints", l.written, l.value));
-                    }
-                    drafts.push(Draft {
-                        name: if many {
-                            format!("{service}/{}", i + 1)
-                        } else {
-                            service.to_string()
-                        },
-                        pairs,
-                        prefix: "traefik.".into(),
-                        port_label: "traefik.port".into(),
-                        rate_override: None,
-                    });
+    // Traefik v1: the root frontend, then each segment's.
+    let mut frontends = vec![(service.to_string(), &v1)];
+    for (seg, f) in &segments {
+        frontends.push((format!("{service}/{seg}"), f));
+    }
+    for (name, f) in frontends {
+        let is_root = std::ptr::eq(f, &v1);
+        let own_label = f.first();
+        let f = if is_root { *f } else { f.or(&v1) };
+        let Some(rule) = f.rule else {
+            if !is_root {
+                if let Some(l) = own_label {
+                    pr.warn(
+                        l,
+                        "this segment has no frontend.rule (Traefik's default rule is not \
+                         supported); ignored",
+                    );
                 }
             }
+            continue;
+        };
+        let terms = match parse_v1_rule(rule.value, &mut |m| pr.warn(rule, m)) {
+            Ok(t) => t,
+            Err(m) => {
+                pr.error(rule, m);
+                continue;
+            }
+        };
+        let backend = backend_pairs(&f.backend, true, pr);
+        let mut fx = Effects::default();
+        sts_pairs(&f.sts, &mut fx, pr);
+        if let Some(l) = f.redirect {
+            // v1 redirects to a named entrypoint, in practice the https one.
+            fx.redirect = Some(Pair::new("https_redirect", l.written, "true"));
+        }
+        let groups = group_by_path(terms);
+        let many = groups.len() > 1;
+        for (i, (path, hosts)) in groups.into_iter().enumerate() {
+            let mut pairs = common.clone();
+            pairs.extend(host_path_pairs(&hosts, &path, rule, pr));
+            pairs.extend(backend.clone());
+            pairs.extend(fx.pairs.clone());
+            if !fx.hsts {
+                pairs.push(Pair::new("hsts.max_age", rule.written, "0"));
+            }
+            pairs.extend(fx.redirect.clone());
+            if let Some(l) = f.entrypoints {
+                pairs.push(Pair::new("entrypoints", l.written, l.value));
+            }
+            drafts.push(Draft {
+                name: match (many, is_root) {
+                    (false, _) => name.clone(),
+                    (true, true) => format!("{name}/{}", i + 1),
+                    (true, false) => format!("{name}.{}", i + 1),
+                },
+                pairs,
+                prefix: "wharf.".into(),
+                port_label: f
+                    .backend
+                    .port
+                    .map(|l| l.written.to_string())
+                    .unwrap_or_else(|| "traefik.port".into()),
+                rate_override: None,
+            });
         }
     }
 
@@ -421,15 +539,16 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
         }
         let any_tls = g.iter().any(|p| p.tls);
         let any_plain = g.iter().any(|p| !p.tls);
+        // A router without `tls` may still be HTTPS in Traefik (TLS set on its
+        // entrypoint, which labels do not show), so it keeps Wharf's default of TLS
+        // with a redirect; only a plain router beside a TLS one with the same rule
+        // and no redirect says "serve plain HTTP too".
         match (&fx.redirect, any_tls) {
-            // A redirect to https implies the https side exists.
             (Some(r), _) => pairs.push(r.clone()),
-            (None, false) => pairs.push(Pair::new("tls", first.rule.written, "none")),
-            // Traefik serves both a plain and a TLS router when nothing redirects.
             (None, true) if any_plain => {
                 pairs.push(Pair::new("https_redirect", first.rule.written, "false"))
             }
-            (None, true) => {}
+            _ => {}
         }
         if g.iter().all(|p| p.entrypoints.is_some()) {
             let mut eps: Vec<String> = Vec::new();
@@ -457,7 +576,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
         drafts.push(Draft {
             name,
             pairs,
-            prefix: "traefik.".into(),
+            prefix: "wharf.".into(),
             port_label: format!("traefik.http.services.{svc_name}.loadbalancer.server.port"),
             rate_override: fx.rate_override,
         });
@@ -628,6 +747,9 @@ fn middleware_effects(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
 /// `average` per `period` as `N/s`, `N/m` or `N/h` when exact; else `1/s` and false.
 fn rate_text(average: u64, period: Duration) -> (String, bool) {
     let ms = period.as_millis();
+    if ms == 0 {
+        return ("1/s".into(), false);
+    }
     for (unit, per) in [("s", 1_000u128), ("m", 60_000), ("h", 3_600_000)] {
         let num = u128::from(average) * per;
         if num % ms == 0 {
@@ -1120,6 +1242,66 @@ mod tests {
     }
 
     #[test]
+    fn v1_segments_are_frontends_of_their_own() {
+        // Two ports of one container under two names, the root as their default.
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.protocol", "h2c"),
+                ("traefik.frontend.headers.STSSeconds", "600"),
+                ("traefik.first.port", "80"),
+                ("traefik.first.backend", "first"),
+                ("traefik.first.frontend.rule", "Host:web1.example.com"),
+                ("traefik.second.port", "8080"),
+                ("traefik.second.protocol", "http"),
+                (
+                    "traefik.second.frontend.rule",
+                    "Host:web2.example.com;PathPrefix:/a,/b",
+                ),
+                ("traefik.third.port", "9000"),
+            ],
+            &[80, 8080, 9000],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(
+            names(&r),
+            ["shop_web/first", "shop_web/second.1", "shop_web/second.2"]
+        );
+        let (first, second) = (&r.routes[0], &r.routes[1]);
+        assert_eq!(
+            (first.hosts[0].as_str(), first.port),
+            ("web1.example.com", Some(80))
+        );
+        assert_eq!(first.scheme, Scheme::H2c, "from the root");
+        assert_eq!(first.hsts.max_age, 600, "from the root");
+        assert_eq!((second.port, second.scheme), (Some(8080), Scheme::Http));
+        assert_eq!(second.path, "/a");
+        // A segment without a rule has no route, and says so.
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].label, "traefik.third.port");
+
+        // A segment's port error names the segment's key... or the root's.
+        let r = run(
+            &[
+                ("traefik.a.frontend.rule", "Host:a.org"),
+                ("traefik.b.frontend.rule", "Host:b.org"),
+            ],
+            &[80, 81],
+        );
+        assert_eq!(errors(&r)[0].label, "traefik.port");
+        // Unknown segment keys are warnings.
+        let r = run(
+            &[
+                ("traefik.a.frontend.rule", "Host:a.org"),
+                ("traefik.a.frontend.auth.basic", "u:p"),
+            ],
+            &[80],
+        );
+        assert_eq!(warnings(&r)[0].label, "traefik.a.frontend.auth.basic");
+    }
+
+    #[test]
     fn v1_port_is_required_with_several_exposed_ports() {
         let r = run(
             &[("traefik.frontend.rule", "Host:a.example.org")],
@@ -1132,7 +1314,9 @@ mod tests {
 
     #[test]
     fn v2_rules() {
-        let cases: &[(&str, &[(&[&str], &str)])] = &[
+        // (rule, [(hosts, path) of each route])
+        type Case<'a> = (&'a str, &'a [(&'a [&'a str], &'a str)]);
+        let cases: &[Case] = &[
             ("Host(`a.example.org`)", &[(&["a.example.org"], "/")]),
             (
                 "Host(`a.example.org`, `b.example.org`)",
@@ -1334,8 +1518,18 @@ mod tests {
 
     #[test]
     fn v2_tls_per_router() {
-        // No TLS router: plain HTTP only, as Traefik would serve it.
+        // No TLS router: TLS may come from Traefik's entrypoint, so Wharf's default.
         let r = run(&[("traefik.http.routers.a.rule", "Host(`a.org`)")], &[80]);
+        assert_eq!(r.routes[0].tls, TlsMode::Acme);
+        assert!(r.routes[0].https_redirect);
+        // ... which a service-level wharf.tls overrides.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("wharf.tls", "none"),
+            ],
+            &[80],
+        );
         assert_eq!(r.routes[0].tls, TlsMode::None);
         // TLS only: Wharf's default redirect from plain HTTP.
         let r = run(
@@ -1395,6 +1589,7 @@ mod tests {
         assert!((rl("10", Some("3s")).unwrap().per_second - 10.0 / 3.0).abs() < 1e-9);
         assert_eq!(rl("5", Some("7")).unwrap().per_second, 5.0 / 7.0 * 1.0);
         assert_eq!(rl("0", None), None, "average 0 means no limit");
+        assert_eq!(rl("1", Some("100us")).unwrap().per_second, 10_000.0);
         let r = run(
             &[
                 ("traefik.http.routers.a.rule", "Host(`a.org`)"),
@@ -1520,7 +1715,7 @@ mod tests {
             ],
             &[80],
         );
-        assert!(!r.enabled);
+        assert!(r.enabled && r.has_errors() && r.routes.is_empty());
         assert_eq!(errors(&r)[0].label, "traefik.enable");
         // traefik_labels = false: Traefik labels mean nothing.
         let off = LabelOptions {
@@ -1536,6 +1731,18 @@ mod tests {
         // traefik.enable=true but no rule (Traefik's defaultRule): an error.
         let r = run(&[("traefik.enable", "true")], &[80]);
         assert_eq!(errors(&r)[0].label, "wharf.host");
+        assert!(errors(&r)[0].message.contains("defaultRule"));
+        // Only TCP routing: Wharf does not serve it, and that is no mistake.
+        let r = run(
+            &[
+                ("traefik.enable", "true"),
+                ("traefik.tcp.routers.db.rule", "HostSNI(`*`)"),
+            ],
+            &[5432],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert!(warnings(&r).iter().any(|p| p.message.contains("TCP/UDP")));
+        assert!(r.routes.is_empty());
         let r = run(
             &[
                 ("traefik.enable", "true"),
@@ -1586,6 +1793,55 @@ mod tests {
         assert!(!r.has_errors(), "{:#?}", r.problems);
         assert_eq!(r.routes[0].sticky.kind, StickyType::Source);
         assert_eq!(r.routes[0].hsts.max_age, 600);
+    }
+
+    #[test]
+    fn random_rules_never_panic() {
+        // Rules stitched from the grammar's pieces, some valid, most not: each must
+        // parse or be refused, never panic or expand past the term limit.
+        const PIECES: &[&str] = &[
+            "Host(`a.org`)",
+            "Host(`b.org`,`c.org`)",
+            "PathPrefix(`/x`)",
+            "PathPrefix(`/x/y`)",
+            "&&",
+            "||",
+            "(",
+            ")",
+            "!",
+            "Host(",
+            "`",
+            "\"",
+            ",",
+            "HostRegexp(`.*`)",
+            " ",
+            "é",
+            "&",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..5000 {
+            let mut rule = String::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                rule.push_str(PIECES[(seed % PIECES.len() as u64) as usize]);
+            }
+            seed = seed.wrapping_add(1);
+            match parse_v2_rule(&rule) {
+                Ok(t) => {
+                    assert!(!t.is_empty() && t.len() <= MAX_TERMS, "{rule}");
+                    ok += 1;
+                }
+                Err(m) => {
+                    assert!(!m.is_empty());
+                    err += 1;
+                }
+            }
+            let _ = parse_v1_rule(&rule, &mut |_| {});
+        }
+        assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
     }
 
     #[test]

@@ -112,7 +112,9 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
             };
         }
         Err(e) => {
-            println!("{e}");
+            for line in e.to_string().lines() {
+                println!("error: {line}");
+            }
             failed = true;
         }
     }
@@ -138,14 +140,13 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
     for line in &report.lines {
         println!("{}: {}", line.severity, line.text);
     }
-    failed |= report.has_errors();
-    if !failed {
+    if !report.has_errors() {
         println!(
             "ok: {} compose service(s), {} labelled route(s)",
             report.services, report.routes
         );
     }
-    if failed {
+    if failed || report.has_errors() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
