@@ -4,6 +4,8 @@
 //! in a container on that network (the host has no route to overlay addresses).
 //! Every object is named with a unique prefix and removed on drop.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
