@@ -67,12 +67,13 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
             &image,
         ],
     );
+    let cli = t0.elapsed();
     let (r, at) = poll_until(web, &host, "/cgi-bin/id", Duration::from_secs(10), |r| {
         r.status == 200
     })
     .unwrap();
     let elapsed = at - t0;
-    eprintln!("docker run -> first routed 200: {elapsed:?}");
+    eprintln!("docker run -> first routed 200: {elapsed:?} (the CLI returned after {cli:?})");
     assert_eq!(r.text().trim(), "backend-a");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 
@@ -213,6 +214,32 @@ fn unreachable_docker_keeps_file_routes_and_says_so() {
     );
 }
 
+/// How long before `at` the service's first task reached `running`, by the
+/// Engine's own timestamp.
+fn task_running_for(svc: &str, at: std::time::SystemTime) -> Option<Duration> {
+    let task = docker(&[
+        "service",
+        "ps",
+        "-q",
+        "--filter",
+        "desired-state=running",
+        svc,
+    ]);
+    let ts = docker(&[
+        "inspect",
+        "--format",
+        "{{.Status.Timestamp}}",
+        task.lines().next()?,
+    ]);
+    let out = std::process::Command::new("date")
+        .args(["-d", ts.trim_end_matches(" UTC"), "+%s.%N"])
+        .output()
+        .ok()?;
+    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let at = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(Duration::from_secs_f64((at - secs).max(0.0)))
+}
+
 /// Swarm: services created, scaled, relabelled, emptied and removed, plus a
 /// dnsrr service, with Wharf in a container on the overlay network.
 #[test]
@@ -284,11 +311,18 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
             &backend,
         ],
     );
+    let cli = t0.elapsed();
     let (_, at) = poll_until(web, &host, "/", Duration::from_secs(30), |r| {
         r.status == 200
     })
     .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
-    eprintln!("docker service create -> first routed 200: {:?}", at - t0);
+    let served = std::time::SystemTime::now();
+    eprintln!(
+        "docker service create -> first routed 200: {:?} (the CLI returned after {cli:?}; \
+         the task was running {:?} before the first 200)",
+        at - t0,
+        task_running_for(&svc, served)
+    );
 
     // Scale → every task is a backend, and requests reach several of them.
     let t1 = Instant::now();

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::bucket::TokenBucket;
@@ -209,7 +209,8 @@ impl Shared {
 
 struct Inner {
     shared: Arc<Shared>,
-    tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Each watched name's task and the bell that asks it to re-resolve early.
+    tasks: Mutex<HashMap<String, (JoinHandle<()>, Arc<Notify>)>>,
     next_generation: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
@@ -220,7 +221,7 @@ impl Drop for Inner {
             .tasks
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (_, task) in tasks.drain() {
+        for (_, (task, _)) in tasks.drain() {
             task.abort();
         }
     }
@@ -282,7 +283,7 @@ impl DnsProvider {
             let mut answers = shared.answers();
             let before = answers.len();
             answers.retain(|name, _| names.contains(name));
-            tasks.retain(|name, task| {
+            tasks.retain(|name, (task, _)| {
                 let keep = names.contains(name);
                 if !keep {
                     task.abort();
@@ -310,13 +311,16 @@ impl DnsProvider {
                         last_success: None,
                     },
                     resolve::Target::Name(query_name) => {
+                        let nudge = Arc::new(Notify::new());
                         let task = watcher::Watcher {
                             shared: shared.clone(),
                             name: name.clone(),
                             query_name,
                             generation,
+                            nudge: nudge.clone(),
                         };
-                        tasks.insert(name.clone(), self.inner.runtime.spawn(task.run()));
+                        let handle = self.inner.runtime.spawn(task.run());
+                        tasks.insert(name.clone(), (handle, nudge));
                         Answer::pending()
                     }
                 };
@@ -326,6 +330,24 @@ impl DnsProvider {
         };
         if bump {
             shared.changed.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// Asks the watchers of `names` to re-resolve now rather than at their next
+    /// refresh, because another provider saw their answer change (Docker reports
+    /// a task change of a dnsrr service). The floor (`min_refresh` since the last
+    /// query) and the global budget still apply, so nudges cannot raise the query
+    /// rate; unknown names are ignored.
+    pub fn nudge<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for name in names {
+            if let Some((_, bell)) = tasks.get(name) {
+                bell.notify_one();
+            }
         }
     }
 

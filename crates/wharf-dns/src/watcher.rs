@@ -18,6 +18,8 @@ pub(crate) struct Watcher {
     pub(crate) name: String,
     pub(crate) query_name: Name,
     pub(crate) generation: u64,
+    /// Rung by [`crate::DnsProvider::nudge`]: re-resolve early, but not before the floor.
+    pub(crate) nudge: Arc<tokio::sync::Notify>,
 }
 
 impl Watcher {
@@ -77,7 +79,11 @@ impl Watcher {
                     }
                 }
             }
-            tokio::time::sleep_until(next_query).await;
+            let floor = now + self.shared.settings.min_refresh;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_query) => {}
+                _ = self.nudge.notified() => tokio::time::sleep_until(floor.min(next_query)).await,
+            }
         }
     }
 

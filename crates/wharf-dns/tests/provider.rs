@@ -123,6 +123,42 @@ async fn changed_record_is_seen_at_the_next_refresh_despite_a_long_ttl() {
 }
 
 #[tokio::test]
+async fn a_nudge_re_resolves_before_the_refresh_but_not_before_the_floor() {
+    let server = TestDns::start().await;
+    server.set("tasks.web", Zone::v4(&[[10, 0, 0, 1]], 600));
+    let provider = DnsProvider::new(DnsSettings {
+        refresh: Duration::from_secs(30),
+        min_refresh: Duration::from_millis(300),
+        ..settings(&server)
+    })
+    .unwrap();
+    provider.set_names(names(&["tasks.web"]));
+    wait_answer(&provider, "tasks.web", "first answer", |a| {
+        a.state == AnswerState::Resolved
+    })
+    .await;
+    let first = Instant::now();
+    let mut changes = provider.subscribe();
+    changes.borrow_and_update();
+    server.set("tasks.web", Zone::v4(&[[10, 0, 0, 1], [10, 0, 0, 2]], 600));
+    provider.nudge(["tasks.web", "not-watched.test"]);
+    tokio::time::timeout(Duration::from_secs(2), changes.changed())
+        .await
+        .expect("the nudge re-resolves long before the 30 s refresh")
+        .unwrap();
+    // Not before the floor since the previous query.
+    assert!(
+        first.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        first.elapsed()
+    );
+    assert_eq!(
+        answer(&provider, "tasks.web").addrs,
+        vec![ip("10.0.0.1"), ip("10.0.0.2")]
+    );
+}
+
+#[tokio::test]
 async fn ttl_below_refresh_is_honoured_and_the_floor_holds_for_ttl_zero() {
     let server = TestDns::start().await;
     server.set("zero.test", Zone::v4(&[[10, 0, 0, 1]], 0));

@@ -27,6 +27,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Without swarm there is nothing to poll, but a periodic full listing still
 /// repairs anything an event stream could have missed.
 const RESYNC: Duration = Duration::from_secs(30);
+/// How long, after an event, swarm tasks are polled at [`FAST_POLL`].
+const FAST_WINDOW: Duration = Duration::from_secs(5);
+const FAST_POLL: Duration = Duration::from_millis(100);
 /// A stream of events never postpones a listing by more than this many debounces.
 const DEBOUNCE_CAP: u32 = 10;
 
@@ -137,13 +140,16 @@ async fn session(
         "docker: connected and listed"
     );
 
-    let mut poll = tokio::time::interval(if services {
+    let normal = if services {
         settings.poll_interval
     } else {
         RESYNC
-    });
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll.reset();
+    };
+    let mut next_poll = Instant::now() + normal;
+    // After an event, swarm tasks move through their states within seconds
+    // (pending, starting, running) and the manager reports them without a local
+    // event: poll faster for a while, then back to the normal pace.
+    let mut fast_until = Instant::now();
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let mut dirty: Option<(Instant, Instant)> = None; // (deadline, cap)
     loop {
@@ -158,6 +164,10 @@ async fn session(
                         let now = Instant::now();
                         let cap = dirty.map_or(now + settings.debounce * DEBOUNCE_CAP, |(_, c)| c);
                         dirty = Some((now + settings.debounce, cap));
+                        if services {
+                            fast_until = now + FAST_WINDOW;
+                            next_poll = next_poll.min(now + FAST_POLL);
+                        }
                     }
                 }
             },
@@ -165,7 +175,7 @@ async fn session(
                 dirty = None;
                 publish(snap_tx, lister.full().await?);
             }
-            _ = poll.tick() => {
+            _ = tokio::time::sleep_until(next_poll) => {
                 if services {
                     if lister.tasks_changed().await? {
                         publish(snap_tx, lister.full().await?);
@@ -173,6 +183,8 @@ async fn session(
                 } else {
                     publish(snap_tx, lister.full().await?);
                 }
+                let now = Instant::now();
+                next_poll = now + if now < fast_until { FAST_POLL } else { normal };
             }
         }
     }
@@ -400,13 +412,17 @@ impl Lister<'_> {
 
             let mut endpoints = Vec::new();
             for t in by_service.get(id).into_iter().flatten() {
-                let state = t.status.as_ref().and_then(|s| s.state);
-                if state != Some(TaskState::RUNNING) {
-                    continue;
-                }
                 let Some(task_id) = t.id.as_deref() else {
                     continue;
                 };
+                // The manager marks a task running a little after its container
+                // started; a local container that runs already is good enough.
+                let state = t.status.as_ref().and_then(|s| s.state);
+                let started_here =
+                    state == Some(TaskState::STARTING) && container_addrs.contains_key(task_id);
+                if state != Some(TaskState::RUNNING) && !started_here {
+                    continue;
+                }
                 let container = t
                     .status
                     .as_ref()

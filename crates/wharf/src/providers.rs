@@ -70,6 +70,9 @@ pub fn start_dns(cfg: &Config) -> Option<DnsProvider> {
         nameservers: cfg.dns.nameservers.clone(),
         refresh: cfg.dns.refresh,
         hold_valid: cfg.dns.hold_valid,
+        // Nudges from Docker (a dnsrr service's tasks changed) wait for this floor;
+        // the global query budget still bounds the rate.
+        min_refresh: Duration::from_millis(500).min(cfg.dns.refresh),
         ..DnsSettings::default()
     };
     match DnsProvider::new(settings) {
@@ -134,7 +137,20 @@ impl Reconciler {
     /// Recompiles from every input and swaps when the result differs.
     pub fn apply(&mut self) {
         if let Some(d) = self.docker.as_mut() {
-            self.docker_snapshot = d.snapshots.borrow_and_update().clone();
+            let snap = d.snapshots.borrow_and_update().clone();
+            if snap != self.docker_snapshot {
+                // A dnsrr service's tasks changed: its DNS answer has too.
+                if let (Some((dns, _)), Some(s)) = (&self.resolver, &snap) {
+                    let names: Vec<String> = s
+                        .workloads
+                        .iter()
+                        .filter(|w| w.dnsrr)
+                        .map(|w| format!("tasks.{}", w.name))
+                        .collect();
+                    dns.nudge(names.iter().map(String::as_str));
+                }
+                self.docker_snapshot = snap;
+            }
         }
         if let Some((p, rx)) = self.resolver.as_mut() {
             rx.borrow_and_update();
