@@ -207,10 +207,13 @@ impl Shared {
     }
 }
 
+/// A watcher's task and the bell that asks it to re-resolve early.
+type WatcherHandle = (JoinHandle<()>, Arc<Notify>);
+
 struct Inner {
     shared: Arc<Shared>,
     /// Each watched name's task and the bell that asks it to re-resolve early.
-    tasks: Mutex<HashMap<String, (JoinHandle<()>, Arc<Notify>)>>,
+    tasks: Mutex<HashMap<String, WatcherHandle>>,
     next_generation: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
