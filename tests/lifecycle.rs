@@ -7,6 +7,7 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -253,4 +254,75 @@ fn sighup_adding_an_entrypoint_never_moves_routes_onto_another_listener() {
         .unwrap();
     assert_eq!(get(web, "a.test", "/").status, 200);
     assert_eq!(get(web, "internal.test", "/").status, 404);
+}
+
+/// Many table swaps while clients send requests on keep-alive connections: the
+/// swapped route's backend set changes and other routes come and go, and not one
+/// request fails (readers hold the old table until their lookup is done).
+#[test]
+fn swaps_under_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let b1 = Backend::start("b1");
+    let b2 = Backend::start("b2");
+    let config = |i: usize| {
+        let backends: &[std::net::SocketAddr] = if i % 2 == 0 {
+            &[b1.addr]
+        } else {
+            &[b1.addr, b2.addr]
+        };
+        base_config()
+            + &route("load.test", "/", backends, "")
+            + &route(&format!("other-{i}.test"), "/", &[b2.addr], "")
+    };
+    let mut w = Wharf::start(&config(0));
+    let web = w.ep("web");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(web).unwrap();
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: load.test\r\n\r\n")
+                        .unwrap();
+                    let r = read_response(&mut s);
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.lock().unwrap().push(r.status);
+                    }
+                }
+            })
+        })
+        .collect();
+    let swaps = 30;
+    for i in 1..=swaps {
+        std::fs::write(&w.config, config(i)).unwrap();
+        let before = w.log_count();
+        w.signal("HUP");
+        w.wait_log_after("configuration reloaded", before).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let swapped = w
+        .logs()
+        .iter()
+        .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("routing table swapped")))
+        .count();
+    assert!(swapped > swaps, "{swapped} swaps logged");
+    let failed = failed.lock().unwrap();
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "{} requests during {swapped} swaps, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.len()
+    );
 }
