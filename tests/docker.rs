@@ -77,6 +77,27 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
     assert_eq!(r.text().trim(), "backend-a");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 
+    // Traefik v2 labels route without relabelling.
+    let thost = format!("t.{host}");
+    e.run(
+        "traefik",
+        &[
+            "--network",
+            &net,
+            "--hostname",
+            "backend-t",
+            "--label",
+            &format!("traefik.http.routers.r.rule=Host(`{thost}`)"),
+            "--label",
+            "traefik.http.services.s.loadbalancer.server.port=80",
+            &image,
+        ],
+    );
+    poll_until(web, &thost, "/cgi-bin/id", Duration::from_secs(10), |r| {
+        r.text().trim() == "backend-t"
+    })
+    .unwrap();
+
     // 2. A typo in another container's labels is an error for that container
     //    alone, with a suggestion; the first keeps working.
     let typo = e.run(

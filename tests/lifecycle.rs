@@ -314,7 +314,11 @@ fn swaps_under_load_fail_no_request() {
     let swapped = w
         .logs()
         .iter()
-        .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("routing table swapped")))
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("routing table swapped"))
+        })
         .count();
     assert!(swapped > swaps, "{swapped} swaps logged");
     let failed = failed.lock().unwrap();

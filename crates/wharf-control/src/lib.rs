@@ -524,4 +524,193 @@ mod tests {
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert_eq!(&*c.table().load().find("a", "/", 0).unwrap().name, "one");
     }
+
+    fn workload(name: &str, labels: &[(&str, &str)], ips: &[(&str, [u8; 4], bool)]) -> Workload {
+        Workload {
+            kind: wharf_docker::Kind::Service,
+            id: format!("id-{name}"),
+            name: name.into(),
+            created: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            exposed_ports: vec![80],
+            dnsrr: false,
+            endpoints: ips
+                .iter()
+                .enumerate()
+                .map(|(i, (net, ip, draining))| wharf_docker::Endpoint {
+                    id: format!("{name}.{i}"),
+                    addrs: [(net.to_string(), IpAddr::from(*ip))].into_iter().collect(),
+                    draining: *draining,
+                })
+                .collect(),
+        }
+    }
+
+    fn apply_docker(c: &Control, cfg: &Config, ws: Vec<Workload>) -> ApplyReport {
+        let snap = Snapshot { workloads: ws };
+        c.apply_inputs(&Inputs {
+            config: cfg,
+            docker: Some(&snap),
+            dns: &BTreeMap::new(),
+        })
+    }
+
+    const ON: (&str, &str) = ("wharf.enable", "true");
+
+    #[test]
+    fn docker_workloads_become_routes_and_unchanged_snapshots_do_not_swap() {
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\n");
+        let web = || {
+            workload(
+                "web",
+                &[ON, ("wharf.host", "web.test")],
+                &[("pub", [10, 0, 0, 2], false), ("pub", [10, 0, 0, 3], true)],
+            )
+        };
+        let r = apply_docker(&c, &cfg, vec![web()]);
+        assert!(r.swapped);
+        assert_eq!(r.added, vec!["web@docker"]);
+        let t = c.table().load();
+        let route = t.find("web.test", "/", 0).unwrap();
+        let health: Vec<&str> = route.backends.all().iter().map(|b| b.health()).collect();
+        assert_eq!(health, vec!["up", "draining"]);
+        assert_eq!(
+            route
+                .backends
+                .pick(IpAddr::from([1, 1, 1, 1]))
+                .unwrap()
+                .addr,
+            "10.0.0.2:80".parse().unwrap()
+        );
+        let again = apply_docker(&c, &cfg, vec![web()]);
+        assert!(!again.swapped, "an unchanged snapshot must not swap");
+        assert!(Arc::ptr_eq(&t, &c.table().load()));
+    }
+
+    #[test]
+    fn bad_new_labels_keep_the_last_good_routes_and_other_services_unaffected() {
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\n");
+        let good = workload(
+            "a",
+            &[ON, ("wharf.host", "a.test")],
+            &[("pub", [10, 0, 0, 2], false)],
+        );
+        let other = workload(
+            "b",
+            &[ON, ("wharf.host", "b.test")],
+            &[("pub", [10, 0, 0, 9], false)],
+        );
+        apply_docker(&c, &cfg, vec![good, other.clone()]);
+        let bad = workload(
+            "a",
+            &[ON, ("wharf.host", "a.test"), ("wharf.prot", "80")],
+            &[("pub", [10, 0, 0, 4], false)],
+        );
+        let r = apply_docker(&c, &cfg, vec![bad, other]);
+        assert!(r.problems.iter().any(|p| p.error
+            && p.label
+                .as_deref()
+                .is_some_and(|l| l.starts_with("wharf.prot"))));
+        assert!(r.problems.iter().any(|p| p.message.contains("last good")));
+        let t = c.table().load();
+        // The last good routes, with the current task addresses.
+        let a = t.find("a.test", "/", 0).unwrap();
+        assert_eq!(a.backends.all()[0].addr, "10.0.0.4:80".parse().unwrap());
+        assert!(t.find("b.test", "/", 0).is_some());
+        // A service that never had good labels has no route.
+        let never = workload("n", &[ON, ("wharf.hots", "n.test")], &[]);
+        let r = apply_docker(&c, &cfg, vec![never]);
+        assert_eq!(r.errors("docker"), 1, "{:?}", r.problems);
+        assert!(c.table().load().is_empty());
+    }
+
+    #[test]
+    fn network_choice_and_host_conflicts_name_both_claimants() {
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\n");
+        let first = workload(
+            "first",
+            &[ON, ("wharf.host", "x.test")],
+            &[("pub", [10, 0, 0, 2], false)],
+        );
+        // Attached to one other network only: used as Traefik would.
+        let only = workload(
+            "only",
+            &[ON, ("wharf.host", "o.test")],
+            &[("private", [10, 1, 0, 2], false)],
+        );
+        // Attached elsewhere while a network is named: an error.
+        let named = workload(
+            "named",
+            &[ON, ("wharf.host", "n.test"), ("wharf.network", "pub")],
+            &[("private", [10, 1, 0, 3], false)],
+        );
+        let second = workload(
+            "second",
+            &[ON, ("wharf.host", "x.test")],
+            &[("pub", [10, 0, 0, 3], false)],
+        );
+        let r = apply_docker(&c, &cfg, vec![first, only, named, second]);
+        let t = c.table().load();
+        assert_eq!(&*t.find("x.test", "/", 0).unwrap().name, "first@docker");
+        assert_eq!(
+            t.find("o.test", "/", 0).unwrap().backends.all()[0].addr,
+            "10.1.0.2:80".parse().unwrap()
+        );
+        let conflict = r
+            .problems
+            .iter()
+            .find(|p| p.message.contains("claimed by"))
+            .unwrap();
+        assert!(
+            conflict.message.contains("first@docker") && conflict.message.contains("second@docker")
+        );
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.message.contains("not attached to network `pub`")));
+    }
+
+    #[test]
+    fn dnsrr_services_and_dns_upstreams_use_dns_answers() {
+        let c = Control::new();
+        let cfg = config(
+            "[docker]\nnetwork = \"pub\"\n[[routes]]\nhost = \"legacy.test\"\nupstream = \"dns:legacy:8080\"\n",
+        );
+        let mut w = workload("rr", &[ON, ("wharf.host", "rr.test")], &[]);
+        w.dnsrr = true;
+        let snap = Snapshot { workloads: vec![w] };
+        let mut dns = BTreeMap::new();
+        let r = c.apply_inputs(&Inputs {
+            config: &cfg,
+            docker: Some(&snap),
+            dns: &dns,
+        });
+        assert_eq!(
+            r.dns_names.iter().map(String::as_str).collect::<Vec<_>>(),
+            vec!["legacy", "tasks.rr"]
+        );
+        dns.insert("tasks.rr".to_string(), vec![IpAddr::from([10, 0, 0, 7])]);
+        dns.insert("legacy".to_string(), vec![IpAddr::from([192, 0, 2, 1])]);
+        let r = c.apply_inputs(&Inputs {
+            config: &cfg,
+            docker: Some(&snap),
+            dns: &dns,
+        });
+        assert_eq!(r.changed.len(), 2, "{r:?}");
+        let t = c.table().load();
+        assert_eq!(
+            t.find("rr.test", "/", 0).unwrap().backends.all()[0].addr,
+            "10.0.0.7:80".parse().unwrap()
+        );
+        assert_eq!(
+            t.find("legacy.test", "/", 0).unwrap().backends.all()[0].addr,
+            "192.0.2.1:8080".parse().unwrap()
+        );
+    }
 }
