@@ -267,7 +267,7 @@ fn swaps_under_load_fail_no_request() {
     let b1 = Backend::start("b1");
     let b2 = Backend::start("b2");
     let config = |i: usize| {
-        let backends: &[std::net::SocketAddr] = if i % 2 == 0 {
+        let backends: &[std::net::SocketAddr] = if i.is_multiple_of(2) {
             &[b1.addr]
         } else {
             &[b1.addr, b2.addr]
