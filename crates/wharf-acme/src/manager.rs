@@ -30,7 +30,8 @@ pub struct Policy {
     pub backoff_base: Duration,
     /// Upper bound of the per-certificate retry delay.
     pub backoff_cap: Duration,
-    /// How long an order lock is held before other replicas may break it.
+    /// How long an order lock is held before other replicas may break it (longer than
+    /// `order_timeout`, so a live holder is never broken).
     pub lock_lease: Duration,
     /// When another replica holds the lock: look at the store again after this long.
     pub lock_poll: Duration,
@@ -46,7 +47,7 @@ impl Default for Policy {
             max_concurrent_orders: 4,
             backoff_base: Duration::from_secs(60),
             backoff_cap: Duration::from_secs(6 * 3600),
-            lock_lease: Duration::from_secs(600),
+            lock_lease: Duration::from_secs(180),
             lock_poll: Duration::from_secs(10),
             poll_initial: Duration::from_millis(50),
             order_timeout: Duration::from_secs(120),
@@ -423,18 +424,15 @@ impl Inner {
                 return;
             };
             let slot: RetrySlot = Arc::new(Mutex::new(None));
-            let r = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                r = RETRY_AFTER.scope(slot.clone(), tokio::time::timeout(
-                    self.policy.order_timeout,
-                    self.order(&names),
-                )) => r.unwrap_or_else(|_| Err(AcmeError::Acme(format!(
-                    "order did not finish within {:?}", self.policy.order_timeout)))),
-            };
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            let r = RETRY_AFTER.scope(slot.clone(), self.order(&names)).await;
             let retry_after = *lock(&slot);
             r.map_err(|e| (e, retry_after))
         };
         let now = SystemTime::now();
+        tracing::debug!(names = ?names, ok = result.is_ok(), "ACME: order attempt finished");
         let mut entries = lock(&self.entries);
         let Some(e) = entries.get_mut(&names) else {
             return;
@@ -516,7 +514,15 @@ impl Inner {
             // Someone else orders; pick up what they stored once they are done.
             return Ok((Outcome::Busy, self.adopt_stored(names).await?));
         }
-        let r = self.order_locked(names).await;
+        // Shutdown and the order timeout end the order but never skip the unlock below, so a
+        // restarted process (or another replica) need not wait for the lease to expire.
+        let r = tokio::select! {
+            _ = self.cancel.cancelled() => Err(AcmeError::Acme("shutting down".into())),
+            r = tokio::time::timeout(self.policy.order_timeout, self.order_locked(names)) => {
+                r.unwrap_or_else(|_| Err(AcmeError::Acme(format!(
+                    "order did not finish within {:?}", self.policy.order_timeout))))
+            }
+        };
         if let Err(e) = self.store.unlock(&id, &self.holder).await {
             warn!(error = %e, "ACME storage: releasing order lock");
         }
@@ -542,11 +548,15 @@ impl Inner {
             key_pem,
         };
         let h = held(cert)?;
-        // Serve it even if storing fails; the store error is reported and the next start orders.
-        self.publish(&h);
+        // Store first so that other replicas (and a restart) find it as soon as it is served;
+        // serve it even if storing fails (the next start then orders again).
+        let saved = self.store.save_cert(&h.cert).await;
         self.metrics.orders.with_label_values(&["ok"]).inc();
+        self.publish(&h);
         info!(names = ?names, elapsed = ?started.elapsed(), "ACME: certificate issued");
-        self.store.save_cert(&h.cert).await?;
+        if let Err(e) = saved {
+            warn!(names = ?names, error = %e, "ACME storage: the new certificate was not stored");
+        }
         Ok((Outcome::Issued, Some(h)))
     }
 
