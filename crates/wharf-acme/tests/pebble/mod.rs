@@ -2,7 +2,7 @@
 //! `pebble-challtestsrv`), a CertSink that records what it receives, an HTTP-01 responder backed by
 //! `AcmeManager::http01`, a TLS-ALPN-01 responder backed by the sink, and chain verification
 //! against Pebble's root.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
