@@ -570,6 +570,10 @@ impl Inner {
             Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
             Challenge::Dns01 => ChallengeType::Dns01,
         };
+        // DNS-01 writes every TXT record before the first challenge is declared ready: a wildcard
+        // and its base name share one record name, and the CA may look as soon as one is ready.
+        let two_pass = ctype == ChallengeType::Dns01;
+        let mut ready = Vec::new();
         let mut authzs = order.authorizations();
         while let Some(a) = authzs.next().await {
             let mut a = a?;
@@ -613,7 +617,23 @@ impl Inner {
                         .push(dns.add_txt(&ident, &ka.dns_value()).await?);
                 }
             }
-            ch.set_ready().await?;
+            if two_pass {
+                ready.push(ch.url.clone());
+            } else {
+                ch.set_ready().await?;
+            }
+        }
+        drop(authzs);
+        if two_pass && !ready.is_empty() {
+            let mut authzs = order.authorizations();
+            while let Some(a) = authzs.next().await {
+                let mut a = a?;
+                if let Some(mut ch) = a.challenge(ctype.clone()) {
+                    if ready.contains(&ch.url) {
+                        ch.set_ready().await?;
+                    }
+                }
+            }
         }
         let retry = RetryPolicy::new()
             .initial_delay(self.policy.poll_initial)

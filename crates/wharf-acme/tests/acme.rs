@@ -1,5 +1,6 @@
 //! ACME against a real Pebble: HTTP-01 and TLS-ALPN-01 issuance, restart from storage, corrupt
 //! storage, a dead CA with backoff, renewal, and 100 certificates at once.
+#![allow(clippy::unwrap_used)]
 
 mod pebble;
 

@@ -100,11 +100,14 @@ pub async fn spawn_ready(mut cmd: Command, ready: &str, what: &str) -> Child {
     child
 }
 
+/// A TLS-ALPN-01 challenge certificate: (certificate DER, PKCS#8 key DER).
+pub type AlpnCert = (Vec<u8>, Vec<u8>);
+
 /// What a CertSink received.
 #[derive(Default)]
 pub struct RecordingSink {
     pub published: Mutex<Vec<(Vec<String>, String, String)>>,
-    pub alpn: Mutex<HashMap<String, (Vec<u8>, Vec<u8>)>>,
+    pub alpn: Mutex<HashMap<String, AlpnCert>>,
     pub alpn_sets: Mutex<usize>,
     pub changed: tokio::sync::Notify,
 }
@@ -468,7 +471,7 @@ fn dechunk(mut body: &str) -> String {
             break;
         }
         out.push_str(&rest[..n]);
-        body = &rest[n..].trim_start_matches("\r\n");
+        body = rest[n..].trim_start_matches("\r\n");
     }
     out
 }
