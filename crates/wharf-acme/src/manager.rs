@@ -623,7 +623,6 @@ impl Inner {
                 ch.set_ready().await?;
             }
         }
-        drop(authzs);
         if two_pass && !ready.is_empty() {
             let mut authzs = order.authorizations();
             while let Some(a) = authzs.next().await {
