@@ -1,5 +1,3 @@
-use std::time::SystemTime;
-
 /// Everything that can go wrong while obtaining or storing a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -9,9 +7,6 @@ pub enum AcmeError {
     NoEmail,
     #[error("ACME server: {0}")]
     Acme(String),
-    /// The CA asked us to wait (`Retry-After`), e.g. a rate limit.
-    #[error("ACME server asks to retry later: {message}")]
-    RetryAfter { message: String, at: SystemTime },
     #[error("challenge for `{name}`: {reason}")]
     Challenge { name: String, reason: String },
     #[error("DNS update: {0}")]

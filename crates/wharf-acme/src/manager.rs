@@ -45,8 +45,8 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             max_concurrent_orders: 4,
-            backoff_base: Duration::from_secs(60),
-            backoff_cap: Duration::from_secs(6 * 3600),
+            backoff_base: Duration::from_secs(300),
+            backoff_cap: Duration::from_secs(12 * 3600),
             lock_lease: Duration::from_secs(180),
             lock_poll: Duration::from_secs(10),
             poll_initial: Duration::from_millis(50),
@@ -144,6 +144,29 @@ fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let life = not_after.duration_since(not_before).unwrap_or_default();
     let jitter = life.mul_f64(fastrand::f64() / 30.0);
     not_before + life.mul_f64(2.0 / 3.0) - jitter
+}
+
+/// When to try again after `failures` consecutive failures: `backoff_base` doubled per failure,
+/// capped at `backoff_cap`, spread by ±10% (`jitter` in 0..1) so that names and replicas do not
+/// retry in step, and never before the CA's `Retry-After`.
+fn next_attempt(
+    now: SystemTime,
+    failures: u32,
+    policy: &Policy,
+    ca_retry_after: Option<SystemTime>,
+    jitter: f64,
+) -> SystemTime {
+    let exp = failures.saturating_sub(1).min(20);
+    let backoff = policy
+        .backoff_base
+        .saturating_mul(1u32 << exp)
+        .min(policy.backoff_cap)
+        .mul_f64(0.9 + jitter.clamp(0.0, 1.0) * 0.2);
+    let at = now + backoff;
+    match ca_retry_after {
+        Some(ca) => at.max(ca),
+        None => at,
+    }
 }
 
 fn held(cert: StoredCert) -> Result<Held, AcmeError> {
@@ -456,26 +479,17 @@ impl Inner {
             Err((err, retry_after)) => {
                 self.metrics.orders.with_label_values(&["error"]).inc();
                 e.failures = e.failures.saturating_add(1);
-                let exp = e.failures.saturating_sub(1).min(20);
-                let backoff = self
-                    .policy
-                    .backoff_base
-                    .saturating_mul(1u32 << exp)
-                    .min(self.policy.backoff_cap);
-                // ±10% so that replicas and names spread their retries.
-                let backoff = backoff.mul_f64(0.9 + fastrand::f64() * 0.2);
-                let mut at = now + backoff;
-                let ca_at = match &err {
-                    AcmeError::RetryAfter { at, .. } => Some(*at),
-                    _ => retry_after,
-                };
-                if let Some(ca) = ca_at {
-                    at = at.max(ca);
-                }
+                let at = next_attempt(now, e.failures, &self.policy, retry_after, fastrand::f64());
                 warn!(names = ?names, error = %err, failures = e.failures,
                       retry_in = ?at.duration_since(now).unwrap_or_default(),
                       "ACME order failed; any current certificate stays in service");
-                e.last_error = Some(err.to_string());
+                e.last_error = Some(match retry_after {
+                    Some(ra) => format!(
+                        "{err} (the CA asked to retry in {}s)",
+                        ra.duration_since(now).unwrap_or_default().as_secs()
+                    ),
+                    None => err.to_string(),
+                });
                 e.next_attempt = at;
             }
         }
@@ -778,4 +792,53 @@ struct Cleanup {
     tokens: Vec<String>,
     alpn: Vec<String>,
     txt: Vec<TxtRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_honours_retry_after() {
+        let p = Policy::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let d = |f: u32, ra: Option<SystemTime>| {
+            next_attempt(now, f, &p, ra, 0.5)
+                .duration_since(now)
+                .unwrap()
+        };
+        assert_eq!(d(1, None), Duration::from_secs(300));
+        assert_eq!(d(2, None), Duration::from_secs(600));
+        assert_eq!(d(4, None), Duration::from_secs(2400));
+        assert_eq!(d(30, None), Duration::from_secs(12 * 3600));
+        // Jitter stays within ±10%.
+        let lo = next_attempt(now, 1, &p, None, 0.0)
+            .duration_since(now)
+            .unwrap();
+        let hi = next_attempt(now, 1, &p, None, 1.0)
+            .duration_since(now)
+            .unwrap();
+        assert_eq!(
+            (lo, hi),
+            (Duration::from_secs(270), Duration::from_secs(330))
+        );
+        // The CA's Retry-After wins when later, never when earlier.
+        let later = now + Duration::from_secs(7200);
+        assert_eq!(d(1, Some(later)), Duration::from_secs(7200));
+        assert_eq!(
+            d(3, Some(now + Duration::from_secs(1))),
+            Duration::from_secs(1200)
+        );
+    }
+
+    #[test]
+    fn renewal_is_at_two_thirds_minus_jitter() {
+        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let na = nb + Duration::from_secs(90 * 86400);
+        for _ in 0..100 {
+            let r = renew_at(nb, na).duration_since(nb).unwrap();
+            assert!(r <= Duration::from_secs(60 * 86400));
+            assert!(r >= Duration::from_secs(57 * 86400));
+        }
+    }
 }

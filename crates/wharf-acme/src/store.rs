@@ -323,3 +323,68 @@ impl Store for FileStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_lock_is_exclusive_and_expired_lease_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path());
+        let lease = Duration::from_secs(60);
+        assert!(s.try_lock("c", "one", lease).await.unwrap());
+        assert!(!s.try_lock("c", "two", lease).await.unwrap());
+        s.unlock("c", "two").await.unwrap();
+        assert!(!s.try_lock("c", "two", lease).await.unwrap());
+        s.unlock("c", "one").await.unwrap();
+        assert!(s.try_lock("c", "two", Duration::ZERO).await.unwrap());
+        assert!(s.try_lock("c", "three", lease).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn account_is_private_and_tokens_never_become_paths() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path());
+        s.save_account("https://ca/dir", "{}").await.unwrap();
+        s.save_account("https://ca/dir", "{\"a\":1}").await.unwrap();
+        assert_eq!(
+            s.load_account("https://ca/dir").await.unwrap().unwrap(),
+            "{\"a\":1}"
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("accounts"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(files.len(), 1, "no temporary file left behind");
+        let mode = files[0].metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(s.put_challenge("../../etc/passwd", "x").await.is_err());
+        assert_eq!(s.get_challenge("../x").await.unwrap(), None);
+        s.put_challenge("tok-EN_1", "ka").await.unwrap();
+        assert_eq!(s.get_challenge("tok-EN_1").await.unwrap().unwrap(), "ka");
+        s.remove_challenge("tok-EN_1").await.unwrap();
+        assert_eq!(s.get_challenge("tok-EN_1").await.unwrap(), None);
+    }
+
+    #[test]
+    fn cert_ids_are_stable_and_safe() {
+        let a = cert_id(&canonical_names(&[
+            "B.example.org".into(),
+            "a.example.org".into(),
+        ]));
+        let b = cert_id(&canonical_names(&[
+            "a.example.org".into(),
+            "b.example.org.".into(),
+        ]));
+        assert_eq!(a, b);
+        assert!(a.starts_with("a.example.org-"));
+        let w = cert_id(&["*.example.org".to_string()]);
+        assert!(
+            w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+            "{w}"
+        );
+    }
+}
