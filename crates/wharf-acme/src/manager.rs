@@ -249,11 +249,12 @@ impl AcmeManager {
     }
 
     /// Load stored certificates, publish those still valid, and start the order loop (once; it
-    /// ends with [`AcmeManager::shutdown`]). Returns the stored entries that were ignored (corrupt),
-    /// each already logged; their names are ordered again once `set_names` asks for them.
+    /// ends with [`AcmeManager::shutdown`]). Returns the stored entries that were ignored (corrupt,
+    /// or issued by another ACME directory), each already logged; their names are ordered again once `set_names` asks for them.
     pub async fn start(&self) -> Result<Vec<AcmeError>, AcmeError> {
         let mut ignored = Vec::new();
         for entry in self.inner.store.load_certs().await? {
+            let entry = entry.and_then(|c| self.inner.check_directory(c));
             let cert = match entry.and_then(held) {
                 Ok(h) => h,
                 Err(e) => {
@@ -379,6 +380,11 @@ impl AcmeManager {
         out
     }
 
+    /// HTTP-01 without waiting: only the tokens of this replica's own running orders.
+    pub fn http01_local(&self, token: &str) -> Option<String> {
+        lock(&self.inner.http01).get(token).cloned()
+    }
+
     /// HTTP-01: the key authorization for `token` (served as the body of
     /// `GET /.well-known/acme-challenge/<token>`), from this replica's running orders or, with a
     /// shared store, from another replica's.
@@ -400,6 +406,17 @@ impl AcmeManager {
 }
 
 impl Inner {
+    fn check_directory(&self, c: StoredCert) -> Result<StoredCert, AcmeError> {
+        if c.directory.is_empty() || c.directory == self.cfg.directory {
+            Ok(c)
+        } else {
+            Err(AcmeError::Certificate(format!(
+                "stored certificate for {:?} comes from {}, not {}; ordering again",
+                c.names, c.directory, self.cfg.directory
+            )))
+        }
+    }
+
     fn publish(&self, h: &Held) {
         self.sink
             .publish(&h.cert.names, &h.cert.chain_pem, &h.cert.key_pem);
@@ -503,7 +520,13 @@ impl Inner {
             .get(names)
             .and_then(|e| e.held.as_ref().map(|h| h.not_after));
         let stored = match self.store.load_cert(names).await {
-            Ok(Some(c)) => held(c)?,
+            Ok(Some(c)) => match self.check_directory(c) {
+                Ok(c) => held(c)?,
+                Err(e) => {
+                    info!(error = %e, "ACME: not using the stored certificate");
+                    return Ok(None);
+                }
+            },
             Ok(None) => return Ok(None),
             Err(e) => {
                 warn!(error = %e, "ACME storage: ignoring stored certificate; ordering again");
@@ -560,6 +583,7 @@ impl Inner {
             names: names.to_vec(),
             chain_pem,
             key_pem,
+            directory: self.cfg.directory.clone(),
         };
         let h = held(cert)?;
         // Store first so that other replicas (and a restart) find it as soon as it is served;

@@ -26,6 +26,10 @@ pub struct StoredCert {
     pub names: Vec<String>,
     pub chain_pem: String,
     pub key_pem: String,
+    /// The ACME directory URL that issued it; empty when unknown. A certificate from another
+    /// directory (say staging, after switching to production) is not served and is re-ordered.
+    #[serde(default)]
+    pub directory: String,
 }
 
 /// Where the account, certificates, HTTP-01 tokens and order locks live.

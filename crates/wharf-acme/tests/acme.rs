@@ -249,6 +249,7 @@ fn aging_cert(name: &str) -> StoredCert {
         names: vec![name.to_owned()],
         chain_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        directory: String::new(),
     }
 }
 

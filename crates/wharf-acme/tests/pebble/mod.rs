@@ -103,6 +103,21 @@ pub async fn spawn_ready(mut cmd: Command, ready: &str, what: &str) -> Child {
 /// A TLS-ALPN-01 challenge certificate: (certificate DER, PKCS#8 key DER).
 pub type AlpnCert = (Vec<u8>, Vec<u8>);
 
+/// Wait until something accepts TCP connections on `addr` (at most 10 s).
+pub async fn wait_listening(addr: SocketAddr) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            if TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("nothing listens on {addr}"));
+}
+
 /// What a CertSink received.
 #[derive(Default)]
 pub struct RecordingSink {
@@ -387,6 +402,10 @@ impl Pebble {
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0");
         children.push(spawn_ready(cmd, "ACME directory available at", "pebble").await);
+        // Pebble logs its addresses just before it starts listening: wait for the sockets too.
+        for addr in [acme, mgmt] {
+            wait_listening(addr).await;
+        }
         Pebble {
             directory: format!("https://{acme}/dir"),
             dir,
