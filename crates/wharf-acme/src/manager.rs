@@ -76,11 +76,15 @@ pub enum AcmeCertState {
 pub struct AcmeCertStatus {
     pub names: Vec<String>,
     pub state: AcmeCertState,
+    /// Expiry of the certificate being served, if any.
     pub not_after: Option<SystemTime>,
+    /// Issuer DN of the certificate being served, e.g. `C=US, O=Let's Encrypt, CN=R11`.
+    pub issuer: Option<String>,
 }
 
 struct Held {
     cert: Arc<StoredCert>,
+    issuer: String,
     not_after: SystemTime,
     renew_at: SystemTime,
 }
@@ -170,9 +174,10 @@ fn next_attempt(
 }
 
 fn held(cert: StoredCert) -> Result<Held, AcmeError> {
-    let (nb, na) = crate::pem::validity(&cert.chain_pem)?;
+    let (nb, na, issuer) = crate::pem::validity(&cert.chain_pem)?;
     Ok(Held {
         cert: Arc::new(cert),
+        issuer,
         not_after: na,
         renew_at: renew_at(nb, na),
     })
@@ -373,6 +378,7 @@ impl AcmeManager {
                     names: names.clone(),
                     state,
                     not_after: e.held.as_ref().map(|h| h.not_after),
+                    issuer: e.held.as_ref().map(|h| h.issuer.clone()),
                 }
             })
             .collect();

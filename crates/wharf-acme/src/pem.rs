@@ -7,8 +7,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::AcmeError;
 
-/// notBefore and notAfter of the first certificate of a PEM chain.
-pub(crate) fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), AcmeError> {
+/// notBefore, notAfter and issuer of the first certificate of a PEM chain.
+pub(crate) fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime, String), AcmeError> {
     let first = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .next()
         .ok_or_else(|| AcmeError::Certificate("no certificate in PEM chain".into()))?
@@ -20,6 +20,7 @@ pub(crate) fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), Acme
     Ok((
         to_sys(v.not_before.timestamp()),
         to_sys(v.not_after.timestamp()),
+        cert.issuer().to_string(),
     ))
 }
 

@@ -99,6 +99,8 @@ async fn http01_issues_then_restart_serves_stored_cert_without_ordering() {
             .is_some_and(|c| c.state == AcmeCertState::Valid && c.not_after.is_some())
     })
     .await;
+    let issuer = m.certificates()[0].issuer.clone().unwrap();
+    assert!(issuer.contains("Pebble Intermediate"), "{issuer}");
     assert_eq!(m.order_counts(), (1, 0));
 
     // Keys on disk are private.
