@@ -70,6 +70,8 @@ async fn http01_issues_then_restart_serves_stored_cert_without_ordering() {
     let rig = Rig::new(None).await;
     let root = rig.pebble.root_pem().await;
     let m = rig.manager(Challenge::Http01, fast_policy()).await;
+    let registry = prometheus::Registry::new();
+    m.register_metrics(&registry).unwrap();
     assert!(m.start().await.unwrap().is_empty());
 
     let t0 = Instant::now();
@@ -102,6 +104,30 @@ async fn http01_issues_then_restart_serves_stored_cert_without_ordering() {
     let issuer = m.certificates()[0].issuer.clone().unwrap();
     assert!(issuer.contains("Pebble Intermediate"), "{issuer}");
     assert_eq!(m.order_counts(), (1, 0));
+
+    // The metrics the admin endpoint will expose.
+    let text = {
+        let mut buf = Vec::new();
+        use prometheus::Encoder;
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    assert!(
+        text.contains("wharf_acme_orders_total{result=\"ok\"} 1"),
+        "{text}"
+    );
+    let not_after = m.certificates()[0]
+        .not_after
+        .unwrap()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for name in ["site.example.test", "www.site.example.test"] {
+        let line = format!("wharf_tls_cert_not_after_seconds{{name=\"{name}\"}} {not_after}");
+        assert!(text.contains(&line), "{line} missing in\n{text}");
+    }
 
     // Keys on disk are private.
     let certs = std::fs::read_dir(rig.store.path().join("certs")).unwrap();
