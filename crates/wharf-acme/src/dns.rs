@@ -71,8 +71,9 @@ impl DnsUpdater {
     }
 
     async fn exchange(&self, mut msg: Message, sign: bool) -> Result<Message, AcmeError> {
+        let mut verifier = None;
         if let Some(signer) = self.signer.as_ref().filter(|_| sign) {
-            msg.finalize(signer, unix(SystemTime::now())).map_err(err)?;
+            verifier = msg.finalize(signer, unix(SystemTime::now())).map_err(err)?;
         }
         let id = msg.metadata.id;
         let bytes = msg.to_vec().map_err(err)?;
@@ -95,11 +96,24 @@ impl DnsUpdater {
                         let Ok(rsp) = Message::from_vec(&buf[..n]) else {
                             continue;
                         };
-                        if rsp.metadata.id == id
-                            && rsp.metadata.message_type == MessageType::Response
+                        if rsp.metadata.id != id
+                            || rsp.metadata.message_type != MessageType::Response
                         {
-                            return Ok(rsp);
+                            continue;
                         }
+                        // A success must carry the server's TSIG (RFC 8945 §5.3); an error
+                        // answer is reported as it is (forging one can only fail the order).
+                        if let Some(v) = verifier.as_mut() {
+                            if rsp.metadata.response_code == ResponseCode::NoError {
+                                v.verify(&buf[..n]).map_err(|e| {
+                                    err(format!(
+                                        "{}: the answer's TSIG does not verify: {e}",
+                                        self.server
+                                    ))
+                                })?;
+                            }
+                        }
+                        return Ok(rsp);
                     }
                 }
             }
