@@ -21,8 +21,8 @@ pub use labels::{
 };
 pub use route::{RouteSpec, Upstream};
 pub use validate::{
-    AcmeConfig, AdminConfig, CertPaths, Challenge, Config, DnsConfig, DockerConfig, DockerMode,
-    Entrypoint, RuntimeConfig, StickyConfig, Storage, UpstreamConfig,
+    AcmeConfig, AcmeDns, AdminConfig, CertPaths, Challenge, Config, DnsConfig, DockerConfig,
+    DockerMode, Entrypoint, RuntimeConfig, StickyConfig, Storage, UpstreamConfig,
 };
 
 use std::fmt;
