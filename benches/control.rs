@@ -11,6 +11,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use wharf_control::{Control, Inputs};
 use wharf_docker::{Endpoint, Kind, Snapshot, Workload};
 
+// The binary's allocator, so the figure is the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NETWORK: &str = "wharf-public";
 
 fn snapshot(n: usize, variant: u8) -> Snapshot {

@@ -105,7 +105,23 @@ impl ApplyReport {
 /// keeps the service online.
 #[derive(Debug, Clone)]
 struct LastGood {
-    routes: Vec<RouteSpec>,
+    routes: Arc<labels::ServiceRoutes>,
+}
+
+/// A workload's labels as last parsed: most snapshots change a task address, not
+/// labels, so parsing 10,000 services' labels again would be wasted work.
+struct Parsed {
+    name: String,
+    labels: BTreeMap<String, String>,
+    ports: Vec<u16>,
+    routes: Arc<labels::ServiceRoutes>,
+}
+
+#[derive(Default)]
+struct ParseCache {
+    /// The options the cache was filled with; other options empty it.
+    opts: Option<LabelOptions>,
+    by_id: HashMap<String, Parsed>,
 }
 
 pub struct Control {
@@ -116,6 +132,7 @@ pub struct Control {
     /// The conflicts the published table was compiled with.
     conflicts: Mutex<Vec<Problem>>,
     last_good: Mutex<HashMap<String, LastGood>>,
+    parsed: Mutex<ParseCache>,
 }
 
 /// The control plane's own metrics (SPEC "Metrics").
@@ -168,6 +185,7 @@ impl Control {
             published: Mutex::new(Vec::new()),
             conflicts: Mutex::new(Vec::new()),
             last_good: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(ParseCache::default()),
         }
     }
 
@@ -254,17 +272,46 @@ impl Control {
             .last_good
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut seen = BTreeSet::new();
+        let mut parsed = self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if parsed.opts != Some(opts) {
+            parsed.opts = Some(opts);
+            parsed.by_id.clear();
+        }
+        let parsed = &mut parsed.by_id;
+        let mut seen: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(snap.workloads.len());
         for w in &snap.workloads {
-            seen.insert(w.id.clone());
-            let declared = labels::service_routes(
-                &ServiceInput {
-                    name: &w.name,
-                    labels: &w.labels,
-                    exposed_ports: &w.exposed_ports,
-                },
-                &opts,
-            );
+            seen.insert(&w.id);
+            let declared = match parsed.get(&w.id) {
+                Some(p)
+                    if p.name == w.name && p.labels == w.labels && p.ports == w.exposed_ports =>
+                {
+                    p.routes.clone()
+                }
+                _ => {
+                    let declared = Arc::new(labels::service_routes(
+                        &ServiceInput {
+                            name: &w.name,
+                            labels: &w.labels,
+                            exposed_ports: &w.exposed_ports,
+                        },
+                        &opts,
+                    ));
+                    parsed.insert(
+                        w.id.clone(),
+                        Parsed {
+                            name: w.name.clone(),
+                            labels: w.labels.clone(),
+                            ports: w.exposed_ports.clone(),
+                            routes: declared.clone(),
+                        },
+                    );
+                    declared
+                }
+            };
             for p in &declared.problems {
                 report.problems.push(Problem {
                     source: "docker",
@@ -278,7 +325,7 @@ impl Control {
                 last_good.remove(&w.id);
                 continue;
             }
-            let routes = if declared.has_errors() {
+            let good = if declared.has_errors() {
                 match last_good.get(&w.id) {
                     Some(good) => {
                         report.problems.push(Problem {
@@ -294,15 +341,21 @@ impl Control {
                     None => continue,
                 }
             } else {
-                last_good.insert(
-                    w.id.clone(),
-                    LastGood {
-                        routes: declared.routes.clone(),
-                    },
-                );
-                declared.routes
+                match last_good.get_mut(w.id.as_str()) {
+                    Some(g) if Arc::ptr_eq(&g.routes, &declared) => {}
+                    Some(g) => g.routes = declared.clone(),
+                    None => {
+                        last_good.insert(
+                            w.id.clone(),
+                            LastGood {
+                                routes: declared.clone(),
+                            },
+                        );
+                    }
+                }
+                declared
             };
-            for r in &routes {
+            for r in &good.routes {
                 report.not_enforced.extend(not_enforced(r));
                 let mut def = route_def(config, r, "docker", dns, report);
                 def.name = format!("{}@docker", r.name).into();
@@ -310,7 +363,8 @@ impl Control {
                 defs.push(def);
             }
         }
-        last_good.retain(|id, _| seen.contains(id));
+        last_good.retain(|id, _| seen.contains(id.as_str()));
+        parsed.retain(|id, _| seen.contains(id.as_str()));
     }
 }
 
