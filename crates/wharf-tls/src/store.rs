@@ -96,7 +96,10 @@ impl Entry {
     /// Which of two certificates for one name is served: a CA-issued one over a
     /// self-signed placeholder, then the one that lives longer.
     fn rank(&self) -> (bool, i64) {
-        (self.info.source != CertSource::SelfSigned, self.info.not_after)
+        (
+            self.info.source != CertSource::SelfSigned,
+            self.info.not_after,
+        )
     }
 }
 

@@ -87,13 +87,19 @@ async fn handshake(
         Ok::<_, String>(())
     });
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    let mut c = connector.connect(name, a).await.map_err(|e| e.to_string())?;
+    let mut c = connector
+        .connect(name, a)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut one = [0u8; 1];
     c.read_exact(&mut one).await.map_err(|e| e.to_string())?;
     srv.await.unwrap()?;
     let (_, conn) = c.get_ref();
     let leaf = conn.peer_certificates().unwrap()[0].clone();
-    Ok((names_of(&leaf).unwrap(), conn.alpn_protocol().map(|p| p.to_vec())))
+    Ok((
+        names_of(&leaf).unwrap(),
+        conn.alpn_protocol().map(|p| p.to_vec()),
+    ))
 }
 
 fn store_with(certs: &[&[&str]]) -> Arc<CertStore> {
@@ -111,14 +117,32 @@ fn store_with(certs: &[&[&str]]) -> Arc<CertStore> {
 async fn sni_picks_exact_then_wildcard_else_default() {
     let store = store_with(&[&["a.example.org"], &["*.example.org"], &["other.test"]]);
     let names = |r: Result<(Vec<String>, _), String>| r.unwrap().0;
-    assert_eq!(names(handshake(&store, "a.example.org", &[]).await), ["a.example.org"]);
-    assert_eq!(names(handshake(&store, "B.Example.org", &[]).await), ["*.example.org"]);
+    assert_eq!(
+        names(handshake(&store, "a.example.org", &[]).await),
+        ["a.example.org"]
+    );
+    assert_eq!(
+        names(handshake(&store, "B.Example.org", &[]).await),
+        ["*.example.org"]
+    );
     // One label only (RFC 6125): neither the bare suffix nor two labels match.
-    assert_eq!(names(handshake(&store, "example.org", &[]).await), ["wharf.invalid"]);
-    assert_eq!(names(handshake(&store, "x.y.example.org", &[]).await), ["wharf.invalid"]);
-    assert_eq!(names(handshake(&store, "unknown.test", &[]).await), ["wharf.invalid"]);
+    assert_eq!(
+        names(handshake(&store, "example.org", &[]).await),
+        ["wharf.invalid"]
+    );
+    assert_eq!(
+        names(handshake(&store, "x.y.example.org", &[]).await),
+        ["wharf.invalid"]
+    );
+    assert_eq!(
+        names(handshake(&store, "unknown.test", &[]).await),
+        ["wharf.invalid"]
+    );
     // An IP address as server name: no SNI extension is sent.
-    assert_eq!(names(handshake(&store, "127.0.0.1", &[]).await), ["wharf.invalid"]);
+    assert_eq!(
+        names(handshake(&store, "127.0.0.1", &[]).await),
+        ["wharf.invalid"]
+    );
     assert!(store.covers("z.example.org"));
     assert!(!store.covers("example.org"));
 }
@@ -126,12 +150,17 @@ async fn sni_picks_exact_then_wildcard_else_default() {
 #[tokio::test]
 async fn alpn_h2_and_http11_are_negotiated() {
     let store = store_with(&[&["a.test"]]);
-    let (_, p) = handshake(&store, "a.test", &[b"h2", b"http/1.1"]).await.unwrap();
+    let (_, p) = handshake(&store, "a.test", &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(p.as_deref(), Some(&b"h2"[..]));
     let (_, p) = handshake(&store, "a.test", &[b"http/1.1"]).await.unwrap();
     assert_eq!(p.as_deref(), Some(&b"http/1.1"[..]));
     let cfg = server_config(store.clone(), false).unwrap();
-    assert_eq!(cfg.alpn_protocols, [b"http/1.1".to_vec(), b"acme-tls/1".to_vec()]);
+    assert_eq!(
+        cfg.alpn_protocols,
+        [b"http/1.1".to_vec(), b"acme-tls/1".to_vec()]
+    );
 }
 
 #[tokio::test]
@@ -160,11 +189,17 @@ async fn self_signed_placeholders_give_way_to_issued_certificates() {
         .unwrap();
     assert_eq!(made, ["new.test", "*.wild.test"]);
     // Idempotent.
-    assert!(store.ensure_self_signed(&["new.test".into()]).unwrap().is_empty());
+    assert!(store
+        .ensure_self_signed(&["new.test".into()])
+        .unwrap()
+        .is_empty());
     let info = store.lookup("new.test").unwrap();
     assert_eq!(info.source, CertSource::SelfSigned);
     assert_eq!(info.state, CertState::Pending);
-    assert_eq!(handshake(&store, "new.test", &[]).await.unwrap().0, ["new.test"]);
+    assert_eq!(
+        handshake(&store, "new.test", &[]).await.unwrap().0,
+        ["new.test"]
+    );
     let (c, k) = pem_for(&["new.test"]);
     store
         .insert_pem(CertSource::Acme, c.as_bytes(), k.as_bytes())
@@ -224,7 +259,10 @@ fn file_certificates_replace_and_keep_the_last_good_one() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let write = |name: &str, names: &[&str]| {
         let (c, k) = pem_for(names);
-        let (cp, kp) = (dir.0.join(format!("{name}.pem")), dir.0.join(format!("{name}.key")));
+        let (cp, kp) = (
+            dir.0.join(format!("{name}.pem")),
+            dir.0.join(format!("{name}.key")),
+        );
         std::fs::write(&cp, c).unwrap();
         std::fs::write(&kp, k).unwrap();
         (cp, kp)

@@ -94,6 +94,18 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match load_config(config.as_deref()) {
             Ok(cfg) => {
+                let files: Vec<_> = cfg
+                    .tls
+                    .iter()
+                    .map(|c| (c.cert.clone(), c.key.clone()))
+                    .collect();
+                let bad = wharf_tls::check_files(&files);
+                if !bad.is_empty() {
+                    for e in &bad {
+                        println!("tls.certificates: {e}");
+                    }
+                    return ExitCode::from(1);
+                }
                 for w in &cfg.warnings {
                     println!("warning: {w}");
                 }

@@ -10,9 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 use wharf_admin::{AdminState, ConfigProblem};
+use wharf_config::route::TlsMode;
 use wharf_config::Config;
 use wharf_control::{Control, ControlMetrics};
-use wharf_proxy::{Entrypoint, Forwarder, ListenerSettings, UpstreamSettings};
+use wharf_proxy::{
+    Entrypoint, Forwarder, Http01Responder, ListenerSettings, NoHttp01, UpstreamSettings,
+};
+use wharf_tls::CertStore;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let runtime = match cfg.runtime.worker_threads {
@@ -47,13 +51,36 @@ fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
     }
 }
 
-/// Applies a config's routes and publishes its problems; returns whether it was
-/// free of route problems.
+/// `[[tls.certificates]]` as the store takes them.
+fn cert_files(cfg: &Config) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    cfg.tls
+        .iter()
+        .map(|c| (c.cert.clone(), c.key.clone()))
+        .collect()
+}
+
+/// Every route with `tls = "acme"` gets a self-signed certificate for each host
+/// no certificate covers yet, so its TLS works at once; the ACME certificate
+/// replaces it when issued (SPEC "TLS and ACME").
+pub fn ensure_route_certificates(certs: &CertStore, cfg: &Config) {
+    let names: Vec<String> = cfg
+        .routes
+        .iter()
+        .filter(|r| r.tls == TlsMode::Acme)
+        .flat_map(|r| r.hosts.iter().cloned())
+        .collect();
+    if let Err(e) = certs.ensure_self_signed(&names) {
+        error!("self-signed certificates: {e}");
+    }
+}
+
+/// Applies a config's routes and publishes its problems.
 fn apply(
     control: &Control,
     cfg: &Config,
     problems: &ArcSwap<Vec<ConfigProblem>>,
     metrics: &ControlMetrics,
+    certs: &CertStore,
 ) {
     for w in &cfg.warnings {
         warn!("{w}");
@@ -99,6 +126,7 @@ fn apply(
         .routes
         .set(i64::try_from(report.routes).unwrap_or(i64::MAX));
     problems.store(Arc::new(list));
+    ensure_route_certificates(certs, cfg);
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -121,12 +149,46 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             wharf_admin::BackendCollector::new(control.table()).context("backend metrics")?,
         ))
         .context("registering backend metrics")?;
+    // The default certificate, then the files: a file that cannot be used stops
+    // the start with its path in the message.
+    let certs = Arc::new(CertStore::new().context("TLS certificate store")?);
+    let bad = certs.replace_files(cert_files(&cfg));
+    if !bad.is_empty() {
+        let list: Vec<String> = bad
+            .iter()
+            .map(|e| format!("tls.certificates: {e}"))
+            .collect();
+        anyhow::bail!("{}", list.join("\n"));
+    }
     let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
-    apply(&control, &cfg, &problems, &metrics);
+    apply(&control, &cfg, &problems, &metrics, &certs);
 
-    // TLS termination is not part of this build: a TLS entrypoint is not opened
-    // (rather than served as plain HTTP), so there is no port to redirect to.
-    let https_port = None;
+    // Bind every entrypoint before serving any: a port that is taken stops the
+    // start, and redirects need the port the first TLS entrypoint really got.
+    let mut bound = Vec::new();
+    for (index, ep) in cfg.entrypoints.iter().enumerate() {
+        let listener = wharf_proxy::bind(ep.address).with_context(|| {
+            format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
+        })?;
+        let tls = if ep.tls {
+            Some(wharf_tls::server_config(certs.clone(), ep.http2).context("TLS configuration")?)
+        } else {
+            None
+        };
+        bound.push(Entrypoint {
+            index,
+            settings: Arc::new(listener_settings(ep)),
+            listener,
+            tls,
+        });
+    }
+    let https_port = bound
+        .iter()
+        .filter(|e| e.tls.is_some())
+        .find_map(|e| e.local_addr().ok())
+        .map(|a| a.port());
+    // The ACME HTTP-01 hook: knows no token until ACME is wired in here.
+    let http01: Arc<dyn Http01Responder> = Arc::new(NoHttp01);
     let upstream = UpstreamSettings {
         connect_timeout: cfg.upstream.connect_timeout,
         response_timeout: cfg.upstream.response_timeout,
@@ -140,27 +202,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         &upstream,
         https_port,
         tracker.clone(),
+        http01,
     ));
     let mut listeners = Vec::new();
-    for (index, ep) in cfg.entrypoints.iter().enumerate() {
-        if ep.tls {
-            warn!(
-                entrypoint = %ep.name,
-                address = %ep.address,
-                "tls = true: TLS termination is not in this build yet; entrypoint not opened"
-            );
-            continue;
-        }
-        let listener = wharf_proxy::bind(ep.address).with_context(|| {
-            format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
-        })?;
-        let entry = Entrypoint {
-            index,
-            settings: Arc::new(listener_settings(ep)),
-            listener,
-        };
+    for entry in bound {
         let local = entry.local_addr()?;
-        info!(entrypoint = %ep.name, address = %local, "entrypoint listening");
+        info!(
+            entrypoint = %entry.settings.name,
+            address = %local,
+            tls = entry.tls.is_some(),
+            "entrypoint listening"
+        );
         listeners.push(tokio::spawn(entry.serve(
             fwd.clone(),
             cancel.clone(),
@@ -175,6 +227,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         table: control.table(),
         problems: problems.clone(),
         registry: registry.clone(),
+        certificates: certs.clone(),
     };
     let admin = tokio::spawn(wharf_admin::serve(
         admin_listener,
@@ -186,7 +239,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!("wharf is ready");
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&control, &mut current, &problems, &metrics),
+            _ = hup.recv() => reload(&control, &mut current, &problems, &metrics, &certs),
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
         }
@@ -210,12 +263,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the file. A file that fails changes nothing.
+/// SIGHUP: re-read the file. A file that fails changes nothing; a certificate
+/// file that fails keeps its previous certificate.
 fn reload(
     control: &Control,
     current: &mut Config,
     problems: &ArcSwap<Vec<ConfigProblem>>,
     metrics: &ControlMetrics,
+    certs: &CertStore,
 ) {
     let Some(path) = current.source.clone() else {
         info!("SIGHUP: no config file to reload (running on built-in defaults)");
@@ -259,7 +314,10 @@ fn reload(
                     }
                 }
             }
-            apply(control, &next, problems, metrics);
+            for e in certs.replace_files(cert_files(&next)) {
+                error!("SIGHUP: tls.certificates: {e}; the previous certificate stays");
+            }
+            apply(control, &next, problems, metrics, certs);
             metrics
                 .reloads
                 .with_label_values(&["file", "success"])
