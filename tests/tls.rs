@@ -187,17 +187,28 @@ fn sni_picks_file_certificates_else_the_default() {
     let exact = write_cert(&certs.0, "exact", &["a.test"]);
     let wild = write_cert(&certs.0, "wild", &["*.w.test"]);
     let cfg = tls_config()
-        + &cert_entry(&exact)
         + &cert_entry(&wild)
+        + &cert_entry(&exact)
         + &route("a.test", "/", &[a.addr], "");
     let w = Wharf::start(&cfg);
     let tls = w.ep("websecure");
     assert_eq!(names_for(tls, "a.test"), ["a.test"]);
     assert_eq!(names_for(tls, "x.w.test"), ["*.w.test"]);
-    assert_eq!(names_for(tls, "w.test"), ["wharf.invalid"]);
-    assert_eq!(names_for(tls, "unknown.test"), ["wharf.invalid"]);
+    // Unknown names and no SNI: the first file certificate, as HAProxy does.
+    assert_eq!(names_for(tls, "w.test"), ["*.w.test"]);
+    assert_eq!(names_for(tls, "unknown.test"), ["*.w.test"]);
     // An IP address as server name: the client sends no SNI.
-    assert_eq!(names_for(tls, "127.0.0.1"), ["wharf.invalid"]);
+    assert_eq!(names_for(tls, "127.0.0.1"), ["*.w.test"]);
+    // Without file certificates: the generated default.
+    let w2 = Wharf::start(&(tls_config() + &route("a.test", "/", &[a.addr], "")));
+    assert_eq!(
+        names_for(w2.ep("websecure"), "unknown.test"),
+        ["wharf.invalid"]
+    );
+    assert_eq!(
+        names_for(w2.ep("websecure"), "127.0.0.1"),
+        ["wharf.invalid"]
+    );
 }
 
 #[test]
@@ -425,10 +436,13 @@ fn api_certificates_lists_names_issuer_expiry_state_and_source() {
     let placeholder = by_source("self_signed");
     assert_eq!(placeholder["names"], serde_json::json!(["new.test"]));
     assert_eq!(placeholder["state"], "pending");
-    assert_eq!(
-        by_source("default")["names"],
-        serde_json::json!(["wharf.invalid"])
-    );
+    // The first file certificate is the default one; the generated one is unused.
+    assert!(list.iter().all(|c| c["source"] != "default"), "{v:#}");
+    let w2 = Wharf::start(&(tls_config() + &tls_route("new.test", a.addr)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&get(w2.admin, "admin", "/api/certificates").body).unwrap();
+    assert_eq!(v[0]["source"], "default");
+    assert_eq!(v[0]["names"], serde_json::json!(["wharf.invalid"]));
 }
 
 /// The ACME HTTP-01 hook, on the real listener and forwarder in process (the

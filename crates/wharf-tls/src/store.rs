@@ -144,6 +144,18 @@ struct Inner {
     alpn: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
     default_info: CertInfo,
+    /// The first `[[tls.certificates]]` file: served for unknown or missing SNI
+    /// instead of the generated default, as HAProxy serves its first `crt`.
+    default_file: Option<PathBuf>,
+}
+
+impl Inner {
+    fn default_entry(&self) -> Option<&Arc<Entry>> {
+        let first = self.default_file.as_ref()?;
+        self.entries
+            .iter()
+            .find(|e| matches!(&e.info.source, CertSource::File { cert, .. } if cert == first))
+    }
 }
 
 /// Every certificate Wharf serves. Cheap to share (`Arc<CertStore>`); every
@@ -204,6 +216,7 @@ impl CertStore {
                 source: CertSource::Default,
                 state: CertState::Valid,
             },
+            default_file: None,
         };
         let store = CertStore {
             snap: ArcSwap::from_pointee(build(&inner)),
@@ -327,6 +340,7 @@ impl CertStore {
         let mut errors = Vec::new();
         let mut fresh = Vec::new();
         let mut failed = Vec::new();
+        let first = files.first().map(|(c, _)| c.clone());
         for (cert, key) in files {
             match read_pair(&cert, &key).and_then(|(c, k)| {
                 self.entry(
@@ -354,6 +368,7 @@ impl CertStore {
             debug!(file = %match &e.info.source { CertSource::File { cert, .. } => cert.display().to_string(), _ => String::new() }, names = ?e.info.names, "file certificate loaded");
             insert(&mut inner.entries, e);
         }
+        inner.default_file = first;
         self.publish(&inner);
         errors
     }
@@ -427,11 +442,15 @@ impl CertStore {
         self.publish(&inner);
     }
 
-    /// Every certificate, the default one first, for `/api/certificates`.
+    /// Every certificate, for `/api/certificates`; the generated default one first
+    /// when it is in use (no `[[tls.certificates]]` file loaded).
     pub fn certificates(&self) -> Vec<CertInfo> {
         let inner = self.lock();
         let t = now();
-        let mut out = vec![inner.default_info.clone()];
+        let mut out = Vec::new();
+        if inner.default_entry().is_none() {
+            out.push(inner.default_info.clone());
+        }
         for e in &inner.entries {
             let mut info = e.info.clone();
             if info.state == CertState::Valid && info.not_after <= t {
@@ -513,7 +532,9 @@ fn build(inner: &Inner) -> Snapshot {
         exact,
         wildcard,
         alpn: inner.alpn.clone(),
-        default: inner.default.clone(),
+        default: inner
+            .default_entry()
+            .map_or_else(|| inner.default.clone(), |e| e.key.clone()),
     }
 }
 

@@ -295,6 +295,49 @@ fn file_certificates_replace_and_keep_the_last_good_one() {
     assert!(matches!(now.source, CertSource::File { .. }));
 }
 
+#[tokio::test]
+async fn the_first_file_certificate_is_the_default() {
+    let dir = Dir(std::env::temp_dir().join(format!("wharf-tls-default-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let pair = |name: &str| {
+        let (c, k) = pem_for(&[name]);
+        let (cp, kp) = (
+            dir.0.join(format!("{name}.pem")),
+            dir.0.join(format!("{name}.key")),
+        );
+        std::fs::write(&cp, c).unwrap();
+        std::fs::write(&kp, k).unwrap();
+        (cp, kp)
+    };
+    let store = Arc::new(CertStore::new().unwrap());
+    assert_eq!(store.certificates()[0].source, CertSource::Default);
+    assert!(store
+        .replace_files(vec![pair("first.test"), pair("second.test")])
+        .is_empty());
+    assert_eq!(
+        handshake(&store, "unknown.test", &[]).await.unwrap().0,
+        ["first.test"]
+    );
+    assert_eq!(
+        handshake(&store, "127.0.0.1", &[]).await.unwrap().0,
+        ["first.test"]
+    );
+    assert_eq!(
+        handshake(&store, "second.test", &[]).await.unwrap().0,
+        ["second.test"]
+    );
+    assert!(store
+        .certificates()
+        .iter()
+        .all(|c| c.source != CertSource::Default));
+    // No files any more: the generated default again.
+    assert!(store.replace_files(Vec::new()).is_empty());
+    assert_eq!(
+        handshake(&store, "unknown.test", &[]).await.unwrap().0,
+        ["wharf.invalid"]
+    );
+}
+
 /// A TLS 1.1-only ClientHello (no supported_versions extension) is refused with
 /// an alert, never answered with a ServerHello.
 #[tokio::test]
