@@ -390,6 +390,13 @@ fn garbage_and_old_clients_on_the_tls_port_do_not_hurt_others() {
         let r = tls_get(tls, "a.test", &[b"h2"], "a.test", "/").await;
         assert_eq!(r.status, 200);
     });
+    // Both failures are counted.
+    let m = get(w.admin, "admin", "/metrics").text();
+    assert!(
+        m.lines()
+            .any(|l| l == "wharf_tls_handshake_failures_total 2"),
+        "{m}"
+    );
 }
 
 /// A ClientHello that offers TLS 1.1 only (no supported_versions extension).

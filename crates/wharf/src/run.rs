@@ -204,6 +204,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracker.clone(),
         http01,
     ));
+    registry
+        .register(Box::new(
+            HandshakeFailures::new(fwd.clone()).context("TLS metrics")?,
+        ))
+        .context("registering TLS metrics")?;
     let mut listeners = Vec::new();
     for entry in bound {
         let local = entry.local_addr()?;
@@ -324,6 +329,40 @@ fn reload(
                 .inc();
             info!(file = %path.display(), "SIGHUP: configuration reloaded");
             *current = next;
+        }
+    }
+}
+
+/// `wharf_tls_handshake_failures_total`, read from the forwarder's counter at scrape
+/// time (the data plane does not link prometheus).
+struct HandshakeFailures {
+    fwd: Arc<Forwarder>,
+    desc: prometheus::core::Desc,
+}
+
+const HANDSHAKE_FAILURES: &str = "wharf_tls_handshake_failures_total";
+const HANDSHAKE_FAILURES_HELP: &str = "TLS handshakes that failed or timed out.";
+
+impl HandshakeFailures {
+    fn new(fwd: Arc<Forwarder>) -> prometheus::Result<Self> {
+        use prometheus::core::Describer as _;
+        let desc = prometheus::Opts::new(HANDSHAKE_FAILURES, HANDSHAKE_FAILURES_HELP).describe()?;
+        Ok(HandshakeFailures { fwd, desc })
+    }
+}
+
+impl prometheus::core::Collector for HandshakeFailures {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        match prometheus::IntCounter::new(HANDSHAKE_FAILURES, HANDSHAKE_FAILURES_HELP) {
+            Ok(c) => {
+                c.inc_by(self.fwd.handshake_failures());
+                c.collect()
+            }
+            Err(_) => Vec::new(),
         }
     }
 }
