@@ -71,6 +71,15 @@ async fn connect(
     sni: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    connect_over(TcpStream::connect(addr).await?, sni, alpn).await
+}
+
+/// Like [`connect`], on a TCP stream the caller already wrote to.
+async fn connect_over(
+    tcp: TcpStream,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let p = wharf_tls::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
@@ -79,7 +88,6 @@ async fn connect(
         .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
         .await
@@ -552,4 +560,38 @@ fn http01_hook_answers_known_tokens_on_plain_entrypoints() {
     ));
     assert_eq!((r.status, r.body.as_str()), (200, "a"));
     cancel.cancel();
+}
+
+#[test]
+fn proxy_protocol_header_is_read_before_the_handshake() {
+    let a = Backend::start("a");
+    let certs = TempDir::new("certs");
+    let cfg = "[entrypoints.websecure]\naddress = \"127.0.0.1:0\"\ntls = true\n\
+               proxy_protocol = { trusted = [\"127.0.0.1/32\"] }\n\n\
+               [admin]\naddress = \"127.0.0.1:0\"\n\n"
+        .to_string()
+        + &cert_entry(&write_cert(&certs.0, "a", &["a.test"]))
+        + &route("a.test", "/", &[a.addr], "");
+    let w = Wharf::start(&cfg);
+    let tls = w.ep("websecure");
+    rt().block_on(async {
+        let mut tcp = TcpStream::connect(tls).await.unwrap();
+        tcp.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
+            .await
+            .unwrap();
+        let s = connect_over(tcp, "a.test", &[b"http/1.1"]).await.unwrap();
+        assert_eq!(served_names(&s), ["a.test"]);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/pp")
+            .header("host", "a.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    });
+    let seen = a.last();
+    assert_eq!(seen.header("x-real-ip"), Some("192.0.2.7"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 }

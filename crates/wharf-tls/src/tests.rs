@@ -364,3 +364,51 @@ async fn tls_1_1_is_refused() {
     assert!([40, 70].contains(&head[6]), "{head:?}");
     assert!(!srv.await.unwrap());
 }
+
+/// Session resumption: a second connection with the client's stored session (a
+/// ticket, TLS 1.3 and 1.2) resumes instead of a full handshake.
+#[tokio::test]
+async fn sessions_resume_with_tickets() {
+    let store = store_with(&[&["a.test"]]);
+    let server = tokio_rustls::TlsAcceptor::from(server_config(store, true).unwrap());
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let p = provider();
+        let client = ClientConfig::builder_with_provider(p.clone())
+            .with_protocol_versions(&[versions])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let server = server.clone();
+            let srv = tokio::spawn(async move {
+                let mut s = server.accept(b).await.unwrap();
+                // TLS 1.3 tickets are sent after the handshake: write some data so
+                // the client reads them.
+                s.write_all(b"x").await.unwrap();
+                s.flush().await.unwrap();
+                let mut end = [0u8; 1];
+                let _ = s.read(&mut end).await;
+            });
+            let name = ServerName::try_from("a.test").unwrap();
+            let mut c = connector.connect(name, a).await.unwrap();
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).await.unwrap();
+            kinds.push(c.get_ref().1.handshake_kind());
+            c.shutdown().await.unwrap();
+            drop(c);
+            srv.await.unwrap();
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{versions:?}"
+        );
+    }
+}
