@@ -375,7 +375,9 @@ impl CertStore {
 
     /// For every name that no certificate covers yet, generates a self-signed
     /// placeholder (state `pending`) so TLS works at once; a CA-issued certificate
-    /// inserted later replaces it. Returns the names that got one.
+    /// inserted later replaces it. Returns the names that got one; a name that
+    /// cannot be put in a certificate is skipped (the others still get theirs) and
+    /// reported in the error.
     pub fn ensure_self_signed(&self, names: &[String]) -> Result<Vec<String>, TlsError> {
         let wanted: Vec<String> = {
             let snap = self.snapshot();
@@ -396,8 +398,17 @@ impl CertStore {
             v
         };
         let mut made = Vec::new();
+        let mut failed = None;
+        let mut done = Vec::new();
         for n in &wanted {
-            let (key, not_after) = self_signed(vec![n.clone()], n)?;
+            let (key, not_after) = match self_signed(vec![n.clone()], n) {
+                Ok(k) => k,
+                Err(e) => {
+                    failed = Some(TlsError::Generate(format!("{n}: {e}")));
+                    continue;
+                }
+            };
+            done.push(n.clone());
             made.push(Entry {
                 info: CertInfo {
                     id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -420,9 +431,12 @@ impl CertStore {
                 }
             }
             self.publish(&inner);
-            info!(names = ?wanted, "self-signed certificates generated until ACME issues real ones");
+            info!(names = ?done, "self-signed certificates generated until ACME issues real ones");
         }
-        Ok(wanted)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// Sets (or with `None` clears) the TLS-ALPN-01 challenge certificate for a

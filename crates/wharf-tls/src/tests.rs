@@ -193,6 +193,12 @@ async fn self_signed_placeholders_give_way_to_issued_certificates() {
         .ensure_self_signed(&["new.test".into()])
         .unwrap()
         .is_empty());
+    // A name that cannot be in a certificate: an error, the others still get one.
+    let e = store
+        .ensure_self_signed(&["bücher.test".into(), "third.test".into()])
+        .unwrap_err();
+    assert!(e.to_string().contains("bücher.test"), "{e}");
+    assert!(store.covers("third.test"));
     let info = store.lookup("new.test").unwrap();
     assert_eq!(info.source, CertSource::SelfSigned);
     assert_eq!(info.state, CertState::Pending);
