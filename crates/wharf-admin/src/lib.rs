@@ -1,4 +1,5 @@
-//! The admin listener: `/ping`, `/metrics`, `/api/routes`, `/api/errors` and a
+//! The admin listener: `/ping`, `/metrics`, `/api/routes`, `/api/certificates`,
+//! `/api/errors` and a
 //! read-only dashboard at `/`. It reads the same published table as the proxy and
 //! never changes anything.
 
@@ -38,6 +39,71 @@ pub struct AdminState {
     pub table: Arc<ArcSwap<Table>>,
     pub problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
     pub registry: prometheus::Registry,
+    pub certificates: Arc<wharf_tls::CertStore>,
+}
+
+#[derive(Serialize)]
+struct CertView {
+    names: Vec<String>,
+    issuer: String,
+    /// RFC 3339, UTC.
+    not_after: String,
+    not_after_unix: i64,
+    /// valid | expired | pending | renewing | failed
+    state: &'static str,
+    /// Why, when `failed`.
+    reason: Option<String>,
+    /// file | acme | self_signed | default
+    source: &'static str,
+    /// The certificate file, for `file`.
+    file: Option<String>,
+}
+
+fn certificates_json(store: &wharf_tls::CertStore) -> Vec<u8> {
+    let list: Vec<CertView> = store
+        .certificates()
+        .into_iter()
+        .map(|c| CertView {
+            not_after: rfc3339(c.not_after),
+            not_after_unix: c.not_after,
+            state: c.state.as_str(),
+            reason: match &c.state {
+                wharf_tls::CertState::Failed(r) => Some(r.clone()),
+                _ => None,
+            },
+            source: c.source.as_str(),
+            file: match &c.source {
+                wharf_tls::CertSource::File { cert, .. } => Some(cert.display().to_string()),
+                _ => None,
+            },
+            names: c.names,
+            issuer: c.issuer,
+        })
+        .collect();
+    serde_json::to_vec_pretty(&list).unwrap_or_default()
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC), using the
+/// days-to-civil conversion from Howard Hinnant's "chrono-compatible low-level
+/// date algorithms".
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[derive(Serialize)]
@@ -124,6 +190,9 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             }
         }
         "/api/routes" => respond(StatusCode::OK, JSON, routes_json(&state.table.load())),
+        "/api/certificates" => {
+            respond(StatusCode::OK, JSON, certificates_json(&state.certificates))
+        }
         "/api/errors" => respond(
             StatusCode::OK,
             JSON,
@@ -253,5 +322,18 @@ impl prometheus::core::Collector for BackendCollector {
                 Vec::new()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
 }

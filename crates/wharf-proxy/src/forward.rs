@@ -1,6 +1,7 @@
 //! One request: route it, pick a backend, rewrite headers, forward, stream back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::body::{full, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
 use crate::pool::{H1Pool, Pooled};
-use crate::{SharedTable, UpstreamSettings};
+use crate::{Http01Responder, SharedTable, UpstreamSettings};
 
 type HttpClient = Client<HttpConnector, Incoming>;
 
@@ -41,12 +42,17 @@ pub struct Forwarder {
     /// Port of the first TLS entrypoint, for redirects; `None` means no TLS is
     /// served, so nothing is redirected.
     https_port: Option<u16>,
+    /// ACME HTTP-01 answers, asked before routing on plain entrypoints.
+    http01: Arc<dyn Http01Responder>,
+    handshake_failures: AtomicU64,
 }
 
 /// Per-connection facts.
 pub struct ConnInfo {
     pub entrypoint: usize,
     pub tls: bool,
+    /// The TLS server name the client sent (lower-case), if any.
+    pub sni: Option<Box<str>>,
     pub redirect_https: bool,
     pub client: SocketAddr,
     pub info: ClientInfo,
@@ -60,6 +66,7 @@ impl Forwarder {
         up: &UpstreamSettings,
         https_port: Option<u16>,
         tunnels: TaskTracker,
+        http01: Arc<dyn Http01Responder>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -86,7 +93,18 @@ impl Forwarder {
             h2c,
             response_timeout: up.response_timeout,
             https_port,
+            http01,
+            handshake_failures: AtomicU64::new(0),
         }
+    }
+
+    /// TLS handshakes that failed or timed out, since start.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_handshake_failure(&self) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -116,6 +134,22 @@ impl Forwarder {
         let route: Arc<Route> = {
             let raw = host_value.to_str().map_err(|_| ProxyError::BadHost)?;
             let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
+            // RFC 9110 §15.5.20: a connection is bound to the name it was opened for.
+            // An HTTP/2 client may coalesce another host onto it (RFC 9113 §9.1.1);
+            // 421 makes it open a connection of its own. HTTP/1.1 gets the same rule,
+            // which also stops domain fronting.
+            if let Some(sni) = &conn.sni {
+                if **sni != *host {
+                    return Err(ProxyError::Misdirected);
+                }
+            }
+            if !conn.tls && req.method() == http::Method::GET {
+                if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+                    if let Some(answer) = self.http01.respond(token).await {
+                        return Ok(key_authorization(answer));
+                    }
+                }
+            }
             let table = self.table.load();
             let route = table.find(&host, req.uri().path(), conn.entrypoint);
             let route = route.ok_or(ProxyError::NoRoute)?.clone();
@@ -280,6 +314,14 @@ fn absolute_uri(backend: &Backend, path: PathAndQuery) -> Result<Uri, ProxyError
     uri.authority = Some(backend.state.authority().clone());
     uri.path_and_query = Some(path);
     Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))
+}
+
+/// RFC 8555 §8.3: the body of a HTTP-01 answer is the key authorization.
+fn key_authorization(answer: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(answer));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
 }
 
 /// 301 for GET/HEAD, 308 otherwise so the method and body are kept (RFC 9110

@@ -3,6 +3,9 @@
 //!
 //! It reads the routing table and nothing else of the control plane: it must never
 //! link Docker, ACME or DNS clients, and never block or lock on the request path.
+//! TLS entrypoints take a ready rustls `ServerConfig` (its resolver reads the
+//! certificate store); ACME reaches the request path only through the
+//! [`Http01Responder`] hook.
 
 mod body;
 mod error;
@@ -23,6 +26,7 @@ pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use forward::Forwarder;
 pub use listener::{bind, Entrypoint};
+pub use wharf_tls::{Http01Answer, Http01Responder, NoHttp01};
 
 pub type SharedTable = Arc<ArcSwap<wharf_table::Table>>;
 

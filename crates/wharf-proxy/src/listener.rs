@@ -1,5 +1,6 @@
-//! Listeners: bind (dual-stack), accept, optional PROXY header, then hyper serves
-//! HTTP/1.1 and HTTP/2 on the connection until it closes or the proxy drains.
+//! Listeners: bind (dual-stack), accept, optional PROXY header, the TLS handshake on
+//! TLS entrypoints, then hyper serves HTTP/1.1 and HTTP/2 on the connection until it
+//! closes or the proxy drains.
 
 use std::convert::Infallible;
 use std::io;
@@ -12,8 +13,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -43,6 +46,39 @@ pub struct Entrypoint {
     pub index: usize,
     pub settings: Arc<ListenerSettings>,
     pub listener: TcpListener,
+    /// The TLS server config when `settings.tls` (see `wharf_tls::server_config`).
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// hyper's connection builders: `auto` for plain connections (HTTP/1.1, or h2c with
+/// prior knowledge), and one per ALPN outcome on TLS, so a connection speaks the
+/// protocol it negotiated and nothing else.
+struct Builders {
+    plain: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+fn builder(s: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        // One flat buffer per write: `send` is cheaper than `writev` for the
+        // small heads and bodies that dominate (measured, docs/benchmarks.md).
+        .writev(false)
+        .max_buf_size(s.max_header_size)
+        .max_headers(s.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        // Find dead HTTP/2 peers: ping every 30 s, give up after 20 s.
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    builder
 }
 
 impl Entrypoint {
@@ -54,30 +90,17 @@ impl Entrypoint {
     /// wait for in-flight requests to finish (drain).
     pub async fn serve(self, fwd: Arc<Forwarder>, cancel: CancellationToken, tracker: TaskTracker) {
         let s = &self.settings;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(s.header_read_timeout)
-            // One flat buffer per write: `send` is cheaper than `writev` for the
-            // small heads and bodies that dominate (measured, docs/benchmarks.md).
-            .writev(false)
-            .max_buf_size(s.max_header_size)
-            .max_headers(s.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            // Find dead HTTP/2 peers: ping every 30 s, give up after 20 s.
-            .keep_alive_interval(std::time::Duration::from_secs(30))
-            .keep_alive_timeout(std::time::Duration::from_secs(20));
-        let builder = if s.http2 {
-            builder
+        let plain = if s.http2 {
+            builder(s)
         } else {
-            builder.http1_only()
+            builder(s).http1_only()
         };
-        let builder = Arc::new(builder);
+        let builders = Arc::new(Builders {
+            plain,
+            h1: builder(s).http1_only(),
+            h2: builder(s).http2_only(),
+        });
+        let tls = self.tls.clone().map(TlsAcceptor::from);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -96,7 +119,8 @@ impl Entrypoint {
                 index: self.index,
                 settings: self.settings.clone(),
                 fwd: fwd.clone(),
-                builder: builder.clone(),
+                builders: builders.clone(),
+                tls: tls.clone(),
                 cancel: cancel.clone(),
             };
             tracker.spawn(conn.run(stream, peer));
@@ -117,8 +141,15 @@ struct Conn {
     index: usize,
     settings: Arc<ListenerSettings>,
     fwd: Arc<Forwarder>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
+    tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
+}
+
+/// What the TLS handshake settled.
+struct Negotiated {
+    sni: Option<Box<str>>,
+    h2: bool,
 }
 
 impl Conn {
@@ -132,7 +163,7 @@ impl Conn {
             .as_ref()
             .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer_ip)));
         if !trusted_pp {
-            return self.serve(stream, peer).await;
+            return self.handshake(stream, peer).await;
         }
         let read = tokio::time::timeout(
             self.settings.header_read_timeout,
@@ -142,22 +173,69 @@ impl Conn {
         match read {
             Ok(Ok(h)) => {
                 let client = h.source.unwrap_or(peer);
-                self.serve(Prefixed::new(h.rest, stream), client).await
+                self.handshake(Prefixed::new(h.rest, stream), client).await
             }
             Ok(Err(e)) => debug!(%peer, error = %e, "PROXY header rejected; closing"),
             Err(_) => debug!(%peer, "no PROXY header in time; closing"),
         }
     }
 
-    async fn serve<I>(self, io: I, client: SocketAddr)
+    /// On a TLS entrypoint, the handshake (bounded by `header_read_timeout`), then
+    /// HTTP on the decrypted stream; on a plain one, HTTP directly.
+    async fn handshake<I>(self, io: I, client: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve(io, client, None).await;
+        };
+        let accept = tokio::time::timeout(self.settings.header_read_timeout, acceptor.accept(io));
+        let mut stream = match accept.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.fwd.count_handshake_failure();
+                debug!(%client, entrypoint = %self.settings.name, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.fwd.count_handshake_failure();
+                debug!(%client, entrypoint = %self.settings.name, "TLS handshake timed out");
+                return;
+            }
+        };
+        let (_, conn) = stream.get_ref();
+        let alpn = conn.alpn_protocol();
+        if alpn == Some(wharf_tls::ACME_TLS_ALPN) {
+            // RFC 8737 §3: the handshake itself was the answer; no data follows.
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let negotiated = Negotiated {
+            h2: alpn == Some(wharf_tls::ALPN_H2),
+            sni: conn.server_name().map(|n| {
+                n.trim_end_matches('.')
+                    .to_ascii_lowercase()
+                    .into_boxed_str()
+            }),
+        };
+        self.serve(stream, client, Some(negotiated)).await
+    }
+
+    async fn serve<I>(self, io: I, client: SocketAddr, tls: Option<Negotiated>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let s = &self.settings;
+        let builder = match &tls {
+            None => &self.builders.plain,
+            Some(n) if n.h2 => &self.builders.h2,
+            Some(_) => &self.builders.h1,
+        };
         let ip = client.ip().to_canonical();
         let info = ConnInfo {
             entrypoint: self.index,
-            tls: s.tls,
+            tls: tls.is_some(),
+            sni: tls.as_ref().and_then(|n| n.sni.clone()),
             redirect_https: s.redirect_https,
             client: SocketAddr::new(ip, client.port()),
             info: ClientInfo {
@@ -165,7 +243,11 @@ impl Conn {
                 ip: HeaderValue::from_str(&ip.to_string())
                     .unwrap_or(HeaderValue::from_static("unknown")),
                 trusted: s.forwarded_trusted.iter().any(|n| n.contains(&ip)),
-                proto: if s.tls { headers::HTTPS } else { headers::HTTP },
+                proto: if tls.is_some() {
+                    headers::HTTPS
+                } else {
+                    headers::HTTP
+                },
             },
         };
         // Everything a request needs from its connection behind one Arc: one
@@ -183,9 +265,7 @@ impl Conn {
             }
             async move { Ok::<_, Infallible>(c.fwd.handle(&c.info, req).await) }
         });
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         // hyper's head timer starts only once it knows the protocol; a peer that
         // connects and sends nothing (or half an HTTP/2 preface) would hold a file

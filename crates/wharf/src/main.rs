@@ -1,6 +1,7 @@
 //! The `wharf` binary: command line, logging, wiring, signals and drain. The only
 //! place that uses `anyhow`; every library crate has its own error type.
 
+mod acme;
 mod providers;
 mod run;
 
@@ -98,14 +99,26 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
     let mut opts = wharf_config::LabelOptions::default();
     match load_config(config) {
         Ok(cfg) => {
+            let files: Vec<_> = cfg
+                .tls
+                .iter()
+                .map(|c| (c.cert.clone(), c.key.clone()))
+                .collect();
+            let bad = wharf_tls::check_files(&files);
+            for e in &bad {
+                println!("error: tls.certificates: {e}");
+            }
+            failed |= !bad.is_empty();
             for w in &cfg.warnings {
                 println!("warning: {w}");
             }
-            println!(
-                "ok: {} entrypoint(s), {} route(s)",
-                cfg.entrypoints.len(),
-                cfg.routes.len()
-            );
+            if bad.is_empty() {
+                println!(
+                    "ok: {} entrypoint(s), {} route(s)",
+                    cfg.entrypoints.len(),
+                    cfg.routes.len()
+                );
+            }
             opts = wharf_config::LabelOptions {
                 exposed_by_default: cfg.docker.exposed_by_default,
                 traefik_labels: cfg.docker.traefik_labels,

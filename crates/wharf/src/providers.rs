@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wharf_acme::AcmeManager;
 use wharf_admin::ConfigProblem;
 use wharf_config::{Config, DockerMode};
 use wharf_control::{Control, ControlMetrics, Inputs, Problem};
 use wharf_dns::{DnsProvider, DnsSettings};
 use wharf_docker::{DockerProvider, DockerSettings, ProviderState, Snapshot};
+use wharf_tls::{CertSource, CertStore};
 
-const PROVIDERS: [&str; 3] = ["file", "docker", "dns"];
+const PROVIDERS: [&str; 4] = ["file", "docker", "dns", "acme"];
 
 pub struct Reconciler {
     pub control: Control,
@@ -29,6 +31,12 @@ pub struct Reconciler {
     dns_names: BTreeSet<String>,
     problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
     metrics: ControlMetrics,
+    pub certs: Arc<CertStore>,
+    acme: Option<AcmeManager>,
+    /// The certificates (one per route's host list) last asked of ACME, and the
+    /// problems ACME reported about them.
+    acme_names: Vec<Vec<String>>,
+    acme_problems: Vec<Problem>,
     /// Messages logged already, so each is logged once while it lasts.
     logged: HashSet<String>,
 }
@@ -91,6 +99,8 @@ impl Reconciler {
         dns: Option<DnsProvider>,
         problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
         metrics: ControlMetrics,
+        certs: Arc<CertStore>,
+        acme: Option<AcmeManager>,
     ) -> Self {
         Reconciler {
             control: Control::new(),
@@ -105,6 +115,10 @@ impl Reconciler {
             dns_names: BTreeSet::new(),
             problems,
             metrics,
+            certs,
+            acme,
+            acme_names: Vec::new(),
+            acme_problems: Vec::new(),
             logged: HashSet::new(),
         }
     }
@@ -183,7 +197,9 @@ impl Reconciler {
                 p.set_names(self.dns_names.clone());
             }
         }
+        self.certificates();
         let mut problems = report.problems;
+        problems.extend(self.acme_problems.iter().cloned());
         if let Some(d) = self.docker.as_mut() {
             if let ProviderState::Unreachable { error } = &*d.state.borrow_and_update() {
                 problems.push(Problem {
@@ -239,5 +255,50 @@ impl Reconciler {
             })
             .collect();
         self.problems.store(Arc::new(list));
+    }
+
+    /// Every host of a route with `tls = acme` gets a certificate: a self-signed
+    /// one at once, then ACME's (unless a `[[tls.certificates]]` file covers it).
+    fn certificates(&mut self) {
+        let table = self.control.table().load();
+        let mut wanted: Vec<Vec<String>> = Vec::new();
+        for r in table.routes().iter().filter(|r| r.policy.tls) {
+            let names: Vec<String> = r
+                .hosts
+                .iter()
+                .filter(|h| h.as_str() != "*")
+                .filter(|h| {
+                    !self
+                        .certs
+                        .lookup(h)
+                        .is_some_and(|c| matches!(c.source, CertSource::File { .. }))
+                })
+                .cloned()
+                .collect();
+            if !names.is_empty() && !wanted.contains(&names) {
+                wanted.push(names);
+            }
+        }
+        if wanted == self.acme_names {
+            return;
+        }
+        let flat: Vec<String> = wanted.iter().flatten().cloned().collect();
+        if let Err(e) = self.certs.ensure_self_signed(&flat) {
+            warn!("self-signed certificates: {e}");
+        }
+        if let Some(acme) = &self.acme {
+            self.acme_problems = acme
+                .set_names(wanted.clone())
+                .into_iter()
+                .map(|e| Problem {
+                    source: "acme",
+                    service: None,
+                    label: None,
+                    message: e.to_string(),
+                    error: true,
+                })
+                .collect();
+        }
+        self.acme_names = wanted;
     }
 }

@@ -15,6 +15,7 @@ use wharf_control::ControlMetrics;
 
 use crate::providers::{self, Reconciler};
 use wharf_proxy::{Entrypoint, Forwarder, ListenerSettings, UpstreamSettings};
+use wharf_tls::CertStore;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let runtime = match cfg.runtime.worker_threads {
@@ -49,6 +50,14 @@ fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
     }
 }
 
+/// `[[tls.certificates]]` as the store takes them.
+fn cert_files(cfg: &Config) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    cfg.tls
+        .iter()
+        .map(|c| (c.cert.clone(), c.key.clone()))
+        .collect()
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Installed first, so a signal during start-up is handled rather than killing
     // the process with the default action.
@@ -65,9 +74,31 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = ControlMetrics::register(&registry).context("registering metrics")?;
     let cancel = CancellationToken::new();
     let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
+
+    // The default certificate, then the files: a file that cannot be used stops
+    // the start with its path in the message.
+    let certs = Arc::new(CertStore::new().context("TLS certificate store")?);
+    let bad = certs.replace_files(cert_files(&cfg));
+    if !bad.is_empty() {
+        let list: Vec<String> = bad
+            .iter()
+            .map(|e| format!("tls.certificates: {e}"))
+            .collect();
+        anyhow::bail!("{}", list.join("\n"));
+    }
+    let acme = crate::acme::start(&cfg, &certs, &registry, &cancel).await;
+
     let docker = providers::start_docker(&cfg, &cancel);
     let dns = providers::start_dns(&cfg);
-    let mut rec = Reconciler::new(cfg.clone(), docker, dns, problems.clone(), metrics.clone());
+    let mut rec = Reconciler::new(
+        cfg.clone(),
+        docker,
+        dns,
+        problems.clone(),
+        metrics.clone(),
+        certs.clone(),
+        acme.clone(),
+    );
     let control = &rec.control;
     registry
         .register(Box::new(
@@ -77,9 +108,32 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     rec.apply();
     let control = &rec.control;
 
-    // TLS termination is not part of this build: a TLS entrypoint is not opened
-    // (rather than served as plain HTTP), so there is no port to redirect to.
-    let https_port = None;
+    // Bind every entrypoint before serving any: a port that is taken stops the
+    // start, and redirects need the port the first TLS entrypoint really got.
+    let mut bound = Vec::new();
+    for (index, ep) in cfg.entrypoints.iter().enumerate() {
+        let listener = wharf_proxy::bind(ep.address).with_context(|| {
+            format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
+        })?;
+        let tls = if ep.tls {
+            Some(wharf_tls::server_config(certs.clone(), ep.http2).context("TLS configuration")?)
+        } else {
+            None
+        };
+        bound.push(Entrypoint {
+            index,
+            settings: Arc::new(listener_settings(ep)),
+            listener,
+            tls,
+        });
+    }
+    let https_port = bound
+        .iter()
+        .filter(|e| e.tls.is_some())
+        .find_map(|e| e.local_addr().ok())
+        .map(|a| a.port());
+    // HTTP-01 answers come from ACME when it is on.
+    let http01 = crate::acme::http01_responder(acme.as_ref());
     let upstream = UpstreamSettings {
         connect_timeout: cfg.upstream.connect_timeout,
         response_timeout: cfg.upstream.response_timeout,
@@ -92,27 +146,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         &upstream,
         https_port,
         tracker.clone(),
+        http01,
     ));
+    registry
+        .register(Box::new(
+            HandshakeFailures::new(fwd.clone()).context("TLS metrics")?,
+        ))
+        .context("registering TLS metrics")?;
     let mut listeners = Vec::new();
-    for (index, ep) in cfg.entrypoints.iter().enumerate() {
-        if ep.tls {
-            warn!(
-                entrypoint = %ep.name,
-                address = %ep.address,
-                "tls = true: TLS termination is not in this build yet; entrypoint not opened"
-            );
-            continue;
-        }
-        let listener = wharf_proxy::bind(ep.address).with_context(|| {
-            format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
-        })?;
-        let entry = Entrypoint {
-            index,
-            settings: Arc::new(listener_settings(ep)),
-            listener,
-        };
+    for entry in bound {
         let local = entry.local_addr()?;
-        info!(entrypoint = %ep.name, address = %local, "entrypoint listening");
+        info!(
+            entrypoint = %entry.settings.name,
+            address = %local,
+            tls = entry.tls.is_some(),
+            "entrypoint listening"
+        );
         listeners.push(tokio::spawn(entry.serve(
             fwd.clone(),
             cancel.clone(),
@@ -127,6 +176,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         table: control.table(),
         problems: problems.clone(),
         registry: registry.clone(),
+        certificates: certs.clone(),
     };
     let admin = tokio::spawn(wharf_admin::serve(
         admin_listener,
@@ -145,6 +195,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(a) = &acme {
+        a.shutdown();
+    }
     cancel.cancel();
     tracker.close();
     for l in listeners {
@@ -163,7 +216,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the file. A file that fails changes nothing.
+/// SIGHUP: re-read the file. A file that fails changes nothing; a certificate
+/// file that fails keeps its previous certificate.
 fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
     let current = &mut rec.config;
     let Some(path) = current.source.clone() else {
@@ -208,6 +262,13 @@ fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
                     }
                 }
             }
+            for e in rec.certs.replace_files(cert_files(&next)) {
+                error!("SIGHUP: tls.certificates: {e}; the previous certificate stays");
+            }
+            if next.acme != current.acme {
+                warn!("SIGHUP: [acme] changed; it takes effect at the next restart");
+                next.acme = current.acme.clone();
+            }
             if next.docker != current.docker {
                 warn!("SIGHUP: [docker] changed; it takes effect at the next restart");
                 next.docker = current.docker.clone();
@@ -219,6 +280,40 @@ fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
                 .with_label_values(&["file", "success"])
                 .inc();
             info!(file = %path.display(), "SIGHUP: configuration reloaded");
+        }
+    }
+}
+
+/// `wharf_tls_handshake_failures_total`, read from the forwarder's counter at scrape
+/// time (the data plane does not link prometheus).
+struct HandshakeFailures {
+    fwd: Arc<Forwarder>,
+    desc: prometheus::core::Desc,
+}
+
+const HANDSHAKE_FAILURES: &str = "wharf_tls_handshake_failures_total";
+const HANDSHAKE_FAILURES_HELP: &str = "TLS handshakes that failed or timed out.";
+
+impl HandshakeFailures {
+    fn new(fwd: Arc<Forwarder>) -> prometheus::Result<Self> {
+        use prometheus::core::Describer as _;
+        let desc = prometheus::Opts::new(HANDSHAKE_FAILURES, HANDSHAKE_FAILURES_HELP).describe()?;
+        Ok(HandshakeFailures { fwd, desc })
+    }
+}
+
+impl prometheus::core::Collector for HandshakeFailures {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        match prometheus::IntCounter::new(HANDSHAKE_FAILURES, HANDSHAKE_FAILURES_HELP) {
+            Ok(c) => {
+                c.inc_by(self.fwd.handshake_failures());
+                c.collect()
+            }
+            Err(_) => Vec::new(),
         }
     }
 }
