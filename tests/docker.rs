@@ -396,7 +396,7 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
     // dnsrr: tasks found through Docker's DNS (tasks.<service>).
     let dhost = format!("{}.test", e.name("d"));
     let t2 = Instant::now();
-    e.service(
+    let dsvc = e.service(
         "d",
         &[
             "--network",
@@ -417,8 +417,9 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
     })
     .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
     eprintln!(
-        "dnsrr service create -> first routed 200: {:?}",
-        t2.elapsed()
+        "dnsrr service create -> first routed 200: {:?} (the first task was running {:?} before)",
+        t2.elapsed(),
+        task_running_for(&dsvc, std::time::SystemTime::now())
     );
 
     // Removed → 404.

@@ -80,7 +80,7 @@ pub fn start_dns(cfg: &Config) -> Option<DnsProvider> {
         hold_valid: cfg.dns.hold_valid,
         // Nudges from Docker (a dnsrr service's tasks changed) wait for this floor;
         // the global query budget still bounds the rate.
-        min_refresh: Duration::from_millis(500).min(cfg.dns.refresh),
+        min_refresh: Duration::from_millis(250).min(cfg.dns.refresh),
         ..DnsSettings::default()
     };
     match DnsProvider::new(settings) {
