@@ -127,12 +127,30 @@ impl Rig {
     }
 }
 
+/// Wharf on a config whose entrypoint ports were picked before it started; when
+/// another process took one meanwhile, everything is set up again on fresh ports.
+fn start_on_fresh_ports<T>(mut setup: impl FnMut() -> (T, String)) -> (T, Wharf, Instant) {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let (t, config) = setup();
+        let t0 = Instant::now();
+        match Wharf::try_start(&config) {
+            Ok(w) => return (t, w, t0),
+            Err(e) if e.contains("cannot listen") => errors.push(e),
+            Err(e) => panic!("wharf did not start: {e}"),
+        }
+    }
+    panic!("wharf did not start: {errors:#?}");
+}
+
 /// Issuance end to end: time from start to a certificate that verifies, the
 /// request reaching the backend over it, and what the API says.
 fn issue(challenge: &str, host: &str) -> (Rig, Wharf) {
-    let rig = Rig::new();
-    let t0 = Instant::now();
-    let w = Wharf::start(&rig.config(challenge, host));
+    let (rig, w, t0) = start_on_fresh_ports(|| {
+        let rig = Rig::new();
+        let config = rig.config(challenge, host);
+        (rig, config)
+    });
     let ready = t0.elapsed();
     let mut s = wait_verified(w.ep("websecure"), host, &rig.root, ISSUE_LIMIT);
     let took = t0.elapsed();
@@ -284,7 +302,12 @@ fn dead_ca_config(store: &TempDir, backend: SocketAddr, host: &str) -> String {
 fn dead_acme_server_serves_the_placeholder_and_reports_failure() {
     let backend = Backend::start("app");
     let store = TempDir::new("acme-store");
-    let mut w = Wharf::start(&dead_ca_config(&store, backend.addr, "down.example.test"));
+    let ((), mut w, _) = start_on_fresh_ports(|| {
+        (
+            (),
+            dead_ca_config(&store, backend.addr, "down.example.test"),
+        )
+    });
 
     let entry = wait_api_entry(&w, "down.example.test", Duration::from_secs(15), |c| {
         c["state"] == "failed"
@@ -327,7 +350,12 @@ fn dead_acme_server_serves_the_placeholder_and_reports_failure() {
 fn unknown_challenge_token_is_routed_not_redirected() {
     let backend = Backend::start("app");
     let store = TempDir::new("acme-store");
-    let w = Wharf::start(&dead_ca_config(&store, backend.addr, "plain.example.test"));
+    let ((), w, _) = start_on_fresh_ports(|| {
+        (
+            (),
+            dead_ca_config(&store, backend.addr, "plain.example.test"),
+        )
+    });
     let r = get(
         w.ep("web"),
         "plain.example.test",

@@ -95,6 +95,11 @@ impl Proc {
         p
     }
 
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub fn count(&self, needle: &str) -> usize {
         self.lines
             .lock()
@@ -112,13 +117,28 @@ impl Drop for Proc {
     }
 }
 
-/// Waits until something accepts TCP connections on `addr`.
-pub fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(10));
+/// A DNS server answers on `addr` (UDP): an A query gets a reply with its ID.
+pub fn dns_answers(addr: SocketAddr) -> Result<(), String> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    // ID 0x5742, recursion desired, one question: probe.example.test. IN A.
+    let mut q = vec![0x57, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["probe", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
     }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    for _ in 0..20 {
+        sock.send_to(&q, addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n >= 2 && buf[..2] == q[..2] {
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("no DNS answer from {addr}"))
 }
 
 /// Pebble with its DNS server and our own HTTPS certificate for Pebble's API.
@@ -156,9 +176,26 @@ fn https_cert(dir: &std::path::Path) -> PathBuf {
 impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on
     /// `tls_port` of 127.0.0.1 (the address every name resolves to).
+    ///
+    /// Its own ports are picked just before it binds them, so another process may
+    /// take one in between: Pebble then logs "ready" and exits (the port answering
+    /// as someone else), and pebble-challtestsrv logs the bind error and runs on.
+    /// A start counts only when both run and Pebble's API answers with this run's
+    /// certificate; otherwise it is retried on fresh ports.
     pub fn start(http_port: u16, tls_port: u16) -> Pebble {
         require("pebble");
         require("pebble-challtestsrv");
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start(http_port, tls_port) {
+                Ok(p) => return p,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("pebble did not start:\n{}", errors.join("\n"));
+    }
+
+    fn try_start(http_port: u16, tls_port: u16) -> Result<Pebble, String> {
         let dir = TempDir::new("pebble");
         let https_ca = https_cert(&dir.0);
         let dns_port = free_udp_port();
@@ -179,7 +216,14 @@ impl Pebble {
             "-management",
             &format!("127.0.0.1:{}", free_port()),
         ]);
-        let dns = Proc::spawn(cmd, "Starting management server", "pebble-challtestsrv");
+        let mut dns = Proc::spawn(cmd, "Starting management server", "pebble-challtestsrv");
+        dns_answers(SocketAddr::from(([127, 0, 0, 1], dns_port)))?;
+        if dns.exited() || dns.count("in use") > 0 {
+            return Err(format!(
+                "pebble-challtestsrv on {dns_port}: {}",
+                dns.lines.lock().unwrap().join("\n")
+            ));
+        }
         let acme = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mgmt = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let cfg = serde_json::json!({"pebble": {
@@ -205,17 +249,51 @@ impl Pebble {
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0");
         let pebble = Proc::spawn(cmd, "ACME directory available at", "pebble");
-        // Pebble logs its addresses just before it listens: wait for the sockets.
-        wait_listening(acme);
-        wait_listening(mgmt);
-        Pebble {
+        let mut p = Pebble {
             directory: format!("https://{acme}/dir"),
             dir,
             https_ca,
             mgmt,
             pebble,
             _dns: dns,
+        };
+        // Pebble logs "ready" before it binds: wait until both APIs answer as this
+        // Pebble (only it has the key of this run's certificate).
+        for (addr, path) in [(acme, "/dir"), (mgmt, "/roots/0")] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if p.pebble.exited() {
+                    return Err(format!(
+                        "pebble exited: {}",
+                        p.pebble.lines.lock().unwrap().join("\n")
+                    ));
+                }
+                match p.try_get(addr, path) {
+                    Ok(_) => break,
+                    Err(e) if e.contains("certificate") => {
+                        return Err(format!("{addr} is another server: {e}"))
+                    }
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(format!("pebble's {addr}: {e}"))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
         }
+        Ok(p)
+    }
+
+    /// GET over HTTPS from `addr`, trusting only this run's CA.
+    fn try_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+        let roots = roots_from_pem(&std::fs::read_to_string(&self.https_ca).unwrap());
+        // Short: a port taken by a silent server must not hold up the retry.
+        let mut s = tls_connect_within(
+            addr,
+            "localhost",
+            verifying_client(roots),
+            Duration::from_secs(2),
+        )?;
+        Ok(get_over(&mut s, "localhost", path))
     }
 
     /// The `[acme]` section pointing Wharf at this Pebble.
@@ -225,8 +303,9 @@ impl Pebble {
 
     /// `GET path` over HTTPS from Pebble's management port.
     pub fn mgmt_get(&self, path: &str) -> String {
-        let roots = roots_from_pem(&std::fs::read_to_string(&self.https_ca).unwrap());
-        let (status, body) = https_get(self.mgmt, "localhost", roots, path, "localhost");
+        let (status, body) = self
+            .try_get(self.mgmt, path)
+            .unwrap_or_else(|e| panic!("pebble {path}: {e}"));
         assert_eq!(status, 200, "pebble {path}: {body}");
         body
     }
@@ -284,8 +363,18 @@ pub fn tls_connect(
     sni: &str,
     cfg: Arc<rustls::ClientConfig>,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    tls_connect_within(addr, sni, cfg, WAIT)
+}
+
+/// Like [`tls_connect`], giving up on a silent peer after `timeout` per read.
+pub fn tls_connect_within(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
     let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_read_timeout(Some(timeout)).unwrap();
     let name = ServerName::try_from(sni.to_string()).unwrap();
     let mut conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
     while conn.is_handshaking() {
@@ -331,19 +420,6 @@ pub fn get_over(
         body.to_owned()
     };
     (status, body)
-}
-
-/// `GET path` over a new verified TLS connection.
-pub fn https_get(
-    addr: SocketAddr,
-    sni: &str,
-    roots: rustls::RootCertStore,
-    path: &str,
-    host: &str,
-) -> (u16, String) {
-    let mut s = tls_connect(addr, sni, verifying_client(roots))
-        .unwrap_or_else(|e| panic!("TLS to {addr} ({sni}): {e}"));
-    get_over(&mut s, host, path)
 }
 
 fn dechunk(mut body: &str) -> String {
