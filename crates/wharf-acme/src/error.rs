@@ -43,6 +43,12 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     out
 }
 
+impl From<std::io::Error> for AcmeError {
+    fn from(e: std::io::Error) -> Self {
+        AcmeError::Storage(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::AcmeError;
@@ -71,11 +77,5 @@ mod tests {
             panic!("not an ACME error");
         };
         assert_eq!(m, "client error (Connect): connection refused");
-    }
-}
-
-impl From<std::io::Error> for AcmeError {
-    fn from(e: std::io::Error) -> Self {
-        AcmeError::Storage(e.to_string())
     }
 }
