@@ -368,3 +368,27 @@ fn unknown_challenge_token_is_routed_not_redirected() {
     // Any other path on the same entrypoint is redirected.
     assert_eq!(get(w.ep("web"), "plain.example.test", "/x").status, 301);
 }
+
+#[test]
+fn a_route_added_by_sighup_gets_its_certificate() {
+    let (rig, w) = issue("http-01", "first.example.test");
+    let second = Backend::start("second");
+    let config = rig.config("http-01", "first.example.test")
+        + &acme_route("second.example.test", second.addr);
+    std::fs::write(&w.config, config).unwrap();
+    w.signal("HUP");
+    let mut s = wait_verified(
+        w.ep("websecure"),
+        "second.example.test",
+        &rig.root,
+        ISSUE_LIMIT,
+    );
+    let (status, body) = get_over(&mut s, "second.example.test", "/");
+    assert_eq!((status, body.as_str()), (200, "second"));
+    // The first certificate is kept, not ordered again.
+    wait_api_entry(&w, "second.example.test", Duration::from_secs(10), |c| {
+        c["source"] == "acme" && c["state"] == "valid"
+    });
+    assert_eq!(rig.pebble.orders(), 2);
+    assert_eq!(metric(&w, "wharf_acme_orders_total{result=\"ok\"}"), 2.0);
+}
