@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 pub mod docker;
+pub mod pebble;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 

@@ -376,9 +376,25 @@ async fn hundred_certificates_concurrently() {
         .collect();
     let t0 = Instant::now();
     assert!(m.set_names(want).is_empty());
-    rig.sink
-        .wait_for(Duration::from_secs(180), |s| s.count() >= 100)
+    // On a stall, say which certificates are stuck and why rather than only "not in time".
+    let done = rig
+        .sink
+        .wait_until(Duration::from_secs(180), |s| s.count() >= 100)
         .await;
+    if !done {
+        let stuck: Vec<_> = m
+            .certificates()
+            .into_iter()
+            .filter(|c| c.state != AcmeCertState::Valid)
+            .take(5)
+            .collect();
+        panic!(
+            "{} of 100 published after {:?}, orders (ok, error) {:?}; not valid: {stuck:?}",
+            rig.sink.count(),
+            t0.elapsed(),
+            m.order_counts()
+        );
+    }
     eprintln!(
         "BENCH 100 certificates (max {} concurrent orders): {:?}",
         Policy::default().max_concurrent_orders,

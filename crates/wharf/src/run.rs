@@ -105,8 +105,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             wharf_admin::BackendCollector::new(control.table()).context("backend metrics")?,
         ))
         .context("registering backend metrics")?;
-    rec.apply();
-    let control = &rec.control;
 
     // Bind every entrypoint before serving any: a port that is taken stops the
     // start, and redirects need the port the first TLS entrypoint really got.
@@ -127,6 +125,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             tls,
         });
     }
+    // Routes (and with them ACME orders) only now: the CA may validate an HTTP-01 or
+    // TLS-ALPN-01 challenge as soon as the order starts, and the sockets must exist
+    // by then (connections queue until the listeners serve).
+    rec.apply();
+    let control = &rec.control;
     let https_port = bound
         .iter()
         .filter(|e| e.tls.is_some())

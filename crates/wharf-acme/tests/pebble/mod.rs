@@ -54,7 +54,16 @@ pub fn free_udp_port() -> u16 {
 
 /// Spawn a child (killed on drop) and wait until a line containing `ready` appears on its
 /// stdout or stderr.
-pub async fn spawn_ready(mut cmd: Command, ready: &str, what: &str) -> Child {
+pub async fn spawn_ready(cmd: Command, ready: &str, what: &str) -> Child {
+    spawn_logged(cmd, ready, what).await.0
+}
+
+/// Like [`spawn_ready`], also returning every output line so far and to come.
+pub async fn spawn_logged(
+    mut cmd: Command,
+    ready: &str,
+    what: &str,
+) -> (Child, Arc<Mutex<Vec<String>>>) {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null())
@@ -96,26 +105,43 @@ pub async fn spawn_ready(mut cmd: Command, ready: &str, what: &str) -> Child {
     .unwrap_or(false);
     assert!(found, "{what} did not become ready:\n{}", seen.join("\n"));
     // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    child
+    let lines = Arc::new(Mutex::new(seen));
+    let kept = lines.clone();
+    tokio::spawn(async move {
+        while let Some(l) = rx.recv().await {
+            kept.lock().unwrap().push(l);
+        }
+    });
+    (child, lines)
 }
 
 /// A TLS-ALPN-01 challenge certificate: (certificate DER, PKCS#8 key DER).
 pub type AlpnCert = (Vec<u8>, Vec<u8>);
 
-/// Wait until something accepts TCP connections on `addr` (at most 10 s).
-pub async fn wait_listening(addr: SocketAddr) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            tick.tick().await;
-            if TcpStream::connect(addr).await.is_ok() {
-                return;
+/// A DNS server answers on `addr` (UDP): a query for an A record gets a reply with its ID.
+pub async fn dns_answers(addr: SocketAddr) -> Result<(), String> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    // ID 0x5742, recursion desired, one question: probe.example.test. IN A.
+    let mut q = vec![0x57, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["probe", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    for _ in 0..20 {
+        sock.send_to(&q, addr).await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(250), sock.recv_from(&mut buf)).await
+        {
+            if n >= 2 && buf[..2] == q[..2] {
+                return Ok(());
             }
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("nothing listens on {addr}"));
+    }
+    Err(format!("no DNS answer from {addr}"))
 }
 
 /// What a CertSink received.
@@ -171,6 +197,14 @@ impl RecordingSink {
 
     /// Wait until `pred` holds (checked after every publish), at most `limit`.
     pub async fn wait_for(&self, limit: Duration, pred: impl Fn(&Self) -> bool) {
+        assert!(
+            self.wait_until(limit, pred).await,
+            "condition not reached in time"
+        );
+    }
+
+    /// Like [`Self::wait_for`]; false when `limit` passed first.
+    pub async fn wait_until(&self, limit: Duration, pred: impl Fn(&Self) -> bool) -> bool {
         tokio::time::timeout(limit, async {
             loop {
                 let n = self.changed.notified();
@@ -183,7 +217,7 @@ impl RecordingSink {
             }
         })
         .await
-        .expect("condition not reached in time");
+        .is_ok()
     }
 }
 
@@ -338,13 +372,33 @@ fn https_cert(dir: &std::path::Path) -> PathBuf {
 }
 
 impl Pebble {
+    /// Starts Pebble (and pebble-challtestsrv unless `opts.dns_server` is given) on ports
+    /// picked just before. Another process may take such a port between the pick and the bind
+    /// (tests run in parallel, and other test binaries on the machine pick ports the same way);
+    /// Pebble then logs its "ready" line and exits, while the port answers as someone else's
+    /// server. So a start only counts once the child still runs and its API answers with the
+    /// certificate of this run's own CA; otherwise it is retried on fresh ports.
     pub async fn start(opts: PebbleOpts) -> Pebble {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
             .with_test_writer()
             .try_init();
         require("pebble");
         require("pebble-challtestsrv");
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start(&opts).await {
+                Ok(p) => return p,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("pebble did not start:\n{}", errors.join("\n"));
+    }
+
+    async fn try_start(opts: &PebbleOpts) -> Result<Pebble, String> {
         let dir = tempfile::tempdir().unwrap();
         let https_ca = https_cert(dir.path());
         let mut children = Vec::new();
@@ -369,10 +423,20 @@ impl Pebble {
                     "-management",
                     &format!("127.0.0.1:{}", free_port()),
                 ]);
-                children.push(
-                    spawn_ready(cmd, "Starting management server", "pebble-challtestsrv").await,
-                );
-                SocketAddr::from(([127, 0, 0, 1], port))
+                let (mut child, lines) =
+                    spawn_logged(cmd, "Starting management server", "pebble-challtestsrv").await;
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                // It does not exit when a port is taken: it logs the bind error and runs on,
+                // and the port may answer as another test's DNS server.
+                dns_answers(addr).await?;
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("pebble-challtestsrv exited ({status}) on {addr}"));
+                }
+                if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains("in use")) {
+                    return Err(format!("pebble-challtestsrv: {l}"));
+                }
+                children.push(child);
+                addr
             }
         };
         let (http_port, tls_port) = (opts.http_port, opts.tls_port);
@@ -402,11 +466,7 @@ impl Pebble {
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0");
         children.push(spawn_ready(cmd, "ACME directory available at", "pebble").await);
-        // Pebble logs its addresses just before it starts listening: wait for the sockets too.
-        for addr in [acme, mgmt] {
-            wait_listening(addr).await;
-        }
-        Pebble {
+        let mut pebble = Pebble {
             directory: format!("https://{acme}/dir"),
             dir,
             https_ca,
@@ -414,7 +474,28 @@ impl Pebble {
             acme,
             children,
             _servers: Vec::new(),
+        };
+        // Pebble logs "ready" before it binds: wait until both APIs answer as this Pebble.
+        for (addr, path) in [(acme, "/dir"), (mgmt, "/roots/0")] {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Some(Ok(Some(status))) = pebble.children.last_mut().map(|c| c.try_wait())
+                    {
+                        return Err(format!("pebble exited ({status}); {addr} was taken"));
+                    }
+                    match pebble.try_get(addr, path).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if e.contains("certificate") => {
+                            return Err(format!("{addr} is another server: {e}"))
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+            .await
+            .map_err(|_| format!("pebble's {addr} did not answer"))??;
         }
+        Ok(pebble)
     }
 
     pub fn keep(&mut self, g: TaskGuard) {
@@ -439,6 +520,13 @@ impl Pebble {
 
     /// GET over HTTPS from Pebble's management port, trusting our test CA.
     pub async fn mgmt_get(&self, path: &str) -> String {
+        self.try_get(self.mgmt, path)
+            .await
+            .unwrap_or_else(|e| panic!("pebble {path}: {e}"))
+    }
+
+    /// GET over HTTPS from `addr`, trusting only this run's CA (so only this Pebble passes).
+    async fn try_get(&self, addr: SocketAddr, path: &str) -> Result<String, String> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&self.https_ca).unwrap() {
             roots.add(c.unwrap()).unwrap();
@@ -450,30 +538,42 @@ impl Pebble {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let tcp = TcpStream::connect(self.mgmt).await.unwrap();
-        let mut tls = conn
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        let exchange = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut tls = conn
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            tls.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .await
-            .unwrap();
-        tls.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = Vec::new();
-        let _ = tls.read_to_end(&mut out).await;
+            .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            Ok::<_, String>(out)
+        };
+        let out = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| format!("{addr} did not answer in 5 s"))??;
         let text = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP response from {addr}: {text:?}"))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("{addr}{path}: {head}"));
         }
+        Ok(
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(body)
+            } else {
+                body.to_owned()
+            },
+        )
     }
 
     /// Pebble's root for this run (regenerated at every start).
