@@ -384,14 +384,23 @@ fn workload_backends(
     };
     if w.dnsrr {
         let name = format!("tasks.{}", w.name);
+        report.dns_names.insert(name.clone());
+        // Docker knows first when a service has no running task: the DNS answer
+        // (held through failures for `hold_valid`) must not keep dead addresses.
+        if w.endpoints.is_empty() {
+            return Vec::new();
+        }
         let addrs = dns.get(&name).cloned().unwrap_or_default();
-        report.dns_names.insert(name);
         return addrs
             .into_iter()
             .map(|ip| BackendDef {
                 addr: SocketAddr::new(ip, port),
                 scheme: r.scheme,
-                draining: false,
+                // A task Docker reports shutting down or unhealthy drains here too.
+                draining: w
+                    .endpoints
+                    .iter()
+                    .any(|e| e.draining && e.addrs.values().any(|a| *a == ip)),
             })
             .collect();
     }
@@ -736,7 +745,11 @@ mod tests {
         let cfg = config(
             "[docker]\nnetwork = \"pub\"\n[[routes]]\nhost = \"legacy.test\"\nupstream = \"dns:legacy:8080\"\n",
         );
-        let mut w = workload("rr", &[ON, ("wharf.host", "rr.test")], &[]);
+        let mut w = workload(
+            "rr",
+            &[ON, ("wharf.host", "rr.test")],
+            &[("pub", [10, 0, 0, 7], false)],
+        );
         w.dnsrr = true;
         let snap = Snapshot { workloads: vec![w] };
         let mut dns = BTreeMap::new();

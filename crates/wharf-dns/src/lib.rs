@@ -339,8 +339,9 @@ impl DnsProvider {
     /// Asks the watchers of `names` to re-resolve now rather than at their next
     /// refresh, because another provider saw their answer change (Docker reports
     /// a task change of a dnsrr service). The floor (`min_refresh` since the last
-    /// query) and the global budget still apply, so nudges cannot raise the query
-    /// rate; unknown names are ignored.
+    /// query) and the global budget still apply: nudges can raise one name's rate
+    /// from once per `refresh` up to once per `min_refresh`, never past the global
+    /// budget. Unknown names are ignored.
     pub fn nudge<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let tasks = self
             .inner

@@ -24,6 +24,7 @@ use crate::{client, DockerSettings, Endpoint, Kind, Mode, ProviderState, Snapsho
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Without swarm there is nothing to poll, but a periodic full listing still
 /// repairs anything an event stream could have missed.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -49,7 +50,14 @@ pub(crate) async fn run(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let result = session(&settings, &snap_tx, &state_tx, &cancel, &mut backoff).await;
+        let began = Instant::now();
+        let result = session(&settings, &snap_tx, &state_tx, &cancel).await;
+        // Only a session that lasted resets the backoff: a stream that fails right
+        // after a good listing (a socket proxy refusing /events) must not cause a
+        // full re-list four times a second.
+        if began.elapsed() >= HEALTHY_SESSION {
+            backoff = BACKOFF_MIN;
+        }
         if cancel.is_cancelled() {
             return;
         }
@@ -88,7 +96,6 @@ async fn session(
     snap_tx: &watch::Sender<Option<Arc<Snapshot>>>,
     state_tx: &watch::Sender<ProviderState>,
     cancel: &CancellationToken,
-    backoff: &mut Duration,
 ) -> Result<(), String> {
     let docker = client::connect(&settings.endpoint).await?;
     let info = docker.info().await.map_err(|e| format!("info: {e}"))?;
@@ -113,7 +120,17 @@ async fn session(
     }
     let mut filters = HashMap::new();
     filters.insert("type".to_string(), types);
+    // The stream's request is only sent when it is first polled, after the
+    // listing: ask the daemon to replay from just before it, by its own clock.
+    let since = daemon_epoch(info.system_time.as_deref())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+        })
+        .saturating_sub(Duration::from_secs(1));
     let mut events = docker.events(Some(EventsOptions {
+        since: Some(since.as_secs().to_string()),
         filters: Some(filters),
         ..Default::default()
     }));
@@ -130,7 +147,6 @@ async fn session(
     let snap = lister.full().await?;
     let count = snap.workloads.len();
     publish(snap_tx, snap);
-    *backoff = BACKOFF_MIN;
     state_tx.send_replace(ProviderState::Connected { swarm: services });
     info!(
         endpoint = %settings.endpoint,
@@ -146,6 +162,7 @@ async fn session(
         RESYNC
     };
     let mut next_poll = Instant::now() + normal;
+    let mut last_full = Instant::now();
     // After an event, swarm tasks move through their states within seconds
     // (pending, starting, running) and the manager reports them without a local
     // event: poll faster for a while, then back to the normal pace.
@@ -174,14 +191,15 @@ async fn session(
             _ = tokio::time::sleep_until(deadline), if dirty.is_some() => {
                 dirty = None;
                 publish(snap_tx, lister.full().await?);
+                last_full = Instant::now();
             }
             _ = tokio::time::sleep_until(next_poll) => {
-                if services {
-                    if lister.tasks_changed().await? {
-                        publish(snap_tx, lister.full().await?);
-                    }
-                } else {
+                // A full listing every RESYNC repairs anything missed (a label-only
+                // service update restarts no task); in between, tasks only.
+                let due = !services || last_full.elapsed() >= RESYNC;
+                if due || lister.tasks_changed().await? {
                     publish(snap_tx, lister.full().await?);
+                    last_full = Instant::now();
                 }
                 let now = Instant::now();
                 next_poll = now + if now < fast_until { FAST_POLL } else { normal };
@@ -261,7 +279,7 @@ impl Lister<'_> {
                     .filter_map(|c| container_workload(c, self.include_unlabelled)),
             );
         }
-        workloads.sort_by(|a, b| (a.kind, &a.created, &a.name).cmp(&(b.kind, &b.created, &b.name)));
+        workloads.sort_by(|a, b| (&a.created, a.kind, &a.name).cmp(&(&b.created, b.kind, &b.name)));
         Ok(Snapshot { workloads })
     }
 
@@ -447,7 +465,7 @@ impl Lister<'_> {
                 kind: Kind::Service,
                 id: id.to_string(),
                 name: spec.name.clone().unwrap_or_else(|| id.to_string()),
-                created: s.created_at.clone().unwrap_or_default(),
+                created: created_key(daemon_epoch(s.created_at.as_deref())),
                 labels,
                 exposed_ports: exposed,
                 dnsrr,
@@ -486,6 +504,21 @@ impl Lister<'_> {
             // Not on this node: unknown, and worth asking again next time.
             None => Vec::new(),
         }
+    }
+}
+
+/// An Engine timestamp (RFC 3339, UTC as the Engine writes it) as time since the epoch.
+fn daemon_epoch(ts: Option<&str>) -> Option<Duration> {
+    let t = humantime::parse_rfc3339_weak(ts?.trim()).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH).ok()
+}
+
+/// Creation time as a sortable key (zero-padded nanoseconds), comparable between
+/// services and containers; unknown sorts last.
+fn created_key(t: Option<Duration>) -> String {
+    match t {
+        Some(d) => format!("{:024}", d.as_nanos()),
+        None => "9".repeat(24),
     }
 }
 
@@ -596,7 +629,11 @@ fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<
         }],
         id,
         name,
-        created: format!("{:020}", c.created.unwrap_or_default()),
+        created: created_key(
+            c.created
+                .and_then(|secs| u64::try_from(secs).ok())
+                .map(Duration::from_secs),
+        ),
         labels: labels.cloned().unwrap_or_default().into_iter().collect(),
         exposed_ports: exposed,
         dnsrr: false,
@@ -606,6 +643,19 @@ fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creation_order_is_by_time_whatever_the_kind() {
+        let svc = created_key(daemon_epoch(Some("2026-11-23T10:00:00.5Z")));
+        let svc_whole = created_key(daemon_epoch(Some("2026-11-23T10:00:00Z")));
+        let ctr = created_key(Some(Duration::from_secs(1_795_427_999)));
+        assert!(svc_whole < svc, "fractions sort after whole seconds");
+        assert!(
+            ctr < svc_whole,
+            "an older container sorts before a newer service"
+        );
+        assert!(created_key(None) > svc);
+    }
 
     #[test]
     fn ports_parse() {

@@ -155,10 +155,21 @@ impl Reconciler {
             if snap != self.docker_snapshot {
                 // A dnsrr service's tasks changed: its DNS answer has too.
                 if let (Some((dns, _)), Some(s)) = (&self.resolver, &snap) {
+                    let before: std::collections::HashMap<&str, &wharf_docker::Workload> = self
+                        .docker_snapshot
+                        .iter()
+                        .flat_map(|p| p.workloads.iter())
+                        .map(|w| (w.id.as_str(), w))
+                        .collect();
                     let names: Vec<String> = s
                         .workloads
                         .iter()
                         .filter(|w| w.dnsrr)
+                        .filter(|w| {
+                            before
+                                .get(w.id.as_str())
+                                .is_none_or(|b| b.endpoints != w.endpoints)
+                        })
                         .map(|w| format!("tasks.{}", w.name))
                         .collect();
                     dns.nudge(names.iter().map(String::as_str));
@@ -283,6 +294,10 @@ impl Reconciler {
             return;
         }
         let flat: Vec<String> = wanted.iter().flatten().cloned().collect();
+        // Placeholders of hosts no route wants any more go.
+        self.certs.remove_where(|c| {
+            c.source == CertSource::SelfSigned && !c.names.iter().any(|n| flat.contains(n))
+        });
         if let Err(e) = self.certs.ensure_self_signed(&flat) {
             warn!("self-signed certificates: {e}");
         }

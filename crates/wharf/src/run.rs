@@ -272,6 +272,10 @@ fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
                 warn!("SIGHUP: [acme] changed; it takes effect at the next restart");
                 next.acme = current.acme.clone();
             }
+            if next.dns != current.dns {
+                warn!("SIGHUP: [dns] changed; it takes effect at the next restart");
+                next.dns = current.dns.clone();
+            }
             if next.docker != current.docker {
                 warn!("SIGHUP: [docker] changed; it takes effect at the next restart");
                 next.docker = current.docker.clone();
