@@ -70,13 +70,14 @@ pub fn http01_responder(acme: Option<&AcmeManager>) -> Arc<dyn Http01Responder> 
 
 /// Starts ACME when `[acme] email` is set: stored certificates are published at
 /// once, before any listener opens. Without an email, no certificate is ordered
-/// and routes are served with self-signed certificates (SPEC).
+/// and routes are served with self-signed certificates (SPEC). `Err` says why ACME
+/// could not start (for `/api/errors`); routes keep their placeholders.
 pub async fn start(
     cfg: &Config,
     certs: &Arc<CertStore>,
     registry: &prometheus::Registry,
     cancel: &CancellationToken,
-) -> Option<AcmeManager> {
+) -> Result<Option<AcmeManager>, String> {
     if cfg
         .acme
         .email
@@ -84,14 +85,16 @@ pub async fn start(
         .is_none_or(|e| e.trim().is_empty())
     {
         info!("acme: no [acme] email; no certificate is ordered (self-signed certificates are served)");
-        return None;
+        return Ok(None);
     }
     let sink: Arc<dyn CertSink> = Arc::new(Sink(certs.clone()));
     let manager = match AcmeManager::new(cfg.acme.clone(), sink, Policy::default()) {
         Ok(m) => m,
         Err(e) => {
             error!("acme: cannot start, no certificate will be ordered: {e}");
-            return None;
+            return Err(format!(
+                "ACME cannot start, no certificate is ordered until a restart: {e}"
+            ));
         }
     };
     if let Err(e) = manager.register_metrics(registry) {
@@ -105,11 +108,13 @@ pub async fn start(
         }
         Err(e) => {
             error!("acme: cannot start, no certificate will be ordered: {e}");
-            return None;
+            return Err(format!(
+                "ACME cannot start, no certificate is ordered until a restart: {e}"
+            ));
         }
     }
     tokio::spawn(sync_states(manager.clone(), certs.clone(), cancel.clone()));
-    Some(manager)
+    Ok(Some(manager))
 }
 
 /// Copies each ACME certificate's state (pending, renewing, failed with reason)

@@ -268,6 +268,17 @@ impl Reconciler {
         self.problems.store(Arc::new(list));
     }
 
+    /// ACME could not start: shown in `/api/errors` for as long as it runs.
+    pub fn acme_failed(&mut self, message: String) {
+        self.acme_problems = vec![Problem {
+            source: "acme",
+            service: None,
+            label: None,
+            message,
+            error: true,
+        }];
+    }
+
     /// Every host of a route with `tls = acme` gets a certificate: a self-signed
     /// one at once, then ACME's (unless a `[[tls.certificates]]` file covers it).
     fn certificates(&mut self) {

@@ -86,7 +86,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .collect();
         anyhow::bail!("{}", list.join("\n"));
     }
-    let acme = crate::acme::start(&cfg, &certs, &registry, &cancel).await;
+    let (acme, acme_error) = match crate::acme::start(&cfg, &certs, &registry, &cancel).await {
+        Ok(a) => (a, None),
+        Err(e) => (None, Some(e)),
+    };
 
     let docker = providers::start_docker(&cfg, &cancel);
     let dns = providers::start_dns(&cfg);
@@ -99,6 +102,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         certs.clone(),
         acme.clone(),
     );
+    if let Some(e) = acme_error {
+        rec.acme_failed(e);
+    }
     let control = &rec.control;
     registry
         .register(Box::new(
