@@ -34,6 +34,19 @@ pub fn docker(args: &[&str]) -> String {
     try_docker(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Swarm users in this process, and whether a test put the engine in swarm mode.
+static SWARM_USERS: Mutex<(usize, bool)> = Mutex::new((0, false));
+/// `docker swarm init` creates the `docker_gwbridge` network and `leave` keeps it:
+/// removed again when it did not exist before.
+static GWBRIDGE_NEW: Mutex<bool> = Mutex::new(false);
+
+fn leave_swarm() {
+    let _ = try_docker(&["swarm", "leave", "--force"]);
+    if *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) {
+        let _ = try_docker(&["network", "rm", "docker_gwbridge"]);
+    }
+}
+
 #[derive(Debug)]
 enum Obj {
     Container(String),
@@ -46,7 +59,7 @@ enum Obj {
 pub struct Engine {
     pub prefix: String,
     objects: Mutex<Vec<Obj>>,
-    /// This test put the engine in swarm mode and must take it out again.
+    /// This test uses swarm mode (counted in [`SWARM_USERS`]).
     left_swarm: Mutex<bool>,
     dir: TempDir,
 }
@@ -95,20 +108,28 @@ impl Engine {
         name
     }
 
-    /// Puts the engine in swarm mode unless it already is; remembers to leave.
+    /// Puts the engine in swarm mode unless it already is; the last test of this
+    /// process that needed it takes it out again (only if a test put it in).
     pub fn ensure_swarm(&self) -> Result<(), String> {
-        let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-        if state == "active" {
-            return Ok(());
+        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        if users.0 == 0 {
+            let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+            users.1 = false;
+            if state != "active" {
+                *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) =
+                    try_docker(&["network", "inspect", "docker_gwbridge"]).is_err();
+                try_docker(&[
+                    "swarm",
+                    "init",
+                    "--advertise-addr",
+                    "127.0.0.1",
+                    "--listen-addr",
+                    "127.0.0.1:2377",
+                ])?;
+                users.1 = true;
+            }
         }
-        try_docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            "127.0.0.1",
-            "--listen-addr",
-            "127.0.0.1:2377",
-        ])?;
+        users.0 += 1;
         *self.left_swarm.lock().unwrap() = true;
         Ok(())
     }
@@ -291,7 +312,12 @@ impl Drop for Engine {
             }
         }
         if *self.left_swarm.lock().unwrap() {
-            let _ = try_docker(&["swarm", "leave", "--force"]);
+            let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
+            users.0 -= 1;
+            if users.0 == 0 && users.1 {
+                users.1 = false;
+                leave_swarm();
+            }
         }
     }
 }

@@ -19,40 +19,69 @@ struct SwarmGuard {
     initialised: bool,
 }
 
+/// Tests of this binary run in parallel: the first user puts the engine in swarm
+/// mode if it is not, the last one out takes it out again (only if it was put in).
+static SWARM_USERS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+/// `docker swarm init` creates `docker_gwbridge` and `leave` keeps it: removed again
+/// when it did not exist before.
+static GWBRIDGE_NEW: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
 impl SwarmGuard {
     fn ensure() -> SwarmGuard {
         require("docker");
-        let state = docker(&[
-            "info",
-            "--format",
-            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-        ]);
-        match state.trim() {
-            "active true" => SwarmGuard { initialised: false },
-            s if s.starts_with("inactive") => {
-                docker(&[
-                    "swarm",
-                    "init",
-                    "--advertise-addr",
-                    "127.0.0.1",
-                    "--listen-addr",
-                    "127.0.0.1:2377",
-                ]);
-                SwarmGuard { initialised: true }
+        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        if users.0 == 0 {
+            let state = docker(&[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+            ]);
+            match state.trim() {
+                "active true" => users.1 = false,
+                s if s.starts_with("inactive") => {
+                    *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) =
+                        !StdCommand::new("docker")
+                            .args(["network", "inspect", "docker_gwbridge"])
+                            .output()
+                            .is_ok_and(|o| o.status.success());
+                    docker(&[
+                        "swarm",
+                        "init",
+                        "--advertise-addr",
+                        "127.0.0.1",
+                        "--listen-addr",
+                        "127.0.0.1:2377",
+                    ]);
+                    users.1 = true;
+                }
+                s => {
+                    panic!(
+                        "this Docker Engine is in swarm state `{s}`; swarm storage needs a manager"
+                    )
+                }
             }
-            s => {
-                panic!("this Docker Engine is in swarm state `{s}`; swarm storage needs a manager")
-            }
+        }
+        users.0 += 1;
+        SwarmGuard {
+            initialised: users.1,
         }
     }
 }
 
 impl Drop for SwarmGuard {
     fn drop(&mut self) {
-        if self.initialised {
+        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        users.0 -= 1;
+        if users.0 == 0 && self.initialised {
+            users.1 = false;
             let _ = StdCommand::new("docker")
                 .args(["swarm", "leave", "--force"])
                 .output();
+            if *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) {
+                let _ = StdCommand::new("docker")
+                    .args(["network", "rm", "docker_gwbridge"])
+                    .output();
+            }
         }
     }
 }
