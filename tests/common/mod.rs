@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 pub mod docker;
 pub mod pebble;
+pub mod tls;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
