@@ -18,64 +18,9 @@ GEN_CPUS=${GEN_CPUS:-1}; PROXY_CPUS=${PROXY_CPUS:-0}; BACKEND_CPUS=${BACKEND_CPU
 for b in wrk haproxy nginx openssl taskset curl; do
   command -v "$b" >/dev/null || { echo "missing $b (apt-get install wrk haproxy nginx)" >&2; exit 2; }
 done
-run=$(mktemp -d "${TMPDIR:-/tmp}/wharf-tlsnew.XXXXXX")
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$run"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BE=$(free_port); HA=$(free_port); WH=$(free_port); WHP=$(free_port)
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -subj /CN=localhost -addext 'subjectAltName=DNS:localhost' \
-  -keyout "$run/key.pem" -out "$run/cert.pem" >/dev/null 2>&1
-cat "$run/cert.pem" "$run/key.pem" > "$run/combined.pem"
-mkdir -p "$run/www"; head -c 100 /dev/zero | tr '\0' x > "$run/www/hello"
-
-cat > "$run/backend.conf" <<EOF
-worker_processes 1; daemon off; pid $run/nginx.pid; error_log $run/nginx.err warn;
-events { worker_connections 4096; }
-http { access_log off; default_type text/plain; keepalive_requests 1000000;
-  client_body_temp_path $run; proxy_temp_path $run; fastcgi_temp_path $run;
-  uwsgi_temp_path $run; scgi_temp_path $run;
-  server { listen 127.0.0.1:$BE backlog=4096; root $run/www; location / { } } }
-EOF
-cat > "$run/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8000
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:$HA ssl crt $run/combined.pem alpn h2,http/1.1
-  default_backend be
-backend be
-  server s1 127.0.0.1:$BE
-EOF
-cat > "$run/wharf.toml" <<EOF
-[entrypoints.web]
-address = "127.0.0.1:$WHP"
-[entrypoints.websecure]
-address = "127.0.0.1:$WH"
-tls = true
-[admin]
-address = "127.0.0.1:0"
-[runtime]
-worker_threads = 1
-[[tls.certificates]]
-cert = "$run/cert.pem"
-key = "$run/key.pem"
-[[routes]]
-host = "*"
-upstream = "static:127.0.0.1:$BE"
-tls = "none"
-hsts = 0
-EOF
+RIG_NAME=tlsnew
+# shellcheck source=benches/tls-rig.sh
+. "$here/benches/tls-rig.sh"
 
 taskset -c "$BACKEND_CPUS" nginx -c "$run/backend.conf" >/dev/null 2>&1 & pids+=($!)
 taskset -c "$PROXY_CPUS" haproxy -db -f "$run/haproxy.cfg" >"$run/haproxy.log" 2>&1 & pids+=($!)
