@@ -60,7 +60,7 @@ pub struct Engine {
     pub prefix: String,
     objects: Mutex<Vec<Obj>>,
     /// This test uses swarm mode (counted in [`SWARM_USERS`]).
-    left_swarm: Mutex<bool>,
+    uses_swarm: Mutex<bool>,
     dir: TempDir,
 }
 
@@ -72,7 +72,7 @@ impl Engine {
         Engine {
             prefix: format!("wharf-t-{tag}-{}-{}", std::process::id(), fastrand::u32(..)),
             objects: Mutex::new(Vec::new()),
-            left_swarm: Mutex::new(false),
+            uses_swarm: Mutex::new(false),
             dir: TempDir::new(tag),
         }
     }
@@ -130,7 +130,7 @@ impl Engine {
             }
         }
         users.0 += 1;
-        *self.left_swarm.lock().unwrap() = true;
+        *self.uses_swarm.lock().unwrap() = true;
         Ok(())
     }
 
@@ -311,7 +311,7 @@ impl Drop for Engine {
                 let _ = try_docker(&["rmi", "-f", i]);
             }
         }
-        if *self.left_swarm.lock().unwrap() {
+        if *self.uses_swarm.lock().unwrap() {
             let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
             users.0 -= 1;
             if users.0 == 0 && users.1 {

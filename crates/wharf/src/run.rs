@@ -105,10 +105,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(e) = acme_error {
         rec.acme_failed(e);
     }
-    let control = &rec.control;
+    // The published table's handle: the same for the process's life.
+    let table = rec.control.table();
     registry
         .register(Box::new(
-            wharf_admin::BackendCollector::new(control.table()).context("backend metrics")?,
+            wharf_admin::BackendCollector::new(table.clone()).context("backend metrics")?,
         ))
         .context("registering backend metrics")?;
 
@@ -135,7 +136,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // TLS-ALPN-01 challenge as soon as the order starts, and the sockets must exist
     // by then (connections queue until the listeners serve).
     rec.apply();
-    let control = &rec.control;
     let https_port = bound
         .iter()
         .filter(|e| e.tls.is_some())
@@ -151,7 +151,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let tracker = TaskTracker::new();
     let fwd = Arc::new(Forwarder::new(
-        control.table(),
+        table.clone(),
         &upstream,
         https_port,
         tracker.clone(),
@@ -182,7 +182,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("admin: cannot listen on {}", cfg.admin.address))?;
     info!(address = %admin_listener.local_addr()?, "admin listening");
     let admin_state = AdminState {
-        table: control.table(),
+        table: table.clone(),
         problems: problems.clone(),
         registry: registry.clone(),
         certificates: certs.clone(),
