@@ -695,7 +695,7 @@ pub(crate) mod tests {
         let rl = s.ratelimit.as_ref().unwrap();
         assert_eq!((rl.per_second, rl.burst), (1.0, 7));
         assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
-        assert_eq!(s.maxconn, Some(25));
+        assert_eq!(s.maxconn.map(|m| m.limit), Some(25));
         assert_eq!(
             r.host_labels,
             vec![(

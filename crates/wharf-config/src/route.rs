@@ -48,7 +48,9 @@ pub const ROUTE_KEYS: &[&str] = &[
     "ratelimit.rate",
     "ratelimit.burst",
     "ratelimit.key",
-    "maxconn",
+    "maxconn.limit",
+    "maxconn.queue",
+    "maxconn.timeout",
 ];
 
 /// `sticky` → `sticky.type`, `hsts` → `hsts.max_age`, `ratelimit` → `ratelimit.rate`.
@@ -57,6 +59,7 @@ pub fn group_alias(key: &str) -> &str {
         "sticky" => "sticky.type",
         "hsts" => "hsts.max_age",
         "ratelimit" => "ratelimit.rate",
+        "maxconn" => "maxconn.limit",
         "hosts" => "host",
         other => other,
     }
@@ -197,7 +200,23 @@ pub struct RouteSpec {
     pub https_redirect: bool,
     pub hsts: Hsts,
     pub ratelimit: Option<RateLimit>,
-    pub maxconn: Option<u32>,
+    pub maxconn: Option<MaxConn>,
+}
+
+/// `maxconn`: at most `limit` requests in flight per backend; the excess waits in
+/// a queue of at most `queue` requests for at most `timeout`, then gets 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxConn {
+    pub limit: u32,
+    pub queue: u32,
+    pub timeout: Duration,
+}
+
+impl MaxConn {
+    /// Waiting requests per route when `maxconn.queue` is unset.
+    pub const DEFAULT_QUEUE: u32 = 1024;
+    /// HAProxy's `timeout queue` falls back to `timeout connect`, commonly 5s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// One problem with one key.
@@ -487,10 +506,36 @@ pub fn parse_route(
         };
         Ok(())
     });
-    field("maxconn", &mut |v| {
-        spec.maxconn = Some(at_least_one(v, "maxconn")?);
+    let mut mc_limit = None;
+    let mut mc_queue = MaxConn::DEFAULT_QUEUE;
+    let mut mc_timeout = MaxConn::DEFAULT_TIMEOUT;
+    field("maxconn.limit", &mut |v| {
+        mc_limit = Some(at_least_one(v, "maxconn")?);
         Ok(())
     });
+    field("maxconn.queue", &mut |v| {
+        mc_queue = values::number(v, "queue length (0: no queue, excess gets 503 at once)")?;
+        Ok(())
+    });
+    field("maxconn.timeout", &mut |v| {
+        mc_timeout = values::positive_duration(v)?;
+        Ok(())
+    });
+    match mc_limit {
+        Some(limit) => {
+            spec.maxconn = Some(MaxConn {
+                limit,
+                queue: mc_queue,
+                timeout: mc_timeout,
+            })
+        }
+        None if get.keys().any(|k| k.starts_with("maxconn.")) => problems.push(KeyProblem {
+            key: "maxconn".into(),
+            message: "queue settings given without `maxconn` (the limit), which enables them"
+                .into(),
+        }),
+        None => {}
+    }
 
     if !hc.path.is_empty() {
         spec.healthcheck = Some(hc);
@@ -632,7 +677,7 @@ mod tests {
         let rl = r.ratelimit.unwrap();
         assert_eq!((rl.per_second, rl.burst), (100.0, 100));
         assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
-        assert_eq!(r.maxconn, Some(100));
+        assert_eq!(r.maxconn.map(|m| m.limit), Some(100));
         assert!(!r.https_redirect);
     }
 

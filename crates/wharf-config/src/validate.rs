@@ -781,7 +781,7 @@ mod tests {
         assert_eq!(c.routes.len(), 1);
         let r = &c.routes[0];
         assert_eq!(r.hosts, vec!["legacy.example.org"]);
-        assert_eq!(r.maxconn, Some(100));
+        assert_eq!(r.maxconn.map(|m| m.limit), Some(100));
         assert_eq!(c.entrypoints.len(), 2);
         let ws = c
             .entrypoints

@@ -16,7 +16,9 @@ use wharf_config::labels::{self, LabelOptions, ServiceInput, Severity};
 use wharf_config::route::{StickyType, TlsMode};
 use wharf_config::{Config, RouteSpec, Upstream};
 use wharf_docker::{Snapshot, Workload};
-use wharf_table::{BackendDef, BackendRegistry, Policy, RouteDef, Sticky, Table};
+use wharf_table::{
+    BackendDef, BackendRegistry, HealthCheck, MaxConn, Policy, RouteDef, Sticky, Table,
+};
 
 /// The published table, shared with the proxy and the admin listener.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -519,6 +521,29 @@ fn route_def(
                 StickyType::Cookie => Sticky::Cookie,
                 StickyType::Source => Sticky::Source,
             },
+            healthcheck: r.healthcheck.as_ref().map(|hc| {
+                Arc::new(HealthCheck {
+                    path: hc.path.clone(),
+                    method: hc.method.clone(),
+                    // SPEC: the first host by default; a wildcard names no host,
+                    // so the checker then sends the backend address.
+                    host: hc
+                        .host
+                        .clone()
+                        .or_else(|| r.hosts.iter().find(|h| !h.starts_with('*')).cloned())
+                        .unwrap_or_default(),
+                    interval: hc.interval,
+                    timeout: hc.timeout,
+                    rise: hc.rise,
+                    fall: hc.fall,
+                    expect: hc.expect.clone(),
+                })
+            }),
+            maxconn: r.maxconn.map(|m| MaxConn {
+                limit: m.limit,
+                queue: m.queue,
+                timeout: m.timeout,
+            }),
         },
     }
 }
@@ -536,14 +561,8 @@ fn not_enforced(r: &RouteSpec) -> Vec<String> {
     if r.sticky.kind != StickyType::None {
         say("sticky");
     }
-    if r.healthcheck.is_some() {
-        say("healthcheck");
-    }
     if r.ratelimit.is_some() {
         say("ratelimit");
-    }
-    if r.maxconn.is_some() {
-        say("maxconn");
     }
     if r.scheme == wharf_table::Scheme::Https {
         say("scheme = https (backends answer 502 until TLS to backends lands)");

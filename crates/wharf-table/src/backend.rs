@@ -3,9 +3,12 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+
+use crate::health::HealthInfo;
+use crate::limit::RouteState;
 
 /// How the proxy talks to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -71,11 +74,23 @@ pub struct BackendKey {
     pub addr: SocketAddr,
 }
 
-/// State of a backend that must survive table swaps.
+/// State of a backend that must survive table swaps: in-flight count, health
+/// (see `health.rs`), and URI parts.
 #[derive(Debug)]
 pub struct BackendState {
     inflight: AtomicU32,
-    up: AtomicBool,
+    /// Healthy by active checks and passive observation (`draining` is the
+    /// provider's word and lives in [`Backend`]).
+    pub(crate) up: AtomicBool,
+    /// Consecutive passive failures (connect, reset, timeout before a response).
+    pub(crate) fails: AtomicU32,
+    /// Passive ejections in a row, for the cool-down back-off.
+    pub(crate) ejections: AtomicU32,
+    pub(crate) checks_ok: AtomicU64,
+    pub(crate) checks_failed: AtomicU64,
+    /// Active-check counters and the last result; never touched by a request
+    /// that succeeds.
+    pub(crate) health: Mutex<HealthInfo>,
     /// The last compile that used this backend (mark and sweep in the registry).
     seen: AtomicU64,
     /// URI parts built once per backend identity, so neither the hot path nor a
@@ -85,7 +100,7 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    fn new(def: &BackendDef) -> Self {
+    pub(crate) fn new(def: &BackendDef) -> Self {
         let uri_scheme = match def.scheme {
             Scheme::Https => http::uri::Scheme::HTTPS,
             Scheme::Http | Scheme::H2c => http::uri::Scheme::HTTP,
@@ -97,6 +112,11 @@ impl BackendState {
         BackendState {
             inflight: AtomicU32::new(0),
             up: AtomicBool::new(true),
+            fails: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            checks_ok: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            health: Mutex::new(HealthInfo::default()),
             seen: AtomicU64::new(0),
             uri_scheme,
             authority,
@@ -126,7 +146,7 @@ impl BackendState {
         (self.uri_scheme == http::uri::Scheme::HTTPS) == https
     }
 
-    /// Marks the backend up or down (the health checker's hook).
+    /// Marks the backend up or down by hand (tests; checks use `record_check`).
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
     }
@@ -134,21 +154,49 @@ impl BackendState {
 
 /// Counts one in-flight request against a backend until dropped. The proxy keeps it
 /// alive until the response body is finished, so leastconn sees streaming responses.
+/// On a `maxconn` route it also wakes the route's queue when the slot frees.
 #[derive(Debug)]
 pub struct InflightGuard {
     state: Arc<BackendState>,
+    queue: Option<Arc<RouteState>>,
 }
 
 impl InflightGuard {
     pub fn new(state: Arc<BackendState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard { state }
+        InflightGuard { state, queue: None }
+    }
+
+    /// Takes one of `limit` slots of the backend, or `None` when all are taken
+    /// (another request won the race since the pick looked).
+    pub fn try_limited(
+        state: &Arc<BackendState>,
+        limit: u32,
+        queue: &Arc<RouteState>,
+    ) -> Option<Self> {
+        state
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InflightGuard {
+            state: state.clone(),
+            queue: Some(queue.clone()),
+        })
+    }
+
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(q) = &self.queue {
+            q.slot_freed();
+        }
     }
 }
 
@@ -161,6 +209,8 @@ pub struct BackendRegistry {
     /// Keyed by identity; the key's scheme is part of the state, so a scheme change
     /// replaces the state.
     states: DashMap<BackendKey, Arc<BackendState>, ahash::RandomState>,
+    /// Per-route state that outlives swaps (queue, retry counter), by route name.
+    routes: DashMap<Arc<str>, Arc<RouteState>, ahash::RandomState>,
     generation: AtomicU64,
 }
 
@@ -200,8 +250,24 @@ impl BackendRegistry {
         state
     }
 
+    /// The state of a route, created on first use, marked as used by `generation`.
+    pub(crate) fn mark_route(&self, name: &Arc<str>, generation: u64) -> Arc<RouteState> {
+        let state = match self.routes.get(name) {
+            Some(s) => s.clone(),
+            None => self
+                .routes
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(RouteState::default()))
+                .clone(),
+        };
+        state.seen.store(generation, Ordering::Relaxed);
+        state
+    }
+
     pub(crate) fn sweep(&self, generation: u64) {
         self.states
+            .retain(|_, s| s.seen.load(Ordering::Relaxed) == generation);
+        self.routes
             .retain(|_, s| s.seen.load(Ordering::Relaxed) == generation);
     }
 
@@ -295,15 +361,23 @@ pub struct BackendSet {
     backends: Box<[Arc<Backend>]>,
     balance: Balance,
     next: AtomicUsize,
+    /// `maxconn` per backend; 0 = unlimited. A full backend is not picked.
+    limit: u32,
 }
 
 impl BackendSet {
-    pub(crate) fn new(backends: Vec<Arc<Backend>>, balance: Balance) -> Self {
+    pub(crate) fn new(backends: Vec<Arc<Backend>>, balance: Balance, limit: u32) -> Self {
         BackendSet {
             backends: backends.into_boxed_slice(),
             balance,
             next: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
+            limit,
         }
+    }
+
+    /// `maxconn` per backend (0: unlimited).
+    pub fn limit(&self) -> u32 {
+        self.limit
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {
@@ -314,37 +388,53 @@ impl BackendSet {
         self.balance
     }
 
-    /// Picks a backend that is up, or `None` when none is.
+    /// Picks a backend that is up (and, on a `maxconn` route, has room), or
+    /// `None` when none is.
+    #[inline]
     pub fn pick(&self, client: IpAddr) -> Option<&Arc<Backend>> {
+        self.pick_where(client, |_| true)
+    }
+
+    /// Like [`Self::pick`], never choosing `not` (a retry goes elsewhere).
+    pub fn pick_other(&self, client: IpAddr, not: SocketAddr) -> Option<&Arc<Backend>> {
+        self.pick_where(client, |b| b.addr != not)
+    }
+
+    #[inline]
+    fn pick_where(&self, client: IpAddr, ok: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
+        let limit = self.limit;
+        let ok = |b: &Backend| {
+            b.usable() && (limit == 0 || b.state.inflight() < limit) && ok(b)
+        };
         let n = self.backends.len();
         match n {
             0 => return None,
-            1 => return self.backends.first().filter(|b| b.usable()),
+            1 => return self.backends.first().filter(|b| ok(b)),
             _ => {}
         }
         match self.balance {
-            Balance::LeastConn => self.least_conn(),
+            Balance::LeastConn => self.least_conn(ok),
             Balance::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                self.first_up_from(start)
+                self.first_from(start, ok)
             }
-            Balance::Random => self.first_up_from(fastrand::usize(..n)),
-            Balance::Source => self.rendezvous(client),
+            Balance::Random => self.first_from(fastrand::usize(..n), ok),
+            Balance::Source => self.rendezvous(client, ok),
         }
     }
 
-    fn first_up_from(&self, start: usize) -> Option<&Arc<Backend>> {
+    fn first_from(&self, start: usize, ok: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
         let n = self.backends.len();
         (0..n)
             .map(|i| &self.backends[(start + i) % n])
-            .find(|b| b.usable())
+            .find(|b| ok(b))
     }
 
-    fn least_conn(&self) -> Option<&Arc<Backend>> {
+    fn least_conn(&self, ok: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
         let mut best: Option<&Arc<Backend>> = None;
         let mut best_load = u32::MAX;
         let mut ties = 0u32;
-        for b in self.backends.iter().filter(|b| b.usable()) {
+        for b in self.backends.iter().filter(|b| ok(b)) {
             let load = b.state.inflight();
             if load < best_load {
                 best = Some(b);
@@ -361,10 +451,10 @@ impl BackendSet {
         best
     }
 
-    fn rendezvous(&self, client: IpAddr) -> Option<&Arc<Backend>> {
+    fn rendezvous(&self, client: IpAddr, ok: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
         self.backends
             .iter()
-            .filter(|b| b.usable())
+            .filter(|b| ok(b))
             .max_by_key(|b| rendezvous_score(client, b.addr))
     }
 }
@@ -389,7 +479,7 @@ mod tests {
                 Arc::new(Backend::new(&def, reg.mark(key, &def, 1)))
             })
             .collect();
-        BackendSet::new(backends, balance)
+        BackendSet::new(backends, balance, 0)
     }
 
     const GOLDEN: u64 = 17_561_349_671_499_069_348;

@@ -5,18 +5,29 @@
 //! path matching, backend sets and balancing. It must never do I/O, never block and
 //! never depend on an async runtime: every request of every connection reads it.
 //!
-//! State that must outlive a table swap (in-flight counts now; health and sticky
-//! bindings later) lives in [`BackendRegistry`], keyed by backend identity, so that a
-//! change to one route never resets another route's backends.
+//! State that must outlive a table swap (in-flight counts, health; per route the
+//! `maxconn` queue and retry counter) lives in [`BackendRegistry`], keyed by backend
+//! identity or route name, so that a change to one route never resets another
+//! route's backends.
+//!
+//! The only runtime piece is `tokio::sync::Notify` for the `maxconn` queue, which
+//! needs no runtime to exist; waiting with a deadline is the proxy's business.
 
 mod backend;
+mod health;
 mod host;
+mod limit;
 mod route;
 mod table;
 
 pub use backend::{
     Backend, BackendDef, BackendKey, BackendRegistry, BackendState, Balance, InflightGuard, Scheme,
 };
+pub use health::{
+    HealthCheck, HealthInfo, LastCheck, Transition, PASSIVE_COOLDOWN, PASSIVE_COOLDOWN_MAX,
+    PASSIVE_FAILURES,
+};
 pub use host::normalize_host;
+pub use limit::{MaxConn, QueueTicket, RouteState};
 pub use route::{EntrypointMask, Policy, Route, RouteDef, Sticky};
 pub use table::{CompileReport, Table};

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::backend::{BackendDef, BackendSet, Balance};
+use crate::health::HealthCheck;
+use crate::limit::{MaxConn, RouteState};
 
 /// The set of entrypoints (by index in the configuration) a route is served on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,10 @@ pub struct Policy {
     /// The `Strict-Transport-Security` value, sent on TLS responses only.
     pub hsts: Option<HeaderValue>,
     pub sticky: Sticky,
+    /// Active health checks of every backend; `None`: only passive observation,
+    /// whose ejections then end after a cool-down.
+    pub healthcheck: Option<Arc<HealthCheck>>,
+    pub maxconn: Option<MaxConn>,
 }
 
 /// What the control plane compiles into a [`Route`].
@@ -101,11 +107,14 @@ pub struct Route {
     pub entrypoints: EntrypointMask,
     pub policy: Policy,
     pub backends: BackendSet,
+    /// State that survives swaps: the `maxconn` queue, the retry counter.
+    pub state: Arc<RouteState>,
 }
 
 impl Route {
-    pub(crate) fn new(def: RouteDef, backends: BackendSet) -> Self {
+    pub(crate) fn new(def: RouteDef, backends: BackendSet, state: Arc<RouteState>) -> Self {
         Route {
+            state,
             name: def.name,
             source: def.source,
             hosts: def.hosts,

@@ -52,8 +52,10 @@ impl Table {
                     Arc::new(Backend::new(b, registry.mark(key, b, generation)))
                 })
                 .collect();
-            let set = BackendSet::new(backends, def.balance);
-            routes.push(Arc::new(Route::new(def, set)));
+            let limit = def.policy.maxconn.map_or(0, |m| m.limit);
+            let set = BackendSet::new(backends, def.balance, limit);
+            let state = registry.mark_route(&def.name, generation);
+            routes.push(Arc::new(Route::new(def, set, state)));
         }
         registry.sweep(generation);
 
