@@ -1,0 +1,289 @@
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use wharf_table::{BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef, Scheme};
+
+use super::*;
+
+fn hc(rise: u32, fall: u32) -> HealthCheck {
+    HealthCheck {
+        path: "/".into(),
+        method: "HEAD".into(),
+        host: String::new(),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(2),
+        rise,
+        fall,
+        expect: vec![(200, 399)],
+    }
+}
+
+fn result(ok: bool) -> LastCheck {
+    LastCheck {
+        at: SystemTime::now(),
+        status: Some(if ok { 200 } else { 503 }),
+        latency: Duration::from_millis(1),
+        error: (!ok).then(|| "status 503".to_string()),
+    }
+}
+
+fn def(name: &str, addrs: &[SocketAddr], check: Option<HealthCheck>) -> RouteDef {
+    RouteDef {
+        name: name.into(),
+        source: "file".into(),
+        hosts: vec![format!("{name}.test")],
+        path: "/".into(),
+        entrypoints: EntrypointMask::ALL,
+        balance: Balance::RoundRobin,
+        backends: addrs
+            .iter()
+            .map(|a| BackendDef {
+                addr: *a,
+                scheme: Scheme::Http,
+                draining: false,
+            })
+            .collect(),
+        policy: Policy {
+            healthcheck: check.map(Arc::new),
+            ..Policy::default()
+        },
+    }
+}
+
+/// What the scripted probe saw at each call: when, and whether the backend was
+/// up before this call's result was recorded.
+type Calls = Arc<Mutex<Vec<(Duration, bool)>>>;
+
+#[tokio::test(start_paused = true)]
+async fn down_after_exactly_fall_checks_and_up_after_exactly_rise() {
+    let (rise, fall) = (2, 3);
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(Table::default()));
+    let reg = BackendRegistry::new();
+    let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    table.store(Arc::new(
+        Table::compile(vec![def("app", &[addr], Some(hc(rise, fall)))], &reg).0,
+    ));
+    let state = table.load().routes()[0].backends.all()[0].state.clone();
+    let target = Target {
+        route: "app".into(),
+        addr,
+        hc: Arc::new(hc(rise, fall)),
+        state: state.clone(),
+    };
+    // fall failures, then rise + 1 successes.
+    let script: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(
+        std::iter::repeat_n(false, fall as usize)
+            .chain(std::iter::repeat_n(true, rise as usize + 1))
+            .collect(),
+    ));
+    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let task = {
+        let (script, calls, state) = (script.clone(), calls.clone(), state.clone());
+        tokio::spawn(async move {
+            run_target(&target, || {
+                let ok = script.lock().unwrap().pop_front();
+                calls.lock().unwrap().push((start.elapsed(), state.is_up()));
+                async move {
+                    match ok {
+                        Some(ok) => result(ok),
+                        None => std::future::pending().await,
+                    }
+                }
+            })
+            .await
+        })
+    };
+    assert!(state.is_up(), "a newly seen backend is up");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    task.abort();
+
+    let calls = calls.lock().unwrap().clone();
+    let n = (fall + rise + 2) as usize;
+    assert_eq!(calls.len(), n, "{calls:?}");
+    let interval = Duration::from_secs(10);
+    // The first check within one interval, the next ones 9..=11 s apart.
+    assert!(calls[0].0 < interval);
+    for w in calls.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            gap >= interval.mul_f64(0.9) && gap <= interval.mul_f64(1.1),
+            "{gap:?}"
+        );
+    }
+    let up: Vec<bool> = calls.iter().map(|c| c.1).collect();
+    // Up through the `fall`th failure, down from then on until the `rise`th success.
+    let mut want = vec![true; fall as usize];
+    want.extend(std::iter::repeat_n(false, rise as usize));
+    want.extend([true, true]);
+    assert_eq!(up, want);
+    assert!(state.is_up());
+    assert_eq!(state.check_counts(), (u64::from(rise) + 1, u64::from(fall)));
+    let info = state.health_snapshot();
+    assert_eq!(info.reason, None);
+    assert_eq!(info.last_check.and_then(|c| c.status), Some(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reason_is_kept_while_down() {
+    let reg = BackendRegistry::new();
+    let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let t = Table::compile(vec![def("app", &[addr], Some(hc(1, 1)))], &reg).0;
+    let state = t.routes()[0].backends.all()[0].state.clone();
+    let target = Target {
+        route: "app".into(),
+        addr,
+        hc: Arc::new(hc(1, 1)),
+        state: state.clone(),
+    };
+    let task = tokio::spawn(async move { run_target(&target, || async { result(false) }).await });
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    task.abort();
+    assert!(!state.is_up());
+    let reason = state.health_snapshot().reason.unwrap_or_default();
+    assert!(reason.contains("status 503"), "{reason}");
+}
+
+#[tokio::test]
+async fn reconcile_follows_the_table() {
+    let reg = BackendRegistry::new();
+    let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let b: SocketAddr = "127.0.0.1:10".parse().unwrap();
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(
+        Table::compile(
+            vec![
+                def("checked", &[a, b], Some(hc(2, 3))),
+                def("plain", &[a], None),
+            ],
+            &reg,
+        )
+        .0,
+    ));
+    let cancel = CancellationToken::new();
+    let mut c = Checker::new(table.clone(), 4, cancel.clone());
+    c.reconcile();
+    assert_eq!(c.len(), 2, "only the checked route's backends");
+    let ids: Vec<_> = {
+        let mut v: Vec<_> = c.running.values().map(|r| r.abort.id()).collect();
+        v.sort();
+        v
+    };
+
+    // An unrelated swap keeps the same tasks.
+    table.store(Arc::new(
+        Table::compile(
+            vec![
+                def("checked", &[a, b], Some(hc(2, 3))),
+                def("plain", &[a, b], None),
+            ],
+            &reg,
+        )
+        .0,
+    ));
+    c.reconcile();
+    let mut again: Vec<_> = c.running.values().map(|r| r.abort.id()).collect();
+    again.sort();
+    assert_eq!(ids, again);
+
+    // A gone backend's task stops; a changed check restarts the rest, and the
+    // up/down state stays as it was.
+    let state_a = table.load().routes()[0].backends.all()[0].state.clone();
+    state_a.set_up(false);
+    let mut changed = hc(2, 3);
+    changed.path = "/ready".into();
+    table.store(Arc::new(
+        Table::compile(vec![def("checked", &[a], Some(changed))], &reg).0,
+    ));
+    c.reconcile();
+    assert_eq!(c.len(), 1);
+    assert!(!ids.contains(&c.running.values().next().unwrap().abort.id()));
+    assert!(!state_a.is_up());
+
+    // No check any more: every task stops.
+    table.store(Arc::new(
+        Table::compile(vec![def("checked", &[a], None)], &reg).0,
+    ));
+    c.reconcile();
+    assert!(c.is_empty());
+    cancel.cancel();
+}
+
+/// End to end on real sockets with short intervals: a backend that starts
+/// failing goes down, then comes back, through the spawned checker.
+#[tokio::test]
+async fn spawned_checker_marks_a_failing_backend_down_and_up_again() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    {
+        let healthy = healthy.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let ok = healthy.load(std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut b = [0u8; 512];
+                    let _ = s.read(&mut b).await;
+                    let answer: &[u8] = if ok {
+                        b"HTTP/1.1 200 OK\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 503 Unavailable\r\n\r\n"
+                    };
+                    let _ = s.write_all(answer).await;
+                });
+            }
+        });
+    }
+    let mut check = hc(2, 2);
+    check.interval = Duration::from_millis(100);
+    check.timeout = Duration::from_millis(50);
+    let reg = BackendRegistry::new();
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(
+        Table::compile(vec![def("app", &[addr], Some(check))], &reg).0,
+    ));
+    let (tx, rx) = watch::channel(());
+    let cancel = CancellationToken::new();
+    let handle = spawn(table.clone(), rx, cancel.clone());
+    let state = table.load().routes()[0].backends.all()[0].state.clone();
+
+    async fn wait_for(state: &BackendState, up: bool) -> Duration {
+        let t = Instant::now();
+        while state.is_up() != up {
+            assert!(t.elapsed() < Duration::from_secs(5), "never became up={up}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        t.elapsed()
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(state.is_up());
+    assert!(state.check_counts().0 >= 2);
+    healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    // fall × interval, plus one interval of phase and the jitter.
+    let took = wait_for(&state, false).await;
+    assert!(took < Duration::from_millis(600), "{took:?}");
+    assert_eq!(
+        state.health_snapshot().last_check.and_then(|c| c.error),
+        Some("status 503".into())
+    );
+    healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    let took = wait_for(&state, true).await;
+    assert!(took < Duration::from_millis(600), "{took:?}");
+
+    // The route loses its check on a swap: checks stop.
+    table.store(Arc::new(
+        Table::compile(vec![def("app", &[addr], None)], &reg).0,
+    ));
+    tx.send_replace(());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = state.check_counts();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state.check_counts(), before);
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .unwrap()
+        .unwrap();
+}
