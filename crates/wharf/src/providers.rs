@@ -39,6 +39,8 @@ pub struct Reconciler {
     acme_problems: Vec<Problem>,
     /// Messages logged already, so each is logged once while it lasts.
     logged: HashSet<String>,
+    /// Bumped after every table swap (the health checker reconciles on it).
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 /// Starts the Docker provider unless the config turns it off. In `auto` mode a
@@ -120,7 +122,13 @@ impl Reconciler {
             acme_names: Vec::new(),
             acme_problems: Vec::new(),
             logged: HashSet::new(),
+            swaps: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes once after every table swap.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 
     /// Waits until some provider has news. Never returns when none is running.
@@ -192,6 +200,7 @@ impl Reconciler {
             dns: &self.dns,
         });
         if report.swapped {
+            self.swaps.send_modify(|n| *n = n.wrapping_add(1));
             let diff = report.diff_line();
             info!(
                 routes = report.routes,

@@ -136,6 +136,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // TLS-ALPN-01 challenge as soon as the order starts, and the sockets must exist
     // by then (connections queue until the listeners serve).
     rec.apply();
+    // Active health checks, from the first published table on; the reconciler
+    // signals every later swap.
+    let health = wharf_health::spawn(table.clone(), rec.swaps(), cancel.child_token());
     let https_port = bound
         .iter()
         .filter(|e| e.tls.is_some())
@@ -213,6 +216,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = l.await;
     }
     let _ = admin.await;
+    let _ = health.await;
     let timeout = rec.config.runtime.shutdown_timeout;
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         warn!(
