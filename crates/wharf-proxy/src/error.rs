@@ -17,6 +17,10 @@ pub enum ProxyError {
     Misdirected,
     #[error("no healthy backend")]
     NoHealthyBackend,
+    #[error("every backend is at maxconn and the queue is full")]
+    QueueFull,
+    #[error("every backend stayed at maxconn for the queue timeout")]
+    QueueTimeout,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
     #[error("backend scheme `{0}` is not supported by this build")]
@@ -38,7 +42,9 @@ impl ProxyError {
             ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
@@ -54,6 +60,9 @@ impl ProxyError {
             ProxyError::NoRoute => "404 Not Found: no route for this host\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
             ProxyError::NoHealthyBackend => "503 Service Unavailable: no healthy backend\n",
+            ProxyError::QueueFull | ProxyError::QueueTimeout => {
+                "503 Service Unavailable: every backend is busy\n"
+            }
             ProxyError::RateLimited { .. } => "429 Too Many Requests\n",
             ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway\n"
@@ -77,7 +86,8 @@ impl ProxyError {
                 );
             }
             // A service between tasks comes back soon: tell clients when to retry.
-            ProxyError::NoHealthyBackend => {
+            // A full route frees up as requests finish.
+            ProxyError::NoHealthyBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -9,26 +9,23 @@ use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
-use wharf_table::{normalize_host, Backend, InflightGuard, Route, Scheme};
+use wharf_table::{normalize_host, Backend, Scheme};
 
 use crate::body::{full, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
-use crate::pool::{H1Pool, Pooled};
+use crate::pipeline::{self, Ctx, Failure, Head, Routed, ACME_CHALLENGE, CHUNKED};
+use crate::pool::{H1Pool, Pooled, ReqBody};
 use crate::{Http01Responder, SharedTable, UpstreamSettings};
 
 type HttpClient = Client<HttpConnector, Incoming>;
-
-const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
-
-/// The ACME HTTP-01 path, never redirected (RFC 8555 §8.3).
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// Everything a request needs that does not change per request.
 pub struct Forwarder {
@@ -131,46 +128,40 @@ impl Forwarder {
                 .cloned()
                 .ok_or(ProxyError::BadHost)?,
         };
-        let route: Arc<Route> = {
-            let raw = host_value.to_str().map_err(|_| ProxyError::BadHost)?;
-            let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
-            // RFC 9110 §15.5.20: a connection is bound to the name it was opened for.
-            // An HTTP/2 client may coalesce another host onto it (RFC 9113 §9.1.1);
-            // 421 makes it open a connection of its own. HTTP/1.1 gets the same rule,
-            // which also stops domain fronting.
-            if let Some(sni) = &conn.sni {
-                if **sni != *host {
-                    return Err(ProxyError::Misdirected);
-                }
-            }
-            if !conn.tls && req.method() == http::Method::GET {
-                if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
-                    if let Some(answer) = self.http01.respond(token).await {
-                        return Ok(key_authorization(answer));
-                    }
-                }
-            }
-            let table = self.table.load();
-            let route = table.find(&host, req.uri().path(), conn.entrypoint);
-            let route = route.ok_or(ProxyError::NoRoute)?.clone();
-            // The guard is dropped here, before any await (STYLE habit 3).
-            if conn.redirect_https
-                && route.policy.tls
-                && route.policy.https_redirect
-                && !req.uri().path().starts_with(ACME_CHALLENGE)
-            {
-                if let Some(port) = self.https_port {
-                    return Ok(redirect(&req, &host, port));
-                }
-            }
-            route
+        let raw = host_value.to_str().map_err(|_| ProxyError::BadHost)?;
+        let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
+        let has_body = !req.body().is_end_stream();
+        let head = Head {
+            method: req.method(),
+            host: &host,
+            path: req.uri().path(),
+            has_body,
         };
-        let backend = route
-            .backends
-            .pick(conn.client.ip())
-            .ok_or(ProxyError::NoHealthyBackend)?
-            .clone();
-        let guard = InflightGuard::new(backend.state.clone());
+
+        // admit
+        pipeline::admit(conn, &head)?;
+        if !conn.tls && req.method() == http::Method::GET {
+            if let Some(token) = head.path.strip_prefix(ACME_CHALLENGE) {
+                if let Some(answer) = self.http01.respond(token).await {
+                    return Ok(key_authorization(answer));
+                }
+            }
+        }
+        // route
+        let routed = pipeline::route(&self.table.load(), conn, &head, self.https_port)?;
+        let route = match routed {
+            Routed::Forward(route) => route,
+            Routed::Redirect(port) => return Ok(redirect(&req, &host, port)),
+        };
+        let safe = pipeline::safe_to_repeat(&head);
+        // pick
+        let (backend, guard) = pipeline::pick(&route, conn.client, None).await?;
+        let mut ctx = Ctx {
+            route,
+            backend,
+            guard,
+            attempts: 1,
+        };
 
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -185,18 +176,18 @@ impl Forwarder {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        if backend.scheme == Scheme::H2c {
+        if ctx.backend.scheme == Scheme::H2c {
             // The backend address is the :authority here; a Host field that differs
             // from it is forbidden (RFC 9113 §8.3.1), so the client's host travels
             // in X-Forwarded-Host only.
             parts.headers.remove(header::HOST);
             parts.version = Version::HTTP_2;
-            parts.uri = absolute_uri(&backend, path)?;
+            parts.uri = absolute_uri(&ctx.backend, path)?;
             let sent = self.h2c.request(Request::from_parts(parts, body));
-            let resp = self.with_timeout(sent).await?;
-            return Ok(self.finish(resp, guard, None, conn, &route));
+            let resp = self.observed(&ctx, self.with_timeout(sent).await)?;
+            return Ok(self.finish(resp, ctx, None, conn));
         }
-        if backend.scheme == Scheme::Https {
+        if ctx.backend.scheme == Scheme::Https {
             return Err(ProxyError::UnsupportedScheme("https"));
         }
 
@@ -207,18 +198,19 @@ impl Forwarder {
         }
         // A body of unknown length (h2 without content-length, a chunked GET) must
         // stay chunked: hyper would otherwise send a GET's body as empty.
-        if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if has_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
             parts.headers.insert(header::TRANSFER_ENCODING, CHUNKED);
         }
 
         if let Some(client_upgrade) = client_upgrade {
             // The tunnel takes the connection over, so it never comes from or goes
-            // back to the pool.
-            parts.uri = absolute_uri(&backend, path)?;
+            // back to the pool; it is not retried.
+            parts.uri = absolute_uri(&ctx.backend, path)?;
             let sent = self.http1.request(Request::from_parts(parts, body));
-            let mut resp = self.with_timeout(sent).await?;
+            let mut resp = self.observed(&ctx, self.with_timeout(sent).await)?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
+                let guard = ctx.guard;
                 self.tunnels.spawn(async move {
                     let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
                         return;
@@ -231,19 +223,75 @@ impl Forwarder {
                 headers::strip_hop_by_hop(&mut parts.headers, true);
                 return Ok(Response::from_parts(parts, full("")));
             }
-            return Ok(self.finish(resp, guard, None, conn, &route));
+            return Ok(self.finish(resp, ctx, None, conn));
         }
 
         // The common case: pooled HTTP/1.1 in origin form.
         let mut uri = http::uri::Parts::default();
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))?;
-        let sent = self.send_pooled(backend.addr, Request::from_parts(parts, body));
-        let (resp, pooled) = match tokio::time::timeout(self.response_timeout, sent).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(r) => r?,
+        // A request without a body goes out with an empty body of our own, and a
+        // safe one keeps a copy of its head: it can be sent again if the backend
+        // fails after it was written. One with a body goes out once, unless it
+        // never left Wharf.
+        let body = if has_body {
+            Either::Left(body)
+        } else {
+            Either::Right(Empty::new())
         };
-        Ok(self.finish(resp, guard, Some(pooled), conn, &route))
+        let mut copy = safe.then(|| copy_head(&parts));
+        let mut req = Request::from_parts(parts, body);
+        loop {
+            let sent = self.send_pooled(ctx.backend.addr, req);
+            let failed = match tokio::time::timeout(self.response_timeout, sent).await {
+                Ok(Ok((resp, pooled))) => {
+                    ctx.succeeded();
+                    return Ok(self.finish(resp, ctx, Some(pooled), conn));
+                }
+                Ok(Err(f)) => f,
+                Err(_) => SendFailure {
+                    failure: Failure::Timeout,
+                    error: ProxyError::Timeout,
+                    unsent: None,
+                },
+            };
+            ctx.failed(failed.failure, &failed.error.to_string());
+            // The request itself when it never left, else the copy of a safe one.
+            let again = failed.unsent.or_else(|| {
+                copy.take()
+                    .map(|parts| Request::from_parts(parts, Either::Right(Empty::new())))
+            });
+            let Some(next) = again.filter(|_| ctx.may_retry(failed.failure, safe)) else {
+                return Err(failed.error);
+            };
+            if ctx.redispatch(conn.client).await.is_err() {
+                // No other backend can take it: the first failure is the answer.
+                return Err(failed.error);
+            }
+            debug!(route = %ctx.route.name, backend = %ctx.backend.addr, "retrying on another backend");
+            req = next;
+        }
+    }
+
+    /// Passive health for the hyper-util clients (h2c, upgrades), which are not
+    /// retried.
+    fn observed(
+        &self,
+        ctx: &Ctx,
+        r: Result<Response<Incoming>, ProxyError>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match &r {
+            Ok(_) => ctx.succeeded(),
+            Err(e) => {
+                let failure = match e {
+                    ProxyError::Connect(_) => Failure::Connect,
+                    ProxyError::Timeout => Failure::Timeout,
+                    _ => Failure::Reset { written: true },
+                };
+                ctx.failed(failure, &e.to_string());
+            }
+        }
+        r
     }
 
     async fn with_timeout(
@@ -259,53 +307,92 @@ impl Forwarder {
     }
 
     /// Sends on a pooled connection. A request that a reused connection refused
-    /// before anything was written (it closed meanwhile) is sent again on a fresh
-    /// connection; nothing else is retried.
+    /// before anything was written (it closed meanwhile: not the backend's
+    /// fault) is sent again on a fresh connection to the same backend. Any other
+    /// failure is classified for the retry and passive-health rules, with the
+    /// request handed back when none of it was written.
     async fn send_pooled(
         &self,
         addr: std::net::SocketAddr,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Pooled), ProxyError> {
-        let mut pooled = self.pool.checkout(addr).await?;
-        match pooled.tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, pooled)),
-            Err(mut e) => match e.take_message() {
-                Some(req) if pooled.reused => {
-                    let mut fresh = self.pool.connect(addr).await?;
-                    match fresh.tx.send_request(req).await {
-                        Ok(resp) => Ok((resp, fresh)),
-                        Err(e) => Err(ProxyError::Upstream(error_chain(&e))),
-                    }
-                }
-                _ => Err(ProxyError::Upstream(error_chain(e.error()))),
-            },
+        req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Pooled), SendFailure> {
+        let connect_failed = |error: ProxyError, req| SendFailure {
+            failure: Failure::Connect,
+            error,
+            unsent: Some(req),
+        };
+        let mut pooled = match self.pool.checkout(addr).await {
+            Ok(p) => p,
+            Err(e) => return Err(connect_failed(e, req)),
+        };
+        let mut e = match pooled.tx.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, pooled)),
+            Err(e) => e,
+        };
+        if pooled.reused {
+            if let Some(req) = e.take_message() {
+                pooled = match self.pool.connect(addr).await {
+                    Ok(p) => p,
+                    Err(err) => return Err(connect_failed(err, req)),
+                };
+                e = match pooled.tx.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, pooled)),
+                    Err(e) => e,
+                };
+            }
         }
+        let unsent = e.take_message();
+        let error = e.into_error();
+        let failure = if error.is_parse() || error.is_user() {
+            Failure::Protocol
+        } else {
+            Failure::Reset {
+                written: unsent.is_none(),
+            }
+        };
+        Err(SendFailure {
+            failure,
+            error: ProxyError::Upstream(error_chain(&error)),
+            unsent,
+        })
     }
 
-    /// The response on its way back: hop-by-hop fields dropped, HSTS on TLS, the
-    /// body streamed with the in-flight guard (and the pooled connection) attached.
+    /// The response on its way back: hop-by-hop fields dropped, the respond
+    /// phase, and the body streamed with the in-flight guard (and the pooled
+    /// connection) attached.
     fn finish(
         &self,
         resp: Response<Incoming>,
-        guard: InflightGuard,
+        ctx: Ctx,
         pooled: Option<Pooled>,
         conn: &ConnInfo,
-        route: &Route,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        if conn.tls {
-            if let Some(hsts) = &route.policy.hsts {
-                parts
-                    .headers
-                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-            }
-        }
+        pipeline::respond(conn, &ctx.route, &mut parts.headers);
         Response::from_parts(
             parts,
-            http_body_util::Either::Left(UpstreamBody::new(body, guard, pooled)),
+            http_body_util::Either::Left(UpstreamBody::new(body, ctx.guard, pooled)),
         )
     }
+}
+
+/// A failed attempt on the pooled path.
+struct SendFailure {
+    failure: Failure,
+    error: ProxyError,
+    /// The request, when none of it was written.
+    unsent: Option<Request<ReqBody>>,
+}
+
+/// A copy of a body-less request head, kept for one retry.
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut p = Request::new(()).into_parts().0;
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
 }
 
 fn absolute_uri(backend: &Backend, path: PathAndQuery) -> Result<Uri, ProxyError> {

@@ -12,6 +12,7 @@ mod error;
 mod forward;
 mod headers;
 mod listener;
+mod pipeline;
 mod pool;
 pub mod proxy_protocol;
 

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -20,7 +22,11 @@ use tracing::debug;
 
 use crate::error::ProxyError;
 
-type Sender = http1::SendRequest<Incoming>;
+/// A request body to a backend: the client's, or none. A request without a body
+/// is sent with `Empty`, so a copy of its head can be sent again on a retry.
+pub type ReqBody = Either<Incoming, Empty<Bytes>>;
+
+type Sender = http1::SendRequest<ReqBody>;
 
 struct Idle {
     tx: Sender,

@@ -403,9 +403,7 @@ impl BackendSet {
     #[inline]
     fn pick_where(&self, client: IpAddr, ok: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
         let limit = self.limit;
-        let ok = |b: &Backend| {
-            b.usable() && (limit == 0 || b.state.inflight() < limit) && ok(b)
-        };
+        let ok = |b: &Backend| b.usable() && (limit == 0 || b.state.inflight() < limit) && ok(b);
         let n = self.backends.len();
         match n {
             0 => return None,

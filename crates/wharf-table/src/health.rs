@@ -39,7 +39,9 @@ pub struct HealthCheck {
 
 impl HealthCheck {
     pub fn accepts(&self, status: u16) -> bool {
-        self.expect.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        self.expect
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
     }
 }
 
@@ -227,7 +229,10 @@ mod tests {
     fn down_after_fall_up_after_rise_exactly() {
         let s = state();
         let hc = hc(2, 3);
-        assert!(s.is_up(), "a new backend is up until a check says otherwise");
+        assert!(
+            s.is_up(),
+            "a new backend is up until a check says otherwise"
+        );
         assert_eq!(s.record_check(&hc, result(false)), None);
         assert_eq!(s.record_check(&hc, result(false)), None);
         // A success in between restarts the count.

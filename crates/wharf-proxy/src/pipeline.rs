@@ -1,0 +1,269 @@
+//! The request pipeline: the phases every request passes through, whatever codec
+//! carries it (hyper today; a dedicated HTTP/1.1 engine can drive the same phases).
+//!
+//! ```text
+//! admit ──► route ──► pick ──► forward ──► respond ──► observe
+//!   │          │        ▲          │
+//!   └─ answer  └─ answer└─ retry ◄─┘ (once, elsewhere, when safe)
+//! ```
+//!
+//! - [`admit`]: checks that need no route (Host, 421 against SNI) and may answer.
+//! - [`route`]: the table lookup, and answers that belong to the route (redirect).
+//! - [`pick`]: a backend for the route (balancer, health, `maxconn` and its queue).
+//! - forward (the codec's): sends, and reports a failure through [`Ctx::failed`],
+//!   which says whether the request may be sent again ([`Ctx::may_retry`]).
+//! - [`respond`]: rewrites the response head (HSTS; later cookies, header rules).
+//! - observe: [`Ctx::succeeded`] / [`Ctx::failed`] feed passive health; metrics and
+//!   the access log read the same context.
+//!
+//! Phases work on a borrowed [`Head`] and the per-connection [`ConnInfo`]; state of
+//! one request lives in [`Ctx`]. A route that configures nothing pays nothing
+//! extra: its policy fields are `None` and every check is a branch on them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Method;
+use tracing::{info, warn};
+use wharf_table::{Backend, BackendState, InflightGuard, Route, Table};
+
+use crate::error::ProxyError;
+use crate::forward::ConnInfo;
+
+/// A borrowed view of a request head: what the phases may look at.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// Normalised host (lower case, no port).
+    pub host: &'a str,
+    pub path: &'a str,
+    /// The request carries a body (or may: unknown length).
+    pub has_body: bool,
+}
+
+/// One request's state across phases.
+pub struct Ctx {
+    pub route: Arc<Route>,
+    /// The backend of the current attempt and its in-flight slot.
+    pub backend: Arc<Backend>,
+    pub guard: InflightGuard,
+    /// Attempts made so far (1 = the first).
+    pub attempts: u8,
+}
+
+/// Why an attempt failed, as the retry and passive-health rules need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection was made: nothing of the request left Wharf.
+    Connect,
+    /// The connection failed before any response byte; `written` says whether
+    /// the request may have (partly) reached the backend.
+    Reset { written: bool },
+    /// No response head within `response_timeout`.
+    Timeout,
+    /// The backend answered something that is not HTTP: not a health matter.
+    Protocol,
+}
+
+/// At most this many attempts per request (one retry, as HAProxy's `redispatch`).
+const MAX_ATTEMPTS: u8 = 2;
+
+/// Host and TLS-name checks that need no route.
+#[inline]
+pub fn admit(conn: &ConnInfo, head: &Head<'_>) -> Result<(), ProxyError> {
+    // RFC 9110 §15.5.20: a connection is bound to the name it was opened for. An
+    // HTTP/2 client may coalesce another host onto it (RFC 9113 §9.1.1); 421
+    // makes it open a connection of its own. HTTP/1.1 gets the same rule, which
+    // also stops domain fronting.
+    if let Some(sni) = &conn.sni {
+        if **sni != *head.host {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    Ok(())
+}
+
+/// What the route phase decided.
+pub enum Routed {
+    Forward(Arc<Route>),
+    /// Redirect to TLS on this port.
+    Redirect(u16),
+}
+
+/// The ACME HTTP-01 path, never redirected (RFC 8555 §8.3).
+pub const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Finds the route; the table guard never outlives this call (STYLE habit 3).
+#[inline]
+pub fn route(
+    table: &Table,
+    conn: &ConnInfo,
+    head: &Head<'_>,
+    https_port: Option<u16>,
+) -> Result<Routed, ProxyError> {
+    let route = table
+        .find(head.host, head.path, conn.entrypoint)
+        .ok_or(ProxyError::NoRoute)?;
+    if conn.redirect_https
+        && route.policy.tls
+        && route.policy.https_redirect
+        && !head.path.starts_with(ACME_CHALLENGE)
+    {
+        if let Some(port) = https_port {
+            return Ok(Routed::Redirect(port));
+        }
+    }
+    Ok(Routed::Forward(route.clone()))
+}
+
+/// Picks a backend and takes an in-flight slot on it; `not` excludes the backend
+/// of a failed attempt. On a `maxconn` route with every usable backend full, the
+/// request waits in the route's bounded queue up to the route's queue timeout.
+pub async fn pick(
+    route: &Arc<Route>,
+    client: SocketAddr,
+    not: Option<SocketAddr>,
+) -> Result<(Arc<Backend>, InflightGuard), ProxyError> {
+    let set = &route.backends;
+    let choose = || match not {
+        None => set.pick(client.ip()),
+        Some(a) => set.pick_other(client.ip(), a),
+    };
+    let Some(mc) = route.policy.maxconn else {
+        let b = choose().ok_or(ProxyError::NoHealthyBackend)?;
+        return Ok((b.clone(), InflightGuard::new(b.state.clone())));
+    };
+    let state = &route.state;
+    let take = || -> Option<(Arc<Backend>, InflightGuard)> {
+        // A pick sees room that a concurrent request may take first: look again.
+        for _ in 0..4 {
+            let b = choose()?;
+            if let Some(g) = InflightGuard::try_limited(&b.state, mc.limit, state) {
+                return Some((b.clone(), g));
+            }
+        }
+        None
+    };
+    let any_usable = || set.all().iter().any(|b| b.usable() && Some(b.addr) != not);
+    // Nobody waiting: take a free slot at once. Otherwise queue behind the
+    // waiters, so a newcomer does not overtake them.
+    if state.queued() == 0 {
+        if let Some(got) = take() {
+            return Ok(got);
+        }
+    }
+    if !any_usable() {
+        return Err(ProxyError::NoHealthyBackend);
+    }
+    let ticket = state.enter_queue(mc.queue).ok_or(ProxyError::QueueFull)?;
+    let deadline = tokio::time::Instant::now() + mc.timeout;
+    loop {
+        let notified = state.slot_notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(got) = take() {
+            return Ok(got);
+        }
+        if !any_usable() {
+            ticket.pass_on();
+            return Err(ProxyError::NoHealthyBackend);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(ProxyError::QueueTimeout);
+        }
+    }
+}
+
+impl Ctx {
+    /// Observe: a response head arrived from the backend.
+    #[inline]
+    pub fn succeeded(&self) {
+        self.backend.state.passive_success();
+    }
+
+    /// Observe: the attempt failed. Counts it against the backend when it says
+    /// something about the backend's health (HAProxy's `observe layer4`).
+    pub fn failed(&self, failure: Failure, detail: &str) {
+        if failure == Failure::Protocol {
+            return;
+        }
+        let state = &self.backend.state;
+        if let Some(n) = state.passive_failure(detail) {
+            let route = &self.route;
+            let addr = self.backend.addr;
+            if route.policy.healthcheck.is_some() {
+                warn!(
+                    route = %route.name, backend = %addr, reason = %detail,
+                    "backend down: {} consecutive requests failed; back when its health checks pass",
+                    wharf_table::PASSIVE_FAILURES
+                );
+            } else {
+                let cooldown = BackendState::cooldown(n);
+                warn!(
+                    route = %route.name, backend = %addr, reason = %detail,
+                    "backend down: {} consecutive requests failed; retried in {:?}",
+                    wharf_table::PASSIVE_FAILURES, cooldown
+                );
+                readmit_after(state.clone(), route.name.clone(), addr, cooldown);
+            }
+        }
+    }
+
+    /// May the request be sent again, to another backend? Once, and only if
+    /// nothing of it can have reached the backend, or it is `safe` to repeat
+    /// ([`safe_to_repeat`]). The caller must also still hold the request or a
+    /// copy of it.
+    pub fn may_retry(&self, failure: Failure, safe: bool) -> bool {
+        if self.attempts >= MAX_ATTEMPTS {
+            return false;
+        }
+        match failure {
+            Failure::Connect | Failure::Reset { written: false } => true,
+            Failure::Reset { written: true } => safe,
+            Failure::Timeout | Failure::Protocol => false,
+        }
+    }
+
+    /// Takes a slot on another backend for the next attempt; the failed
+    /// attempt's slot is released once the new one is held.
+    pub async fn redispatch(&mut self, client: SocketAddr) -> Result<(), ProxyError> {
+        let failed = self.backend.addr;
+        let (backend, guard) = pick(&self.route, client, Some(failed)).await?;
+        self.route.state.count_retry();
+        self.backend = backend;
+        self.guard = guard;
+        self.attempts += 1;
+        Ok(())
+    }
+}
+
+/// A request that may be sent twice: a safe method, no body.
+pub fn safe_to_repeat(head: &Head<'_>) -> bool {
+    !head.has_body
+        && (head.method == Method::GET
+            || head.method == Method::HEAD
+            || head.method == Method::OPTIONS)
+}
+
+fn readmit_after(state: Arc<BackendState>, route: Arc<str>, addr: SocketAddr, after: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        if state.readmit() {
+            info!(route = %route, backend = %addr, "backend up: cool-down over, on probation");
+        }
+    });
+}
+
+/// Respond: the response head on its way to the client.
+#[inline]
+pub fn respond(conn: &ConnInfo, route: &Route, headers: &mut HeaderMap) {
+    if conn.tls {
+        if let Some(hsts) = &route.policy.hsts {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+}
+
+/// A constant for the chunked re-framing of bodies of unknown length.
+pub const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
