@@ -267,3 +267,187 @@ pub fn respond(conn: &ConnInfo, route: &Route, headers: &mut HeaderMap) {
 
 /// A constant for the chunked re-framing of bodies of unknown length.
 pub const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_table::{
+        BackendDef, BackendRegistry, Balance, EntrypointMask, MaxConn, Policy, RouteDef, Scheme,
+    };
+
+    const CLIENT: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        5000,
+    );
+
+    fn route(n: u16, maxconn: Option<MaxConn>) -> (Table, Arc<Route>) {
+        let reg = BackendRegistry::new();
+        let def = RouteDef {
+            name: "r".into(),
+            source: "test".into(),
+            hosts: vec!["h".into()],
+            path: "/".into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: Balance::LeastConn,
+            backends: (0..n)
+                .map(|i| BackendDef {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    scheme: Scheme::Http,
+                    draining: false,
+                })
+                .collect(),
+            policy: Policy {
+                maxconn,
+                ..Policy::default()
+            },
+        };
+        let (t, _) = Table::compile(vec![def], &reg);
+        let r = t.routes()[0].clone();
+        (t, r)
+    }
+
+    fn mc(limit: u32, queue: u32, ms: u64) -> Option<MaxConn> {
+        Some(MaxConn {
+            limit,
+            queue,
+            timeout: Duration::from_millis(ms),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_gets_the_freed_slot() {
+        let (_t, r) = route(1, mc(1, 4, 5_000));
+        let (_, first) = pick(&r, CLIENT, None).await.unwrap();
+        let r2 = r.clone();
+        let waiter =
+            tokio::spawn(async move { pick(&r2, CLIENT, None).await.map(|(b, _)| b.addr) });
+        // The waiter is in the queue, not served.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.state.queued(), 1);
+        assert!(!waiter.is_finished());
+        drop(first);
+        assert_eq!(waiter.await.unwrap().unwrap().port(), 9000);
+        assert_eq!(r.state.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_answers_at_once_and_a_queued_request_times_out() {
+        let (_t, r) = route(1, mc(1, 1, 300));
+        let _held = pick(&r, CLIENT, None).await.unwrap();
+        let r2 = r.clone();
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn(async move { pick(&r2, CLIENT, None).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(matches!(
+            pick(&r, CLIENT, None).await,
+            Err(ProxyError::QueueFull)
+        ));
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(ProxyError::QueueTimeout)
+        ));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(r.state.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_usable_backend_is_503_without_queueing() {
+        let (_t, r) = route(2, mc(1, 4, 5_000));
+        for b in r.backends.all() {
+            b.state.set_up(false);
+        }
+        assert!(matches!(
+            pick(&r, CLIENT, None).await,
+            Err(ProxyError::NoHealthyBackend)
+        ));
+        let (_t, r) = route(2, None);
+        for b in r.backends.all() {
+            b.state.set_up(false);
+        }
+        assert!(matches!(
+            pick(&r, CLIENT, None).await,
+            Err(ProxyError::NoHealthyBackend)
+        ));
+    }
+
+    #[tokio::test]
+    async fn leastconn_never_picks_a_full_backend_while_another_has_room() {
+        let (_t, r) = route(3, mc(1, 4, 5_000));
+        let (a, _ga) = pick(&r, CLIENT, None).await.unwrap();
+        let (b, _gb) = pick(&r, CLIENT, None).await.unwrap();
+        assert_ne!(a.addr, b.addr);
+        for _ in 0..50 {
+            let (c, g) = pick(&r, CLIENT, None).await.unwrap();
+            assert!(c.addr != a.addr && c.addr != b.addr);
+            drop(g);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_ejection_without_checks_ends_after_the_cooldown() {
+        let (_t, r) = route(2, None);
+        let (backend, guard) = pick(&r, CLIENT, None).await.unwrap();
+        let ctx = Ctx {
+            route: r.clone(),
+            backend: backend.clone(),
+            guard,
+            attempts: 1,
+        };
+        for _ in 0..wharf_table::PASSIVE_FAILURES {
+            ctx.failed(Failure::Connect, "refused");
+        }
+        assert!(!backend.state.is_up());
+        // Every pick now avoids it.
+        for _ in 0..20 {
+            assert_ne!(pick(&r, CLIENT, None).await.unwrap().0.addr, backend.addr);
+        }
+        tokio::time::sleep(wharf_table::PASSIVE_COOLDOWN + Duration::from_millis(1)).await;
+        assert!(backend.state.is_up());
+        // A protocol error says nothing about reachability.
+        for _ in 0..2 * wharf_table::PASSIVE_FAILURES {
+            ctx.failed(Failure::Protocol, "garbage");
+        }
+        assert!(backend.state.is_up());
+    }
+
+    #[tokio::test]
+    async fn retry_rules() {
+        let (_t, r) = route(2, None);
+        let (backend, guard) = pick(&r, CLIENT, None).await.unwrap();
+        let mut ctx = Ctx {
+            route: r.clone(),
+            backend,
+            guard,
+            attempts: 1,
+        };
+        // Nothing sent: any request may go elsewhere.
+        assert!(ctx.may_retry(Failure::Connect, false));
+        assert!(ctx.may_retry(Failure::Reset { written: false }, false));
+        // Written: only a safe, body-less request.
+        assert!(!ctx.may_retry(Failure::Reset { written: true }, false));
+        assert!(ctx.may_retry(Failure::Reset { written: true }, true));
+        // A timeout or a protocol error is never repeated.
+        assert!(!ctx.may_retry(Failure::Timeout, true));
+        assert!(!ctx.may_retry(Failure::Protocol, true));
+        let first = ctx.backend.addr;
+        ctx.redispatch(CLIENT).await.unwrap();
+        assert_ne!(ctx.backend.addr, first);
+        assert_eq!(
+            r.state.retries.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Once only.
+        assert!(!ctx.may_retry(Failure::Connect, true));
+        let get = Method::GET;
+        let post = Method::POST;
+        let head = |method, has_body| Head {
+            method,
+            host: "h",
+            path: "/",
+            has_body,
+        };
+        assert!(safe_to_repeat(&head(&get, false)));
+        assert!(!safe_to_repeat(&head(&get, true)));
+        assert!(!safe_to_repeat(&head(&post, false)));
+    }
+}
