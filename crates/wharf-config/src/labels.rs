@@ -210,7 +210,16 @@ fn label_candidates() -> Vec<String> {
         .filter(|k| !NOT_LABELS.contains(k) && **k != "hosts")
         .map(|k| label_spelling(k))
         .collect();
-    v.extend(["sticky", "hsts", "ratelimit", "routes.<name>.host"].map(String::from));
+    v.extend(
+        [
+            "sticky",
+            "hsts",
+            "ratelimit",
+            "maxconn",
+            "routes.<name>.host",
+        ]
+        .map(String::from),
+    );
     v
 }
 
@@ -352,7 +361,7 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
             });
         }
     } else if !traefik_labels.is_empty() {
-        for mut d in traefik::translate(input.name, &traefik_labels, &mut pr) {
+        for mut d in traefik::translate(input.name, &traefik_labels, input.exposed_ports, &mut pr) {
             // Service-level wharf.* keys refine Traefik-defined routes.
             d.pairs = overlay(&d.pairs, &service_pairs);
             drafts.push(d);
@@ -1114,6 +1123,183 @@ pub(crate) mod tests {
         );
         assert!(r.has_errors());
         assert!(errors(&r).len() >= 4, "{:#?}", r.problems);
+    }
+
+    /// The one error of a service with `wharf.host` and `extra` labels.
+    fn one_error(extra: &[(&str, &str)]) -> LabelProblem {
+        let mut labels = vec![("wharf.enable", "true"), ("wharf.host", "a.example.org")];
+        labels.extend_from_slice(extra);
+        let r = run(&labels, &[80]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{extra:?}: {e:#?}");
+        assert!(r.routes.is_empty(), "an error keeps the last good routes");
+        e[0].clone()
+    }
+
+    #[test]
+    fn healthcheck_bad_input_names_label_value_and_hint() {
+        let e = one_error(&[
+            ("wharf.healthcheck.path", "/health"),
+            ("wharf.healthcheck.interval", "10ms"),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "service shop_web: wharf.healthcheck.interval=\"10ms\": `10ms` is shorter than the \
+             shortest check interval, 100ms; write e.g. `1s` (HAProxy's `inter` is 2s by default)"
+        );
+        let e = one_error(&[
+            ("wharf.healthcheck.path", "/health"),
+            ("wharf.healthcheck.interval", "2s"),
+            ("wharf.healthcheck.timeout", "3s"),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "service shop_web: wharf.healthcheck.timeout=\"3s\": `3s` is not shorter than the \
+             check interval `2s`: a check must end before the next one starts; set a timeout \
+             below the interval (e.g. `1s`) or a longer interval"
+        );
+        // In a named route, on the key as written there.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.routes.api.path", "/api"),
+                ("wharf.routes.api.healthcheck.path", "/h"),
+                ("wharf.routes.api.healthcheck.timeout", "20s"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "wharf.routes.api.healthcheck.timeout");
+        assert!(e[0].message.contains("`10s` (the default)"), "{e:#?}");
+
+        for (label, value, needle) in [
+            ("wharf.healthcheck.path", "health", "must start with `/`"),
+            ("wharf.healthcheck.path", "/a b", "percent-encode"),
+            ("wharf.healthcheck.rise", "0", "rise must be at least 1"),
+            ("wharf.healthcheck.fall", "0", "fall must be at least 1"),
+            ("wharf.healthcheck.method", "OPTIONS", "use HEAD or GET"),
+            (
+                "wharf.healthcheck.expect",
+                "2xx,oops",
+                "`oops` is not a status",
+            ),
+            ("wharf.healthcheck.host", "*.example.org", "name one host"),
+            (
+                "wharf.healthcheck.interval",
+                "48h",
+                "longest check interval, 24h",
+            ),
+        ] {
+            let mut labels = vec![(label, value)];
+            if label != "wharf.healthcheck.path" {
+                labels.push(("wharf.healthcheck.path", "/h"));
+            }
+            let e = one_error(&labels);
+            assert_eq!((e.label.as_str(), e.value.as_str()), (label, value));
+            assert!(e.message.contains(needle), "{label}={value}: {e}");
+        }
+        let e = one_error(&[("wharf.healthcheck.interval", "5s")]);
+        assert_eq!(e.label, "wharf.healthcheck.path");
+        assert!(e.message.contains("without `healthcheck.path`"), "{e}");
+    }
+
+    #[test]
+    fn healthcheck_short_interval_without_timeout_halves_it() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.healthcheck.path", "/h"),
+                ("wharf.healthcheck.interval", "1s"),
+                ("wharf.healthcheck.expect", "200-299"),
+            ],
+            &[80],
+        );
+        let hc = only_route(&r).healthcheck.clone().unwrap();
+        assert_eq!(
+            (hc.interval, hc.timeout),
+            (Duration::from_secs(1), Duration::from_millis(500))
+        );
+        assert_eq!(hc.expect, vec![(200, 299)]);
+    }
+
+    #[test]
+    fn maxconn_group_as_labels() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.maxconn", "3"),
+                ("wharf.maxconn.queue", "0"),
+                ("wharf.maxconn.timeout", "1s"),
+            ],
+            &[80],
+        );
+        let m = only_route(&r).maxconn.unwrap();
+        assert_eq!(
+            (m.limit, m.queue, m.timeout),
+            (3, 0, Duration::from_secs(1))
+        );
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.maxconn.limit", "3"),
+            ],
+            &[80],
+        );
+        let m = only_route(&r).maxconn.unwrap();
+        assert_eq!(
+            (m.limit, m.queue, m.timeout),
+            (3, 1024, Duration::from_secs(5))
+        );
+
+        for (extra, label, needle) in [
+            (
+                vec![("wharf.maxconn", "0")],
+                "wharf.maxconn",
+                "must be at least 1",
+            ),
+            (
+                vec![("wharf.maxconn", "many")],
+                "wharf.maxconn",
+                "`many` is not a valid maxconn",
+            ),
+            (
+                vec![("wharf.maxconn", "5"), ("wharf.maxconn.queue", "99999999")],
+                "wharf.maxconn.queue",
+                "at most",
+            ),
+            (
+                vec![("wharf.maxconn", "5"), ("wharf.maxconn.timeout", "5")],
+                "wharf.maxconn.timeout",
+                "not a duration",
+            ),
+            (
+                vec![("wharf.maxconn", "5"), ("wharf.maxconn.timeout", "1d")],
+                "wharf.maxconn.timeout",
+                "1h",
+            ),
+            (
+                vec![("wharf.maxconn.queue", "5")],
+                "wharf.maxconn",
+                "without `maxconn`",
+            ),
+            (
+                vec![("wharf.maxconn", "5"), ("wharf.maxconn.limit", "6")],
+                "wharf.maxconn.limit",
+                "set twice",
+            ),
+        ] {
+            let e = one_error(&extra);
+            assert_eq!(e.label, label, "{extra:?}: {e}");
+            assert!(e.message.contains(needle), "{extra:?}: {e}");
+        }
+        // A hint for a misspelt group key.
+        let e = one_error(&[("wharf.maxcon", "5")]);
+        assert!(e.message.contains("did you mean `wharf.maxconn`?"), "{e}");
     }
 
     #[test]

@@ -122,6 +122,18 @@ pub struct HealthCheck {
     pub expect: Vec<(u16, u16)>,
 }
 
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+    /// The timeout when none is given, unless the interval is this short or
+    /// shorter: then the timeout is half the interval (a check ends before the
+    /// next one starts).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Checks more often than this load the backend more than they tell.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+    /// Checks rarer than this would leave a dead backend in rotation for days.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsMode {
     #[default]
@@ -217,6 +229,12 @@ impl MaxConn {
     pub const DEFAULT_QUEUE: u32 = 1024;
     /// HAProxy's `timeout queue` falls back to `timeout connect`, commonly 5s.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// A larger per-backend limit limits nothing (leave `maxconn` unset).
+    pub const MAX_LIMIT: u32 = 1_000_000;
+    /// Every waiting request holds a client connection and its buffers.
+    pub const MAX_QUEUE: u32 = 1_000_000;
+    /// Longer than any client waits for a response head.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 /// One problem with one key.
@@ -405,15 +423,25 @@ pub fn parse_route(
         path: String::new(),
         method: "HEAD".into(),
         host: None,
-        interval: Duration::from_secs(10),
-        timeout: Duration::from_secs(2),
+        interval: HealthCheck::DEFAULT_INTERVAL,
+        timeout: HealthCheck::DEFAULT_TIMEOUT,
         rise: 2,
         fall: 3,
         expect: vec![(200, 399)],
     };
+    // Whether interval and timeout parsed, for the check across the two.
+    let (mut hc_interval_ok, mut hc_timeout_ok) = (false, false);
     field("healthcheck.path", &mut |v| {
         if !v.starts_with('/') {
-            return Err(format!("`{v}` is not a path (it must start with `/`)"));
+            return Err(format!(
+                "`{v}` is not a path (it must start with `/`, e.g. `/health`)"
+            ));
+        }
+        if v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!(
+                "`{}` contains a space or a control character; percent-encode it (a space is `%20`)",
+                v.escape_debug()
+            ));
         }
         hc.path = v.to_string();
         Ok(())
@@ -430,15 +458,37 @@ pub fn parse_route(
         Ok(())
     });
     field("healthcheck.host", &mut |v| {
-        hc.host = Some(values::host_pattern(v)?);
+        let h = values::host_pattern(v)?;
+        if h.contains('*') {
+            return Err(format!(
+                "`{v}` is a pattern; a check sends one Host header, so name one host \
+                 (e.g. `www.example.org`)"
+            ));
+        }
+        hc.host = Some(h);
         Ok(())
     });
     field("healthcheck.interval", &mut |v| {
-        hc.interval = values::positive_duration(v)?;
+        let d = values::positive_duration(v)?;
+        if d < HealthCheck::MIN_INTERVAL {
+            return Err(format!(
+                "`{v}` is shorter than the shortest check interval, 100ms; write e.g. `1s` \
+                 (HAProxy's `inter` is 2s by default)"
+            ));
+        }
+        if d > HealthCheck::MAX_INTERVAL {
+            return Err(format!(
+                "`{v}` is longer than the longest check interval, 24h: a dead backend would \
+                 stay in rotation for `fall` times that; write e.g. `10s`"
+            ));
+        }
+        hc.interval = d;
+        hc_interval_ok = true;
         Ok(())
     });
     field("healthcheck.timeout", &mut |v| {
         hc.timeout = values::positive_duration(v)?;
+        hc_timeout_ok = true;
         Ok(())
     });
     field("healthcheck.rise", &mut |v| {
@@ -510,15 +560,40 @@ pub fn parse_route(
     let mut mc_queue = MaxConn::DEFAULT_QUEUE;
     let mut mc_timeout = MaxConn::DEFAULT_TIMEOUT;
     field("maxconn.limit", &mut |v| {
-        mc_limit = Some(at_least_one(v, "maxconn")?);
+        let n = at_least_one(v, "maxconn (requests in flight per backend)")?;
+        if n > MaxConn::MAX_LIMIT {
+            return Err(format!(
+                "`{v}` is more than 1000000 requests in flight per backend, which limits \
+                 nothing; leave maxconn unset for no limit"
+            ));
+        }
+        mc_limit = Some(n);
         Ok(())
     });
     field("maxconn.queue", &mut |v| {
-        mc_queue = values::number(v, "queue length (0: no queue, excess gets 503 at once)")?;
+        let n: u32 = values::number(
+            v,
+            "queue length (a whole number; 0: no queue, the excess gets 503 at once)",
+        )?;
+        if n > MaxConn::MAX_QUEUE {
+            return Err(format!(
+                "`{v}` is more waiting requests than a queue may hold: at most 1000000, as each \
+                 holds a client connection (the default is 1024)"
+            ));
+        }
+        mc_queue = n;
         Ok(())
     });
     field("maxconn.timeout", &mut |v| {
-        mc_timeout = values::positive_duration(v)?;
+        let d = values::positive_duration(v)
+            .map_err(|e| format!("{e} (use `maxconn.queue = 0` for no waiting at all)"))?;
+        if d > MaxConn::MAX_TIMEOUT {
+            return Err(format!(
+                "`{v}` is longer than a request may wait in the queue, 1h; write e.g. `5s` \
+                 (HAProxy's `timeout queue`)"
+            ));
+        }
+        mc_timeout = d;
         Ok(())
     });
     match mc_limit {
@@ -529,17 +604,53 @@ pub fn parse_route(
                 timeout: mc_timeout,
             })
         }
-        None if get.keys().any(|k| k.starts_with("maxconn.")) => problems.push(KeyProblem {
-            key: "maxconn".into(),
-            message: "queue settings given without `maxconn` (the limit), which enables them"
-                .into(),
-        }),
+        // A limit that did not parse is reported on its own.
+        None if !get.contains_key("maxconn.limit")
+            && get.keys().any(|k| k.starts_with("maxconn.")) =>
+        {
+            problems.push(KeyProblem {
+                key: "maxconn".into(),
+                message: "queue settings given without `maxconn` (the limit), which enables them"
+                    .into(),
+            })
+        }
         None => {}
     }
 
+    // A check must end before the next one starts. With no timeout given, a
+    // short interval shortens the default timeout rather than being an error.
+    match get.get("healthcheck.timeout") {
+        None if hc.interval <= HealthCheck::DEFAULT_TIMEOUT => hc.timeout = hc.interval / 2,
+        Some((key, written)) if hc_timeout_ok && hc.timeout >= hc.interval => {
+            let interval = match get.get("healthcheck.interval") {
+                Some((_, i)) if hc_interval_ok => format!("`{}`", i.trim()),
+                Some(_) => String::new(),
+                None => format!(
+                    "`{}` (the default)",
+                    humantime::format_duration(hc.interval)
+                ),
+            };
+            // An interval that did not parse is reported on its own.
+            if !interval.is_empty() {
+                problems.push(KeyProblem {
+                    key: (*key).to_string(),
+                    message: format!(
+                        "`{}` is not shorter than the check interval {interval}: a check must \
+                         end before the next one starts; set a timeout below the interval \
+                         (e.g. `{}`) or a longer interval",
+                        written.trim(),
+                        humantime::format_duration(hc.interval / 2),
+                    ),
+                });
+            }
+        }
+        _ => {}
+    }
     if !hc.path.is_empty() {
         spec.healthcheck = Some(hc);
-    } else if get.keys().any(|k| k.starts_with("healthcheck.")) {
+    } else if !get.contains_key("healthcheck.path")
+        && get.keys().any(|k| k.starts_with("healthcheck."))
+    {
         problems.push(KeyProblem {
             key: "healthcheck.path".into(),
             message: "health check settings given without `healthcheck.path`, which enables them"

@@ -61,6 +61,9 @@ struct Backend<'a> {
     hc_interval: Option<&'a Label<'a>>,
     hc_timeout: Option<&'a Label<'a>>,
     hc_hostname: Option<&'a Label<'a>>,
+    hc_method: Option<&'a Label<'a>>,
+    hc_status: Option<&'a Label<'a>>,
+    hc_port: Option<&'a Label<'a>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -109,7 +112,9 @@ impl<'a> V1<'a> {
             "backend.loadbalancer.stickiness.cookiename" => &mut self.backend.sticky_name,
             "backend.healthcheck.path" => &mut self.backend.hc_path,
             "backend.healthcheck.interval" => &mut self.backend.hc_interval,
+            "backend.healthcheck.timeout" => &mut self.backend.hc_timeout,
             "backend.healthcheck.hostname" => &mut self.backend.hc_hostname,
+            "backend.healthcheck.port" => &mut self.backend.hc_port,
             _ => return None,
         })
     }
@@ -138,6 +143,9 @@ impl<'a> V1<'a> {
                 hc_interval: b.hc_interval.or(r.hc_interval),
                 hc_timeout: b.hc_timeout.or(r.hc_timeout),
                 hc_hostname: b.hc_hostname.or(r.hc_hostname),
+                hc_method: b.hc_method.or(r.hc_method),
+                hc_status: b.hc_status.or(r.hc_status),
+                hc_port: b.hc_port.or(r.hc_port),
             },
         }
     }
@@ -170,7 +178,14 @@ struct Effects {
 }
 
 /// Translates a service's `traefik.*` labels (keys lower-cased) into route drafts.
-pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> Vec<Draft> {
+/// `exposed_ports` are the service's exposed ports, to tell the backend port when
+/// no port label names it.
+pub(crate) fn translate(
+    service: &str,
+    labels: &[Label],
+    exposed_ports: &[u16],
+    pr: &mut Problems,
+) -> Vec<Draft> {
     let mut routers: BTreeMap<String, Router> = BTreeMap::new();
     let mut services: BTreeMap<String, Backend> = BTreeMap::new();
     let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
@@ -218,6 +233,9 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 "healthcheck.interval" => &mut s.hc_interval,
                 "healthcheck.timeout" => &mut s.hc_timeout,
                 "healthcheck.hostname" => &mut s.hc_hostname,
+                "healthcheck.method" => &mut s.hc_method,
+                "healthcheck.status" => &mut s.hc_status,
+                "healthcheck.port" => &mut s.hc_port,
                 "passhostheader" => {
                     pass_host_header(l, pr);
                     continue;
@@ -329,7 +347,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
                 continue;
             }
         };
-        let backend = backend_pairs(&f.backend, true, pr);
+        let backend = backend_pairs(&f.backend, true, exposed_ports, pr);
         let mut fx = Effects::default();
         sts_pairs(&f.sts, &mut fx, pr);
         if let Some(l) = f.redirect {
@@ -518,7 +536,7 @@ pub(crate) fn translate(service: &str, labels: &[Label], pr: &mut Problems) -> V
         pairs.extend(host_path_pairs(&first.hosts, &path, first.rule, pr));
         let backend = first.svc.as_ref().and_then(|s| services.get(s));
         if let Some(b) = backend {
-            pairs.extend(backend_pairs(b, false, pr));
+            pairs.extend(backend_pairs(b, false, exposed_ports, pr));
         }
         let mut fx = Effects::default();
         for p in &g {
@@ -599,18 +617,34 @@ fn duration(v: &str) -> Result<Duration, String> {
     values::duration(v)
 }
 
-fn duration_pair(key: &str, l: &Label, pairs: &mut Vec<Pair>, pr: &mut Problems) {
+/// A Traefik duration label as a route key; problems show the value as written.
+fn duration_pair(
+    key: &str,
+    l: &Label,
+    pairs: &mut Vec<Pair>,
+    pr: &mut Problems,
+) -> Option<Duration> {
     match duration(l.value) {
-        Ok(d) => pairs.push(Pair::new(
-            key,
-            l.written,
-            humantime::format_duration(d).to_string(),
-        )),
-        Err(m) => pr.error(l, m),
+        Ok(d) => {
+            pairs.push(Pair::from_label(
+                key,
+                l,
+                humantime::format_duration(d).to_string(),
+            ));
+            Some(d)
+        }
+        Err(m) => {
+            pr.error(l, m);
+            None
+        }
     }
 }
 
-fn backend_pairs(b: &Backend, v1: bool, pr: &mut Problems) -> Vec<Pair> {
+/// Traefik's health check defaults (v1 and v2/v3 alike).
+const TRAEFIK_HC_INTERVAL: Duration = Duration::from_secs(30);
+const TRAEFIK_HC_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn backend_pairs(b: &Backend, v1: bool, exposed_ports: &[u16], pr: &mut Problems) -> Vec<Pair> {
     let mut pairs = Vec::new();
     if let Some(l) = b.port {
         pairs.push(Pair::new("port", l.written, l.value));
@@ -643,32 +677,118 @@ fn backend_pairs(b: &Backend, v1: bool, pr: &mut Problems) -> Vec<Pair> {
     match b.hc_path {
         Some(l) => {
             pairs.push(Pair::new("healthcheck.path", l.written, l.value));
-            // Traefik's health check: GET, every 30s, 5s timeout, one result flips.
-            pairs.push(Pair::new("healthcheck.method", l.written, "GET"));
-            pairs.push(Pair::new("healthcheck.rise", l.written, "1"));
-            pairs.push(Pair::new("healthcheck.fall", l.written, "1"));
-            match b.hc_interval {
+            // Traefik's health check: GET, every 30s, 5s timeout, one result
+            // flips, any 2xx or 3xx passes (Wharf's default `expect`).
+            let method = match b.hc_method {
+                Some(m) => Pair::new("healthcheck.method", m.written, m.value),
+                None => Pair::from_label("healthcheck.method", l, "GET"),
+            };
+            pairs.push(method);
+            pairs.push(Pair::from_label("healthcheck.rise", l, "1"));
+            pairs.push(Pair::from_label("healthcheck.fall", l, "1"));
+            let interval = match b.hc_interval {
                 Some(i) => duration_pair("healthcheck.interval", i, &mut pairs, pr),
-                None => pairs.push(Pair::new("healthcheck.interval", l.written, "30s")),
-            }
+                None => {
+                    let d = TRAEFIK_HC_INTERVAL;
+                    pairs.push(Pair::from_label("healthcheck.interval", l, "30s"));
+                    Some(d)
+                }
+            };
             match b.hc_timeout {
-                Some(t) => duration_pair("healthcheck.timeout", t, &mut pairs, pr),
-                None => pairs.push(Pair::new("healthcheck.timeout", l.written, "5s")),
+                Some(t) => {
+                    duration_pair("healthcheck.timeout", t, &mut pairs, pr);
+                }
+                None => {
+                    // Traefik runs a check with an interval shorter than its 5s
+                    // timeout; Wharf ends a check before the next one starts, so a
+                    // short interval gets half of itself as the timeout.
+                    let (t, from) = match (interval, b.hc_interval) {
+                        (Some(i), Some(il)) if i <= TRAEFIK_HC_TIMEOUT => (i / 2, il),
+                        _ => (TRAEFIK_HC_TIMEOUT, l),
+                    };
+                    // A zero interval is reported on its own label.
+                    if !t.is_zero() {
+                        pairs.push(Pair::from_label(
+                            "healthcheck.timeout",
+                            from,
+                            humantime::format_duration(t).to_string(),
+                        ));
+                    }
+                }
             }
             if let Some(h) = b.hc_hostname {
                 pairs.push(Pair::new("healthcheck.host", h.written, h.value));
             }
+            if let Some(st) = b.hc_status {
+                // Traefik's `status` is the one code that passes.
+                match values::number::<u16>(st.value, "status code") {
+                    Ok(code) if (100..=599).contains(&code) => pairs.push(Pair::new(
+                        "healthcheck.expect",
+                        st.written,
+                        code.to_string(),
+                    )),
+                    _ => pr.error(
+                        st,
+                        format!(
+                            "`{}` is not a status code; Traefik's healthcheck.status is one \
+                             code from 100 to 599, e.g. `200`",
+                            st.value
+                        ),
+                    ),
+                }
+            }
+            if let Some(p) = b.hc_port {
+                hc_port(p, b.port, exposed_ports, pr);
+            }
         }
         None => {
-            for l in [b.hc_interval, b.hc_timeout, b.hc_hostname]
-                .into_iter()
-                .flatten()
+            for l in [
+                b.hc_interval,
+                b.hc_timeout,
+                b.hc_hostname,
+                b.hc_method,
+                b.hc_status,
+                b.hc_port,
+            ]
+            .into_iter()
+            .flatten()
             {
                 pr.warn(l, "has no effect without a health check path");
             }
         }
     }
     pairs
+}
+
+/// A health check port: Wharf checks each backend on the port it sends requests
+/// to, so the same port is accepted and any other is an error (checking the wrong
+/// port would mark backends up or down on another server's word).
+fn hc_port(p: &Label, port: Option<&Label>, exposed_ports: &[u16], pr: &mut Problems) {
+    let n = match values::number::<u16>(p.value, "port") {
+        Ok(n) if n != 0 => n,
+        Ok(_) => return pr.error(p, "port 0 is not a port"),
+        Err(m) => return pr.error(p, m),
+    };
+    let serving = match port {
+        Some(l) => values::number::<u16>(l.value, "port").ok(),
+        None => match exposed_ports {
+            [only] => Some(*only),
+            [first, rest @ ..] if rest.iter().all(|p| p == first) => Some(*first),
+            _ => None,
+        },
+    };
+    if serving == Some(n) {
+        return; // the port Wharf checks anyway
+    }
+    let on = serving.map(|s| format!(" ({s})")).unwrap_or_default();
+    pr.error(
+        p,
+        format!(
+            "a separate health check port is not supported: Wharf checks each backend on the \
+             port it sends requests to{on}; remove this label, or serve the check path on that \
+             port"
+        ),
+    );
 }
 
 fn sts_pairs(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
@@ -1239,6 +1359,186 @@ mod tests {
             "Traefik's default interval"
         );
         assert_eq!(hc.timeout, Duration::from_secs(5));
+    }
+
+    const SVC: &str = "traefik.http.services.s.loadbalancer";
+
+    /// A v2 router with a service `s` on port 8080 and the given service keys
+    /// (after `loadbalancer.`).
+    fn v2_with(keys: &[(&str, &str)]) -> ServiceRoutes {
+        let owned: Vec<(String, String)> = keys
+            .iter()
+            .map(|(k, v)| (format!("{SVC}.{k}"), v.to_string()))
+            .collect();
+        let mut labels: Vec<(&str, &str)> = vec![
+            ("traefik.http.routers.r.rule", "Host(`a.org`)"),
+            ("traefik.http.services.s.loadbalancer.server.port", "8080"),
+        ];
+        labels.extend(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        run(&labels, &[8080, 9000])
+    }
+
+    fn hc_of(r: &ServiceRoutes) -> crate::route::HealthCheck {
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        r.routes[0].healthcheck.clone().unwrap()
+    }
+
+    #[test]
+    fn healthcheck_timeout_follows_a_short_interval() {
+        // Traefik's defaults: GET, 30s, 5s, one result flips, 2xx/3xx pass.
+        let hc = hc_of(&v2_with(&[("healthcheck.path", "/h")]));
+        assert_eq!(hc.method, "GET");
+        assert_eq!(
+            (hc.interval, hc.timeout),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
+        assert_eq!((hc.rise, hc.fall), (1, 1));
+        assert_eq!(hc.expect, vec![(200, 399)]);
+        // An interval of 5s or less and no timeout: half the interval.
+        for (interval, timeout) in [("2s", 1000), ("5", 2500), ("500ms", 250), ("6s", 5000)] {
+            let hc = hc_of(&v2_with(&[
+                ("healthcheck.path", "/h"),
+                ("healthcheck.interval", interval),
+            ]));
+            assert_eq!(hc.timeout, Duration::from_millis(timeout), "{interval}");
+        }
+        // v1 alike, and v1's timeout key.
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.backend.healthcheck.path", "/h"),
+                ("traefik.backend.healthcheck.interval", "1s"),
+            ],
+            &[80],
+        );
+        assert_eq!(hc_of(&r).timeout, Duration::from_millis(500));
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.backend.healthcheck.path", "/h"),
+                ("traefik.backend.healthcheck.interval", "10s"),
+                ("traefik.backend.healthcheck.timeout", "3s"),
+            ],
+            &[80],
+        );
+        assert_eq!(hc_of(&r).timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn healthcheck_bad_timing_is_an_error_on_the_label_as_written() {
+        let r = v2_with(&[
+            ("healthcheck.path", "/h"),
+            ("healthcheck.interval", "2s"),
+            ("healthcheck.timeout", "2"),
+        ]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(
+            e[0].to_string(),
+            "service shop_web: traefik.http.services.s.loadbalancer.healthcheck.timeout=\"2\": \
+             `2s` is not shorter than the check interval `2s`: a check must end before the next \
+             one starts; set a timeout below the interval (e.g. `1s`) or a longer interval"
+        );
+        assert!(r.routes.is_empty());
+        // A timeout given beside Traefik's default interval.
+        let r = v2_with(&[("healthcheck.path", "/h"), ("healthcheck.timeout", "1m")]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, format!("{SVC}.healthcheck.timeout"));
+        assert!(e[0].message.contains("`30s`"), "{e:#?}");
+        // Too short an interval, and v1 too.
+        let r = v2_with(&[("healthcheck.path", "/h"), ("healthcheck.interval", "50ms")]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, format!("{SVC}.healthcheck.interval"));
+        assert!(e[0].message.contains("shortest check interval, 100ms"));
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.backend.healthcheck.path", "/h"),
+                ("traefik.backend.healthcheck.interval", "5s"),
+                ("traefik.backend.healthcheck.timeout", "5s"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "traefik.backend.healthcheck.timeout");
+    }
+
+    #[test]
+    fn healthcheck_method_hostname_and_status() {
+        let hc = hc_of(&v2_with(&[
+            ("healthcheck.path", "/h"),
+            ("healthcheck.method", "HEAD"),
+            ("healthcheck.hostname", "probe.a.org"),
+            ("healthcheck.status", "204"),
+        ]));
+        assert_eq!(hc.method, "HEAD");
+        assert_eq!(hc.host.as_deref(), Some("probe.a.org"));
+        assert_eq!(hc.expect, vec![(204, 204)]);
+
+        let r = v2_with(&[("healthcheck.path", "/h"), ("healthcheck.method", "POST")]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, format!("{SVC}.healthcheck.method"));
+        assert!(e[0].message.contains("use HEAD or GET"), "{e:#?}");
+        for bad in ["2xx", "999", "ok"] {
+            let r = v2_with(&[("healthcheck.path", "/h"), ("healthcheck.status", bad)]);
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{bad}: {e:#?}");
+            assert_eq!(e[0].label, format!("{SVC}.healthcheck.status"));
+            assert!(e[0].message.contains("one code from 100 to 599"), "{e:#?}");
+        }
+        // Without a path, every other key is a warning that names it.
+        let r = v2_with(&[
+            ("healthcheck.interval", "5s"),
+            ("healthcheck.method", "HEAD"),
+            ("healthcheck.status", "200"),
+            ("healthcheck.port", "9000"),
+        ]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert!(r.routes[0].healthcheck.is_none());
+        let w = warnings(&r);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w
+            .iter()
+            .all(|p| p.message == "has no effect without a health check path"));
+    }
+
+    #[test]
+    fn healthcheck_port_is_the_serving_port_or_an_error() {
+        // The port traffic goes to: accepted, nothing to change.
+        let r = v2_with(&[("healthcheck.path", "/h"), ("healthcheck.port", "8080")]);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        assert!(r.routes[0].healthcheck.is_some());
+        // Another port: an error naming the label, never ignored.
+        let r = v2_with(&[("healthcheck.path", "/h"), ("healthcheck.port", "9000")]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(
+            e[0].to_string(),
+            "service shop_web: traefik.http.services.s.loadbalancer.healthcheck.port=\"9000\": \
+             a separate health check port is not supported: Wharf checks each backend on the \
+             port it sends requests to (8080); remove this label, or serve the check path on \
+             that port"
+        );
+        // v1: the only exposed port is the serving port.
+        let v1 = |port: &'static str| {
+            run(
+                &[
+                    ("traefik.frontend.rule", "Host:a.org"),
+                    ("traefik.backend.healthcheck.path", "/h"),
+                    ("traefik.backend.healthcheck.port", port),
+                ],
+                &[3000],
+            )
+        };
+        assert!(v1("3000").problems.is_empty(), "{:#?}", v1("3000").problems);
+        let r = v1("3001");
+        assert_eq!(errors(&r)[0].label, "traefik.backend.healthcheck.port");
+        let r = v1("x");
+        assert!(errors(&r)[0].message.contains("not a valid port"));
     }
 
     #[test]

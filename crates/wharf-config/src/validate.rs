@@ -845,6 +845,197 @@ mod tests {
         assert!(p.iter().any(|p| p.key == "routes[1].name"));
     }
 
+    /// One route with the given extra lines, beside a good route.
+    fn route_with(extra: &str) -> String {
+        format!(
+            "[[routes]]\nhost = \"ok.example\"\nupstream = \"static:10.0.0.1:80\"\n\n\
+             [[routes]]\nhost = \"a.example\"\nupstream = \"static:10.0.0.1:80\"\n{extra}"
+        )
+    }
+
+    /// The problems of `extra` in the second route: each names that route's key.
+    fn route_problems(extra: &str) -> Vec<Problem> {
+        let p = parse_err(&route_with(extra));
+        assert!(
+            p.iter().all(|p| p.key.starts_with("routes[1].")),
+            "only the bad route is named: {p:?}"
+        );
+        p
+    }
+
+    #[test]
+    fn healthcheck_bad_input_names_route_key_value_and_hint() {
+        let p = route_problems("healthcheck = { path = \"/h\", interval = \"50ms\" }\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "routes[1].healthcheck.interval");
+        assert_eq!(p[0].line, Some(8));
+        assert_eq!(
+            p[0].message,
+            "`50ms` is shorter than the shortest check interval, 100ms; write e.g. `1s` \
+             (HAProxy's `inter` is 2s by default)"
+        );
+
+        let p = route_problems(
+            "healthcheck = { path = \"/h\", interval = \"1s\", timeout = \"1s\" }\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "routes[1].healthcheck.timeout");
+        assert_eq!(
+            p[0].message,
+            "`1s` is not shorter than the check interval `1s`: a check must end before the next \
+             one starts; set a timeout below the interval (e.g. `500ms`) or a longer interval"
+        );
+        // Against the default interval, said so.
+        let p = route_problems("healthcheck = { path = \"/h\", timeout = \"30s\" }\n");
+        assert_eq!(p[0].key, "routes[1].healthcheck.timeout");
+        assert!(p[0].message.contains("`10s` (the default)"), "{p:?}");
+
+        // The existing checks, each on its key.
+        for (extra, key, needle) in [
+            (
+                "healthcheck.path = \"health\"\n",
+                "healthcheck.path",
+                "must start with `/`",
+            ),
+            (
+                "healthcheck = { path = \"/h\", rise = 0 }\n",
+                "healthcheck.rise",
+                "rise must be at least 1",
+            ),
+            (
+                "healthcheck = { path = \"/h\", fall = 0 }\n",
+                "healthcheck.fall",
+                "fall must be at least 1",
+            ),
+            (
+                "healthcheck = { path = \"/h\", method = \"POST\" }\n",
+                "healthcheck.method",
+                "use HEAD or GET",
+            ),
+            (
+                "healthcheck = { path = \"/h\", expect = \"2xx,ok\" }\n",
+                "healthcheck.expect",
+                "`ok` is not a status, class or range",
+            ),
+            (
+                "healthcheck = { interval = \"5s\" }\n",
+                "healthcheck.path",
+                "without `healthcheck.path`",
+            ),
+        ] {
+            let p = route_problems(extra);
+            assert_eq!(p.len(), 1, "{extra}: {p:?}");
+            assert_eq!(p[0].key, format!("routes[1].{key}"), "{extra}");
+            assert!(p[0].message.contains(needle), "{extra}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn healthcheck_defaults_limits_and_ranges_through_the_file() {
+        let c = parse_ok(&route_with(
+            "healthcheck = { path = \"/h\", interval = \"100ms\", expect = \"200-399,404\" }\n",
+        ));
+        let hc = c.routes[1].healthcheck.as_ref().unwrap();
+        assert_eq!(hc.interval, Duration::from_millis(100));
+        assert_eq!(
+            hc.timeout,
+            Duration::from_millis(50),
+            "no timeout given and a short interval: half of it"
+        );
+        assert_eq!(hc.expect, vec![(200, 399), (404, 404)]);
+        let c = parse_ok(&route_with("healthcheck.path = \"/h\"\n"));
+        let hc = c.routes[1].healthcheck.as_ref().unwrap();
+        assert_eq!(
+            (
+                hc.method.as_str(),
+                hc.interval,
+                hc.timeout,
+                hc.rise,
+                hc.fall
+            ),
+            (
+                "HEAD",
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+                2,
+                3
+            )
+        );
+        let c = parse_ok(&route_with(
+            "healthcheck = { path = \"/h\", interval = \"3s\" }\n",
+        ));
+        assert_eq!(
+            c.routes[1].healthcheck.as_ref().unwrap().timeout,
+            Duration::from_secs(2),
+            "the default timeout stays while it is shorter than the interval"
+        );
+    }
+
+    #[test]
+    fn maxconn_group_through_the_file() {
+        let c = parse_ok(&route_with("maxconn = 10\n"));
+        let m = c.routes[1].maxconn.unwrap();
+        assert_eq!(
+            (m.limit, m.queue, m.timeout),
+            (10, 1024, Duration::from_secs(5))
+        );
+        let c = parse_ok(&route_with(
+            "maxconn = { limit = 2, queue = 0, timeout = \"250ms\" }\n",
+        ));
+        let m = c.routes[1].maxconn.unwrap();
+        assert_eq!(
+            (m.limit, m.queue, m.timeout),
+            (2, 0, Duration::from_millis(250))
+        );
+
+        for (extra, key, message) in [
+            (
+                "maxconn = 0\n",
+                "maxconn",
+                "maxconn (requests in flight per backend) must be at least 1",
+            ),
+            (
+                "maxconn = 2000000\n",
+                "maxconn",
+                "`2000000` is more than 1000000 requests in flight per backend, which limits \
+                 nothing; leave maxconn unset for no limit",
+            ),
+            (
+                "maxconn = { limit = 2, queue = -1 }\n",
+                "maxconn.queue",
+                "`-1` is not a valid queue length (a whole number; 0: no queue, the excess gets \
+                 503 at once)",
+            ),
+            (
+                "maxconn = { limit = 2, queue = 5000000 }\n",
+                "maxconn.queue",
+                "`5000000` is more waiting requests than a queue may hold: at most 1000000, as \
+                 each holds a client connection (the default is 1024)",
+            ),
+            (
+                "maxconn = { limit = 2, timeout = \"0s\" }\n",
+                "maxconn.timeout",
+                "`0s` must be longer than zero (use `maxconn.queue = 0` for no waiting at all)",
+            ),
+            (
+                "maxconn = { limit = 2, timeout = \"2h\" }\n",
+                "maxconn.timeout",
+                "`2h` is longer than a request may wait in the queue, 1h; write e.g. `5s` \
+                 (HAProxy's `timeout queue`)",
+            ),
+            (
+                "maxconn = { queue = 5 }\n",
+                "maxconn",
+                "queue settings given without `maxconn` (the limit), which enables them",
+            ),
+        ] {
+            let p = route_problems(extra);
+            assert_eq!(p.len(), 1, "{extra}: {p:?}");
+            assert_eq!(p[0].key, format!("routes[1].{key}"), "{extra}");
+            assert_eq!(p[0].message, message, "{extra}");
+        }
+    }
+
     #[test]
     fn env_overrides_apply_and_are_validated() {
         let c = crate::parse(

@@ -50,23 +50,40 @@ pub fn rate(s: &str) -> Result<f64, String> {
     Ok(n / per)
 }
 
-/// An accepted-status list like `2xx,3xx` or `200,204`, as inclusive ranges.
+/// An accepted-status list like `2xx,3xx`, `200-399` or `200,204` (as HAProxy's
+/// `http-check expect status 200-399`), as inclusive ranges.
 pub fn status_list(s: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("`{part}` is not a status or class; write e.g. `200` or `2xx`");
+        let bad = || {
+            format!(
+                "`{part}` is not a status, class or range; write e.g. `200`, `2xx` or `200-399` \
+                 (codes 100 to 599)"
+            )
+        };
+        let code = |c: &str| -> Result<u16, String> {
+            match c.trim().parse::<u16>() {
+                Ok(n) if (100..=599).contains(&n) => Ok(n),
+                _ => Err(bad()),
+            }
+        };
         if let Some(class) = part.strip_suffix("xx").or_else(|| part.strip_suffix("XX")) {
             let c: u16 = class.parse().map_err(|_| bad())?;
             if !(1..=5).contains(&c) {
                 return Err(bad());
             }
             out.push((c * 100, c * 100 + 99));
-        } else {
-            let code: u16 = part.parse().map_err(|_| bad())?;
-            if !(100..=599).contains(&code) {
-                return Err(bad());
+        } else if let Some((lo, hi)) = part.split_once('-') {
+            let (lo, hi) = (code(lo)?, code(hi)?);
+            if lo > hi {
+                return Err(format!(
+                    "`{part}` is an empty range; write the lower code first, e.g. `200-399`"
+                ));
             }
-            out.push((code, code));
+            out.push((lo, hi));
+        } else {
+            let c = code(part)?;
+            out.push((c, c));
         }
     }
     if out.is_empty() {
@@ -165,7 +182,15 @@ mod tests {
             status_list("200, 204").unwrap(),
             vec![(200, 200), (204, 204)]
         );
+        assert_eq!(
+            status_list("200-399, 404").unwrap(),
+            vec![(200, 399), (404, 404)]
+        );
+        assert!(status_list("399-200").is_err());
+        assert!(status_list("200-700").is_err());
+        assert!(status_list("200-").is_err());
         assert!(status_list("9xx").is_err());
+        assert!(status_list("ok").is_err());
         assert!(status_list("").is_err());
         assert_eq!(host_pattern("A.Example.org.").unwrap(), "a.example.org");
         assert_eq!(host_pattern("*.example.org").unwrap(), "*.example.org");
