@@ -4,6 +4,7 @@
 //! never changes anything.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -115,40 +116,109 @@ struct RouteView<'a> {
     balance: &'static str,
     sticky: &'static str,
     tls: &'static str,
+    /// The active check, or `null` (passive observation only).
+    healthcheck: Option<CheckView<'a>>,
+    /// Requests in flight per backend at most, or `null` (unlimited).
+    maxconn: Option<u32>,
+    /// Requests waiting for a `maxconn` slot (the route's queue).
+    queue: usize,
     backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+struct CheckView<'a> {
+    method: &'a str,
+    path: &'a str,
+    interval_ms: u128,
+    timeout_ms: u128,
+    rise: u32,
+    fall: u32,
 }
 
 #[derive(Serialize)]
 struct BackendView {
     address: String,
     scheme: &'static str,
+    /// up | down | draining
     health: &'static str,
+    /// Why it is down (a failed check streak or passive ejection); `null` otherwise.
+    reason: Option<String>,
     inflight: u32,
+    /// The route's queue: a queued request takes whichever backend frees first.
+    queue: usize,
+    last_check: Option<LastCheckView>,
+}
+
+#[derive(Serialize)]
+struct LastCheckView {
+    /// When the check started, RFC 3339, UTC, whole seconds.
+    time: String,
+    /// The response status, `null` when none was read (or a connect-only check).
+    status: Option<u16>,
+    latency_ms: f64,
+    /// Why it failed; `null` when it passed.
+    error: Option<String>,
+}
+
+impl LastCheckView {
+    fn new(c: wharf_table::LastCheck) -> Self {
+        let secs = match c.at.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        LastCheckView {
+            time: rfc3339(secs),
+            status: c.status,
+            // Microsecond resolution: local checks take well under a millisecond.
+            latency_ms: c.latency.as_micros() as f64 / 1000.0,
+            error: c.error,
+        }
+    }
 }
 
 fn routes_json(table: &Table) -> Vec<u8> {
     let routes: Vec<RouteView<'_>> = table
         .routes()
         .iter()
-        .map(|r| RouteView {
-            name: &r.name,
-            source: &r.source,
-            hosts: &r.hosts,
-            path: &r.path,
-            balance: r.balance().as_str(),
-            sticky: r.policy.sticky.as_str(),
-            tls: if r.policy.tls { "acme" } else { "none" },
-            backends: r
-                .backends
-                .all()
-                .iter()
-                .map(|b| BackendView {
-                    address: b.addr.to_string(),
-                    scheme: b.scheme.as_str(),
-                    health: b.health(),
-                    inflight: b.state.inflight(),
-                })
-                .collect(),
+        .map(|r| {
+            let queue = r.state.queued();
+            RouteView {
+                name: &r.name,
+                source: &r.source,
+                hosts: &r.hosts,
+                path: &r.path,
+                balance: r.balance().as_str(),
+                sticky: r.policy.sticky.as_str(),
+                tls: if r.policy.tls { "acme" } else { "none" },
+                healthcheck: r.policy.healthcheck.as_deref().map(|hc| CheckView {
+                    method: &hc.method,
+                    path: &hc.path,
+                    interval_ms: hc.interval.as_millis(),
+                    timeout_ms: hc.timeout.as_millis(),
+                    rise: hc.rise,
+                    fall: hc.fall,
+                }),
+                maxconn: r.policy.maxconn.map(|m| m.limit),
+                queue,
+                backends: r
+                    .backends
+                    .all()
+                    .iter()
+                    .map(|b| {
+                        let info = b.state.health_snapshot();
+                        let health = b.health();
+                        BackendView {
+                            address: b.addr.to_string(),
+                            scheme: b.scheme.as_str(),
+                            health,
+                            reason: if health == "down" { info.reason } else { None },
+                            inflight: b.state.inflight(),
+                            queue,
+                            last_check: info.last_check.map(LastCheckView::new),
+                        }
+                    })
+                    .collect(),
+            }
         })
         .collect();
     serde_json::to_vec_pretty(&routes).unwrap_or_default()
@@ -252,56 +322,93 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
     }
 }
 
-/// `wharf_backend_up{route,backend}` and `wharf_backend_inflight{route,backend}`,
+/// `wharf_backend_up{route,backend}`, `wharf_backend_inflight{route,backend}`,
+/// `wharf_healthcheck_total{route,backend,result}` and `wharf_retries_total{route}`,
 /// read from the published table at scrape time, so the request path pays nothing
-/// for them.
+/// for them. The counters live in the table's long-lived backend and route
+/// state, so they survive swaps; they restart from 0 only when a backend or
+/// route goes away and comes back.
 pub struct BackendCollector {
     table: Arc<ArcSwap<Table>>,
     descs: Vec<prometheus::core::Desc>,
 }
 
 const BACKEND_LABELS: [&str; 2] = ["route", "backend"];
+const CHECK_LABELS: [&str; 3] = ["route", "backend", "result"];
+const ROUTE_LABELS: [&str; 1] = ["route"];
+const UP: (&str, &str) = ("wharf_backend_up", "1 when the backend takes requests.");
+const INFLIGHT: (&str, &str) = (
+    "wharf_backend_inflight",
+    "Requests in flight to the backend (until the response body ends).",
+);
+const CHECKS: (&str, &str) = (
+    "wharf_healthcheck_total",
+    "Active health checks of the backend, by result (success or failure).",
+);
+const RETRIES: (&str, &str) = (
+    "wharf_retries_total",
+    "Requests sent again to another backend after the first could not be reached.",
+);
+
+fn opts((name, help): (&str, &str), labels: &[&str]) -> prometheus::Opts {
+    prometheus::Opts::new(name, help)
+        .variable_labels(labels.iter().map(|s| s.to_string()).collect())
+}
+
+/// The families one scrape returns.
+struct Families {
+    up: prometheus::IntGaugeVec,
+    inflight: prometheus::IntGaugeVec,
+    checks: prometheus::IntCounterVec,
+    retries: prometheus::IntCounterVec,
+}
 
 impl BackendCollector {
     pub fn new(table: Arc<ArcSwap<Table>>) -> prometheus::Result<Self> {
         use prometheus::core::Describer as _;
-        let up = prometheus::Opts::new("wharf_backend_up", "1 when the backend takes requests.")
-            .variable_labels(BACKEND_LABELS.iter().map(|s| s.to_string()).collect());
-        let inflight = prometheus::Opts::new(
-            "wharf_backend_inflight",
-            "Requests in flight to the backend (until the response body ends).",
-        )
-        .variable_labels(BACKEND_LABELS.iter().map(|s| s.to_string()).collect());
         Ok(BackendCollector {
             table,
-            descs: vec![up.describe()?, inflight.describe()?],
+            descs: vec![
+                opts(UP, &BACKEND_LABELS).describe()?,
+                opts(INFLIGHT, &BACKEND_LABELS).describe()?,
+                opts(CHECKS, &CHECK_LABELS).describe()?,
+                opts(RETRIES, &ROUTE_LABELS).describe()?,
+            ],
         })
     }
 
-    fn gauges(&self) -> prometheus::Result<[prometheus::IntGaugeVec; 2]> {
-        let up = prometheus::IntGaugeVec::new(
-            prometheus::Opts::new("wharf_backend_up", "1 when the backend takes requests."),
-            &BACKEND_LABELS,
-        )?;
-        let inflight = prometheus::IntGaugeVec::new(
-            prometheus::Opts::new(
-                "wharf_backend_inflight",
-                "Requests in flight to the backend (until the response body ends).",
-            ),
-            &BACKEND_LABELS,
-        )?;
+    fn families(&self) -> prometheus::Result<Families> {
+        let f = Families {
+            up: prometheus::IntGaugeVec::new(opts(UP, &[]), &BACKEND_LABELS)?,
+            inflight: prometheus::IntGaugeVec::new(opts(INFLIGHT, &[]), &BACKEND_LABELS)?,
+            checks: prometheus::IntCounterVec::new(opts(CHECKS, &[]), &CHECK_LABELS)?,
+            retries: prometheus::IntCounterVec::new(opts(RETRIES, &[]), &ROUTE_LABELS)?,
+        };
         let table = self.table.load();
         for route in table.routes() {
+            f.retries
+                .with_label_values(&[&*route.name])
+                .inc_by(route.state.retries.load(Ordering::Relaxed));
+            let checked = route.policy.healthcheck.is_some();
             for b in route.backends.all() {
                 let addr = b.addr.to_string();
                 let labels = [&*route.name, addr.as_str()];
-                up.with_label_values(&labels).set(i64::from(b.usable()));
-                inflight
+                f.up.with_label_values(&labels).set(i64::from(b.usable()));
+                f.inflight
                     .with_label_values(&labels)
                     .set(i64::from(b.state.inflight()));
+                if checked {
+                    let (ok, failed) = b.state.check_counts();
+                    f.checks
+                        .with_label_values(&[&*route.name, addr.as_str(), "success"])
+                        .inc_by(ok);
+                    f.checks
+                        .with_label_values(&[&*route.name, addr.as_str(), "failure"])
+                        .inc_by(failed);
+                }
             }
         }
-        Ok([up, inflight])
+        Ok(f)
     }
 }
 
@@ -311,10 +418,12 @@ impl prometheus::core::Collector for BackendCollector {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        match self.gauges() {
-            Ok([up, inflight]) => {
-                let mut out = up.collect();
-                out.extend(inflight.collect());
+        match self.families() {
+            Ok(f) => {
+                let mut out = f.up.collect();
+                out.extend(f.inflight.collect());
+                out.extend(f.checks.collect());
+                out.extend(f.retries.collect());
                 out
             }
             Err(e) => {
@@ -327,7 +436,148 @@ impl prometheus::core::Collector for BackendCollector {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::*;
+    use std::time::{Duration, SystemTime};
+    use wharf_table::{
+        BackendDef, BackendRegistry, Balance, EntrypointMask, HealthCheck, LastCheck, MaxConn,
+        Policy, RouteDef, Scheme,
+    };
+
+    fn def(name: &str, check: bool, maxconn: bool) -> RouteDef {
+        RouteDef {
+            name: name.into(),
+            source: "file".into(),
+            hosts: vec![format!("{name}.test")],
+            path: "/".into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: Balance::LeastConn,
+            backends: ["10.0.0.1:80", "10.0.0.2:80"]
+                .iter()
+                .map(|a| BackendDef {
+                    addr: a.parse().unwrap(),
+                    scheme: Scheme::Http,
+                    draining: false,
+                })
+                .collect(),
+            policy: Policy {
+                healthcheck: check.then(|| {
+                    Arc::new(HealthCheck {
+                        path: "/health".into(),
+                        method: "HEAD".into(),
+                        host: String::new(),
+                        interval: Duration::from_secs(10),
+                        timeout: Duration::from_secs(2),
+                        rise: 2,
+                        fall: 1,
+                        expect: vec![(200, 399)],
+                    })
+                }),
+                maxconn: maxconn.then_some(MaxConn {
+                    limit: 5,
+                    queue: 10,
+                    timeout: Duration::from_secs(1),
+                }),
+                ..Policy::default()
+            },
+        }
+    }
+
+    fn table() -> Table {
+        let reg = BackendRegistry::new();
+        let t = Table::compile(
+            vec![def("checked", true, true), def("plain", false, false)],
+            &reg,
+        )
+        .0;
+        let r = &t.routes()[0];
+        let hc = r.policy.healthcheck.clone().unwrap();
+        let b = &r.backends.all()[0].state;
+        let ok = LastCheck {
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_599),
+            status: Some(200),
+            latency: Duration::from_micros(1500),
+            error: None,
+        };
+        b.record_check(&hc, ok);
+        let failed = LastCheck {
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_599),
+            status: Some(503),
+            latency: Duration::from_millis(3),
+            error: Some("status 503".into()),
+        };
+        b.record_check(&hc, failed);
+        r.state.count_retry();
+        r.state.count_retry();
+        t
+    }
+
+    #[test]
+    fn routes_show_checks_queue_and_last_check() {
+        let t = table();
+        let _ticket = t.routes()[0].state.enter_queue(10).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&routes_json(&t)).unwrap();
+        let r = &v[0];
+        assert_eq!(
+            r["healthcheck"],
+            serde_json::json!({"method": "HEAD", "path": "/health", "interval_ms": 10000,
+                "timeout_ms": 2000, "rise": 2, "fall": 1})
+        );
+        assert_eq!(r["maxconn"], 5);
+        assert_eq!(r["queue"], 1);
+        let b = &r["backends"][0];
+        assert_eq!(b["health"], "down");
+        assert_eq!(b["queue"], 1);
+        assert_eq!(b["reason"], "1 consecutive checks failed, last: status 503");
+        assert_eq!(
+            b["last_check"],
+            serde_json::json!({"time": "2026-12-31T23:59:59Z", "status": 503,
+                "latency_ms": 3.0, "error": "status 503"})
+        );
+        let other = &r["backends"][1];
+        assert_eq!(other["health"], "up");
+        assert_eq!(other["reason"], serde_json::Value::Null);
+        assert_eq!(other["last_check"], serde_json::Value::Null);
+        let plain = &v[1];
+        assert_eq!(plain["healthcheck"], serde_json::Value::Null);
+        assert_eq!(plain["maxconn"], serde_json::Value::Null);
+        assert_eq!(plain["queue"], 0);
+    }
+
+    #[test]
+    fn metrics_derive_checks_and_retries_at_scrape_time() {
+        let shared = Arc::new(ArcSwap::from_pointee(table()));
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(BackendCollector::new(shared.clone()).unwrap()))
+            .unwrap();
+        let text = || {
+            let mut buf = Vec::new();
+            TextEncoder::new()
+                .encode(&registry.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        let m = text();
+        for line in [
+            "wharf_healthcheck_total{backend=\"10.0.0.1:80\",result=\"success\",route=\"checked\"} 1",
+            "wharf_healthcheck_total{backend=\"10.0.0.1:80\",result=\"failure\",route=\"checked\"} 1",
+            "wharf_healthcheck_total{backend=\"10.0.0.2:80\",result=\"success\",route=\"checked\"} 0",
+            "wharf_retries_total{route=\"checked\"} 2",
+            "wharf_retries_total{route=\"plain\"} 0",
+            "wharf_backend_up{backend=\"10.0.0.1:80\",route=\"checked\"} 0",
+            "# TYPE wharf_healthcheck_total counter",
+            "# TYPE wharf_retries_total counter",
+        ] {
+            assert!(m.contains(line), "missing {line} in\n{m}");
+        }
+        assert!(
+            !m.contains("wharf_healthcheck_total{backend=\"10.0.0.1:80\",result=\"success\",route=\"plain\""),
+            "only checked routes have check counts:\n{m}"
+        );
+        // Without any route: no check family, and the scrape still works.
+        shared.store(Arc::new(Table::default()));
+        assert!(!text().contains("wharf_healthcheck_total"));
+    }
 
     #[test]
     fn rfc3339_dates() {
