@@ -576,3 +576,296 @@ pub fn route(host: &str, path: &str, backends: &[SocketAddr], extra: &str) -> St
         list.join(",")
     )
 }
+
+// ---------------------------------------------------------------------------
+// Health, retries and maxconn (tests/health.rs, tests/docker.rs).
+
+/// A backend whose `/health` answer a test sets, and that a test can kill: its
+/// listener closed and every open connection reset (RST), as a crashed task.
+///
+/// HTTP/1.1 only, on its own runtime thread. `/health` answers the status in
+/// [`CtlBackend::set_health`] (200 at start); anything else answers 200 `name`.
+/// Every response carries `x-backend: name`. Killed on drop.
+pub struct CtlBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    health: Arc<std::sync::atomic::AtomicU16>,
+    hits: Arc<AtomicUsize>,
+    health_hits: Arc<AtomicUsize>,
+    cancel: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CtlBackend {
+    /// On 127.0.0.1, a port chosen by the kernel.
+    pub fn start(name: &str) -> CtlBackend {
+        Self::try_start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()
+    }
+
+    /// On `bind` (which may name a port that is taken: the error is returned).
+    pub fn try_start_on(name: &str, bind: SocketAddr) -> std::io::Result<CtlBackend> {
+        let listener = std::net::TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let health_hits = Arc::new(AtomicUsize::new(0));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (h2, hits2, hh2, c2, name2) = (
+            health.clone(),
+            hits.clone(),
+            health_hits.clone(),
+            cancel.clone(),
+            name.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(ctl_serve(listener, h2, hits2, hh2, c2, name2));
+        });
+        Ok(CtlBackend {
+            addr,
+            name: name.to_string(),
+            health,
+            hits,
+            health_hits,
+            cancel,
+            thread: Some(thread),
+        })
+    }
+
+    /// The status `/health` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Requests other than `/health` answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// `/health` requests answered so far.
+    pub fn health_hits(&self) -> usize {
+        self.health_hits.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and resets every open connection; returns once done.
+    pub fn kill(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CtlBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn ctl_serve(
+    listener: std::net::TcpListener,
+    health: Arc<std::sync::atomic::AtomicU16>,
+    hits: Arc<AtomicUsize>,
+    health_hits: Arc<AtomicUsize>,
+    cancel: tokio_util::sync::CancellationToken,
+    name: String,
+) {
+    let l = tokio::net::TcpListener::from_std(listener).unwrap();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let s = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = l.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        // A second descriptor of the socket, to set SO_LINGER 0 on at a kill
+        // (the connection's own is hyper's).
+        let Ok(std_s) = s.into_std() else { continue };
+        let Ok(dup) = std_s.try_clone() else { continue };
+        let Ok(s) = tokio::net::TcpStream::from_std(std_s) else {
+            continue;
+        };
+        let (health, hits, health_hits, name, cancel) = (
+            health.clone(),
+            hits.clone(),
+            health_hits.clone(),
+            name.clone(),
+            cancel.clone(),
+        );
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (health, hits, health_hits, name) = (
+                    health.clone(),
+                    hits.clone(),
+                    health_hits.clone(),
+                    name.clone(),
+                );
+                async move {
+                    let is_health = req.uri().path() == "/health";
+                    let _ = req.into_body().collect().await;
+                    let mut r = if is_health {
+                        health_hits.fetch_add(1, Ordering::SeqCst);
+                        let mut r = Response::new(Full::new(Bytes::from("health")));
+                        *r.status_mut() =
+                            hyper::StatusCode::from_u16(health.load(Ordering::SeqCst))
+                                .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+                        r
+                    } else {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        Response::new(Full::new(Bytes::from(name.clone())))
+                    };
+                    r.headers_mut().insert("x-backend", name.parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = cancel.cancelled() => {
+                    if let Ok(t) = tokio::net::TcpStream::from_std(dup) {
+                        let _ = t.set_zero_linger();
+                    }
+                }
+            }
+        });
+    }
+    drop(l);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Like [`read_response`], but an error instead of a panic (content-length or
+/// chunked bodies; anything else is read until close).
+pub fn try_read_response(s: &mut TcpStream) -> Result<RawResponse, String> {
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("status line: {e}"))?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line: {line:?}"))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).map_err(|e| format!("header: {e}"))?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("bad header {h:?}"))?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    let e = |e: std::io::Error| format!("body: {e}");
+    if status == 101 || status == 304 || status == 204 {
+    } else if let Some(len) = get("content-length") {
+        body.resize(len.parse().map_err(|_| "bad content-length")?, 0);
+        r.read_exact(&mut body).map_err(e)?;
+    } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).map_err(e)?;
+            let n = usize::from_str_radix(size.trim(), 16).map_err(|_| "bad chunk size")?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).map_err(e)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        r.read_to_end(&mut body).map_err(e)?;
+    }
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `within`.
+/// Returns how long it took.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Wharf {
+    /// `GET /api/routes` on the admin listener, parsed.
+    pub fn api_routes(&self) -> serde_json::Value {
+        let r = get(self.admin, "admin", "/api/routes");
+        assert_eq!(r.status, 200, "/api/routes: {}", r.text());
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// The `/api/routes` entry of backend `addr` in route `route`.
+    pub fn api_backend(&self, route: &str, addr: SocketAddr) -> serde_json::Value {
+        let routes = self.api_routes();
+        let addr = addr.to_string();
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["name"] == route)
+            .flat_map(|r| r["backends"].as_array().cloned().unwrap_or_default())
+            .find(|b| b["address"] == addr.as_str())
+            .unwrap_or_else(|| panic!("no backend {addr} in route {route}: {routes:#}"))
+    }
+
+    /// The `health` of backend `addr` in route `route` (`up`, `down`, `draining`).
+    pub fn health_of(&self, route: &str, addr: SocketAddr) -> String {
+        self.api_backend(route, addr)["health"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    /// `GET /metrics` on the admin listener.
+    pub fn metrics(&self) -> String {
+        get(self.admin, "admin", "/metrics").text()
+    }
+
+    /// The value of the metric line starting with `series` (name and labels
+    /// exactly as exposed), if any.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+
+    /// Log lines whose message contains `needle` and whose `backend` field is
+    /// `backend`.
+    pub fn logs_for(&self, needle: &str, backend: SocketAddr) -> Vec<serde_json::Value> {
+        let b = backend.to_string();
+        self.logs()
+            .into_iter()
+            .filter(|l| {
+                l["message"].as_str().is_some_and(|m| m.contains(needle))
+                    && l["backend"].as_str() == Some(b.as_str())
+            })
+            .collect()
+    }
+}
