@@ -429,3 +429,121 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
     })
     .unwrap_or_else(|err| panic!("{err}\n{}", logs()));
 }
+
+/// The `/api/routes` entry whose hosts include `host`.
+fn route_for(w: &Wharf, host: &str) -> Option<serde_json::Value> {
+    api(w, "/api/routes")
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x == host))
+        })
+        .cloned()
+}
+
+/// Traefik v1 `traefik.backend.healthcheck.*` and v2
+/// `traefik.http.services.<s>.loadbalancer.healthcheck.*` labels drive the active
+/// checker: the route shows the check, the backend's last check is filled in, a
+/// health path that answers 404 (busybox httpd, file missing) takes the backend
+/// out (503), and creating the file brings it back.
+#[test]
+fn traefik_v1_and_v2_healthcheck_labels_enable_active_checks() {
+    let e = Engine::new("tkhc");
+    let net = e.bridge("net");
+    let image = e.backend_image();
+    let mut w = Wharf::start(&docker_config("containers", &net));
+    w.wait_log("docker: connected and listed").unwrap();
+    let web = w.ep("web");
+    let h1 = format!("{}.test", e.name("v1"));
+    let h2 = format!("{}.test", e.name("v2"));
+    let v1 = e.run(
+        "v1",
+        &[
+            "--network",
+            &net,
+            "--label",
+            &format!("traefik.frontend.rule=Host:{h1}"),
+            "--label",
+            "traefik.port=80",
+            "--label",
+            "traefik.backend.healthcheck.path=/health",
+            "--label",
+            "traefik.backend.healthcheck.interval=1s",
+            &image,
+        ],
+    );
+    let v2 = e.run(
+        "v2",
+        &[
+            "--network",
+            &net,
+            "--label",
+            &format!("traefik.http.routers.r.rule=Host(`{h2}`)"),
+            "--label",
+            "traefik.http.services.s.loadbalancer.server.port=80",
+            "--label",
+            "traefik.http.services.s.loadbalancer.healthcheck.path=/health",
+            "--label",
+            "traefik.http.services.s.loadbalancer.healthcheck.interval=1s",
+            &image,
+        ],
+    );
+    for (host, ctr) in [(&h1, &v1), (&h2, &v2)] {
+        // No /www/health yet: the checks get 404 and take the backend out.
+        wait_for(
+            &format!("{ctr}: route with a failed check"),
+            Duration::from_secs(20),
+            || {
+                route_for(&w, host).is_some_and(|r| {
+                    r["backends"][0]["health"] == "down"
+                        && r["backends"][0]["last_check"]["status"] == 404
+                })
+            },
+        );
+        let r = route_for(&w, host).unwrap();
+        assert_eq!(r["healthcheck"]["path"], "/health", "{r:#}");
+        assert_eq!(r["healthcheck"]["interval_ms"], 1000, "{r:#}");
+        assert!(r["backends"][0]["last_check"]["time"].is_string(), "{r:#}");
+        let (resp, _) =
+            poll_until(web, host, "/", Duration::from_secs(5), |r| r.status == 503).unwrap();
+        assert!(resp.header("retry-after").is_some(), "{:?}", resp.headers);
+        let addr: std::net::SocketAddr = r["backends"][0]["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let down = w.logs_for("backend down", addr);
+        assert_eq!(down.len(), 1, "{host}: one line per transition: {down:#?}");
+        assert_eq!(down[0]["route"], r["name"], "{:#}", down[0]);
+
+        // The health path appears: back in.
+        docker(&[
+            "exec",
+            ctr,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo ok > /www/health",
+        ]);
+        let t0 = Instant::now();
+        poll_until(web, host, "/", Duration::from_secs(10), |r| r.status == 200).unwrap();
+        eprintln!(
+            "{host}: health file created -> 200 after {:?}",
+            t0.elapsed()
+        );
+        let r = route_for(&w, host).unwrap();
+        assert_eq!(r["backends"][0]["health"], "up", "{r:#}");
+        assert_eq!(r["backends"][0]["last_check"]["status"], 200, "{r:#}");
+    }
+    // No warning (such as the old "accepted but inert") about these labels.
+    let errs = api(&w, "/api/errors");
+    for err in errs.as_array().into_iter().flatten() {
+        let text = err.to_string();
+        assert!(
+            !(text.contains(&v1) || text.contains(&v2)) || !text.contains("healthcheck"),
+            "{err:#}"
+        );
+    }
+}
