@@ -514,7 +514,7 @@ fn traefik_v1_and_v2_healthcheck_labels_enable_active_checks() {
             .unwrap()
             .parse()
             .unwrap();
-        let down = w.logs_for("backend down", addr);
+        let down = w.wait_logs_for("backend down", addr, 1);
         assert_eq!(down.len(), 1, "{host}: one line per transition: {down:#?}");
         assert_eq!(down[0]["route"], r["name"], "{:#}", down[0]);
 

@@ -84,7 +84,7 @@ fn failing_checks_take_a_backend_out_and_passing_ones_bring_it_back() {
         assert_eq!(who(&w, "hc.test"), "b");
     }
     assert_eq!(a.hits(), before, "a got requests while down");
-    let down = w.logs_for("backend down", a.addr);
+    let down = w.wait_logs_for("backend down", a.addr, 1);
     assert_eq!(down.len(), 1, "one log line per transition: {down:#?}");
     assert_eq!(down[0]["route"], "hc", "{:#}", down[0]);
     assert!(
@@ -128,6 +128,7 @@ fn failing_checks_take_a_backend_out_and_passing_ones_bring_it_back() {
     }
     assert!(a.hits() > before, "a gets requests again");
     // Still exactly one line for each transition, a few periods later.
+    w.wait_logs_for("backend up", a.addr, 1);
     std::thread::sleep(INTERVAL * 3);
     assert_eq!(w.logs_for("backend down", a.addr).len(), 1);
     assert_eq!(w.logs_for("backend up", a.addr).len(), 1);
@@ -247,8 +248,13 @@ fn killed_backend_under_load(with_checks: bool) {
     assert!(errors.is_empty(), "{} failed: {errors:?}", errors.len());
     assert!(c.hits() > 0, "c served before it was killed");
     // It is out now, and said so once.
-    wait_until("c down", WAIT, || w.health_of("load", c.addr) == "down");
-    let down = w.logs_for("backend down", c.addr);
+    // (Without checks a cool-down readmits it on probation; the next request
+    // that tries it ejects it again, and is retried.)
+    wait_until("c down", WAIT, || {
+        assert_eq!(get(w.ep("web"), "load.test", "/").status, 200);
+        w.health_of("load", c.addr) == "down"
+    });
+    let down = w.wait_logs_for("backend down", c.addr, 1);
     assert!(!down.is_empty(), "the ejection is logged");
     assert!(
         w.metric("wharf_retries_total{route=\"load\"}")
@@ -604,12 +610,13 @@ fn all_backends_down_is_a_fast_503() {
     let sick2 = CtlBackend::start("sick2");
     sick1.set_health(503);
     sick2.set_health(404);
+    let dead: Vec<DeadAddr> = (0..4).map(|_| DeadAddr::new()).collect();
     let w = Wharf::start(
         &(base_config()
             + &named(
                 "dead",
                 "dead.test",
-                &[dead_addr(), dead_addr()],
+                &[dead[0].addr, dead[1].addr],
                 &hc("/health"),
             )
             + &named(
@@ -618,7 +625,7 @@ fn all_backends_down_is_a_fast_503() {
                 &[sick1.addr, sick2.addr],
                 &hc("/health"),
             )
-            + &named("passive", "passive.test", &[dead_addr(), dead_addr()], "")),
+            + &named("passive", "passive.test", &[dead[2].addr, dead[3].addr], "")),
     );
     assert_unavailable(&until_503(&w, "dead.test", 200));
     wait_until("sick backends down", WAIT, || {
@@ -682,13 +689,13 @@ fn health_state_survives_20_reloads() {
     }
     eprintln!("20 reloads in {:?}", t0.elapsed());
     assert_eq!(bad.hits(), 0, "the down backend got requests");
-    assert_eq!(w.logs_for("backend down", bad.addr).len(), 1);
+    assert_eq!(w.wait_logs_for("backend down", bad.addr, 1).len(), 1);
     assert!(w.logs_for("backend up", bad.addr).is_empty());
     assert!(w.logs_for("backend down", good.addr).is_empty());
     // The checker still runs after the swaps: bad comes back when it passes.
     bad.set_health(200);
     wait_until("bad up", WAIT, || w.health_of("hc", bad.addr) == "up");
-    assert_eq!(w.logs_for("backend up", bad.addr).len(), 1);
+    assert_eq!(w.wait_logs_for("backend up", bad.addr, 1).len(), 1);
 }
 
 /// A minimal authoritative DNS server on 127.0.0.1 (UDP): `A` queries for the

@@ -869,3 +869,40 @@ impl Wharf {
             .collect()
     }
 }
+
+/// An address that refuses every connection and that nothing else can take
+/// while this lives (unlike [`dead_addr`], whose port the kernel may hand out
+/// again): a socket bound, never listening.
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl DeadAddr {
+    pub fn new() -> DeadAddr {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        DeadAddr {
+            addr: socket.local_addr().unwrap(),
+            _socket: socket,
+        }
+    }
+}
+
+impl Wharf {
+    /// Waits until `n` log lines contain `needle` with `backend` = `backend`
+    /// (the log reader runs behind the process), then returns them.
+    pub fn wait_logs_for(
+        &self,
+        needle: &str,
+        backend: SocketAddr,
+        n: usize,
+    ) -> Vec<serde_json::Value> {
+        wait_until(
+            &format!("{n} log lines {needle:?} for {backend}"),
+            WAIT,
+            || self.logs_for(needle, backend).len() >= n,
+        );
+        self.logs_for(needle, backend)
+    }
+}
