@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs the Debian packages the tests
+# use when they are missing, then runs every test of the workspace. README's test
+# command; .ci/run runs it after fmt and clippy.
+#
+# - procps: the lifecycle tests signal Wharf with the `kill` program;
+# - busybox-static: the web server in the Docker tests' images (tests/common/docker.rs);
+# - pebble, bind9, bind9-utils: the ACME tests (crates/wharf-acme/tests, and tests/acme.rs
+#   for the binary) run a real Pebble CA, its DNS test server and BIND.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+{ command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
+command -v named >/dev/null || need+=(bind9)
+command -v dig >/dev/null || need+=(bind9-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q -o DPkg::Lock::Timeout=300 "${need[@]}"
+fi
+exec cargo test --workspace "$@"
