@@ -5,7 +5,7 @@
 #
 # - procps: the lifecycle tests signal Wharf with the `kill` program;
 # - busybox-static: the web server in the Docker tests' images (tests/common/docker.rs);
-# - pebble, bind9, bind9-utils: the ACME tests (crates/wharf-acme/tests, and tests/acme.rs
+# - pebble, bind9, bind9-dnsutils (dig): the ACME tests (crates/wharf-acme/tests, and tests/acme.rs
 #   for the binary) run a real Pebble CA, its DNS test server and BIND.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ need=()
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
 command -v named >/dev/null || need+=(bind9)
-command -v dig >/dev/null || need+=(bind9-utils)
+command -v dig >/dev/null || need+=(bind9-dnsutils)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
