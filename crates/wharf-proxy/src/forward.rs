@@ -184,7 +184,7 @@ impl Forwarder {
             parts.version = Version::HTTP_2;
             parts.uri = absolute_uri(&ctx.backend, path)?;
             let sent = self.h2c.request(Request::from_parts(parts, body));
-            let resp = self.observed(&ctx, self.with_timeout(sent).await)?;
+            let resp = self.observed(&ctx, has_body, self.with_timeout(sent).await)?;
             return Ok(self.finish(resp, ctx, None, conn));
         }
         if ctx.backend.scheme == Scheme::Https {
@@ -207,7 +207,7 @@ impl Forwarder {
             // back to the pool; it is not retried.
             parts.uri = absolute_uri(&ctx.backend, path)?;
             let sent = self.http1.request(Request::from_parts(parts, body));
-            let mut resp = self.observed(&ctx, self.with_timeout(sent).await)?;
+            let mut resp = self.observed(&ctx, has_body, self.with_timeout(sent).await)?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
                 let guard = ctx.guard;
@@ -239,7 +239,8 @@ impl Forwarder {
         } else {
             Either::Right(Empty::new())
         };
-        let mut copy = safe.then(|| copy_head(&parts));
+        // Only a route with another backend to go to can retry at all.
+        let mut copy = (safe && ctx.route.backends.all().len() > 1).then(|| copy_head(&parts));
         let mut req = Request::from_parts(parts, body);
         loop {
             let sent = self.send_pooled(ctx.backend.addr, req);
@@ -250,7 +251,7 @@ impl Forwarder {
                 }
                 Ok(Err(f)) => f,
                 Err(_) => SendFailure {
-                    failure: Failure::Timeout,
+                    failure: Failure::Timeout { counts: !has_body },
                     error: ProxyError::Timeout,
                     unsent: None,
                 },
@@ -278,15 +279,23 @@ impl Forwarder {
     fn observed(
         &self,
         ctx: &Ctx,
+        has_body: bool,
         r: Result<Response<Incoming>, ProxyError>,
     ) -> Result<Response<Incoming>, ProxyError> {
         match &r {
             Ok(_) => ctx.succeeded(),
             Err(e) => {
+                // hyper-util's client does not tell a client-body error from a
+                // backend failure: only a connect failure, or a body-less
+                // request's failure, is the backend's.
                 let failure = match e {
                     ProxyError::Connect(_) => Failure::Connect,
-                    ProxyError::Timeout => Failure::Timeout,
-                    _ => Failure::Reset { written: true },
+                    ProxyError::Timeout => Failure::Timeout { counts: !has_body },
+                    _ if has_body => Failure::Protocol,
+                    _ => Failure::Reset {
+                        written: true,
+                        stale: false,
+                    },
                 };
                 ctx.failed(failure, &e.to_string());
             }
@@ -348,6 +357,7 @@ impl Forwarder {
         } else {
             Failure::Reset {
                 written: unsent.is_none(),
+                stale: pooled.reused,
             }
         };
         Err(SendFailure {

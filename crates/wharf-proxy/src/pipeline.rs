@@ -58,10 +58,13 @@ pub enum Failure {
     /// No connection was made: nothing of the request left Wharf.
     Connect,
     /// The connection failed before any response byte; `written` says whether
-    /// the request may have (partly) reached the backend.
-    Reset { written: bool },
-    /// No response head within `response_timeout`.
-    Timeout,
+    /// the request may have (partly) reached the backend. `stale`: it was a
+    /// reused keep-alive connection, which the backend may have closed as idle
+    /// just as the request went out (RFC 9112 §9.3.1): not counted against it.
+    Reset { written: bool, stale: bool },
+    /// No response head within `response_timeout`. Counted against the backend
+    /// only for a request without a body: with one, a slow client may be why.
+    Timeout { counts: bool },
     /// The backend answered something that is not HTTP: not a health matter.
     Protocol,
 }
@@ -148,15 +151,19 @@ pub async fn pick(
     let any_usable = || set.all().iter().any(|b| b.usable() && Some(b.addr) != not);
     // Nobody waiting: take a free slot at once. Otherwise queue behind the
     // waiters, so a newcomer does not overtake them.
-    if state.queued() == 0 {
+    // A retry never queues: it would hold the failed attempt's slot meanwhile.
+    if state.queued() == 0 || not.is_some() {
         if let Some(got) = take() {
             return Ok(got);
         }
     }
-    if !any_usable() {
+    if !any_usable() || not.is_some() {
         return Err(ProxyError::NoHealthyBackend);
     }
-    let ticket = state.enter_queue(mc.queue).ok_or(ProxyError::QueueFull)?;
+    let Some(ticket) = state.enter_queue(mc.queue) else {
+        // Full queue: a slot freed just now still serves a newcomer.
+        return take().ok_or(ProxyError::QueueFull);
+    };
     let deadline = tokio::time::Instant::now() + mc.timeout;
     loop {
         let notified = state.slot_notified();
@@ -172,6 +179,9 @@ pub async fn pick(
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Err(ProxyError::QueueTimeout);
         }
+        // Woken: the loop looks for the slot again. Every waiter can use any
+        // freed slot (retries never queue), so a wake-up that finds none means
+        // the slot was already taken, and passing it on would only spin.
     }
 }
 
@@ -185,7 +195,12 @@ impl Ctx {
     /// Observe: the attempt failed. Counts it against the backend when it says
     /// something about the backend's health (HAProxy's `observe layer4`).
     pub fn failed(&self, failure: Failure, detail: &str) {
-        if failure == Failure::Protocol {
+        if matches!(
+            failure,
+            Failure::Protocol
+                | Failure::Reset { stale: true, .. }
+                | Failure::Timeout { counts: false }
+        ) {
             return;
         }
         let state = &self.backend.state;
@@ -219,9 +234,9 @@ impl Ctx {
             return false;
         }
         match failure {
-            Failure::Connect | Failure::Reset { written: false } => true,
-            Failure::Reset { written: true } => safe,
-            Failure::Timeout | Failure::Protocol => false,
+            Failure::Connect | Failure::Reset { written: false, .. } => true,
+            Failure::Reset { written: true, .. } => safe,
+            Failure::Timeout { .. } | Failure::Protocol => false,
         }
     }
 
@@ -403,9 +418,19 @@ mod tests {
         }
         tokio::time::sleep(wharf_table::PASSIVE_COOLDOWN + Duration::from_millis(1)).await;
         assert!(backend.state.is_up());
-        // A protocol error says nothing about reachability.
+        // A protocol error says nothing about reachability; a stale keep-alive
+        // connection or a timeout while a client uploaded a body say nothing
+        // about the backend.
         for _ in 0..2 * wharf_table::PASSIVE_FAILURES {
             ctx.failed(Failure::Protocol, "garbage");
+            ctx.failed(
+                Failure::Reset {
+                    written: true,
+                    stale: true,
+                },
+                "closed",
+            );
+            ctx.failed(Failure::Timeout { counts: false }, "slow upload");
         }
         assert!(backend.state.is_up());
     }
@@ -421,13 +446,17 @@ mod tests {
             attempts: 1,
         };
         // Nothing sent: any request may go elsewhere.
+        let reset = |written| Failure::Reset {
+            written,
+            stale: false,
+        };
         assert!(ctx.may_retry(Failure::Connect, false));
-        assert!(ctx.may_retry(Failure::Reset { written: false }, false));
+        assert!(ctx.may_retry(reset(false), false));
         // Written: only a safe, body-less request.
-        assert!(!ctx.may_retry(Failure::Reset { written: true }, false));
-        assert!(ctx.may_retry(Failure::Reset { written: true }, true));
+        assert!(!ctx.may_retry(reset(true), false));
+        assert!(ctx.may_retry(reset(true), true));
         // A timeout or a protocol error is never repeated.
-        assert!(!ctx.may_retry(Failure::Timeout, true));
+        assert!(!ctx.may_retry(Failure::Timeout { counts: true }, true));
         assert!(!ctx.may_retry(Failure::Protocol, true));
         let first = ctx.backend.addr;
         ctx.redispatch(CLIENT).await.unwrap();

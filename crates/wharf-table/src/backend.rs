@@ -176,7 +176,7 @@ impl InflightGuard {
     ) -> Option<Self> {
         state
             .inflight
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
@@ -193,7 +193,7 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.state.inflight.fetch_sub(1, Ordering::SeqCst);
         if let Some(q) = &self.queue {
             q.slot_freed();
         }

@@ -43,7 +43,7 @@ impl RouteState {
     /// Joins the queue unless `max` requests already wait.
     pub fn enter_queue(&self, max: u32) -> Option<QueueTicket<'_>> {
         self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max as usize).then_some(n + 1)
             })
             .ok()?;
@@ -59,7 +59,9 @@ impl RouteState {
     /// Called when a request of a `maxconn` route ends.
     #[inline]
     pub(crate) fn slot_freed(&self) {
-        if self.queued.load(Ordering::Acquire) != 0 {
+        // SeqCst with the in-flight decrement before it and the waiter's queue
+        // entry and in-flight read: neither side may read the other's stale value.
+        if self.queued.load(Ordering::SeqCst) != 0 {
             self.notify.notify_one();
         }
     }
