@@ -256,7 +256,7 @@ impl Forwarder {
                     unsent: None,
                 },
             };
-            ctx.failed(failed.failure, &failed.error.to_string());
+            ctx.failed(failed.failure, &failed.error);
             // The request itself when it never left, else the copy of a safe one.
             let again = failed.unsent.or_else(|| {
                 copy.take()
@@ -297,7 +297,7 @@ impl Forwarder {
                         stale: false,
                     },
                 };
-                ctx.failed(failure, &e.to_string());
+                ctx.failed(failure, e);
             }
         }
         r

@@ -194,7 +194,7 @@ impl Ctx {
 
     /// Observe: the attempt failed. Counts it against the backend when it says
     /// something about the backend's health (HAProxy's `observe layer4`).
-    pub fn failed(&self, failure: Failure, detail: &str) {
+    pub fn failed(&self, failure: Failure, detail: &dyn std::fmt::Display) {
         if matches!(
             failure,
             Failure::Protocol
@@ -409,7 +409,7 @@ mod tests {
             attempts: 1,
         };
         for _ in 0..wharf_table::PASSIVE_FAILURES {
-            ctx.failed(Failure::Connect, "refused");
+            ctx.failed(Failure::Connect, &"refused");
         }
         assert!(!backend.state.is_up());
         // Every pick now avoids it.
@@ -422,15 +422,15 @@ mod tests {
         // connection or a timeout while a client uploaded a body say nothing
         // about the backend.
         for _ in 0..2 * wharf_table::PASSIVE_FAILURES {
-            ctx.failed(Failure::Protocol, "garbage");
+            ctx.failed(Failure::Protocol, &"garbage");
             ctx.failed(
                 Failure::Reset {
                     written: true,
                     stale: true,
                 },
-                "closed",
+                &"closed",
             );
-            ctx.failed(Failure::Timeout { counts: false }, "slow upload");
+            ctx.failed(Failure::Timeout { counts: false }, &"slow upload");
         }
         assert!(backend.state.is_up());
     }

@@ -185,10 +185,6 @@ impl InflightGuard {
             queue: Some(queue.clone()),
         })
     }
-
-    pub fn state(&self) -> &Arc<BackendState> {
-        &self.state
-    }
 }
 
 impl Drop for InflightGuard {
@@ -398,11 +394,6 @@ impl BackendSet {
             next: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
             limit,
         }
-    }
-
-    /// `maxconn` per backend (0: unlimited).
-    pub fn limit(&self) -> u32 {
-        self.limit
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {

@@ -121,7 +121,7 @@ impl BackendState {
     /// A request could not reach the backend (connect failure, reset or timeout
     /// before any response byte). Returns `Some(n)` when this failure ejected it,
     /// `n` being the number of ejections in a row (for the cool-down back-off).
-    pub fn passive_failure(&self, what: &str) -> Option<u32> {
+    pub fn passive_failure(&self, what: &dyn std::fmt::Display) -> Option<u32> {
         let n = self.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         if n < PASSIVE_FAILURES || !self.up.swap(false, Ordering::Relaxed) {
             return None;
@@ -262,15 +262,15 @@ mod tests {
     fn passive_ejects_after_the_limit_and_probation_reejects_at_once() {
         let s = state();
         for _ in 1..PASSIVE_FAILURES {
-            assert_eq!(s.passive_failure("refused"), None);
+            assert_eq!(s.passive_failure(&"refused"), None);
         }
-        assert_eq!(s.passive_failure("refused"), Some(1));
+        assert_eq!(s.passive_failure(&"refused"), Some(1));
         assert!(!s.is_up());
         // Further failures while out do not eject again.
-        assert_eq!(s.passive_failure("refused"), None);
+        assert_eq!(s.passive_failure(&"refused"), None);
         assert!(s.readmit());
         assert!(s.is_up());
-        assert_eq!(s.passive_failure("refused"), Some(2));
+        assert_eq!(s.passive_failure(&"refused"), Some(2));
         assert_eq!(BackendState::cooldown(1), PASSIVE_COOLDOWN);
         assert_eq!(BackendState::cooldown(2), PASSIVE_COOLDOWN * 2);
         assert_eq!(BackendState::cooldown(40), PASSIVE_COOLDOWN_MAX);
@@ -278,9 +278,9 @@ mod tests {
         s.readmit();
         s.passive_success();
         for _ in 1..PASSIVE_FAILURES {
-            assert_eq!(s.passive_failure("reset"), None);
+            assert_eq!(s.passive_failure(&"reset"), None);
         }
-        assert_eq!(s.passive_failure("reset"), Some(1));
+        assert_eq!(s.passive_failure(&"reset"), Some(1));
     }
 
     #[test]
@@ -288,7 +288,7 @@ mod tests {
         let s = state();
         let hc = hc(2, 3);
         for _ in 0..PASSIVE_FAILURES {
-            s.passive_failure("refused");
+            s.passive_failure(&"refused");
         }
         assert!(!s.is_up());
         assert_eq!(s.record_check(&hc, result(true)), None);
