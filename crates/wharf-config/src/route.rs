@@ -215,16 +215,13 @@ pub struct RouteSpec {
     pub maxconn: Option<MaxConn>,
 }
 
-/// `maxconn`: at most `limit` requests in flight per backend; the excess waits in
-/// a queue of at most `queue` requests for at most `timeout`, then gets 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaxConn {
-    pub limit: u32,
-    pub queue: u32,
-    pub timeout: Duration,
-}
+/// `maxconn`: the table's own type, so a parsed route hands it over as it is.
+pub use wharf_table::MaxConn;
 
-impl MaxConn {
+/// Defaults and bounds of the `maxconn.*` keys.
+pub mod maxconn {
+    use std::time::Duration;
+
     /// Waiting requests per route when `maxconn.queue` is unset.
     pub const DEFAULT_QUEUE: u32 = 1024;
     /// HAProxy's `timeout queue` falls back to `timeout connect`, commonly 5s.
@@ -557,11 +554,11 @@ pub fn parse_route(
         Ok(())
     });
     let mut mc_limit = None;
-    let mut mc_queue = MaxConn::DEFAULT_QUEUE;
-    let mut mc_timeout = MaxConn::DEFAULT_TIMEOUT;
+    let mut mc_queue = maxconn::DEFAULT_QUEUE;
+    let mut mc_timeout = maxconn::DEFAULT_TIMEOUT;
     field("maxconn.limit", &mut |v| {
         let n = at_least_one(v, "maxconn (requests in flight per backend)")?;
-        if n > MaxConn::MAX_LIMIT {
+        if n > maxconn::MAX_LIMIT {
             return Err(format!(
                 "`{v}` is more than 1000000 requests in flight per backend, which limits \
                  nothing; leave maxconn unset for no limit"
@@ -575,7 +572,7 @@ pub fn parse_route(
             v,
             "queue length (a whole number; 0: no queue, the excess gets 503 at once)",
         )?;
-        if n > MaxConn::MAX_QUEUE {
+        if n > maxconn::MAX_QUEUE {
             return Err(format!(
                 "`{v}` is more waiting requests than a queue may hold: at most 1000000, as each \
                  holds a client connection (the default is 1024)"
@@ -587,7 +584,7 @@ pub fn parse_route(
     field("maxconn.timeout", &mut |v| {
         let d = values::positive_duration(v)
             .map_err(|e| format!("{e} (use `maxconn.queue = 0` for no waiting at all)"))?;
-        if d > MaxConn::MAX_TIMEOUT {
+        if d > maxconn::MAX_TIMEOUT {
             return Err(format!(
                 "`{v}` is longer than a request may wait in the queue, 1h; write e.g. `5s` \
                  (HAProxy's `timeout queue`)"

@@ -16,9 +16,7 @@ use wharf_config::labels::{self, LabelOptions, ServiceInput, Severity};
 use wharf_config::route::{StickyType, TlsMode};
 use wharf_config::{Config, RouteSpec, Upstream};
 use wharf_docker::{Snapshot, Workload};
-use wharf_table::{
-    BackendDef, BackendRegistry, HealthCheck, MaxConn, Policy, RouteDef, Sticky, Table,
-};
+use wharf_table::{BackendDef, BackendRegistry, HealthCheck, Policy, RouteDef, Sticky, Table};
 
 /// The published table, shared with the proxy and the admin listener.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -539,11 +537,7 @@ fn route_def(
                     expect: hc.expect.clone(),
                 })
             }),
-            maxconn: r.maxconn.map(|m| MaxConn {
-                limit: m.limit,
-                queue: m.queue,
-                timeout: m.timeout,
-            }),
+            maxconn: r.maxconn,
         },
     }
 }
