@@ -290,95 +290,75 @@ struct Got {
 struct ResetBackend {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<Got>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl ResetBackend {
     fn start() -> ResetBackend {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (got2, stop2) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-                let l = tokio::net::TcpListener::from_std(l).unwrap();
-                let mut tasks = tokio::task::JoinSet::new();
-                while !stop2.load(Ordering::SeqCst) {
-                    let Ok(Ok((s, _))) =
-                        tokio::time::timeout(Duration::from_millis(50), l.accept()).await
-                    else {
-                        continue;
+        let got2 = got.clone();
+        let server = ServerThread::start(loopback_listener(), move |l, cancel| async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+            let mut tasks = tokio::task::JoinSet::new();
+            loop {
+                let s = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = l.accept() => match r {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                };
+                let got = got2.clone();
+                tasks.spawn(async move {
+                    let mut r = tokio::io::BufReader::new(s);
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_string());
+                    }
+                    let header = |n: &str| {
+                        head.iter().find_map(|h| {
+                            let (k, v) = h.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(n)
+                                .then(|| v.trim().to_string())
+                        })
                     };
-                    let got = got2.clone();
-                    tasks.spawn(async move {
-                        let mut r = tokio::io::BufReader::new(s);
-                        let mut head = Vec::new();
-                        loop {
-                            let mut line = String::new();
-                            match r.read_line(&mut line).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push(line.trim_end().to_string());
-                        }
-                        let header = |n: &str| {
-                            head.iter().find_map(|h| {
-                                let (k, v) = h.split_once(':')?;
-                                k.trim()
-                                    .eq_ignore_ascii_case(n)
-                                    .then(|| v.trim().to_string())
-                            })
-                        };
-                        let len: usize = header("content-length")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        let mut body = vec![0; len];
-                        if r.read_exact(&mut body).await.is_err() {
-                            return;
-                        }
-                        got.lock().unwrap().push(Got {
-                            method: head[0].split(' ').next().unwrap_or("").to_string(),
-                            id: header("x-req").unwrap_or_default(),
-                            body_len: len,
-                        });
-                        let s = r.into_inner();
-                        let _ = s.set_zero_linger();
-                        drop(s);
+                    let len: usize = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    got.lock().unwrap().push(Got {
+                        method: head[0].split(' ').next().unwrap_or("").to_string(),
+                        id: header("x-req").unwrap_or_default(),
+                        body_len: len,
                     });
-                }
-                tasks.shutdown().await;
-            });
+                    let s = r.into_inner();
+                    let _ = s.set_zero_linger();
+                    drop(s);
+                });
+            }
+            tasks.shutdown().await;
         });
         ResetBackend {
-            addr,
+            addr: server.addr,
             got,
-            stop,
-            thread: Some(thread),
+            _server: server,
         }
     }
 
     fn got(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ResetBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -89,6 +89,65 @@ impl Seen {
     }
 }
 
+/// A test server on its own thread and current-thread runtime, serving a
+/// listener bound beforehand (so its address is known at once). `serve` gets the
+/// listener and a token that is cancelled on [`ServerThread::stop`] or drop; it
+/// must return soon after. Stopping joins the thread, so the server is gone then.
+pub struct ServerThread {
+    pub addr: SocketAddr,
+    cancel: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    pub fn start<F, Fut>(listener: std::net::TcpListener, serve: F) -> ServerThread
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio_util::sync::CancellationToken) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let token = cancel.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                serve(l, token).await;
+            });
+        });
+        ServerThread {
+            addr,
+            cancel,
+            thread: Some(thread),
+        }
+    }
+
+    /// Cancels the server and waits until its thread (and runtime) has ended.
+    pub fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A listener on 127.0.0.1, on a port chosen by the kernel.
+pub fn loopback_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
 /// A real HTTP/1.1 + h2c backend on 127.0.0.1:0, running on its own runtime thread.
 ///
 /// Paths: `/slow?ms=N` answers after N ms; `/stream` sends one chunk, waits for
@@ -101,14 +160,12 @@ pub struct Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     started: Arc<Notify>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Stopped (and joined) on drop.
+    _server: ServerThread,
 }
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
-        let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
         let started = Arc::new(Notify::new());
@@ -118,59 +175,48 @@ impl Backend {
             started.clone(),
             name.to_string(),
         );
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(l.local_addr().unwrap()).unwrap();
-                let serve = async {
-                    loop {
-                        let (s, peer) = match l.accept().await {
-                            Ok(x) => x,
-                            Err(_) => continue,
-                        };
-                        let (seen, release, started, name) = (
-                            seen2.clone(),
-                            release2.clone(),
-                            started2.clone(),
-                            name2.clone(),
-                        );
-                        tokio::spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
-                                handle(
-                                    req,
-                                    peer,
-                                    seen.clone(),
-                                    release.clone(),
-                                    started.clone(),
-                                    name.clone(),
-                                )
-                            });
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                                    .await;
+        let server = ServerThread::start(loopback_listener(), move |l, cancel| async move {
+            let serve = async {
+                loop {
+                    let (s, peer) = match l.accept().await {
+                        Ok(x) => x,
+                        Err(_) => continue,
+                    };
+                    let (seen, release, started, name) = (
+                        seen2.clone(),
+                        release2.clone(),
+                        started2.clone(),
+                        name2.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            handle(
+                                req,
+                                peer,
+                                seen.clone(),
+                                release.clone(),
+                                started.clone(),
+                                name.clone(),
+                            )
                         });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await;
+                    });
                 }
-            });
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = cancel.cancelled() => {}
+            }
         });
-        let addr = rx.recv_timeout(WAIT).unwrap();
         Backend {
-            addr,
+            addr: server.addr,
             name: name.to_string(),
             seen,
             release,
             started,
-            shutdown: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -193,17 +239,6 @@ impl Backend {
     /// A handle that is notified when a `/slow` or `/stream` request arrives.
     pub fn started(&self) -> Arc<Notify> {
         self.started.clone()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -592,8 +627,7 @@ pub struct CtlBackend {
     health: Arc<std::sync::atomic::AtomicU16>,
     hits: Arc<AtomicUsize>,
     health_hits: Arc<AtomicUsize>,
-    cancel: tokio_util::sync::CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl CtlBackend {
@@ -605,34 +639,25 @@ impl CtlBackend {
     /// On `bind` (which may name a port that is taken: the error is returned).
     pub fn try_start_on(name: &str, bind: SocketAddr) -> std::io::Result<CtlBackend> {
         let listener = std::net::TcpListener::bind(bind)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
         let hits = Arc::new(AtomicUsize::new(0));
         let health_hits = Arc::new(AtomicUsize::new(0));
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let (h2, hits2, hh2, c2, name2) = (
+        let (h2, hits2, hh2, name2) = (
             health.clone(),
             hits.clone(),
             health_hits.clone(),
-            cancel.clone(),
             name.to_string(),
         );
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(ctl_serve(listener, h2, hits2, hh2, c2, name2));
+        let server = ServerThread::start(listener, move |l, cancel| {
+            ctl_serve(l, h2, hits2, hh2, cancel, name2)
         });
         Ok(CtlBackend {
-            addr,
+            addr: server.addr,
             name: name.to_string(),
             health,
             hits,
             health_hits,
-            cancel,
-            thread: Some(thread),
+            server,
         })
     }
 
@@ -651,30 +676,21 @@ impl CtlBackend {
         self.health_hits.load(Ordering::SeqCst)
     }
 
-    /// Closes the listener and resets every open connection; returns once done.
+    /// Closes the listener and resets every open connection; returns once done
+    /// (also on drop).
     pub fn kill(&mut self) {
-        self.cancel.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for CtlBackend {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.stop();
     }
 }
 
 async fn ctl_serve(
-    listener: std::net::TcpListener,
+    l: tokio::net::TcpListener,
     health: Arc<std::sync::atomic::AtomicU16>,
     hits: Arc<AtomicUsize>,
     health_hits: Arc<AtomicUsize>,
     cancel: tokio_util::sync::CancellationToken,
     name: String,
 ) {
-    let l = tokio::net::TcpListener::from_std(listener).unwrap();
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let s = tokio::select! {
