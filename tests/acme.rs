@@ -87,10 +87,7 @@ fn wait_api_entry(
 
 /// The value of one sample line of `/metrics`, 0 when the series is absent.
 fn metric(w: &Wharf, series: &str) -> f64 {
-    let text = get(w.admin, "admin", "/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    w.metric(series).unwrap_or(0.0)
 }
 
 /// Wharf on fresh entrypoint ports, with Pebble validating on them.

@@ -22,23 +22,8 @@ fn docker_config(mode: &str, network: &str) -> String {
     )
 }
 
-fn api(w: &Wharf, path: &str) -> serde_json::Value {
-    let r = get(w.admin, "admin", path);
-    assert_eq!(r.status, 200, "{path}: {}", r.text());
-    serde_json::from_slice(&r.body).unwrap()
-}
-
 fn errors_mention(w: &Wharf, needle: &str) -> bool {
-    api(w, "/api/errors").to_string().contains(needle)
-}
-
-/// Waits for a condition on Wharf's admin API (a readiness wait, not a sleep).
-fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    w.api("/api/errors").to_string().contains(needle)
 }
 
 #[test]
@@ -112,10 +97,10 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
             &image,
         ],
     );
-    wait_for("the typo in /api/errors", Duration::from_secs(10), || {
+    wait_until("the typo in /api/errors", Duration::from_secs(10), || {
         errors_mention(&w, &typo)
     });
-    let errs = api(&w, "/api/errors").to_string();
+    let errs = w.api("/api/errors").to_string();
     assert!(errs.contains("wharf.hots"), "{errs}");
     assert!(errs.contains("did you mean"), "{errs}");
     assert_eq!(try_get(web, &host, "/").unwrap().status, 200);
@@ -136,12 +121,12 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
             &image,
         ],
     );
-    wait_for(
+    wait_until(
         "the host conflict in /api/errors",
         Duration::from_secs(10),
         || errors_mention(&w, &format!("{b}@docker")),
     );
-    let errs = api(&w, "/api/errors").to_string();
+    let errs = w.api("/api/errors").to_string();
     assert!(errs.contains(&format!("{a}@docker")), "{errs}");
     for _ in 0..5 {
         assert_eq!(
@@ -200,7 +185,7 @@ fn unhealthy_container_is_drained_and_answers_503() {
     })
     .unwrap();
     assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
-    let routes = api(&w, "/api/routes").to_string();
+    let routes = w.api("/api/routes").to_string();
     assert!(routes.contains("draining"), "{routes}");
 }
 
@@ -214,7 +199,7 @@ fn unreachable_docker_keeps_file_routes_and_says_so() {
     let mut w = Wharf::start(&cfg);
     w.wait_log("docker: unreachable").unwrap();
     assert_eq!(get(w.ep("web"), "file.test", "/").status, 200);
-    wait_for(
+    wait_until(
         "the docker error in /api/errors",
         Duration::from_secs(5),
         || errors_mention(&w, "unreachable"),
@@ -357,7 +342,7 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
             .map(|r| r["backends"].as_array().map_or(0, |b| b.len()))
             .sum()
     };
-    wait_for("3 backends", Duration::from_secs(30), || {
+    wait_until("3 backends", Duration::from_secs(30), || {
         backends(&api) == 3
     });
     eprintln!(
@@ -379,7 +364,7 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
         "wharf.port=eighty",
         &svc,
     ]);
-    wait_for("the label error", Duration::from_secs(30), || {
+    wait_until("the label error", Duration::from_secs(30), || {
         api("/api/errors").to_string().contains("wharf.port")
     });
     assert_eq!(try_get(web, &host, "/").unwrap().status, 200);
@@ -432,7 +417,7 @@ fn swarm_services_follow_create_scale_labels_and_dnsrr() {
 
 /// The `/api/routes` entry whose hosts include `host`.
 fn route_for(w: &Wharf, host: &str) -> Option<serde_json::Value> {
-    api(w, "/api/routes")
+    w.api("/api/routes")
         .as_array()?
         .iter()
         .find(|r| {
@@ -492,7 +477,7 @@ fn traefik_v1_and_v2_healthcheck_labels_enable_active_checks() {
     );
     for (host, ctr) in [(&h1, &v1), (&h2, &v2)] {
         // No /www/health yet: the checks get 404 and take the backend out.
-        wait_for(
+        wait_until(
             &format!("{ctr}: route with a failed check"),
             Duration::from_secs(20),
             || {
@@ -538,7 +523,7 @@ fn traefik_v1_and_v2_healthcheck_labels_enable_active_checks() {
         assert_eq!(r["backends"][0]["last_check"]["status"], 200, "{r:#}");
     }
     // No warning (such as the old "accepted but inert") about these labels.
-    let errs = api(&w, "/api/errors");
+    let errs = w.api("/api/errors");
     for err in errs.as_array().into_iter().flatten() {
         let text = err.to_string();
         assert!(

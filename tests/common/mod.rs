@@ -532,54 +532,10 @@ impl RawResponse {
     }
 }
 
-/// Reads one HTTP/1.1 response (content-length, chunked, or until close).
+/// Reads one HTTP/1.1 response (content-length, chunked, or until close); panics
+/// on a malformed one (see [`try_read_response`]).
 pub fn read_response(s: &mut TcpStream) -> RawResponse {
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no status line: {line:?}"))
-        .parse()
-        .unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap();
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let mut body = Vec::new();
-    if status == 101 || status == 304 || status == 204 {
-    } else if let Some(len) = get("content-length") {
-        body.resize(len.parse().unwrap(), 0);
-        r.read_exact(&mut body).unwrap();
-    } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).unwrap();
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).unwrap();
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    } else {
-        r.read_to_end(&mut body).unwrap();
-    }
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    try_read_response(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `GET path` with a Host header, on a new connection.
@@ -594,6 +550,25 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> RawResponse {
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// An address that refuses every connection and that nothing else can take
+/// while this lives (unlike [`dead_addr`], whose port the kernel may hand out
+/// again): a socket bound, never listening.
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl DeadAddr {
+    pub fn new() -> DeadAddr {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        DeadAddr {
+            addr: socket.local_addr().unwrap(),
+            _socket: socket,
+        }
+    }
 }
 
 /// A config header with one plain entrypoint `web` and the admin listener, both on
@@ -757,8 +732,8 @@ async fn ctl_serve(
     while conns.join_next().await.is_some() {}
 }
 
-/// Like [`read_response`], but an error instead of a panic (content-length or
-/// chunked bodies; anything else is read until close).
+/// Reads one HTTP/1.1 response (content-length, chunked, or until close), or
+/// says what was wrong with it.
 pub fn try_read_response(s: &mut TcpStream) -> Result<RawResponse, String> {
     let mut r = BufReader::new(s);
     let mut line = String::new();
@@ -828,11 +803,16 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
 }
 
 impl Wharf {
+    /// `GET path` on the admin listener, which must answer 200 with JSON, parsed.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let r = get(self.admin, "admin", path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
     /// `GET /api/routes` on the admin listener, parsed.
     pub fn api_routes(&self) -> serde_json::Value {
-        let r = get(self.admin, "admin", "/api/routes");
-        assert_eq!(r.status, 200, "/api/routes: {}", r.text());
-        serde_json::from_slice(&r.body).unwrap()
+        self.api("/api/routes")
     }
 
     /// The `/api/routes` entry of backend `addr` in route `route`.
@@ -884,28 +864,7 @@ impl Wharf {
             })
             .collect()
     }
-}
 
-/// An address that refuses every connection and that nothing else can take
-/// while this lives (unlike [`dead_addr`], whose port the kernel may hand out
-/// again): a socket bound, never listening.
-pub struct DeadAddr {
-    pub addr: SocketAddr,
-    _socket: tokio::net::TcpSocket,
-}
-
-impl DeadAddr {
-    pub fn new() -> DeadAddr {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-        DeadAddr {
-            addr: socket.local_addr().unwrap(),
-            _socket: socket,
-        }
-    }
-}
-
-impl Wharf {
     /// Waits until `n` log lines contain `needle` with `backend` = `backend`
     /// (the log reader runs behind the process), then returns them.
     pub fn wait_logs_for(
