@@ -68,19 +68,19 @@ impl Probe {
 
     /// The status, or `None` for a connect-only check.
     async fn attempt(&self) -> Result<Option<u16>, String> {
-        let request = match &self.request {
-            None => {
-                TcpStream::connect(self.addr)
-                    .await
-                    .map_err(|e| format!("connect: {}", io_text(&e)))?;
-                return Ok(None);
-            }
-            Some(Err(e)) => return Err(e.clone()),
-            Some(Ok(r)) => r,
-        };
+        let request = self
+            .request
+            .as_ref()
+            .map(Result::as_ref)
+            .transpose()
+            .map_err(String::clone)?;
         let mut stream = TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("connect: {}", io_text(&e)))?;
+        let Some(request) = request else {
+            // A connect-only check: connecting was the whole check.
+            return Ok(None);
+        };
         // One small write; no need to wait for Nagle.
         let _ = stream.set_nodelay(true);
         stream
@@ -302,6 +302,13 @@ mod tests {
 
     const ANY2XX3XX: [(u16, u16); 2] = [(200, 299), (300, 399)];
 
+    /// One `GET /health` check of `addr` over `scheme`, expecting 2xx or 3xx.
+    async fn check(addr: SocketAddr, scheme: Scheme) -> LastCheck {
+        Probe::new(addr, scheme, &hc(ANY2XX3XX.to_vec(), "GET"))
+            .check()
+            .await
+    }
+
     #[tokio::test]
     async fn ok_sends_the_request_and_reads_only_the_status() {
         let (addr, mut rx) = backend(
@@ -310,9 +317,7 @@ mod tests {
             false,
         )
         .await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!(r.error, None);
         assert_eq!(r.status, Some(200));
         assert!(r.latency < Duration::from_millis(300));
@@ -346,9 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_500_fails_with_its_status() {
         let (addr, _rx) = backend(b"HTTP/1.1 500 Internal Server Error\r\n\r\n", None, false).await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!(r.status, Some(500));
         assert_eq!(r.error.as_deref(), Some("status 500"));
     }
@@ -369,9 +372,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_malformed_at_once() {
         let (addr, _rx) = backend(b"SSH-2.0-OpenSSH_9.6\r\n", None, true).await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!(r.error.as_deref(), Some("malformed status line"));
         assert!(
             r.latency < Duration::from_millis(300),
@@ -383,9 +384,7 @@ mod tests {
     async fn endless_status_line_fails_without_growing() {
         // "HTTP/1.1 200 " then reason-phrase bytes forever, never a newline.
         let (addr, _rx) = backend(b"HTTP/1.1 200 ", Some(b"xxxxxxxxxxxxxxxx"), false).await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!(
             r.error.as_deref(),
             Some("no status line in the first 4096 bytes")
@@ -395,18 +394,14 @@ mod tests {
     #[tokio::test]
     async fn endless_body_passes_on_the_status_alone() {
         let (addr, _rx) = backend(b"HTTP/1.1 200 OK\r\n\r\n", Some(&[b'x'; 8192]), false).await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!((r.status, r.error), (Some(200), None));
     }
 
     #[tokio::test]
     async fn silent_backend_times_out() {
         let (addr, _rx) = backend(b"", None, true).await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!(r.error.as_deref(), Some("timeout after 300ms"));
         assert!(r.latency >= Duration::from_millis(300));
         assert!(r.latency < Duration::from_secs(2));
@@ -415,9 +410,7 @@ mod tests {
     #[tokio::test]
     async fn closed_without_answer_and_refused() {
         let (addr, _rx) = backend(b"", None, false).await;
-        let r = Probe::new(addr, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::Http).await;
         assert_eq!(
             r.error.as_deref(),
             Some("connection closed without a response")
@@ -426,18 +419,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dead = l.local_addr().unwrap();
         drop(l);
-        let r = Probe::new(dead, Scheme::Http, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(dead, Scheme::Http).await;
         assert_eq!(r.error.as_deref(), Some("connect: Connection refused"));
         // Connect-only checks for https backends.
-        let r = Probe::new(dead, Scheme::Https, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(dead, Scheme::Https).await;
         assert_eq!(r.error.as_deref(), Some("connect: Connection refused"));
-        let r = Probe::new(addr, Scheme::H2c, &hc(ANY2XX3XX.to_vec(), "GET"))
-            .check()
-            .await;
+        let r = check(addr, Scheme::H2c).await;
         assert_eq!((r.status, r.error), (None, None));
     }
 
