@@ -26,7 +26,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use wharf_table::{BackendState, HealthCheck, LastCheck, Table, Transition};
+use wharf_table::{BackendState, HealthCheck, LastCheck, Scheme, Table, Transition};
 
 pub use probe::{Probe, MAX_HEAD};
 
@@ -117,8 +117,9 @@ impl Checker {
     /// the backend's up/down state is left as it is).
     pub fn reconcile(&mut self) {
         self.reap();
-        let mut wanted: HashMap<(Arc<str>, SocketAddr), Target> = HashMap::new();
-        let mut probes: HashMap<(Arc<str>, SocketAddr), Probe> = HashMap::new();
+        // The scheme rides along so that a probe is built only for a task that
+        // starts, not for every checked backend on every swap.
+        let mut wanted: HashMap<(Arc<str>, SocketAddr), (Target, Scheme)> = HashMap::new();
         {
             let table = self.table.load();
             for route in table.routes() {
@@ -126,22 +127,18 @@ impl Checker {
                     continue;
                 };
                 for b in route.backends.all() {
-                    let key = (route.name.clone(), b.addr);
-                    probes.insert(key.clone(), Probe::new(b.addr, b.scheme, hc));
-                    wanted.insert(
-                        key,
-                        Target {
-                            route: route.name.clone(),
-                            addr: b.addr,
-                            hc: hc.clone(),
-                            state: b.state.clone(),
-                        },
-                    );
+                    let target = Target {
+                        route: route.name.clone(),
+                        addr: b.addr,
+                        hc: hc.clone(),
+                        state: b.state.clone(),
+                    };
+                    wanted.insert((route.name.clone(), b.addr), (target, b.scheme));
                 }
             }
         }
         self.running.retain(|key, r| {
-            let keep = wanted.get(key).is_some_and(|t| {
+            let keep = wanted.get(key).is_some_and(|(t, _)| {
                 (Arc::ptr_eq(&r.hc, &t.hc) || *r.hc == *t.hc) && Arc::ptr_eq(&r.state, &t.state)
             });
             if !keep {
@@ -150,13 +147,11 @@ impl Checker {
             }
             keep
         });
-        for (key, target) in wanted {
+        for (key, (target, scheme)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let Some(probe) = probes.remove(&key) else {
-                continue;
-            };
+            let probe = Probe::new(target.addr, scheme, &target.hc);
             debug!(route = %key.0, backend = %key.1, "health check started");
             let running = Running {
                 hc: target.hc.clone(),
