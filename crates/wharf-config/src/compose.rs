@@ -332,6 +332,14 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
                         });
                     }
                     report.routes += r.routes.len();
+                    for route in &r.routes {
+                        for text in route.not_enforced() {
+                            report.lines.push(CheckLine {
+                                severity: Severity::Warning,
+                                text: format!("{origin}: service {}: {text}", svc.name),
+                            });
+                        }
+                    }
                 }
             }
             for p in problems {
@@ -451,6 +459,24 @@ services:
         assert_eq!(r.lines.len(), 1, "{:#?}", r.lines);
         assert!(r.lines[0].text.contains("service both"));
         assert!(r.lines[0].text.contains("claimed by service internal"));
+    }
+
+    #[test]
+    fn settings_not_enforced_yet_are_warnings() {
+        let text = "services:\n  shop:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: x.org, wharf.sticky: cookie, wharf.ratelimit: 5/s, wharf.maxconn: 10}\n";
+        let r = check(&[("s.yml".into(), text.into())], &LabelOptions::default());
+        assert!(!r.has_errors(), "{:#?}", r.lines);
+        let texts: Vec<&str> = r.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "s.yml: service shop: route `shop`: `sticky` is validated but not enforced by \
+                 this build yet",
+                "s.yml: service shop: route `shop`: `ratelimit` is validated but not enforced by \
+                 this build yet",
+            ]
+        );
+        assert!(r.lines.iter().all(|l| l.severity == Severity::Warning));
     }
 
     #[test]

@@ -215,6 +215,31 @@ pub struct RouteSpec {
     pub maxconn: Option<MaxConn>,
 }
 
+impl RouteSpec {
+    /// Settings of this route that are accepted and validated but not enforced by
+    /// this build, one line each, so an operator is told (by the log and by
+    /// `wharf check`) rather than left to think they work.
+    pub fn not_enforced(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut say = |what: &str| {
+            out.push(format!(
+                "route `{}`: `{what}` is validated but not enforced by this build yet",
+                self.name
+            ))
+        };
+        if self.sticky.kind != StickyType::None {
+            say("sticky");
+        }
+        if self.ratelimit.is_some() {
+            say("ratelimit");
+        }
+        if self.scheme == Scheme::Https {
+            say("scheme = https (backends answer 502 until TLS to backends lands)");
+        }
+        out
+    }
+}
+
 /// `maxconn`: the table's own type, so a parsed route hands it over as it is.
 pub use wharf_table::MaxConn;
 

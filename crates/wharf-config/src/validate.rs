@@ -714,6 +714,10 @@ pub(crate) fn parse(
         }
     }
 
+    // So `wharf check` says so too (`wharf run` logs the same line once).
+    for r in &routes {
+        warnings.extend(r.not_enforced());
+    }
     if sticky.secret.is_none() && routes.iter().any(|r| r.sticky.kind == StickyType::Cookie) {
         warnings.push(
             "[sticky] secret is not set: sticky cookies use a random per-process key and will \
@@ -1034,6 +1038,25 @@ mod tests {
             assert_eq!(p[0].key, format!("routes[1].{key}"), "{extra}");
             assert_eq!(p[0].message, message, "{extra}");
         }
+    }
+
+    #[test]
+    fn settings_not_enforced_yet_are_warnings() {
+        let c = parse_ok(&route_with(
+            "sticky = \"cookie\"\nratelimit = \"5/s\"\nmaxconn = 3\nhealthcheck.path = \"/h\"\n",
+        ));
+        let not_enforced: Vec<&String> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("not enforced"))
+            .collect();
+        assert_eq!(
+            not_enforced,
+            [
+                "route `a.example/`: `sticky` is validated but not enforced by this build yet",
+                "route `a.example/`: `ratelimit` is validated but not enforced by this build yet",
+            ]
+        );
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl Control {
         let config = inputs.config;
         let mut defs: Vec<RouteDef> = Vec::new();
         for r in &config.routes {
-            report.not_enforced.extend(not_enforced(r));
+            report.not_enforced.extend(r.not_enforced());
             defs.push(route_def(config, r, "file", inputs.dns, &mut report));
         }
         if let Some(snap) = inputs.docker {
@@ -356,7 +356,7 @@ impl Control {
                 declared
             };
             for r in &good.routes {
-                report.not_enforced.extend(not_enforced(r));
+                report.not_enforced.extend(r.not_enforced());
                 let mut def = route_def(config, r, "docker", dns, report);
                 def.name = format!("{}@docker", r.name).into();
                 def.backends = workload_backends(config, w, r, dns, report);
@@ -540,28 +540,6 @@ fn route_def(
             maxconn: r.maxconn,
         },
     }
-}
-
-/// Settings that are accepted and validated but not enforced by this build, so an
-/// operator is told rather than silently ignored.
-fn not_enforced(r: &RouteSpec) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut say = |what: &str| {
-        out.push(format!(
-            "route `{}`: `{what}` is validated but not enforced by this build yet",
-            r.name
-        ))
-    };
-    if r.sticky.kind != StickyType::None {
-        say("sticky");
-    }
-    if r.ratelimit.is_some() {
-        say("ratelimit");
-    }
-    if r.scheme == wharf_table::Scheme::Https {
-        say("scheme = https (backends answer 502 until TLS to backends lands)");
-    }
-    out
 }
 
 #[cfg(test)]
