@@ -23,25 +23,8 @@ maxconn = 1000'}
 RIG_NAME=features
 # shellcheck source=benches/tls-rig.sh
 source "$here/benches/tls-rig.sh"
-WB=$(free_port); HP=$(free_port)
+WB=$(free_port)
 
-cat > "$run/haproxy-plain.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:$HP
-  default_backend be
-backend be
-  server s1 127.0.0.1:$BE
-EOF
 mk_wharf() { # port extra
   cat <<EOF
 [entrypoints.web]

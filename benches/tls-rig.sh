@@ -1,14 +1,16 @@
-# Shared by the TLS bench scripts (sourced, not run): a scratch directory cleaned up on
-# exit, free ports (BE backend, HA HAProxy TLS, WH Wharf TLS, WHP Wharf plain), an
-# ECDSA P-256 certificate for localhost/127.0.0.1, a 100-byte file served by an nginx
-# backend, and configs for HAProxy and Wharf (one thread each, no HSTS, Docker off).
-# The caller sets RIG_NAME and starts the processes, adding their PIDs to `pids`.
+# Shared by the bench scripts (sourced, not run): a scratch directory cleaned up on
+# exit, free ports (BE backend, HA HAProxy TLS, HP HAProxy plain, WH Wharf TLS, WHP
+# Wharf plain), an ECDSA P-256 certificate for localhost/127.0.0.1, a 100-byte file
+# served by an nginx backend, and configs for HAProxy (haproxy.cfg on TLS,
+# haproxy-plain.cfg the same on plain HTTP) and Wharf (one thread each, no HSTS,
+# Docker off). The caller sets RIG_NAME and starts the processes, adding their PIDs
+# to `pids`.
 run=$(mktemp -d "${TMPDIR:-/tmp}/wharf-${RIG_NAME:-tls}.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$run"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BE=$(free_port); HA=$(free_port); WH=$(free_port); WHP=$(free_port)
+BE=$(free_port); HA=$(free_port); HP=$(free_port); WH=$(free_port); WHP=$(free_port)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
@@ -24,7 +26,8 @@ http { access_log off; default_type text/plain; keepalive_requests 1000000;
   uwsgi_temp_path $run; scgi_temp_path $run;
   server { listen 127.0.0.1:$BE backlog=4096; root $run/www; location / { } } }
 EOF
-cat > "$run/haproxy.cfg" <<EOF
+haproxy_cfg() { # the frontend's bind arguments
+  cat <<EOF
 global
   nbthread 1
   maxconn 8000
@@ -38,11 +41,14 @@ defaults
   timeout server 30s
   timeout http-keep-alive 30s
 frontend fe
-  bind 127.0.0.1:$HA ssl crt $run/combined.pem alpn h2,http/1.1
+  bind $1
   default_backend be
 backend be
   server s1 127.0.0.1:$BE
 EOF
+}
+haproxy_cfg "127.0.0.1:$HA ssl crt $run/combined.pem alpn h2,http/1.1" > "$run/haproxy.cfg"
+haproxy_cfg "127.0.0.1:$HP" > "$run/haproxy-plain.cfg"
 cat > "$run/wharf.toml" <<EOF
 [entrypoints.web]
 address = "127.0.0.1:$WHP"
