@@ -229,6 +229,13 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
         service: input.name,
         list: Vec::new(),
     };
+    // The exposed ports, each once: with exactly one, it is the backend port.
+    let mut ports: Vec<u16> = Vec::new();
+    for p in input.exposed_ports {
+        if !ports.contains(p) {
+            ports.push(*p);
+        }
+    }
     // Keys differing only in case are the same key: keep the first, report the rest
     // (once the service is known to be enabled).
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
@@ -361,7 +368,7 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
             });
         }
     } else if !traefik_labels.is_empty() {
-        for mut d in traefik::translate(input.name, &traefik_labels, input.exposed_ports, &mut pr) {
+        for mut d in traefik::translate(input.name, &traefik_labels, &ports, &mut pr) {
             // Service-level wharf.* keys refine Traefik-defined routes.
             d.pairs = overlay(&d.pairs, &service_pairs);
             drafts.push(d);
@@ -404,12 +411,6 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
         pr.push(severity, "wharf.host", "", message.into());
     }
 
-    let mut ports: Vec<u16> = Vec::new();
-    for p in input.exposed_ports {
-        if !ports.contains(p) {
-            ports.push(*p);
-        }
-    }
     let mut routes: Vec<(RouteSpec, (String, String))> = Vec::new();
     let mut port_reported = false;
     for d in drafts {

@@ -178,8 +178,8 @@ struct Effects {
 }
 
 /// Translates a service's `traefik.*` labels (keys lower-cased) into route drafts.
-/// `exposed_ports` are the service's exposed ports, to tell the backend port when
-/// no port label names it.
+/// `exposed_ports` are the service's exposed ports, each once, to tell the backend
+/// port when no port label names it.
 pub(crate) fn translate(
     service: &str,
     labels: &[Label],
@@ -773,7 +773,6 @@ fn hc_port(p: &Label, port: Option<&Label>, exposed_ports: &[u16], pr: &mut Prob
         Some(l) => values::number::<u16>(l.value, "port").ok(),
         None => match exposed_ports {
             [only] => Some(*only),
-            [first, rest @ ..] if rest.iter().all(|p| p == first) => Some(*first),
             _ => None,
         },
     };
