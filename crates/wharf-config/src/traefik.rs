@@ -690,7 +690,8 @@ fn backend_pairs(b: &Backend, v1: bool, exposed_ports: &[u16], pr: &mut Problems
                 Some(i) => duration_pair("healthcheck.interval", i, &mut pairs, pr),
                 None => {
                     let d = TRAEFIK_HC_INTERVAL;
-                    pairs.push(Pair::from_label("healthcheck.interval", l, "30s"));
+                    let shown = humantime::format_duration(d).to_string();
+                    pairs.push(Pair::from_label("healthcheck.interval", l, shown));
                     Some(d)
                 }
             };
