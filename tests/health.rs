@@ -633,14 +633,6 @@ fn all_backends_down_is_a_fast_503() {
     assert_unavailable(&until_503(&w, "passive.test", 40));
 }
 
-/// Writes `cfg` over the running config and waits for the reload.
-fn reload(w: &mut Wharf, cfg: &str) {
-    std::fs::write(&w.config, cfg).unwrap();
-    let before = w.log_count();
-    w.signal("HUP");
-    w.wait_log_after("configuration reloaded", before).unwrap();
-}
-
 /// 6. Health state survives table swaps: 20 SIGHUP reloads that add and remove
 ///    another route leave a down backend down and an up one up, with no
 ///    transition logged in between.
@@ -660,7 +652,7 @@ fn health_state_survives_20_reloads() {
         } else {
             base_config() + &checked
         };
-        reload(&mut w, &cfg);
+        w.reload(&cfg);
         assert_eq!(w.health_of("hc", bad.addr), "down", "after reload {i}");
         assert_eq!(w.health_of("hc", good.addr), "up", "after reload {i}");
         assert_eq!(who(&w, "hc.test"), "good", "after reload {i}");

@@ -151,14 +151,7 @@ fn sighup_rejects_a_bad_file_and_swaps_a_good_one_without_dropping_connections()
     assert_eq!(get(web, "a.test", "/").status, 200);
 
     // A good file: swapped in; the open connection keeps working.
-    std::fs::write(
-        &w.config,
-        base_config() + &route("b.test", "/", &[b.addr], ""),
-    )
-    .unwrap();
-    let before = w.log_count();
-    w.signal("HUP");
-    w.wait_log_after("configuration reloaded", before).unwrap();
+    w.reload(&(base_config() + &route("b.test", "/", &[b.addr], "")));
     assert_eq!(get(web, "b.test", "/").status, 200);
     assert_eq!(get(web, "a.test", "/").status, 404);
     assert_eq!(ask(&mut keep, "b.test"), 200);
@@ -246,10 +239,7 @@ fn sighup_adding_an_entrypoint_never_moves_routes_onto_another_listener() {
         + &base_config()
         + &route("a.test", "/", &[a.addr], "entrypoints = [\"web\"]")
         + &route("internal.test", "/", &[a.addr], "entrypoints = [\"aaa\"]");
-    std::fs::write(&w.config, next).unwrap();
-    let before = w.log_count();
-    w.signal("HUP");
-    w.wait_log_after("configuration reloaded", before).unwrap();
+    let before = w.reload(&next);
     w.wait_log_after("not running until the next restart", before)
         .unwrap();
     assert_eq!(get(web, "a.test", "/").status, 200);
@@ -302,10 +292,7 @@ fn swaps_under_load_fail_no_request() {
         .collect();
     let swaps = 30;
     for i in 1..=swaps {
-        std::fs::write(&w.config, config(i)).unwrap();
-        let before = w.log_count();
-        w.signal("HUP");
-        w.wait_log_after("configuration reloaded", before).unwrap();
+        w.reload(&config(i));
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {

@@ -470,6 +470,18 @@ impl Wharf {
         }
     }
 
+    /// Writes `config` over the running config file, sends SIGHUP and waits for
+    /// the reload to be logged. Returns the number of log lines before the
+    /// signal, for [`Self::wait_log_after`].
+    pub fn reload(&mut self, config: &str) -> usize {
+        std::fs::write(&self.config, config).unwrap();
+        let before = self.log_count();
+        self.signal("HUP");
+        self.wait_log_after("configuration reloaded", before)
+            .unwrap();
+        before
+    }
+
     pub fn log_count(&self) -> usize {
         self.logs.lock().unwrap().len()
     }
