@@ -155,7 +155,8 @@ struct LastCheckView {
     time: String,
     /// The response status, `null` when none was read (or a connect-only check).
     status: Option<u16>,
-    latency_ms: f64,
+    /// Milliseconds, microsecond resolution (SPEC names it `latency`).
+    latency: f64,
     /// Why it failed; `null` when it passed.
     error: Option<String>,
 }
@@ -170,7 +171,7 @@ impl LastCheckView {
             time: rfc3339(secs),
             status: c.status,
             // Microsecond resolution: local checks take well under a millisecond.
-            latency_ms: c.latency.as_micros() as f64 / 1000.0,
+            latency: c.latency.as_micros() as f64 / 1000.0,
             error: c.error,
         }
     }
@@ -463,13 +464,8 @@ mod tests {
                 healthcheck: check.then(|| {
                     Arc::new(HealthCheck {
                         path: "/health".into(),
-                        method: "HEAD".into(),
-                        host: String::new(),
-                        interval: Duration::from_secs(10),
-                        timeout: Duration::from_secs(2),
-                        rise: 2,
                         fall: 1,
-                        expect: vec![(200, 399)],
+                        ..HealthCheck::default()
                     })
                 }),
                 maxconn: maxconn.then_some(MaxConn {
@@ -531,7 +527,7 @@ mod tests {
         assert_eq!(
             b["last_check"],
             serde_json::json!({"time": "2026-12-31T23:59:59Z", "status": 503,
-                "latency_ms": 3.0, "error": "status 503"})
+                "latency": 3.0, "error": "status 503"})
         );
         let other = &r["backends"][1];
         assert_eq!(other["health"], "up");
