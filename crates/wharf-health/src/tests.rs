@@ -8,14 +8,9 @@ use super::*;
 
 fn hc(rise: u32, fall: u32) -> HealthCheck {
     HealthCheck {
-        path: "/".into(),
-        method: "HEAD".into(),
-        host: String::new(),
-        interval: Duration::from_secs(10),
-        timeout: Duration::from_secs(2),
         rise,
         fall,
-        expect: vec![(200, 399)],
+        ..HealthCheck::default()
     }
 }
 

@@ -37,6 +37,23 @@ pub struct HealthCheck {
     pub expect: Vec<(u16, u16)>,
 }
 
+/// SPEC's defaults: `HEAD /` every 10s, 2s timeout, rise 2, fall 3, `2xx,3xx`;
+/// an empty host sends the backend address.
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".into(),
+            method: "HEAD".into(),
+            host: String::new(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+            expect: vec![(200, 399)],
+        }
+    }
+}
+
 impl HealthCheck {
     pub fn accepts(&self, status: u16) -> bool {
         self.expect
@@ -197,14 +214,9 @@ mod tests {
 
     fn hc(rise: u32, fall: u32) -> HealthCheck {
         HealthCheck {
-            path: "/".into(),
-            method: "HEAD".into(),
-            host: "h".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
             rise,
             fall,
-            expect: vec![(200, 399)],
+            ..HealthCheck::default()
         }
     }
 
