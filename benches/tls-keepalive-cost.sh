@@ -11,10 +11,21 @@
 #   cargo build --release
 #   benches/tls-keepalive-cost.sh                       # both modes, CONNS=1
 #   MODES=strace CONNS=50 N=40000 benches/tls-keepalive-cost.sh
+#
+# Plain HTTP and A/B of builds or route settings (what a change to the request path
+# costs, counted):
+#   SCHEME=http      plain keep-alive instead of TLS (the rig's plain HAProxy and Wharf)
+#   TARGETS="..."    any of: haproxy wharf base [haproxy wharf]; `base` runs BASE_BIN
+#                    (e.g. a release build of an older commit) with Wharf's config
+#   ROUTE_EXTRA=...  route keys appended to Wharf's route (e.g. a health check)
+#   UPSTREAM=...     Wharf's upstream [static:127.0.0.1:<backend>]
+#   MODES=callgrind SCHEME=http TARGETS="base wharf" BASE_BIN=/tmp/old/wharf \
+#     benches/tls-keepalive-cost.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${WHARF_BIN:-$here/target/release/wharf}
 MODES=${MODES:-"strace callgrind"}; CONNS=${CONNS:-1}; N=${N:-}
+SCHEME=${SCHEME:-https}; TARGETS=${TARGETS:-"haproxy wharf"}
 for b in h2load haproxy nginx openssl taskset curl strace valgrind callgrind_control python3; do
   command -v "$b" >/dev/null || { echo "missing $b (apt-get install nghttp2-client haproxy nginx strace valgrind)" >&2; exit 2; }
 done
@@ -22,13 +33,24 @@ RIG_NAME=tlscost
 # shellcheck source=benches/tls-rig.sh
 . "$here/benches/tls-rig.sh"
 
+if [ -n "${UPSTREAM:-}" ]; then
+  sed -i "s|^upstream = .*|upstream = \"$UPSTREAM\"|" "$run/wharf.toml"
+fi
+if [ -n "${ROUTE_EXTRA:-}" ]; then printf '%s\n' "$ROUTE_EXTRA" >> "$run/wharf.toml"; fi
+
 nginx -c "$run/backend.conf" >/dev/null 2>&1 & pids+=($!)
 export WHARF_LOG=warn
 
 measure() { # measure TARGET MODE
   local t=$1 mode=$2 port=$HA n=$N pid i
   local cmd=(haproxy -db -f "$run/haproxy.cfg")
-  if [ "$t" = wharf ]; then port=$WH; cmd=("$bin" run --config "$run/wharf.toml"); fi
+  [ "$SCHEME" = http ] && { port=$HP; cmd=(haproxy -db -f "$run/haproxy-plain.cfg"); }
+  case $t in
+    wharf|base)
+      port=$WH; [ "$SCHEME" = http ] && port=$WHP
+      cmd=("$bin" run --config "$run/wharf.toml")
+      [ "$t" = base ] && cmd=("${BASE_BIN:?set BASE_BIN for the base target}" run --config "$run/wharf.toml") ;;
+  esac
   if [ "$mode" = callgrind ]; then
     n=${n:-5000}
     taskset -c 0 valgrind --tool=callgrind --compress-strings=no --compress-pos=no \
@@ -38,8 +60,8 @@ measure() { # measure TARGET MODE
     taskset -c 0 "${cmd[@]}" >"$run/$t.log" 2>&1 &
   fi
   pid=$!; pids+=("$pid")
-  for i in $(seq 300); do curl -skf -o /dev/null "https://127.0.0.1:$port/hello" && break; sleep 0.1; done
-  local url="https://127.0.0.1:$port/hello"
+  for i in $(seq 300); do curl -skf -o /dev/null "$SCHEME://127.0.0.1:$port/hello" && break; sleep 0.1; done
+  local url="$SCHEME://127.0.0.1:$port/hello"
   taskset -c 1 h2load --h1 -n 200 -c "$CONNS" "$url" >/dev/null 2>&1
   local sp=
   case $mode in
@@ -61,5 +83,5 @@ measure() { # measure TARGET MODE
 }
 
 for mode in $MODES; do
-  for t in haproxy wharf; do measure "$t" "$mode"; done
+  for t in $TARGETS; do measure "$t" "$mode"; done
 done
