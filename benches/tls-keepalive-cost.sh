@@ -18,7 +18,10 @@
 #   TARGETS="..."    any of: haproxy wharf base [haproxy wharf]; `base` runs BASE_BIN
 #                    (e.g. a release build of an older commit) with Wharf's config
 #   ROUTE_EXTRA=...  route keys appended to Wharf's route (e.g. a health check)
-#   UPSTREAM=...     Wharf's upstream [static:127.0.0.1:<backend>]
+#   UPSTREAM=...     Wharf's upstream, `{port}` standing for the nginx backend's port
+#                    [static:127.0.0.1:{port}]; two entries for one nginx, e.g.
+#                    static:127.0.0.1:{port},[::ffff:127.0.0.1]:{port}, make a route
+#                    with two backends
 #   MODES=callgrind SCHEME=http TARGETS="base wharf" BASE_BIN=/tmp/old/wharf \
 #     benches/tls-keepalive-cost.sh
 set -euo pipefail
@@ -34,7 +37,7 @@ RIG_NAME=tlscost
 . "$here/benches/tls-rig.sh"
 
 if [ -n "${UPSTREAM:-}" ]; then
-  sed -i "s|^upstream = .*|upstream = \"$UPSTREAM\"|" "$run/wharf.toml"
+  sed -i "s|^upstream = .*|upstream = \"${UPSTREAM//\{port\}/$BE}\"|" "$run/wharf.toml"
 fi
 if [ -n "${ROUTE_EXTRA:-}" ]; then printf '%s\n' "$ROUTE_EXTRA" >> "$run/wharf.toml"; fi
 
