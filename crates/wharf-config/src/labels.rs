@@ -127,6 +127,12 @@ pub(crate) struct Pair {
     /// The label's value as written, shown in problems (a Traefik rule rather
     /// than the hosts taken from it).
     pub shown: String,
+    /// For a `ratelimit.rate` pair: the exact rate in requests per second when
+    /// `N/s|m|h` cannot state it (Traefik's `average` over an arbitrary
+    /// `period`); `value` then holds a placeholder that parses. Kept on the pair,
+    /// so that it goes wherever the rate goes: a `wharf.ratelimit` that replaces
+    /// the pair replaces it too.
+    pub per_second: Option<f64>,
 }
 
 impl Pair {
@@ -137,6 +143,7 @@ impl Pair {
             label: label.to_string(),
             shown: value.clone(),
             value,
+            per_second: None,
         }
     }
 
@@ -147,6 +154,7 @@ impl Pair {
             label: l.written.to_string(),
             value: value.into(),
             shown: l.value.to_string(),
+            per_second: None,
         }
     }
 }
@@ -161,9 +169,6 @@ pub(crate) struct Draft {
     pub prefix: String,
     /// The label that would set the backend port, named when it is required.
     pub port_label: String,
-    /// A rate in requests per second that `N/s|m|h` cannot state exactly
-    /// (Traefik's `average` over an arbitrary `period`).
-    pub rate_override: Option<f64>,
 }
 
 /// Collects problems for one service.
@@ -355,7 +360,6 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
                 pairs: service_pairs.clone(),
                 prefix: "wharf.".into(),
                 port_label: "wharf.port".into(),
-                rate_override: None,
             });
         }
         for (name, (prefix, pairs)) in &named {
@@ -364,7 +368,6 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
                 pairs: overlay(&service_pairs, pairs),
                 prefix: prefix.clone(),
                 port_label: format!("{prefix}port"),
-                rate_override: None,
             });
         }
     } else if !traefik_labels.is_empty() {
@@ -425,8 +428,19 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
                     continue;
                 }
                 spec.name = d.name.clone();
-                if let (Some(r), Some(rl)) = (d.rate_override, spec.ratelimit.as_mut()) {
+                let exact = d
+                    .pairs
+                    .iter()
+                    .find(|p| group_alias(&p.key) == "ratelimit.rate")
+                    .and_then(|p| p.per_second);
+                if let (Some(r), Some(rl)) = (exact, spec.ratelimit.as_mut()) {
                     rl.per_second = r;
+                }
+                for p in &d.pairs {
+                    if let Some(why) = spec.without_effect(&p.key) {
+                        let message = format!("{why} (route `{}`)", spec.name);
+                        pr.push(Severity::Warning, &p.label, &p.shown, message);
+                    }
                 }
                 if spec.port.is_none() {
                     match ports.as_slice() {
@@ -591,7 +605,7 @@ pub(crate) mod tests {
     use wharf_table::{Balance, Scheme};
 
     use super::*;
-    use crate::route::{RateKey, StickyMode, StickyType, TlsMode};
+    use crate::route::{RateKey, RateScope, StickyMode, StickyType, TlsMode};
     use crate::Upstream;
 
     pub(crate) fn run_with(
@@ -669,6 +683,7 @@ pub(crate) mod tests {
                 ("wharf.ratelimit", "60/m"),
                 ("wharf.ratelimit.burst", "7"),
                 ("wharf.ratelimit.key", "header:X-Api-Key"),
+                ("wharf.ratelimit.scope", "cluster"),
                 ("wharf.maxconn", "25"),
             ],
             &[80, 8080],
@@ -687,7 +702,7 @@ pub(crate) mod tests {
         assert_eq!(s.sticky.kind, StickyType::Cookie);
         assert_eq!(s.sticky.cookie, "JSESSIONID");
         assert_eq!(s.sticky.mode, StickyMode::Prefix);
-        assert_eq!(s.sticky.ttl, Duration::from_secs(3600));
+        assert_eq!(s.sticky.ttl, Some(Duration::from_secs(3600)));
         let hc = s.healthcheck.as_ref().unwrap();
         assert_eq!(hc.path, "/health");
         assert_eq!(hc.method, "GET");
@@ -705,6 +720,7 @@ pub(crate) mod tests {
         let rl = s.ratelimit.as_ref().unwrap();
         assert_eq!((rl.per_second, rl.burst), (1.0, 7));
         assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
+        assert_eq!(rl.scope, RateScope::Cluster);
         assert_eq!(s.maxconn.map(|m| m.limit), Some(25));
         assert_eq!(
             r.host_labels,
@@ -727,6 +743,7 @@ pub(crate) mod tests {
         assert_eq!(s.balance, Balance::LeastConn);
         assert_eq!(s.sticky.kind, StickyType::None);
         assert_eq!(s.sticky.cookie, "WHARFID");
+        assert_eq!(s.sticky.ttl, None);
         assert_eq!(s.tls, TlsMode::Acme);
         assert!(s.https_redirect);
         assert_eq!(s.hsts.header_value().unwrap(), "max-age=63072000");
@@ -1301,6 +1318,90 @@ pub(crate) mod tests {
         // A hint for a misspelt group key.
         let e = one_error(&[("wharf.maxcon", "5")]);
         assert!(e.message.contains("did you mean `wharf.maxconn`?"), "{e}");
+    }
+
+    #[test]
+    fn sticky_and_ratelimit_bad_input_is_an_error_for_that_service_alone() {
+        for (label, value, needle) in [
+            ("wharf.sticky", "yes", "use none, cookie or source"),
+            ("wharf.sticky.mode", "append", "use insert or prefix"),
+            ("wharf.sticky.cookie", "", "an empty cookie name"),
+            ("wharf.sticky.cookie", "a,b", "`,` is not allowed"),
+            ("wharf.ratelimit", "0/s", "a rate of zero"),
+            ("wharf.ratelimit", "5/x", "`x` is not a unit"),
+            ("wharf.ratelimit.key", "header:", "names no header"),
+            (
+                "wharf.ratelimit.scope",
+                "everywhere",
+                "use replica or cluster",
+            ),
+        ] {
+            let mut labels = vec![(label, value)];
+            if label.starts_with("wharf.sticky.") {
+                labels.push(("wharf.sticky", "cookie"));
+            }
+            if label.starts_with("wharf.ratelimit.") {
+                labels.push(("wharf.ratelimit", "5/s"));
+            }
+            let e = one_error(&labels);
+            assert_eq!((e.label.as_str(), e.value.as_str()), (label, value));
+            assert!(e.message.contains(needle), "{label}={value}: {e}");
+        }
+        // Another service is not affected.
+        let ok = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "b.example.org"),
+                ("wharf.ratelimit", "5/s"),
+            ],
+            &[80],
+        );
+        assert!(!ok.has_errors() && ok.routes.len() == 1);
+    }
+
+    #[test]
+    fn sticky_keys_the_type_ignores_are_warnings() {
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.sticky", "source"),
+                ("wharf.sticky.cookie", "SID"),
+                ("wharf.sticky.ttl", "10m"),
+            ],
+            &[80],
+        );
+        let s = only_route(&r);
+        assert_eq!(s.sticky.source_ttl(), Duration::from_secs(600));
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(
+            (w[0].label.as_str(), w[0].value.as_str()),
+            ("wharf.sticky.cookie", "SID")
+        );
+        assert!(
+            w[0].message.contains("sticky is `source`") && w[0].message.contains("`shop_web`"),
+            "{w:#?}"
+        );
+
+        // A named route that turns stickiness off: the service's cookie name has
+        // no effect there, and the warning says where.
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.sticky", "cookie"),
+                ("wharf.sticky.mode", "prefix"),
+                ("wharf.routes.api.path", "/api"),
+                ("wharf.routes.api.sticky", "none"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].label, "wharf.sticky.mode");
+        assert!(w[0].message.contains("route `shop_web/api`"), "{w:#?}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "ratelimit.rate",
     "ratelimit.burst",
     "ratelimit.key",
+    "ratelimit.scope",
     "maxconn.limit",
     "maxconn.queue",
     "maxconn.timeout",
@@ -94,18 +95,35 @@ pub enum StickyMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sticky {
     pub kind: StickyType,
+    /// The cookie's name (`sticky.cookie`), an RFC 6265 token.
     pub cookie: String,
     pub mode: StickyMode,
-    pub ttl: Duration,
+    /// `sticky.ttl` as written, `None` when it is not. Cookie stickiness: the
+    /// cookie's `Max-Age` (`None`: a session cookie). Source stickiness: how long
+    /// an idle binding lasts (see [`Sticky::source_ttl`]).
+    pub ttl: Option<Duration>,
+}
+
+impl Sticky {
+    /// The cookie name when `sticky.cookie` is not set.
+    pub const DEFAULT_COOKIE: &'static str = "WHARFID";
+    /// How long an idle `source` binding lasts when `sticky.ttl` is not set
+    /// (SPEC "Labels": `wharf.sticky.ttl`, default `3h`).
+    pub const DEFAULT_SOURCE_TTL: Duration = Duration::from_secs(3 * 3600);
+
+    /// How long an idle `source` binding lasts: `sticky.ttl`, else 3h.
+    pub fn source_ttl(&self) -> Duration {
+        self.ttl.unwrap_or(Self::DEFAULT_SOURCE_TTL)
+    }
 }
 
 impl Default for Sticky {
     fn default() -> Self {
         Sticky {
             kind: StickyType::None,
-            cookie: "WHARFID".into(),
+            cookie: Self::DEFAULT_COOKIE.into(),
             mode: StickyMode::Insert,
-            ttl: Duration::from_secs(3 * 3600),
+            ttl: None,
         }
     }
 }
@@ -183,12 +201,33 @@ pub enum RateKey {
     Header(String),
 }
 
+/// Where a rate limit's buckets live (`ratelimit.scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateScope {
+    /// Each Wharf replica counts on its own.
+    #[default]
+    Replica,
+    /// The replicas of a swarm share the limit.
+    Cluster,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
-    /// Requests per second.
+    /// Requests per second, from [`RateLimit::MIN_PER_SECOND`] to
+    /// [`RateLimit::MAX_PER_SECOND`].
     pub per_second: f64,
     pub burst: u32,
     pub key: RateKey,
+    pub scope: RateScope,
+}
+
+impl RateLimit {
+    /// A larger rate limits nothing a proxy could serve.
+    pub const MAX_PER_SECOND: f64 = values::MAX_RATE;
+    /// One request per day. `N/s|m|h` cannot go below 1/h; a Traefik `average`
+    /// over a long `period` can, and a bucket refilling more slowly than this
+    /// would hold its state (and a client's `Retry-After`) for days.
+    pub const MIN_PER_SECOND: f64 = 1.0 / 86_400.0;
 }
 
 /// A validated route: the desired state one provider declares.
@@ -227,16 +266,30 @@ impl RouteSpec {
                 self.name
             ))
         };
-        if self.sticky.kind != StickyType::None {
-            say("sticky");
-        }
-        if self.ratelimit.is_some() {
-            say("ratelimit");
-        }
         if self.scheme == Scheme::Https {
             say("scheme = https (backends answer 502 until TLS to backends lands)");
         }
         out
+    }
+
+    /// Why `key` (file spelling, as given for this route) has no effect with the
+    /// rest of the route, if it has none; for a warning, as the setting is valid
+    /// on its own: `sticky.cookie` or `sticky.mode` when sticky is not `cookie`,
+    /// `sticky.ttl` when sticky is `none`.
+    pub fn without_effect(&self, key: &str) -> Option<String> {
+        let kind = self.sticky.kind;
+        match group_alias(key) {
+            "sticky.cookie" | "sticky.mode" if kind == StickyType::Source => Some(
+                "has no effect: sticky is `source`, which binds by client address; the cookie \
+                 name and mode are for sticky `cookie`"
+                    .into(),
+            ),
+            "sticky.cookie" | "sticky.mode" | "sticky.ttl" if kind == StickyType::None => Some(
+                "has no effect: sticky is `none`; set sticky to `cookie` (or `source`) to use it"
+                    .into(),
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -421,11 +474,22 @@ pub fn parse_route(
     });
     field("sticky.cookie", &mut |v| {
         // RFC 6265 §4.1.1: a cookie name is an RFC 7230 token.
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if v.is_empty() || !v.bytes().all(token) {
-            return Err(format!("`{v}` is not a valid cookie name"));
+        let name = v.trim();
+        if name.is_empty() {
+            return Err(format!(
+                "an empty cookie name; write e.g. `{}` (the default) or `JSESSIONID`",
+                Sticky::DEFAULT_COOKIE
+            ));
         }
-        spec.sticky.cookie = v.to_string();
+        if let Some(bad) = not_token(name) {
+            return Err(format!(
+                "`{}` is not a valid cookie name: {bad} is not allowed ({TOKEN_CHARS}), e.g. \
+                 `{}`",
+                v.escape_debug(),
+                Sticky::DEFAULT_COOKIE
+            ));
+        }
+        spec.sticky.cookie = name.to_string();
         Ok(())
     });
     field("sticky.mode", &mut |v| {
@@ -437,7 +501,13 @@ pub fn parse_route(
         Ok(())
     });
     field("sticky.ttl", &mut |v| {
-        spec.sticky.ttl = values::positive_duration(v)?;
+        let d = values::positive_duration(v).map_err(|e| {
+            format!(
+                "{e}; leave sticky.ttl unset for a session cookie (sticky `cookie`) or 3h \
+                 (sticky `source`)"
+            )
+        })?;
+        spec.sticky.ttl = Some(d);
         Ok(())
     });
 
@@ -554,12 +624,21 @@ pub fn parse_route(
     let mut rl_rate = None;
     let mut rl_burst = None;
     let mut rl_key = RateKey::Source;
+    let mut rl_scope = RateScope::Replica;
     field("ratelimit.rate", &mut |v| {
         rl_rate = Some(values::rate(v)?);
         Ok(())
     });
     field("ratelimit.burst", &mut |v| {
-        rl_burst = Some(at_least_one(v, "burst")?);
+        let n: u32 = values::number(v, "burst (a whole number of requests)")?;
+        if n == 0 {
+            return Err(
+                "burst must be at least 1: a bucket of 0 lets no request through; leave it \
+                 unset for the per-second rate (at least 1)"
+                    .into(),
+            );
+        }
+        rl_burst = Some(n);
         Ok(())
     });
     field("ratelimit.key", &mut |v| {
@@ -567,14 +646,42 @@ pub fn parse_route(
         rl_key = match v.to_ascii_lowercase().as_str() {
             "source" => RateKey::Source,
             "route" => RateKey::Route,
-            lower => match lower.strip_prefix("header:") {
-                Some(name) if http_token(name) => RateKey::Header(name.to_string()),
-                _ => {
+            lower => match lower.strip_prefix("header:").map(str::trim) {
+                Some("") => {
                     return Err(format!(
-                        "`{v}` is not a rate-limit key; use source, route or header:NAME"
+                        "`{v}` names no header; write e.g. `header:X-Api-Key`"
+                    ))
+                }
+                Some(name) => match not_token(name) {
+                    None => RateKey::Header(name.to_string()),
+                    Some(bad) => {
+                        return Err(format!(
+                            "`{}` is not a valid header name: {bad} is not allowed \
+                             ({TOKEN_CHARS}), e.g. `header:X-Api-Key`",
+                            v.escape_debug()
+                        ))
+                    }
+                },
+                None => {
+                    return Err(format!(
+                        "`{}` is not a rate-limit key; use source, route or header:NAME",
+                        v.escape_debug()
                     ))
                 }
             },
+        };
+        Ok(())
+    });
+    field("ratelimit.scope", &mut |v| {
+        rl_scope = match v.trim().to_ascii_lowercase().as_str() {
+            "replica" => RateScope::Replica,
+            "cluster" => RateScope::Cluster,
+            _ => {
+                return Err(format!(
+                    "`{}` is not a rate-limit scope; use replica or cluster",
+                    v.escape_debug()
+                ))
+            }
         };
         Ok(())
     });
@@ -685,9 +792,13 @@ pub fn parse_route(
                 per_second,
                 burst: rl_burst.unwrap_or_else(|| (per_second.ceil() as u32).max(1)),
                 key: rl_key,
+                scope: rl_scope,
             })
         }
-        None if get.contains_key("ratelimit.burst") || get.contains_key("ratelimit.key") => {
+        // A rate that did not parse is reported on its own.
+        None if !get.contains_key("ratelimit.rate")
+            && get.keys().any(|k| k.starts_with("ratelimit.")) =>
+        {
             problems.push(KeyProblem {
                 key: "ratelimit".into(),
                 message: "rate-limit settings given without a rate".into(),
@@ -721,10 +832,20 @@ fn at_least_one(v: &str, what: &str) -> Result<u32, String> {
     }
 }
 
-fn http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+/// What an RFC 7230 token (a header name, an RFC 6265 cookie name) may hold.
+const TOKEN_CHARS: &str = "letters, digits and !#$%&'*+-.^_`|~ only";
+
+/// The first character of `s` that may not be in an RFC 7230 token, described
+/// for a message (`` `;` ``, `a space`), or `None` when `s` is a token.
+fn not_token(s: &str) -> Option<String> {
+    let c = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(*c)))?;
+    Some(match c {
+        ' ' => "a space".into(),
+        c if c.is_control() => format!("the control character U+{:04X}", c as u32),
+        c => format!("`{c}`"),
+    })
 }
 
 /// `static:10.0.0.5:80,[2001:db8::1]:80` or `dns:name:port`.
@@ -855,6 +976,253 @@ mod tests {
         assert!(keys.contains(&"upstream"));
         let hint = e.iter().find(|p| p.key == "helthcheck.path").unwrap();
         assert!(hint.message.contains("did you mean `healthcheck.path`"));
+    }
+
+    fn route(extra: &[(&str, &str)]) -> Result<RouteSpec, Vec<KeyProblem>> {
+        let mut pairs = vec![("host", "h.example"), ("upstream", "dns:app:8080")];
+        pairs.extend_from_slice(extra);
+        parse_route("r", &kv(&pairs), true)
+    }
+
+    /// The one problem of a route with `extra`.
+    fn problem(extra: &[(&str, &str)]) -> KeyProblem {
+        let e = route(extra).unwrap_err();
+        assert_eq!(e.len(), 1, "{extra:?}: {e:#?}");
+        e[0].clone()
+    }
+
+    #[test]
+    fn sticky_ttl_is_none_unless_written() {
+        let r = route(&[("sticky", "cookie")]).unwrap();
+        assert_eq!(r.sticky.ttl, None, "a session cookie");
+        assert_eq!(r.sticky.cookie, Sticky::DEFAULT_COOKIE);
+        assert_eq!(r.sticky.source_ttl(), Duration::from_secs(3 * 3600));
+        let r = route(&[("sticky", "cookie"), ("sticky.ttl", "30m")]).unwrap();
+        assert_eq!(r.sticky.ttl, Some(Duration::from_secs(1800)), "Max-Age");
+        let r = route(&[("sticky", "source"), ("sticky.ttl", "1h30m")]).unwrap();
+        assert_eq!(r.sticky.source_ttl(), Duration::from_secs(5400));
+        let r = route(&[("sticky", "source")]).unwrap();
+        assert_eq!(r.sticky.source_ttl(), Sticky::DEFAULT_SOURCE_TTL);
+        assert_eq!(Sticky::default().ttl, None);
+        // A cookie name is trimmed as other values are.
+        let r = route(&[("sticky", "cookie"), ("sticky.cookie", " SID ")]).unwrap();
+        assert_eq!(r.sticky.cookie, "SID");
+    }
+
+    #[test]
+    fn ratelimit_scope() {
+        let rl = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("ratelimit", "10/s")];
+            pairs.extend_from_slice(extra);
+            route(&pairs).unwrap().ratelimit.unwrap()
+        };
+        assert_eq!(rl(&[]).scope, RateScope::Replica, "the default");
+        assert_eq!(RateScope::default(), RateScope::Replica);
+        assert_eq!(
+            rl(&[("ratelimit.scope", "cluster")]).scope,
+            RateScope::Cluster
+        );
+        assert_eq!(
+            rl(&[("ratelimit.scope", " Replica ")]).scope,
+            RateScope::Replica
+        );
+        let r = rl(&[("ratelimit.key", "header: X-Api-Key")]);
+        assert_eq!(r.key, RateKey::Header("x-api-key".into()));
+        assert_eq!((r.per_second, r.burst), (10.0, 10));
+        let r = rl(&[("ratelimit.key", "route"), ("ratelimit.burst", "1")]);
+        assert_eq!((r.key, r.burst), (RateKey::Route, 1));
+        // The largest rate, and its default burst.
+        let r = route(&[("ratelimit", "1000000/s")])
+            .unwrap()
+            .ratelimit
+            .unwrap();
+        assert_eq!(
+            (r.per_second, r.burst),
+            (RateLimit::MAX_PER_SECOND, 1_000_000)
+        );
+        let r = route(&[("ratelimit", "1/h")]).unwrap().ratelimit.unwrap();
+        assert!(r.per_second >= RateLimit::MIN_PER_SECOND);
+        assert_eq!(r.burst, 1);
+    }
+
+    #[test]
+    fn sticky_and_ratelimit_bad_input_names_key_value_and_hint() {
+        for (extra, key, needle) in [
+            (
+                vec![("sticky", "sometimes")],
+                "sticky",
+                "`sometimes` is not a sticky type; use none, cookie or source",
+            ),
+            (
+                vec![("sticky.type", "ip")],
+                "sticky.type",
+                "`ip` is not a sticky type; use none, cookie or source",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.mode", "rewrite")],
+                "sticky.mode",
+                "`rewrite` is not a sticky mode; use insert or prefix",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "")],
+                "sticky.cookie",
+                "an empty cookie name; write e.g. `WHARFID`",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "  ")],
+                "sticky.cookie",
+                "an empty cookie name",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "my cookie")],
+                "sticky.cookie",
+                "`my cookie` is not a valid cookie name: a space is not allowed (letters, \
+                 digits and !#$%&'*+-.^_`|~ only)",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "SID;Path=/")],
+                "sticky.cookie",
+                "`SID;Path=/` is not a valid cookie name: `;` is not allowed",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "a=b")],
+                "sticky.cookie",
+                "`=` is not allowed",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "s\u{7f}d")],
+                "sticky.cookie",
+                "the control character U+007F is not allowed",
+            ),
+            (
+                vec![("sticky", "cookie"), ("sticky.cookie", "sé")],
+                "sticky.cookie",
+                "`é` is not allowed",
+            ),
+            (
+                vec![("sticky", "source"), ("sticky.ttl", "0s")],
+                "sticky.ttl",
+                "must be longer than zero; leave sticky.ttl unset",
+            ),
+            (
+                vec![("sticky", "source"), ("sticky.ttl", "long")],
+                "sticky.ttl",
+                "`long` is not a duration",
+            ),
+            (
+                vec![("ratelimit", "0/s")],
+                "ratelimit",
+                "`0/s` is a rate of zero",
+            ),
+            (
+                vec![("ratelimit", "abc")],
+                "ratelimit",
+                "`abc` is not a rate; write",
+            ),
+            (
+                vec![("ratelimit.rate", "5/x")],
+                "ratelimit.rate",
+                "`x` is not a unit (s, m or h)",
+            ),
+            (
+                vec![("ratelimit", "5/s/2")],
+                "ratelimit",
+                "`5/s/2` is not a rate",
+            ),
+            (
+                vec![("ratelimit", "2000000/s")],
+                "ratelimit",
+                "more than 1000000 requests per second, which limits nothing; leave the rate \
+                 limit unset for no limit",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.burst", "0")],
+                "ratelimit.burst",
+                "burst must be at least 1: a bucket of 0 lets no request through",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.burst", "-1")],
+                "ratelimit.burst",
+                "`-1` is not a valid burst",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.key", "header:")],
+                "ratelimit.key",
+                "`header:` names no header; write e.g. `header:X-Api-Key`",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.key", "header:X Api")],
+                "ratelimit.key",
+                "`header:X Api` is not a valid header name: a space is not allowed",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.key", "header:x-api:key")],
+                "ratelimit.key",
+                "`:` is not allowed",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.key", "ip")],
+                "ratelimit.key",
+                "`ip` is not a rate-limit key; use source, route or header:NAME",
+            ),
+            (
+                vec![("ratelimit", "5/s"), ("ratelimit.scope", "global")],
+                "ratelimit.scope",
+                "`global` is not a rate-limit scope; use replica or cluster",
+            ),
+            (
+                vec![("ratelimit.scope", "cluster")],
+                "ratelimit",
+                "rate-limit settings given without a rate",
+            ),
+        ] {
+            let p = problem(&extra);
+            assert_eq!(p.key, key, "{extra:?}: {p:?}");
+            assert!(p.message.contains(needle), "{extra:?}: {}", p.message);
+        }
+        // A rate that does not parse is the only problem, not also "without a rate".
+        let p = problem(&[("ratelimit", "fast"), ("ratelimit.burst", "5")]);
+        assert_eq!(p.key, "ratelimit");
+        assert!(p.message.contains("`fast` is not a rate"), "{p:?}");
+    }
+
+    #[test]
+    fn without_effect_names_sticky_keys_the_type_ignores() {
+        let r = route(&[("sticky", "source"), ("sticky.cookie", "SID")]).unwrap();
+        let why = r.without_effect("sticky.cookie").unwrap();
+        assert!(why.contains("sticky is `source`"), "{why}");
+        assert!(r.without_effect("sticky.mode").is_some());
+        assert_eq!(
+            r.without_effect("sticky.ttl"),
+            None,
+            "the binding's idle time"
+        );
+        assert_eq!(r.without_effect("sticky"), None);
+        let r = route(&[("sticky.ttl", "1h")]).unwrap();
+        assert!(r
+            .without_effect("sticky.ttl")
+            .unwrap()
+            .contains("sticky is `none`"));
+        assert!(r.without_effect("sticky.cookie").is_some());
+        let r = route(&[("sticky", "cookie")]).unwrap();
+        for key in ["sticky.cookie", "sticky.mode", "sticky.ttl", "host"] {
+            assert_eq!(r.without_effect(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn not_enforced_leaves_out_sticky_and_ratelimit() {
+        let r = route(&[
+            ("sticky", "cookie"),
+            ("ratelimit", "5/s"),
+            ("ratelimit.scope", "cluster"),
+            ("maxconn", "3"),
+        ])
+        .unwrap();
+        assert_eq!(r.not_enforced(), Vec::<String>::new());
+        let r = route(&[("scheme", "https")]).unwrap();
+        assert_eq!(r.not_enforced().len(), 1);
+        assert!(r.not_enforced()[0].contains("scheme = https"));
     }
 
     #[test]

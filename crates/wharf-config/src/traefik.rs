@@ -4,7 +4,8 @@
 //!
 //! What Traefik means is kept where Wharf can express it (a rule's hosts and path
 //! prefix, routers with one rule merged into one route, a ratelimit's `average`
-//! per `period`, no HSTS unless a headers middleware sets it, health checks with
+//! per `period` exactly and its `sourceCriterion`, a sticky cookie's name and
+//! `maxAge`, no HSTS unless a headers middleware sets it, health checks with
 //! GET every 30s); anything else is
 //! a Warning naming the key, or an Error when routing would differ (a rule matcher
 //! Wharf cannot evaluate). Nothing is dropped silently. docs/labels.md has the table.
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::labels::{Draft, Label, Pair, Problems};
+use crate::route::RateLimit;
 use crate::values;
 
 /// `traefik.enable` if set (malformed → Error, reported), else `Some(true)` when
@@ -57,6 +59,11 @@ struct Backend<'a> {
     scheme: Option<&'a Label<'a>>,
     sticky: Option<&'a Label<'a>>,
     sticky_name: Option<&'a Label<'a>>,
+    sticky_secure: Option<&'a Label<'a>>,
+    sticky_httponly: Option<&'a Label<'a>>,
+    sticky_samesite: Option<&'a Label<'a>>,
+    sticky_maxage: Option<&'a Label<'a>>,
+    sticky_path: Option<&'a Label<'a>>,
     hc_path: Option<&'a Label<'a>>,
     hc_interval: Option<&'a Label<'a>>,
     hc_timeout: Option<&'a Label<'a>>,
@@ -72,6 +79,10 @@ struct Middleware<'a> {
     rl_average: Option<&'a Label<'a>>,
     rl_burst: Option<&'a Label<'a>>,
     rl_period: Option<&'a Label<'a>>,
+    rl_header: Option<&'a Label<'a>>,
+    rl_host: Option<&'a Label<'a>>,
+    rl_depth: Option<&'a Label<'a>>,
+    rl_excluded: Option<&'a Label<'a>>,
     sts_seconds: Option<&'a Label<'a>>,
     sts_subdomains: Option<&'a Label<'a>>,
     sts_preload: Option<&'a Label<'a>>,
@@ -139,6 +150,12 @@ impl<'a> V1<'a> {
                 scheme: b.scheme.or(r.scheme),
                 sticky: b.sticky.or(r.sticky),
                 sticky_name: b.sticky_name.or(r.sticky_name),
+                // v2/v3 keys: not read from v1 labels.
+                sticky_secure: None,
+                sticky_httponly: None,
+                sticky_samesite: None,
+                sticky_maxage: None,
+                sticky_path: None,
                 hc_path: b.hc_path.or(r.hc_path),
                 hc_interval: b.hc_interval.or(r.hc_interval),
                 hc_timeout: b.hc_timeout.or(r.hc_timeout),
@@ -172,7 +189,6 @@ impl<'a> V1<'a> {
 #[derive(Default, Clone)]
 struct Effects {
     pairs: Vec<Pair>,
-    rate_override: Option<f64>,
     redirect: Option<Pair>,
     hsts: bool,
 }
@@ -229,6 +245,11 @@ pub(crate) fn translate(
                 "server.scheme" => &mut s.scheme,
                 "sticky.cookie" => &mut s.sticky,
                 "sticky.cookie.name" => &mut s.sticky_name,
+                "sticky.cookie.secure" => &mut s.sticky_secure,
+                "sticky.cookie.httponly" => &mut s.sticky_httponly,
+                "sticky.cookie.samesite" => &mut s.sticky_samesite,
+                "sticky.cookie.maxage" => &mut s.sticky_maxage,
+                "sticky.cookie.path" => &mut s.sticky_path,
                 "healthcheck.path" => &mut s.hc_path,
                 "healthcheck.interval" => &mut s.hc_interval,
                 "healthcheck.timeout" => &mut s.hc_timeout,
@@ -257,6 +278,10 @@ pub(crate) fn translate(
                 "ratelimit.average" => &mut m.rl_average,
                 "ratelimit.burst" => &mut m.rl_burst,
                 "ratelimit.period" => &mut m.rl_period,
+                "ratelimit.sourcecriterion.requestheadername" => &mut m.rl_header,
+                "ratelimit.sourcecriterion.requesthost" => &mut m.rl_host,
+                "ratelimit.sourcecriterion.ipstrategy.depth" => &mut m.rl_depth,
+                "ratelimit.sourcecriterion.ipstrategy.excludedips" => &mut m.rl_excluded,
                 "headers.stsseconds" => &mut m.sts_seconds,
                 "headers.stsincludesubdomains" => &mut m.sts_subdomains,
                 "headers.stspreload" => &mut m.sts_preload,
@@ -267,10 +292,25 @@ pub(crate) fn translate(
                     }
                     continue;
                 }
+                o if o.starts_with("ratelimit.") => {
+                    pr.warn(
+                        l,
+                        format!(
+                            "{UNSUPPORTED} (of ratelimit, Wharf supports average, period, burst \
+                             and sourcecriterion.requestheadername, .requesthost and \
+                             .ipstrategy.depth)"
+                        ),
+                    );
+                    continue;
+                }
                 _ => {
                     pr.warn(
                         l,
-                        format!("{UNSUPPORTED} (Wharf supports ratelimit, the headers sts* keys and redirectscheme)"),
+                        format!(
+                            "{UNSUPPORTED} (Wharf supports the middlewares ratelimit (average, \
+                             period, burst, sourcecriterion), headers (the sts* keys) and \
+                             redirectscheme)"
+                        ),
                     );
                     continue;
                 }
@@ -381,7 +421,6 @@ pub(crate) fn translate(
                     .port
                     .map(|l| l.written.to_string())
                     .unwrap_or_else(|| "traefik.port".into()),
-                rate_override: None,
             });
         }
     }
@@ -545,7 +584,6 @@ pub(crate) fn translate(
                     fx.pairs.push(pair.clone());
                 }
             }
-            fx.rate_override = fx.rate_override.or(p.fx.rate_override);
             fx.hsts |= p.fx.hsts;
             if fx.redirect.is_none() {
                 fx.redirect = p.fx.redirect.clone();
@@ -596,7 +634,6 @@ pub(crate) fn translate(
             pairs,
             prefix: "wharf.".into(),
             port_label: format!("traefik.http.services.{svc_name}.loadbalancer.server.port"),
-            rate_override: fx.rate_override,
         });
     }
     drafts
@@ -652,28 +689,7 @@ fn backend_pairs(b: &Backend, v1: bool, exposed_ports: &[u16], pr: &mut Problems
     if let Some(l) = b.scheme {
         pairs.push(Pair::new("scheme", l.written, l.value));
     }
-    let sticky = match b.sticky {
-        Some(l) => match values::boolean(l.value) {
-            Ok(on) => on,
-            Err(m) => {
-                pr.error(l, m);
-                false
-            }
-        },
-        // v2: setting any cookie option enables the sticky cookie.
-        None => !v1 && b.sticky_name.is_some(),
-    };
-    if sticky {
-        let l = b.sticky.or(b.sticky_name);
-        if let Some(l) = l {
-            pairs.push(Pair::new("sticky.type", l.written, "cookie"));
-        }
-        if let Some(l) = b.sticky_name {
-            pairs.push(Pair::new("sticky.cookie", l.written, l.value));
-        }
-    } else if let Some(l) = b.sticky_name {
-        pr.warn(l, "has no effect without stickiness enabled");
-    }
+    sticky_pairs(b, v1, &mut pairs, pr);
     match b.hc_path {
         Some(l) => {
             pairs.push(Pair::new("healthcheck.path", l.written, l.value));
@@ -791,6 +807,106 @@ fn hc_port(p: &Label, port: Option<&Label>, exposed_ports: &[u16], pr: &mut Prob
     );
 }
 
+/// Cookie stickiness: v1 `backend.loadbalancer.stickiness` (+ `.cookiename`),
+/// v2/v3 `loadbalancer.sticky.cookie` (+ `.name`, `.secure`, `.httponly`,
+/// `.samesite`, `.maxage`, `.path`).
+///
+/// With no name given, Traefik (v1 and v2/v3 alike) names the cookie after a
+/// hash of the backend or service name; Wharf keeps its own default, `WHARFID`
+/// ([`crate::route::Sticky::DEFAULT_COOKIE`]): a client's old Traefik cookie is
+/// not read either way, so the name only needs to be stable, and Wharf's is.
+fn sticky_pairs(b: &Backend, v1: bool, pairs: &mut Vec<Pair>, pr: &mut Problems) {
+    let options = [
+        b.sticky_name,
+        b.sticky_secure,
+        b.sticky_httponly,
+        b.sticky_samesite,
+        b.sticky_maxage,
+        b.sticky_path,
+    ];
+    let sticky = match b.sticky {
+        Some(l) => match values::boolean(l.value) {
+            Ok(on) => on,
+            Err(m) => {
+                pr.error(l, m);
+                false
+            }
+        },
+        // v2: setting any cookie option enables the sticky cookie.
+        None => !v1 && options.iter().any(Option::is_some),
+    };
+    if !sticky {
+        for l in options.into_iter().flatten() {
+            pr.warn(l, "has no effect without stickiness enabled");
+        }
+        return;
+    }
+    if let Some(l) = b.sticky.or(options.into_iter().flatten().next()) {
+        pairs.push(Pair::new("sticky.type", l.written, "cookie"));
+    }
+    if let Some(l) = b.sticky_name {
+        pairs.push(Pair::new("sticky.cookie", l.written, l.value));
+    }
+    // Wharf's cookie is always HttpOnly and SameSite=Lax, Secure when the client
+    // came over TLS, and has Path=/: a setting that asks for the same is
+    // accepted silently, any other is a warning naming its key.
+    if let Some(l) = b.sticky_secure {
+        if values::boolean(l.value) != Ok(true) {
+            pr.warn(
+                l,
+                "Wharf's sticky cookie is Secure whenever the client came over TLS (and only \
+                 then); this setting is ignored",
+            );
+        }
+    }
+    if let Some(l) = b.sticky_httponly {
+        if values::boolean(l.value) != Ok(true) {
+            pr.warn(
+                l,
+                "Wharf's sticky cookie is always HttpOnly; this setting is ignored",
+            );
+        }
+    }
+    if let Some(l) = b.sticky_samesite {
+        if !l.value.trim().eq_ignore_ascii_case("lax") {
+            pr.warn(
+                l,
+                "Wharf's sticky cookie is always SameSite=Lax; this setting is ignored",
+            );
+        }
+    }
+    if let Some(l) = b.sticky_path {
+        if l.value.trim() != "/" {
+            pr.warn(
+                l,
+                "Wharf's sticky cookie always has Path=/ (one backend per client for the whole \
+                 site); this setting is ignored",
+            );
+        }
+    }
+    if let Some(l) = b.sticky_maxage {
+        match l.value.trim().parse::<i64>() {
+            // Traefik: 0 (the default) sends a session cookie, as Wharf does
+            // without sticky.ttl.
+            Ok(0) => {}
+            Ok(n) if n > 0 => pairs.push(Pair::from_label("sticky.ttl", l, format!("{n}s"))),
+            Ok(_) => pr.warn(
+                l,
+                "a negative maxAge makes Traefik's cookie expire at once (no stickiness); \
+                 Wharf ignores it and sends a session cookie",
+            ),
+            Err(_) => pr.error(
+                l,
+                format!(
+                    "`{}` is not a number of seconds; write e.g. `3600`, or `0` for a session \
+                     cookie",
+                    l.value
+                ),
+            ),
+        }
+    }
+}
+
 fn sts_pairs(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
     if let Some(l) = m.sts_seconds {
         fx.hsts = true;
@@ -820,54 +936,170 @@ fn middleware_effects(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
         }
     }
     match m.rl_average {
-        Some(avg) => {
-            let average = match values::number::<u64>(avg.value, "average (requests per period)") {
-                Ok(a) => a,
-                Err(msg) => return pr.error(avg, msg),
-            };
-            if average == 0 {
-                return; // Traefik: 0 means no rate limit.
-            }
-            let period = match m.rl_period {
-                Some(p) => match duration(p.value) {
-                    Ok(d) if !d.is_zero() => d,
-                    Ok(_) => return pr.error(p, "the period must be longer than zero"),
-                    Err(msg) => return pr.error(p, msg),
-                },
-                None => Duration::from_secs(1),
-            };
-            let (rate, exact) = rate_text(average, period);
-            fx.pairs
-                .push(Pair::new("ratelimit.rate", avg.written, rate));
-            if !exact {
-                fx.rate_override = Some(average as f64 / period.as_secs_f64());
-            }
-            // Traefik's burst defaults to 1 (and a smaller one counts as 1).
-            let burst = match m.rl_burst {
-                Some(b) => match values::number::<u64>(b.value, "burst") {
-                    Ok(n) => Pair::new(
-                        "ratelimit.burst",
-                        b.written,
-                        n.clamp(1, u32::MAX.into()).to_string(),
-                    ),
-                    Err(msg) => return pr.error(b, msg),
-                },
-                None => Pair::new("ratelimit.burst", avg.written, "1"),
-            };
-            fx.pairs.push(burst);
-        }
+        Some(avg) => ratelimit_effects(avg, m, fx, pr),
         None => {
-            for l in [m.rl_burst, m.rl_period].into_iter().flatten() {
+            for l in [
+                m.rl_burst,
+                m.rl_period,
+                m.rl_header,
+                m.rl_host,
+                m.rl_depth,
+                m.rl_excluded,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 pr.warn(l, "has no effect without ratelimit.average");
             }
         }
     }
 }
 
-/// `average` per `period` as `N/s`, `N/m` or `N/h` when exact; else `1/s` and false.
+/// Traefik's rateLimit: `average` requests per `period` (default 1s; an average
+/// of 0 is no limit), a bucket of `burst` (default 1, and a smaller one counts as
+/// 1), counted per client address unless `sourceCriterion` names a request
+/// header or the host (Traefik refuses more than one criterion).
+fn ratelimit_effects(avg: &Label, m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
+    let average = match values::number::<u64>(avg.value, "average (requests per period)") {
+        Ok(a) => a,
+        Err(msg) => {
+            return pr.error(
+                avg,
+                format!("{msg}; write a whole number of requests, e.g. `100` (0: no limit)"),
+            )
+        }
+    };
+    if average == 0 {
+        return; // Traefik: 0 means no rate limit.
+    }
+    let period = match m.rl_period.map(|p| (p, duration(p.value))) {
+        None => Duration::from_secs(1),
+        Some((_, Ok(d))) if !d.is_zero() => d,
+        Some((p, Ok(_))) => {
+            return pr.error(
+                p,
+                "the period must be longer than zero; write e.g. `1s` (the default) or `1m`",
+            )
+        }
+        Some((p, Err(msg))) => return pr.error(p, msg),
+    };
+    let per_second = exact_rate(average, period);
+    let period_text = humantime::format_duration(period);
+    if per_second > RateLimit::MAX_PER_SECOND {
+        return pr.error(
+            avg,
+            format!(
+                "{average} requests per {period_text} is more than 1000000 requests per second, \
+                 which limits nothing; remove the middleware (or set average to 0) for no limit"
+            ),
+        );
+    }
+    if per_second < RateLimit::MIN_PER_SECOND {
+        return pr.error(
+            m.rl_period.unwrap_or(avg),
+            format!(
+                "{average} request(s) per {period_text} is less than one request per day, the \
+                 slowest rate Wharf keeps; write a shorter period or a larger average"
+            ),
+        );
+    }
+    let (text, exact) = rate_text(average, period);
+    let mut rate = Pair::from_label("ratelimit.rate", avg, text);
+    if !exact {
+        rate.per_second = Some(per_second);
+    }
+    fx.pairs.push(rate);
+    let burst = match m.rl_burst {
+        Some(b) => match values::number::<u64>(b.value, "burst") {
+            Ok(n) => Pair::from_label(
+                "ratelimit.burst",
+                b,
+                n.clamp(1, u32::MAX.into()).to_string(),
+            ),
+            Err(msg) => {
+                return pr.error(
+                    b,
+                    format!("{msg}; write a whole number of requests, e.g. `50` (default 1)"),
+                )
+            }
+        },
+        None => Pair::from_label("ratelimit.burst", avg, "1"),
+    };
+    fx.pairs.push(burst);
+
+    // sourceCriterion: one of ipStrategy, requestHeaderName, requestHost; none
+    // is the client address. An empty header name or requestHost=false is unset,
+    // as in Traefik.
+    let header = m.rl_header.filter(|l| !l.value.trim().is_empty());
+    let host = match m.rl_host.map(|l| (l, values::boolean(l.value))) {
+        Some((l, Err(msg))) => return pr.error(l, msg),
+        Some((l, Ok(true))) => Some(l),
+        _ => None,
+    };
+    let ip = m.rl_depth.or(m.rl_excluded);
+    let chosen: Vec<&Label> = [ip, header, host].into_iter().flatten().collect();
+    if let [first, second, ..] = chosen[..] {
+        return pr.error(
+            second,
+            format!(
+                "Traefik's sourceCriterion takes one of ipStrategy, requestHeaderName and \
+                 requestHost, and refuses this middleware with two (also `{}`); keep one",
+                first.written
+            ),
+        );
+    }
+    if let Some(l) = header {
+        fx.pairs.push(Pair::from_label(
+            "ratelimit.key",
+            l,
+            format!("header:{}", l.value.trim()),
+        ));
+    }
+    if let Some(l) = host {
+        fx.pairs
+            .push(Pair::from_label("ratelimit.key", l, "header:host"));
+    }
+    if let Some(l) = m.rl_depth {
+        match values::number::<u32>(l.value, "depth") {
+            Ok(0) => {}
+            Ok(_) => pr.warn(
+                l,
+                "Wharf counts requests by the client address (from the PROXY protocol, and \
+                 X-Forwarded-For only from the entrypoint's forwarded_trusted peers), not by a \
+                 position in X-Forwarded-For; this depth is ignored",
+            ),
+            Err(msg) => return pr.error(l, format!("{msg}; write e.g. `0` or `1`")),
+        }
+    }
+    if let Some(l) = m.rl_excluded {
+        pr.warn(
+            l,
+            format!(
+                "{UNSUPPORTED}: Wharf counts requests by the client address (from the PROXY \
+                 protocol, and X-Forwarded-For only from the entrypoint's forwarded_trusted \
+                 peers)"
+            ),
+        );
+    }
+}
+
+/// `average` per `period` in requests per second, rounded once (the quotient of
+/// two integers reduced to lowest terms, each exact in an f64 up to 2^53).
+fn exact_rate(average: u64, period: Duration) -> f64 {
+    let num = u128::from(average) * 1_000_000_000;
+    let den = period.as_nanos().max(1);
+    let (mut a, mut b) = (num, den);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    (num / a) as f64 / (den / a) as f64
+}
+
+/// `average` per `period` as `N/s`, `N/m` or `N/h` when exact; else `1/s` (a
+/// placeholder that parses) and false.
 fn rate_text(average: u64, period: Duration) -> (String, bool) {
     let ms = period.as_millis();
-    if ms == 0 {
+    if ms == 0 || !period.subsec_nanos().is_multiple_of(1_000_000) {
         return ("1/s".into(), false);
     }
     for (unit, per) in [("s", 1_000u128), ("m", 60_000), ("h", 3_600_000)] {
@@ -1905,6 +2137,329 @@ mod tests {
     }
 
     #[test]
+    fn v1_stickiness_keeps_wharfs_cookie_name_unless_one_is_given() {
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.backend.loadbalancer.stickiness", "true"),
+            ],
+            &[80],
+        );
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0].sticky;
+        assert_eq!(
+            (s.kind, s.cookie.as_str(), s.ttl),
+            (StickyType::Cookie, "WHARFID", None)
+        );
+        // A name without stickiness enabled does nothing, as in Traefik.
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.backend.loadbalancer.stickiness", "false"),
+                ("traefik.backend.loadbalancer.stickiness.cookieName", "SID"),
+            ],
+            &[80],
+        );
+        assert_eq!(r.routes[0].sticky.kind, StickyType::None);
+        assert_eq!(
+            warnings(&r)[0].label,
+            "traefik.backend.loadbalancer.stickiness.cookieName"
+        );
+        // A bad name is an error on the label as written.
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.backend.loadbalancer.stickiness", "true"),
+                (
+                    "traefik.backend.loadbalancer.stickiness.cookieName",
+                    "my id",
+                ),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(
+            e[0].label,
+            "traefik.backend.loadbalancer.stickiness.cookieName"
+        );
+        assert!(e[0].message.contains("a space is not allowed"), "{e:#?}");
+    }
+
+    #[test]
+    fn v2_sticky_cookie_options() {
+        // Options that ask for what Wharf does anyway are accepted silently; any
+        // option alone enables the cookie, as in Traefik.
+        let r = v2_with(&[
+            ("sticky.cookie.httpOnly", "true"),
+            ("sticky.cookie.secure", "true"),
+            ("sticky.cookie.sameSite", "Lax"),
+            ("sticky.cookie.path", "/"),
+            ("sticky.cookie.maxAge", "3600"),
+        ]);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0].sticky;
+        assert_eq!((s.kind, s.cookie.as_str()), (StickyType::Cookie, "WHARFID"));
+        assert_eq!(
+            s.ttl,
+            Some(Duration::from_secs(3600)),
+            "maxAge is the cookie's Max-Age"
+        );
+
+        let r = v2_with(&[("sticky.cookie", "true"), ("sticky.cookie.maxage", "0")]);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].sticky.ttl, None, "0: a session cookie");
+
+        // Anything else is a warning naming the key; the route is still used.
+        let r = v2_with(&[
+            ("sticky.cookie.name", "SID"),
+            ("sticky.cookie.httponly", "false"),
+            ("sticky.cookie.secure", "false"),
+            ("sticky.cookie.samesite", "strict"),
+            ("sticky.cookie.path", "/app"),
+            ("sticky.cookie.maxage", "-1"),
+        ]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let s = &r.routes[0].sticky;
+        assert_eq!(
+            (s.kind, s.cookie.as_str(), s.ttl),
+            (StickyType::Cookie, "SID", None)
+        );
+        let w = warnings(&r);
+        for (key, needle) in [
+            ("httponly", "always HttpOnly"),
+            ("secure", "Secure whenever the client came over TLS"),
+            ("samesite", "always SameSite=Lax"),
+            ("path", "always has Path=/"),
+            ("maxage", "negative maxAge"),
+        ] {
+            let label = format!("{SVC}.sticky.cookie.{key}");
+            let p = w.iter().find(|p| p.label == label);
+            assert!(
+                p.is_some_and(|p| p.message.contains(needle)),
+                "{label}: {w:#?}"
+            );
+        }
+        assert_eq!(w.len(), 5, "{w:#?}");
+
+        let r = v2_with(&[("sticky.cookie.maxage", "1h")]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, format!("{SVC}.sticky.cookie.maxage"));
+        assert!(e[0].message.contains("not a number of seconds"), "{e:#?}");
+        // Options of a cookie turned off do nothing.
+        let r = v2_with(&[("sticky.cookie", "false"), ("sticky.cookie.maxage", "60")]);
+        assert_eq!(r.routes[0].sticky.kind, StickyType::None);
+        assert!(warnings(&r)[0].message.contains("without stickiness"));
+    }
+
+    /// A router `a` with middleware `rl` made of `keys` (after `ratelimit.`).
+    fn rl_with(keys: &[(&str, &str)]) -> ServiceRoutes {
+        let owned: Vec<(String, String)> = keys
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("traefik.http.middlewares.rl.ratelimit.{k}"),
+                    v.to_string(),
+                )
+            })
+            .collect();
+        let mut labels: Vec<(&str, &str)> = vec![
+            ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+            ("traefik.http.routers.a.middlewares", "rl"),
+        ];
+        labels.extend(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        run(&labels, &[80])
+    }
+
+    #[test]
+    fn v2_ratelimit_source_criterion() {
+        use crate::route::RateKey;
+        let key = |keys: &[(&str, &str)]| {
+            let mut all = vec![("average", "10")];
+            all.extend_from_slice(keys);
+            let r = rl_with(&all);
+            assert!(r.problems.is_empty(), "{keys:?}: {:#?}", r.problems);
+            r.routes[0].ratelimit.clone().unwrap().key
+        };
+        assert_eq!(key(&[]), RateKey::Source, "the client address by default");
+        assert_eq!(
+            key(&[("sourceCriterion.requestHeaderName", "X-Api-Key")]),
+            RateKey::Header("x-api-key".into())
+        );
+        assert_eq!(
+            key(&[("sourcecriterion.requesthost", "true")]),
+            RateKey::Header("host".into())
+        );
+        assert_eq!(
+            key(&[("sourcecriterion.requesthost", "false")]),
+            RateKey::Source
+        );
+        assert_eq!(
+            key(&[("sourcecriterion.requestheadername", "")]),
+            RateKey::Source
+        );
+        assert_eq!(
+            key(&[("sourcecriterion.ipstrategy.depth", "0")]),
+            RateKey::Source
+        );
+
+        let one_warning = |keys: &[(&str, &str)], label: &str, needle: &str| {
+            let mut all = vec![("average", "10")];
+            all.extend_from_slice(keys);
+            let r = rl_with(&all);
+            assert!(!r.has_errors(), "{:#?}", r.problems);
+            assert_eq!(r.routes[0].ratelimit.as_ref().unwrap().key, RateKey::Source);
+            let w = warnings(&r);
+            assert_eq!(w.len(), 1, "{w:#?}");
+            assert_eq!(
+                w[0].label,
+                format!("traefik.http.middlewares.rl.ratelimit.{label}")
+            );
+            assert!(w[0].message.contains(needle), "{w:#?}");
+        };
+        one_warning(
+            &[("sourcecriterion.ipstrategy.depth", "2")],
+            "sourcecriterion.ipstrategy.depth",
+            "not by a position in X-Forwarded-For",
+        );
+        one_warning(
+            &[("sourcecriterion.ipstrategy.excludedips", "10.0.0.0/8")],
+            "sourcecriterion.ipstrategy.excludedips",
+            "not supported",
+        );
+        one_warning(
+            &[("sourcecriterion.ipstrategy.ipv6subnet", "64")],
+            "sourcecriterion.ipstrategy.ipv6subnet",
+            "of ratelimit, Wharf supports average, period, burst",
+        );
+
+        for (keys, label, needle) in [
+            (
+                vec![
+                    ("sourcecriterion.ipstrategy.depth", "1"),
+                    ("sourcecriterion.requestheadername", "X-Key"),
+                ],
+                "sourcecriterion.requestheadername",
+                "takes one of ipStrategy, requestHeaderName and requestHost",
+            ),
+            (
+                vec![
+                    ("sourcecriterion.requestheadername", "X-Key"),
+                    ("sourcecriterion.requesthost", "true"),
+                ],
+                "sourcecriterion.requesthost",
+                "also `traefik.http.middlewares.rl.ratelimit.sourcecriterion.requestheadername`",
+            ),
+            (
+                vec![("sourcecriterion.requestheadername", "X Key")],
+                "sourcecriterion.requestheadername",
+                "not a valid header name: a space is not allowed",
+            ),
+            (
+                vec![("sourcecriterion.requesthost", "yes")],
+                "sourcecriterion.requesthost",
+                "not a boolean",
+            ),
+            (
+                vec![("sourcecriterion.ipstrategy.depth", "-1")],
+                "sourcecriterion.ipstrategy.depth",
+                "not a valid depth",
+            ),
+        ] {
+            let mut all = vec![("average", "10")];
+            all.extend_from_slice(&keys);
+            let r = rl_with(&all);
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{keys:?}: {e:#?}");
+            assert_eq!(
+                e[0].label,
+                format!("traefik.http.middlewares.rl.ratelimit.{label}")
+            );
+            assert!(e[0].message.contains(needle), "{keys:?}: {e:#?}");
+            assert!(r.routes.is_empty());
+        }
+
+        // Without an average the criterion does nothing.
+        let r = rl_with(&[("sourcecriterion.requesthost", "true")]);
+        assert!(r.routes[0].ratelimit.is_none());
+        assert!(warnings(&r)
+            .iter()
+            .any(|p| p.message.contains("without ratelimit.average")));
+    }
+
+    #[test]
+    fn v2_ratelimit_is_exact_and_bounded() {
+        let rate = |avg: &str, period: &str| {
+            let r = rl_with(&[("average", avg), ("period", period)]);
+            assert!(r.problems.is_empty(), "{avg}/{period}: {:#?}", r.problems);
+            r.routes[0].ratelimit.clone().unwrap().per_second
+        };
+        // Not a whole number of seconds, minutes or hours: still exact.
+        assert_eq!(rate("7", "1300ms"), 7000.0 / 1300.0);
+        assert_eq!(rate("3", "1500us"), 2000.0, "sub-millisecond periods count");
+        assert_eq!(rate("1", "7s"), 1.0 / 7.0);
+        assert_eq!(rate("100", "24h"), 100.0 / 86_400.0);
+        assert_eq!(rate("1", "24h"), RateLimit::MIN_PER_SECOND);
+        assert_eq!(rate("1000000", "1s"), RateLimit::MAX_PER_SECOND);
+        assert_eq!(exact_rate(3, Duration::from_millis(9)), 1000.0 / 3.0);
+
+        // Too fast or too slow: an error on the label that makes it so.
+        let r = rl_with(&[("average", "2000001")]);
+        let e = errors(&r);
+        assert_eq!(e[0].label, "traefik.http.middlewares.rl.ratelimit.average");
+        assert_eq!(e[0].value, "2000001");
+        assert!(
+            e[0].message
+                .contains("more than 1000000 requests per second"),
+            "{e:#?}"
+        );
+        let r = rl_with(&[("average", "1"), ("period", "48h")]);
+        let e = errors(&r);
+        assert_eq!(e[0].label, "traefik.http.middlewares.rl.ratelimit.period");
+        assert!(
+            e[0].message.contains("less than one request per day"),
+            "{e:#?}"
+        );
+        let r = rl_with(&[("average", "5"), ("period", "0s")]);
+        assert_eq!(
+            errors(&r)[0].label,
+            "traefik.http.middlewares.rl.ratelimit.period"
+        );
+
+        // A service-level wharf.ratelimit replaces the Traefik rate, exact or not.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.middlewares", "rl"),
+                ("traefik.http.middlewares.rl.ratelimit.average", "7"),
+                ("traefik.http.middlewares.rl.ratelimit.period", "1300ms"),
+                ("wharf.ratelimit", "5/s"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let rl = r.routes[0].ratelimit.clone().unwrap();
+        assert_eq!((rl.per_second, rl.burst), (5.0, 1));
+
+        // Two routers with one rule: the first router's limit, and its rate.
+        let r = run(
+            &[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.middlewares", "whole"),
+                ("traefik.http.routers.b.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.b.middlewares", "odd"),
+                ("traefik.http.middlewares.whole.ratelimit.average", "10"),
+                ("traefik.http.middlewares.odd.ratelimit.average", "7"),
+                ("traefik.http.middlewares.odd.ratelimit.period", "1300ms"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].ratelimit.as_ref().unwrap().per_second, 10.0);
+    }
+
+    #[test]
     fn unsupported_keys_are_warnings_naming_the_key() {
         let r = run(
             &[
@@ -1913,8 +2468,8 @@ mod tests {
                 ("traefik.http.routers.a.middlewares", "auth,strip@file"),
                 ("traefik.http.middlewares.auth.basicauth.users", "u:p"),
                 (
-                    "traefik.http.services.a.loadbalancer.sticky.cookie.secure",
-                    "true",
+                    "traefik.http.services.a.loadbalancer.responseforwarding.flushinterval",
+                    "1s",
                 ),
                 ("traefik.tcp.routers.db.rule", "HostSNI(`*`)"),
                 ("traefik.frontend.priority", "5"),
@@ -1927,7 +2482,7 @@ mod tests {
         for key in [
             "traefik.http.routers.a.priority",
             "traefik.http.middlewares.auth.basicauth.users",
-            "traefik.http.services.a.loadbalancer.sticky.cookie.secure",
+            "traefik.http.services.a.loadbalancer.responseforwarding.flushinterval",
             "traefik.tcp.routers.db.rule",
             "traefik.frontend.priority",
             "traefik.http.middlewares.r.redirectscheme.scheme",

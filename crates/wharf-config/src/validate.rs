@@ -697,6 +697,11 @@ pub(crate) fn parse(
                 if spec.enable == Some(false) {
                     continue;
                 }
+                for (key, _) in &pairs {
+                    if let Some(why) = spec.without_effect(key) {
+                        warnings.push(format!("route `{}`: `{key}` {why}", spec.name));
+                    }
+                }
                 if let Some(other) = routes.iter().find(|r| r.name == spec.name) {
                     let msg = format!(
                         "route name `{}` is used twice; give one a distinct `name`",
@@ -1042,20 +1047,72 @@ mod tests {
 
     #[test]
     fn settings_not_enforced_yet_are_warnings() {
+        let not_enforced = |extra: &str| -> Vec<String> {
+            parse_ok(&route_with(extra))
+                .warnings
+                .into_iter()
+                .filter(|w| w.contains("not enforced"))
+                .collect()
+        };
+        // Sticky sessions, rate limits, maxconn and checks are enforced.
+        assert_eq!(
+            not_enforced(
+                "sticky = \"cookie\"\nratelimit = \"5/s\"\nmaxconn = 3\nhealthcheck.path = \"/h\"\n"
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            not_enforced("scheme = \"https\"\n"),
+            [
+                "route `a.example/`: `scheme = https (backends answer 502 until TLS to backends \
+              lands)` is validated but not enforced by this build yet"
+            ]
+        );
+    }
+
+    #[test]
+    fn ratelimit_and_sticky_through_the_file() {
         let c = parse_ok(&route_with(
-            "sticky = \"cookie\"\nratelimit = \"5/s\"\nmaxconn = 3\nhealthcheck.path = \"/h\"\n",
+            "ratelimit = { rate = \"100/s\", burst = 200, key = \"source\", scope = \"cluster\" }\n\
+             sticky = { type = \"cookie\", cookie = \"SID\", ttl = \"1h\" }\n",
         ));
-        let not_enforced: Vec<&String> = c
+        let r = &c.routes[1];
+        let rl = r.ratelimit.as_ref().unwrap();
+        assert_eq!(
+            (rl.per_second, rl.burst, &rl.key, rl.scope),
+            (
+                100.0,
+                200,
+                &crate::route::RateKey::Source,
+                crate::route::RateScope::Cluster
+            )
+        );
+        assert_eq!(r.sticky.ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(c.routes[0].sticky.ttl, None);
+
+        let p = route_problems("ratelimit = { rate = \"5/s\", scope = \"world\" }\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "routes[1].ratelimit.scope");
+        assert_eq!(
+            p[0].message,
+            "`world` is not a rate-limit scope; use replica or cluster"
+        );
+
+        // A key the sticky type ignores is a warning naming route and key.
+        let c = parse_ok(&route_with(
+            "sticky = { type = \"source\", cookie = \"SID\" }\n",
+        ));
+        let w: Vec<&String> = c
             .warnings
             .iter()
-            .filter(|w| w.contains("not enforced"))
+            .filter(|w| w.contains("no effect"))
             .collect();
-        assert_eq!(
-            not_enforced,
-            [
-                "route `a.example/`: `sticky` is validated but not enforced by this build yet",
-                "route `a.example/`: `ratelimit` is validated but not enforced by this build yet",
-            ]
+        assert_eq!(w.len(), 1, "{:?}", c.warnings);
+        assert!(
+            w[0].starts_with(
+                "route `a.example/`: `sticky.cookie` has no effect: sticky is `source`"
+            ),
+            "{w:?}"
         );
     }
 

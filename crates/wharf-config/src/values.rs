@@ -33,21 +33,55 @@ pub fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
         .map_err(|_| format!("`{s}` is not a valid {what}"))
 }
 
-/// A rate `N/s`, `N/m` or `N/h`, returned as requests per second.
+/// Most requests per second a rate may allow: a larger one limits nothing a
+/// proxy could serve (leave the rate limit unset instead).
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// A rate `N/s`, `N/m` or `N/h` with a whole N > 0, returned as requests per
+/// second, at most [`MAX_RATE`].
 pub fn rate(s: &str) -> Result<f64, String> {
-    let err = || format!("`{s}` is not a rate; write `N/s`, `N/m` or `N/h` with N > 0");
-    let (n, unit) = s.trim().split_once('/').ok_or_else(err)?;
-    let n: f64 = n.trim().parse::<u32>().map_err(|_| err())?.into();
+    let form = "write `N/s`, `N/m` or `N/h` with a whole number N > 0, e.g. `100/s` or `30/m`";
+    let Some((n, unit)) = s.trim().split_once('/') else {
+        return Err(format!("`{s}` is not a rate; {form}"));
+    };
     let per = match unit.trim() {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(err()),
+        u => {
+            return Err(format!(
+                "`{s}` is not a rate: `{u}` is not a unit (s, m or h); {form}"
+            ))
+        }
     };
-    if n <= 0.0 {
-        return Err(err());
+    let n = n.trim();
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(if n.parse::<f64>().is_ok() {
+            format!(
+                "`{s}` is not a rate: N must be a whole number above zero; for less than one \
+                 request per second use a longer unit, e.g. `30/m`"
+            )
+        } else {
+            format!("`{s}` is not a rate; {form}")
+        });
     }
-    Ok(n / per)
+    // Digits only, so it parses (a huge N as infinity); exact up to 2^53, and a
+    // larger N is far above MAX_RATE anyway.
+    let n: f64 = n.parse().unwrap_or(f64::INFINITY);
+    if n == 0.0 {
+        return Err(format!(
+            "`{s}` is a rate of zero, which would refuse every request; {form} (leave the rate \
+             limit unset for no limit)"
+        ));
+    }
+    let per_second = n / per;
+    if per_second > MAX_RATE {
+        return Err(format!(
+            "`{s}` is more than 1000000 requests per second, which limits nothing; leave the \
+             rate limit unset for no limit"
+        ));
+    }
+    Ok(per_second)
 }
 
 /// An accepted-status list like `2xx,3xx`, `200-399` or `200,204` (as HAProxy's
@@ -172,8 +206,29 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert_eq!(rate("100/s").unwrap(), 100.0);
         assert_eq!(rate("60/m").unwrap(), 1.0);
-        assert!(rate("0/s").is_err());
-        assert!(rate("5/d").is_err());
+        assert_eq!(rate(" 7 / h ").unwrap(), 7.0 / 3600.0);
+        assert_eq!(rate("1000000/s").unwrap(), MAX_RATE);
+        for (bad, needle) in [
+            ("0/s", "a rate of zero"),
+            ("abc", "`abc` is not a rate; write `N/s`"),
+            ("5/x", "`x` is not a unit (s, m or h)"),
+            ("5/d", "`d` is not a unit"),
+            ("5/s/2", "`s/2` is not a unit"),
+            ("-5/s", "whole number above zero"),
+            ("0.5/s", "whole number above zero"),
+            ("/s", "is not a rate; write"),
+            ("1000001/s", "more than 1000000 requests per second"),
+            ("4294967295/m", "more than 1000000 requests per second"),
+            ("99999999999/h", "more than 1000000 requests per second"),
+            (
+                "99999999999999999999999999/s",
+                "more than 1000000 requests per second",
+            ),
+            ("+5/s", "whole number above zero"),
+        ] {
+            let e = rate(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
         assert_eq!(
             status_list("2xx,3xx").unwrap(),
             vec![(200, 299), (300, 399)]
