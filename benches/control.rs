@@ -42,6 +42,7 @@ fn snapshot(n: usize, variant: u8) -> Snapshot {
                         id: format!("task{i}.{t}"),
                         addrs,
                         draining: false,
+                        identity: format!("svc{i}.{t}"),
                     }
                 })
                 .collect();

@@ -27,6 +27,7 @@ fn table(n: usize, balance: Balance, maxconn: bool) -> (BackendRegistry, Table) 
                 addr: SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 8080)),
                 scheme: Scheme::Http,
                 draining: false,
+                identity: None,
             })
             .collect(),
         policy: Policy {

@@ -29,6 +29,7 @@ fn defs(n: usize) -> Vec<RouteDef> {
                     addr: SocketAddr::from(([10, (i >> 8) as u8, i as u8, b], 8080)),
                     scheme: Scheme::Http,
                     draining: false,
+                    identity: None,
                 })
                 .collect(),
             policy: Policy::default(),
@@ -44,6 +45,7 @@ fn defs(n: usize) -> Vec<RouteDef> {
                 addr: SocketAddr::from(([10, 255, 0, 1], 80)),
                 scheme: Scheme::Http,
                 draining: false,
+                identity: None,
             }],
             policy: Policy::default(),
         }))

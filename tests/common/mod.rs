@@ -152,7 +152,8 @@ pub fn loopback_listener() -> std::net::TcpListener {
 ///
 /// Paths: `/slow?ms=N` answers after N ms; `/stream` sends one chunk, waits for
 /// [`Backend::release`], then sends the last; `/upgrade` answers 101 and echoes
-/// bytes; `/big?n=N` answers N bytes; anything else answers 200 `name`.
+/// bytes; `/big?n=N` answers N bytes; `/login?cookie=NAME&value=V` sets a
+/// cookie; anything else answers 200 `name`.
 /// Every request is recorded; `x-backend: name` is on every response.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -329,6 +330,18 @@ async fn handle(
             Response::new(full(Bytes::from(vec![b'x'; n])))
         }
         "/echo-len" => Response::new(full(Bytes::from(body.len().to_string()))),
+        // `/login?cookie=NAME&value=V`: the application sets its session cookie.
+        "/login" => {
+            let mut r = Response::new(full(Bytes::from(name.clone())));
+            let cookie = format!(
+                "{}={}; Path=/; HttpOnly",
+                query.get("cookie").map_or("SESSION", String::as_str),
+                query.get("value").map_or("v", String::as_str)
+            );
+            r.headers_mut()
+                .insert("set-cookie", cookie.parse().unwrap());
+            r
+        }
         _ => {
             let mut r = Response::new(full(Bytes::from(name.clone())));
             // Hop-by-hop fields a proxy must drop on the way back.

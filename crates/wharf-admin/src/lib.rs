@@ -114,7 +114,13 @@ struct RouteView<'a> {
     hosts: &'a [String],
     path: &'a str,
     balance: &'static str,
+    /// `none`, `cookie` or `source`: what is enforced.
     sticky: &'static str,
+    /// The cookie (name, `insert` or `prefix`, `max_age`) or the source binding
+    /// ttl and count; `null` without stickiness.
+    affinity: Option<AffinityView<'a>>,
+    /// The rate limit, or `null`.
+    ratelimit: Option<RateView<'a>>,
     tls: &'static str,
     /// The active check, or `null` (passive observation only).
     healthcheck: Option<CheckView<'a>>,
@@ -123,6 +129,38 @@ struct RouteView<'a> {
     /// Requests waiting for a `maxconn` slot (the route's queue).
     queue: usize,
     backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+struct AffinityView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cookie: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    /// Cookie `Max-Age` (`null`: a session cookie), or a binding's idle lifetime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_s: Option<u64>,
+    /// Source bindings held now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bindings: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct RateView<'a> {
+    rate: &'a str,
+    burst: u32,
+    /// `source`, `route`, `host` or `header:NAME`.
+    key: String,
+    /// `replica` or `cluster`.
+    scope: &'static str,
+    /// Replicas a `cluster` limit is divided among now (1 for `replica`).
+    replicas: u32,
+    /// Keys tracked now.
+    keys: usize,
+    /// Requests refused so far.
+    limited: u64,
 }
 
 #[derive(Serialize)]
@@ -189,7 +227,41 @@ fn routes_json(table: &Table) -> Vec<u8> {
                 hosts: &r.hosts,
                 path: &r.path,
                 balance: r.balance().as_str(),
-                sticky: r.policy.sticky.as_str(),
+                sticky: r.policy.sticky.as_deref().map_or("none", |s| s.as_str()),
+                affinity: r.policy.sticky.as_deref().map(|s| match s {
+                    wharf_table::StickyPolicy::Cookie(c) => AffinityView {
+                        cookie: Some(&c.name),
+                        mode: Some(if c.prefix { "prefix" } else { "insert" }),
+                        max_age_s: c.max_age,
+                        ttl_s: None,
+                        bindings: None,
+                    },
+                    wharf_table::StickyPolicy::Source { ttl } => AffinityView {
+                        cookie: None,
+                        mode: None,
+                        max_age_s: None,
+                        ttl_s: Some(ttl.as_secs()),
+                        bindings: Some(r.state.bindings_len()),
+                    },
+                }),
+                ratelimit: r.policy.ratelimit.as_deref().map(|rl| RateView {
+                    rate: &rl.shown,
+                    burst: rl.burst,
+                    key: match &rl.key {
+                        wharf_table::RateKey::Source => "source".into(),
+                        wharf_table::RateKey::Route => "route".into(),
+                        wharf_table::RateKey::Host => "host".into(),
+                        wharf_table::RateKey::Header(h) => format!("header:{h}"),
+                    },
+                    scope: if rl.cluster { "cluster" } else { "replica" },
+                    replicas: if rl.cluster {
+                        wharf_table::ratelimit::cluster_replicas()
+                    } else {
+                        1
+                    },
+                    keys: r.state.rate.keys(),
+                    limited: r.state.rate.limited.load(Ordering::Relaxed),
+                }),
                 tls: if r.policy.tls { "acme" } else { "none" },
                 healthcheck: r.policy.healthcheck.as_deref().map(|hc| CheckView {
                     method: &hc.method,
@@ -324,7 +396,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
 }
 
 /// `wharf_backend_up{route,backend}`, `wharf_backend_inflight{route,backend}`,
-/// `wharf_healthcheck_total{route,backend,result}` and `wharf_retries_total{route}`,
+/// `wharf_healthcheck_total{route,backend,result}`, `wharf_retries_total{route}`
+/// and `wharf_ratelimited_total{route}`,
 /// read from the published table at scrape time, so the request path pays nothing
 /// for them. The counters live in the table's long-lived backend and route
 /// state, so they survive swaps; they restart from 0 only when a backend or
@@ -350,6 +423,10 @@ const RETRIES: (&str, &str) = (
     "wharf_retries_total",
     "Requests sent again to another backend after the first could not be reached.",
 );
+const RATELIMITED: (&str, &str) = (
+    "wharf_ratelimited_total",
+    "Requests refused with 429 by the route's rate limit.",
+);
 
 fn opts((name, help): (&str, &str), labels: &[&str]) -> prometheus::Opts {
     prometheus::Opts::new(name, help)
@@ -362,6 +439,7 @@ struct Families {
     inflight: prometheus::IntGaugeVec,
     checks: prometheus::IntCounterVec,
     retries: prometheus::IntCounterVec,
+    limited: prometheus::IntCounterVec,
 }
 
 impl BackendCollector {
@@ -374,6 +452,7 @@ impl BackendCollector {
                 opts(INFLIGHT, &BACKEND_LABELS).describe()?,
                 opts(CHECKS, &CHECK_LABELS).describe()?,
                 opts(RETRIES, &ROUTE_LABELS).describe()?,
+                opts(RATELIMITED, &ROUTE_LABELS).describe()?,
             ],
         })
     }
@@ -384,12 +463,18 @@ impl BackendCollector {
             inflight: prometheus::IntGaugeVec::new(opts(INFLIGHT, &[]), &BACKEND_LABELS)?,
             checks: prometheus::IntCounterVec::new(opts(CHECKS, &[]), &CHECK_LABELS)?,
             retries: prometheus::IntCounterVec::new(opts(RETRIES, &[]), &ROUTE_LABELS)?,
+            limited: prometheus::IntCounterVec::new(opts(RATELIMITED, &[]), &ROUTE_LABELS)?,
         };
         let table = self.table.load();
         for route in table.routes() {
             f.retries
                 .with_label_values(&[&*route.name])
                 .inc_by(route.state.retries.load(Ordering::Relaxed));
+            if route.policy.ratelimit.is_some() {
+                f.limited
+                    .with_label_values(&[&*route.name])
+                    .inc_by(route.state.rate.limited.load(Ordering::Relaxed));
+            }
             let checked = route.policy.healthcheck.is_some();
             for b in route.backends.all() {
                 let addr = b.addr.to_string();
@@ -425,6 +510,7 @@ impl prometheus::core::Collector for BackendCollector {
                 out.extend(f.inflight.collect());
                 out.extend(f.checks.collect());
                 out.extend(f.retries.collect());
+                out.extend(f.limited.collect());
                 out
             }
             Err(e) => {
@@ -458,6 +544,7 @@ mod tests {
                     addr: a.parse().unwrap(),
                     scheme: Scheme::Http,
                     draining: false,
+                    identity: None,
                 })
                 .collect(),
             policy: Policy {

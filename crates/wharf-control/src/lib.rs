@@ -13,10 +13,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use wharf_config::labels::{self, LabelOptions, ServiceInput, Severity};
-use wharf_config::route::{StickyType, TlsMode};
+use wharf_config::route::{StickyMode, StickyType, TlsMode};
 use wharf_config::{Config, RouteSpec, Upstream};
 use wharf_docker::{Snapshot, Workload};
-use wharf_table::{BackendDef, BackendRegistry, HealthCheck, Policy, RouteDef, Sticky, Table};
+use wharf_table::{
+    BackendDef, BackendRegistry, CookieSticky, HealthCheck, Policy, RateKey, RateLimit, RouteDef,
+    StickyKey, StickyPolicy, Table,
+};
 
 /// The published table, shared with the proxy and the admin listener.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -133,6 +136,9 @@ pub struct Control {
     conflicts: Mutex<Vec<Problem>>,
     last_good: Mutex<HashMap<String, LastGood>>,
     parsed: Mutex<ParseCache>,
+    /// The `[sticky] secret` the registry's key was made from (`Some(None)`: none
+    /// configured, a random key).
+    sticky_secret: Mutex<Option<Option<String>>>,
 }
 
 /// The control plane's own metrics (SPEC "Metrics").
@@ -186,7 +192,50 @@ impl Control {
             conflicts: Mutex::new(Vec::new()),
             last_good: Mutex::new(HashMap::new()),
             parsed: Mutex::new(ParseCache::default()),
+            sticky_secret: Mutex::new(None),
         }
+    }
+
+    /// Says once (per key) that cookie tokens come from a random key when a
+    /// route with cookie stickiness is served without `[sticky] secret`: labels
+    /// can add such a route long after the file was read.
+    fn warn_random_sticky_key(&self, table: &Table) {
+        let cookie = |r: &&Arc<wharf_table::Route>| {
+            matches!(r.policy.sticky.as_deref(), Some(StickyPolicy::Cookie(_)))
+        };
+        let Some(route) = table.routes().iter().find(cookie) else {
+            return;
+        };
+        let key = self.registry.sticky_key();
+        if key.generated && !key.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                route = %route.name,
+                "[sticky] secret is not set: sticky cookies are keyed by a random per-process \
+                 key, so replicas will disagree and a restart re-pins every client; set the \
+                 same secret on every replica"
+            );
+        }
+    }
+
+    /// Keys sticky tokens with the configured secret; says whether it changed
+    /// (every token changes with it, so the table must be compiled again).
+    fn use_sticky_secret(&self, secret: Option<&str>) -> bool {
+        let mut current = self
+            .sticky_secret
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| c.as_deref() == secret) {
+            return false;
+        }
+        match secret {
+            Some(s) => self.registry.set_sticky_key(StickyKey::new(s.as_bytes())),
+            None if current.is_some() => self.registry.set_sticky_key(StickyKey::random()),
+            // The first config has none: the registry makes a random key.
+            None => {}
+        }
+        let first = current.is_none();
+        *current = Some(secret.map(str::to_string));
+        !first
     }
 
     pub fn table(&self) -> SharedTable {
@@ -227,13 +276,15 @@ impl Control {
             .conflicts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *published == defs {
+        let rekeyed = self.use_sticky_secret(config.sticky.secret.as_deref());
+        if *published == defs && !rekeyed {
             report.routes = self.table.load().len();
             report.problems.extend(last_conflicts.iter().cloned());
             return report;
         }
         diff(&published, &defs, &mut report);
         let (table, compile) = Table::compile(defs.clone(), &self.registry);
+        self.warn_random_sticky_key(&table);
         let mut conflicts = Vec::new();
         for c in compile.conflicts {
             conflicts.push(Problem {
@@ -393,14 +444,19 @@ fn workload_backends(
         let addrs = dns.get(&name).cloned().unwrap_or_default();
         return addrs
             .into_iter()
-            .map(|ip| BackendDef {
-                addr: SocketAddr::new(ip, port),
-                scheme: r.scheme,
-                // A task Docker reports shutting down or unhealthy drains here too.
-                draining: w
-                    .endpoints
-                    .iter()
-                    .any(|e| e.draining && e.addrs.values().any(|a| *a == ip)),
+            .map(|ip| {
+                let task = |e: &&wharf_docker::Endpoint| e.addrs.values().any(|a| *a == ip);
+                BackendDef {
+                    addr: SocketAddr::new(ip, port),
+                    scheme: r.scheme,
+                    // A task Docker reports shutting down or unhealthy drains here too.
+                    draining: w.endpoints.iter().filter(task).any(|e| e.draining),
+                    identity: w
+                        .endpoints
+                        .iter()
+                        .find(task)
+                        .map(|e| e.identity.as_str().into()),
+                }
             })
             .collect();
     }
@@ -420,6 +476,7 @@ fn workload_backends(
                 addr: SocketAddr::new(ip, port),
                 scheme: r.scheme,
                 draining: e.draining,
+                identity: Some(e.identity.as_str().into()),
             }),
             None => elsewhere.extend(e.addrs.keys().cloned()),
         }
@@ -479,6 +536,7 @@ fn route_def(
                 addr: *addr,
                 scheme: r.scheme,
                 draining: false,
+                identity: None,
             })
             .collect(),
         Upstream::Dns { name, port } => {
@@ -491,6 +549,7 @@ fn route_def(
                     addr: SocketAddr::new(*ip, *port),
                     scheme: r.scheme,
                     draining: false,
+                    identity: None,
                 })
                 .collect();
             v.sort_by_key(|b| b.addr);
@@ -515,10 +574,40 @@ fn route_def(
             https_redirect: r.https_redirect,
             hsts,
             sticky: match r.sticky.kind {
-                StickyType::None => Sticky::None,
-                StickyType::Cookie => Sticky::Cookie,
-                StickyType::Source => Sticky::Source,
+                StickyType::None => None,
+                StickyType::Cookie => Some(Arc::new(StickyPolicy::Cookie(CookieSticky {
+                    name: r.sticky.cookie.as_str().into(),
+                    prefix: r.sticky.mode == StickyMode::Prefix,
+                    max_age: r.sticky.ttl.map(|d| d.as_secs().max(1)),
+                }))),
+                StickyType::Source => Some(Arc::new(StickyPolicy::Source {
+                    ttl: r.sticky.source_ttl(),
+                })),
             },
+            ratelimit: r.ratelimit.as_ref().map(|rl| {
+                Arc::new(RateLimit::new(
+                    rl.per_second,
+                    rl.burst,
+                    match &rl.key {
+                        wharf_config::route::RateKey::Source => RateKey::Source,
+                        wharf_config::route::RateKey::Route => RateKey::Route,
+                        wharf_config::route::RateKey::Header(h)
+                            if h.eq_ignore_ascii_case("host") =>
+                        {
+                            RateKey::Host
+                        }
+                        wharf_config::route::RateKey::Header(h) => {
+                            // The config layer accepts only valid header names.
+                            match http::HeaderName::from_bytes(h.as_bytes()) {
+                                Ok(name) => RateKey::Header(name),
+                                Err(_) => RateKey::Source,
+                            }
+                        }
+                    },
+                    rl.scope == wharf_config::route::RateScope::Cluster,
+                    &shown_rate(rl.per_second),
+                ))
+            }),
             healthcheck: r.healthcheck.as_ref().map(|hc| {
                 Arc::new(HealthCheck {
                     path: hc.path.clone(),
@@ -542,6 +631,19 @@ fn route_def(
     }
 }
 
+/// A rate as an operator writes it: per second when that is a whole number,
+/// else per minute, else per hour.
+fn shown_rate(per_second: f64) -> String {
+    let whole = |x: f64| (x - x.round()).abs() < 1e-6 && x.round() >= 1.0;
+    if whole(per_second) {
+        format!("{}/s", per_second.round())
+    } else if whole(per_second * 60.0) {
+        format!("{}/m", (per_second * 60.0).round())
+    } else {
+        format!("{}/h", (per_second * 3600.0).round().max(1.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,13 +662,48 @@ mod tests {
         assert_eq!(r1.added, vec!["a/"]);
         assert_eq!(c.table().load().len(), 1);
         let r2 = c.apply(&config(
-            "[[routes]]\nhost = \"b\"\nupstream = \"static:127.0.0.1:1\"\nsticky = \"cookie\"\n",
+            "[[routes]]\nhost = \"b\"\nupstream = \"static:127.0.0.1:1\"\nscheme = \"https\"\n",
         ));
         assert_eq!(r2.added, vec!["b/"]);
         assert_eq!(r2.removed, vec!["a/"]);
         assert_eq!(r2.not_enforced.len(), 1);
         assert!(c.table().load().find("b", "/", 0).is_some());
         assert!(c.table().load().find("a", "/", 0).is_none());
+    }
+
+    #[test]
+    fn sticky_tokens_follow_the_secret_and_agree_across_controls() {
+        let routes = "[[routes]]\nhost = \"a\"\nupstream = \"static:127.0.0.1:1,127.0.0.1:2\"\n\
+                      sticky = \"cookie\"\nratelimit = \"6/m\"\n";
+        let with = |secret: &str| config(&format!("[sticky]\nsecret = \"{secret}\"\n{routes}"));
+        let tokens = |c: &Control| -> Vec<Option<wharf_table::Token>> {
+            let t = c.table().load();
+            t.routes()[0]
+                .backends
+                .all()
+                .iter()
+                .map(|b| b.token)
+                .collect()
+        };
+        let (one, two) = (Control::new(), Control::new());
+        one.apply(&with("s1"));
+        two.apply(&with("s1"));
+        let t1 = tokens(&one);
+        assert!(t1.iter().all(Option::is_some));
+        assert_ne!(t1[0], t1[1]);
+        // Another replica (another process) with the same secret agrees.
+        assert_eq!(t1, tokens(&two));
+        // Same routes, new secret: compiled again, new tokens.
+        one.apply(&with("s2"));
+        assert_ne!(tokens(&one), t1);
+        // No secret: a random key, unlike any configured one.
+        let three = Control::new();
+        three.apply(&config(routes));
+        assert_ne!(tokens(&three), t1);
+        let t = one.table().load();
+        let rl = t.routes()[0].policy.ratelimit.clone().unwrap();
+        assert_eq!(&*rl.shown, "6/m");
+        assert_eq!(rl.interval_ns, 10_000_000_000);
     }
 
     #[test]
@@ -598,6 +735,7 @@ mod tests {
                     id: format!("{name}.{i}"),
                     addrs: [(net.to_string(), IpAddr::from(*ip))].into_iter().collect(),
                     draining: *draining,
+                    identity: format!("{name}.{}", i + 1),
                 })
                 .collect(),
         }

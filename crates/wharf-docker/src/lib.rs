@@ -69,6 +69,12 @@ pub struct Endpoint {
     pub addrs: BTreeMap<String, IpAddr>,
     /// Docker says it is unhealthy or shutting down: keep it, send it nothing new.
     pub draining: bool,
+    /// A name that outlives the task or container: `service.slot` for a
+    /// replicated service's task (its replacement takes the slot), `service.node`
+    /// for a global one, the container name for a container (compose names it
+    /// `project-service-N`, and a recreated container keeps it). Sticky tokens
+    /// are made of it.
+    pub identity: String,
 }
 
 /// A swarm service or a plain container.

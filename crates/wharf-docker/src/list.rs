@@ -454,10 +454,17 @@ impl Lister<'_> {
                         addrs.entry(n.clone()).or_insert(*ip);
                     }
                 }
+                let service = spec.name.as_deref().unwrap_or(id);
+                let identity = match (t.slot, t.node_id.as_deref()) {
+                    (Some(slot), _) => format!("{service}.{slot}"),
+                    (None, Some(node)) => format!("{service}.{node}"),
+                    (None, None) => task_id.to_string(),
+                };
                 endpoints.push(Endpoint {
                     id: task_id.to_string(),
                     addrs,
                     draining: shutting_down || sick,
+                    identity,
                 });
             }
             endpoints.sort_by(|a, b| a.id.cmp(&b.id));
@@ -626,6 +633,7 @@ fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<
             id: id.clone(),
             addrs: container_networks(c),
             draining: paused || container_unhealthy(c),
+            identity: name.clone(),
         }],
         id,
         name,

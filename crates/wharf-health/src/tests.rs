@@ -37,6 +37,7 @@ fn def(name: &str, addrs: &[SocketAddr], check: Option<HealthCheck>) -> RouteDef
                 addr: *a,
                 scheme: Scheme::Http,
                 draining: false,
+                identity: None,
             })
             .collect(),
         policy: Policy {

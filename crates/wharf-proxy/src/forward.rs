@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 use wharf_table::{normalize_host, Backend, Scheme};
 
+use crate::affinity;
 use crate::body::{full, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
@@ -136,6 +137,7 @@ impl Forwarder {
             host: &host,
             path: req.uri().path(),
             has_body,
+            headers: req.headers(),
         };
 
         // admit
@@ -154,13 +156,19 @@ impl Forwarder {
             Routed::Redirect(port) => return Ok(redirect(&req, &host, port)),
         };
         let safe = pipeline::safe_to_repeat(&head);
-        // pick
-        let (backend, guard) = pipeline::pick(&route, conn.client, None).await?;
+        // limit
+        pipeline::limit(conn, &head, &route)?;
+        // pick, with affinity
+        let mut affinity = pipeline::affinity(conn, &head, &route);
+        let (backend, guard) =
+            pipeline::pick(&route, conn.client, None, affinity.as_deref()).await?;
+        let cookie = affinity.as_mut().and_then(|a| a.cookie.take());
         let mut ctx = Ctx {
             route,
             backend,
             guard,
             attempts: 1,
+            affinity,
         };
 
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
@@ -170,6 +178,7 @@ impl Forwarder {
         let from_h2 = parts.version == Version::HTTP_2;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::set_forwarded(&mut parts.headers, &conn.info, &host_value);
+        affinity::apply_request(&mut parts.headers, cookie);
         let path = parts
             .uri
             .path_and_query()
@@ -210,6 +219,10 @@ impl Forwarder {
             let mut resp = self.observed(&ctx, has_body, self.with_timeout(sent).await)?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
+                let (mut parts, _) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers, true);
+                // Affinity applies to the upgrade request too (WebSocket).
+                pipeline::respond(conn, &ctx, &mut parts.headers);
                 let guard = ctx.guard;
                 self.tunnels.spawn(async move {
                     let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
@@ -219,8 +232,6 @@ impl Forwarder {
                     let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
                     drop(guard);
                 });
-                let (mut parts, _) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers, true);
                 return Ok(Response::from_parts(parts, full("")));
             }
             return Ok(self.finish(resp, ctx, None, conn));
@@ -379,7 +390,7 @@ impl Forwarder {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        pipeline::respond(conn, &ctx.route, &mut parts.headers);
+        pipeline::respond(conn, &ctx, &mut parts.headers);
         Response::from_parts(
             parts,
             http_body_util::Either::Left(UpstreamBody::new(body, ctx.guard, pooled)),

@@ -7,6 +7,7 @@
 //! certificate store); ACME reaches the request path only through the
 //! [`Http01Responder`] hook.
 
+mod affinity;
 mod body;
 mod error;
 mod forward;

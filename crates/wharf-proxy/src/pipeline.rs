@@ -9,10 +9,13 @@
 //!
 //! - [`admit`]: checks that need no route (Host, 421 against SNI) and may answer.
 //! - [`route`]: the table lookup, and answers that belong to the route (redirect).
-//! - [`pick`]: a backend for the route (balancer, health, `maxconn` and its queue).
+//! - [`limit`]: the route's rate limit (429 with `Retry-After`).
+//! - [`affinity`]: the backend a sticky cookie or source binding names.
+//! - [`pick`]: a backend for the route (affinity, balancer, health, `maxconn` and
+//!   its queue).
 //! - forward (the codec's): sends, and reports a failure through [`Ctx::failed`],
 //!   which says whether the request may be sent again ([`Ctx::may_retry`]).
-//! - [`respond`]: rewrites the response head (HSTS; later cookies, header rules).
+//! - [`respond`]: rewrites the response head (HSTS, sticky cookies).
 //! - observe: [`Ctx::succeeded`] / [`Ctx::failed`] feed passive health; metrics and
 //!   the access log read the same context.
 //!
@@ -20,15 +23,17 @@
 //! one request lives in [`Ctx`]. A route that configures nothing pays nothing
 //! extra: its policy fields are `None` and every check is a branch on them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
 use tracing::{info, warn};
-use wharf_table::{Backend, BackendState, InflightGuard, Route, Table};
+use wharf_table::ratelimit::{retry_after_secs, KeyOf};
+use wharf_table::{Backend, BackendState, InflightGuard, RateKey, Route, StickyPolicy, Table};
 
+use crate::affinity::{self, Affinity};
 use crate::error::ProxyError;
 use crate::forward::ConnInfo;
 
@@ -40,6 +45,7 @@ pub struct Head<'a> {
     pub path: &'a str,
     /// The request carries a body (or may: unknown length).
     pub has_body: bool,
+    pub headers: &'a HeaderMap,
 }
 
 /// One request's state across phases.
@@ -50,6 +56,8 @@ pub struct Ctx {
     pub guard: InflightGuard,
     /// Attempts made so far (1 = the first).
     pub attempts: u8,
+    /// What the request said about affinity, on routes with stickiness.
+    pub affinity: Option<Box<Affinity>>,
 }
 
 /// Why an attempt failed, as the retry and passive-health rules need it.
@@ -120,6 +128,68 @@ pub fn route(
     Ok(Routed::Forward(route.clone()))
 }
 
+/// The client address that affinity and rate limits key on: the connection's
+/// peer (after the PROXY protocol), or, when that peer is in `forwarded_trusted`,
+/// the last `X-Forwarded-For` entry, which that trusted peer wrote.
+pub fn client_ip(conn: &ConnInfo, head: &Head<'_>) -> IpAddr {
+    if conn.info.trusted {
+        let last = head
+            .headers
+            .get_all(&crate::headers::X_FORWARDED_FOR)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = last {
+            return ip.to_canonical();
+        }
+    }
+    conn.client.ip()
+}
+
+/// The route's rate limit, if it has one.
+#[inline]
+pub fn limit(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Result<(), ProxyError> {
+    let Some(rl) = &route.policy.ratelimit else {
+        return Ok(());
+    };
+    let key = match &rl.key {
+        RateKey::Route => KeyOf::Route,
+        RateKey::Host => KeyOf::Bytes(head.host.as_bytes()),
+        RateKey::Header(name) => match head.headers.get(name) {
+            Some(v) => KeyOf::Bytes(v.as_bytes()),
+            None => KeyOf::Addr(client_ip(conn, head)),
+        },
+        RateKey::Source => KeyOf::Addr(client_ip(conn, head)),
+    };
+    let now = wharf_table::sticky::now_nanos();
+    route
+        .state
+        .rate
+        .check(rl, key, now)
+        .map_err(|wait| ProxyError::RateLimited {
+            retry_after_secs: retry_after_secs(wait),
+        })
+}
+
+/// The backend the request's sticky cookie or its client's binding names (and
+/// the `Cookie` rewrite), on a route with stickiness.
+#[inline]
+pub fn affinity(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Option<Box<Affinity>> {
+    let sticky = route.policy.sticky.as_deref()?;
+    let client = match sticky {
+        StickyPolicy::Source { .. } => client_ip(conn, head),
+        StickyPolicy::Cookie(_) => conn.client.ip(),
+    };
+    Some(Box::new(affinity::read(
+        route,
+        sticky,
+        head.headers,
+        client,
+    )))
+}
+
 /// Picks a backend and takes an in-flight slot on it; `not` excludes the backend
 /// of a failed attempt. On a `maxconn` route with every usable backend full, the
 /// request waits in the route's bounded queue up to the route's queue timeout.
@@ -127,11 +197,22 @@ pub async fn pick(
     route: &Arc<Route>,
     client: SocketAddr,
     not: Option<SocketAddr>,
+    aff: Option<&Affinity>,
 ) -> Result<(Arc<Backend>, InflightGuard), ProxyError> {
     let set = &route.backends;
-    let choose = || match not {
-        None => set.pick(client.ip()),
-        Some(a) => set.pick_other(client.ip(), a),
+    let pinned = aff.and_then(|a| a.pinned.as_ref());
+    let source = aff.and_then(|a| a.client);
+    let choose = || {
+        // A pinned backend that is gone, down or full is not an error: the
+        // request is balanced and the response re-pins the client.
+        if let Some(p) = pinned.filter(|p| Some(p.addr) != not && set.can_take(p)) {
+            return Some(p);
+        }
+        match (source, not) {
+            (Some(ip), _) => set.pick_rendezvous(ip, not),
+            (None, None) => set.pick(client.ip()),
+            (None, Some(a)) => set.pick_other(client.ip(), a),
+        }
     };
     let Some(mc) = route.policy.maxconn else {
         let b = choose().ok_or(ProxyError::NoHealthyBackend)?;
@@ -244,7 +325,8 @@ impl Ctx {
     /// attempt's slot is released once the new one is held.
     pub async fn redispatch(&mut self, client: SocketAddr) -> Result<(), ProxyError> {
         let failed = self.backend.addr;
-        let (backend, guard) = pick(&self.route, client, Some(failed)).await?;
+        let (backend, guard) =
+            pick(&self.route, client, Some(failed), self.affinity.as_deref()).await?;
         self.route.state.count_retry();
         self.backend = backend;
         self.guard = guard;
@@ -272,11 +354,15 @@ fn readmit_after(state: Arc<BackendState>, route: Arc<str>, addr: SocketAddr, af
 
 /// Respond: the response head on its way to the client.
 #[inline]
-pub fn respond(conn: &ConnInfo, route: &Route, headers: &mut HeaderMap) {
+pub fn respond(conn: &ConnInfo, ctx: &Ctx, headers: &mut HeaderMap) {
+    let route = &ctx.route;
     if conn.tls {
         if let Some(hsts) = &route.policy.hsts {
             headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
+    }
+    if let (Some(sticky), Some(aff)) = (route.policy.sticky.as_deref(), ctx.affinity.as_deref()) {
+        affinity::respond(route, sticky, aff, &ctx.backend, conn.tls, headers);
     }
 }
 
@@ -309,6 +395,7 @@ mod tests {
                     addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
                     scheme: Scheme::Http,
                     draining: false,
+                    identity: None,
                 })
                 .collect(),
             policy: Policy {
@@ -332,10 +419,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_queued_request_gets_the_freed_slot() {
         let (_t, r) = route(1, mc(1, 4, 5_000));
-        let (_, first) = pick(&r, CLIENT, None).await.unwrap();
+        let (_, first) = pick(&r, CLIENT, None, None).await.unwrap();
         let r2 = r.clone();
         let waiter =
-            tokio::spawn(async move { pick(&r2, CLIENT, None).await.map(|(b, _)| b.addr) });
+            tokio::spawn(async move { pick(&r2, CLIENT, None, None).await.map(|(b, _)| b.addr) });
         // The waiter is in the queue, not served.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(r.state.queued(), 1);
@@ -348,13 +435,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_answers_at_once_and_a_queued_request_times_out() {
         let (_t, r) = route(1, mc(1, 1, 300));
-        let _held = pick(&r, CLIENT, None).await.unwrap();
+        let _held = pick(&r, CLIENT, None, None).await.unwrap();
         let r2 = r.clone();
         let started = tokio::time::Instant::now();
-        let waiter = tokio::spawn(async move { pick(&r2, CLIENT, None).await.map(|_| ()) });
+        let waiter = tokio::spawn(async move { pick(&r2, CLIENT, None, None).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(matches!(
-            pick(&r, CLIENT, None).await,
+            pick(&r, CLIENT, None, None).await,
             Err(ProxyError::QueueFull)
         ));
         assert!(matches!(
@@ -372,7 +459,7 @@ mod tests {
             b.state.set_up(false);
         }
         assert!(matches!(
-            pick(&r, CLIENT, None).await,
+            pick(&r, CLIENT, None, None).await,
             Err(ProxyError::NoHealthyBackend)
         ));
         let (_t, r) = route(2, None);
@@ -380,7 +467,7 @@ mod tests {
             b.state.set_up(false);
         }
         assert!(matches!(
-            pick(&r, CLIENT, None).await,
+            pick(&r, CLIENT, None, None).await,
             Err(ProxyError::NoHealthyBackend)
         ));
     }
@@ -388,11 +475,11 @@ mod tests {
     #[tokio::test]
     async fn leastconn_never_picks_a_full_backend_while_another_has_room() {
         let (_t, r) = route(3, mc(1, 4, 5_000));
-        let (a, _ga) = pick(&r, CLIENT, None).await.unwrap();
-        let (b, _gb) = pick(&r, CLIENT, None).await.unwrap();
+        let (a, _ga) = pick(&r, CLIENT, None, None).await.unwrap();
+        let (b, _gb) = pick(&r, CLIENT, None, None).await.unwrap();
         assert_ne!(a.addr, b.addr);
         for _ in 0..50 {
-            let (c, g) = pick(&r, CLIENT, None).await.unwrap();
+            let (c, g) = pick(&r, CLIENT, None, None).await.unwrap();
             assert!(c.addr != a.addr && c.addr != b.addr);
             drop(g);
         }
@@ -401,12 +488,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn passive_ejection_without_checks_ends_after_the_cooldown() {
         let (_t, r) = route(2, None);
-        let (backend, guard) = pick(&r, CLIENT, None).await.unwrap();
+        let (backend, guard) = pick(&r, CLIENT, None, None).await.unwrap();
         let ctx = Ctx {
             route: r.clone(),
             backend: backend.clone(),
             guard,
             attempts: 1,
+            affinity: None,
         };
         for _ in 0..wharf_table::PASSIVE_FAILURES {
             ctx.failed(Failure::Connect, &"refused");
@@ -414,7 +502,10 @@ mod tests {
         assert!(!backend.state.is_up());
         // Every pick now avoids it.
         for _ in 0..20 {
-            assert_ne!(pick(&r, CLIENT, None).await.unwrap().0.addr, backend.addr);
+            assert_ne!(
+                pick(&r, CLIENT, None, None).await.unwrap().0.addr,
+                backend.addr
+            );
         }
         tokio::time::sleep(wharf_table::PASSIVE_COOLDOWN + Duration::from_millis(1)).await;
         assert!(backend.state.is_up());
@@ -438,12 +529,13 @@ mod tests {
     #[tokio::test]
     async fn retry_rules() {
         let (_t, r) = route(2, None);
-        let (backend, guard) = pick(&r, CLIENT, None).await.unwrap();
+        let (backend, guard) = pick(&r, CLIENT, None, None).await.unwrap();
         let mut ctx = Ctx {
             route: r.clone(),
             backend,
             guard,
             attempts: 1,
+            affinity: None,
         };
         // Nothing sent: any request may go elsewhere.
         let reset = |written| Failure::Reset {
@@ -469,11 +561,13 @@ mod tests {
         assert!(!ctx.may_retry(Failure::Connect, true));
         let get = Method::GET;
         let post = Method::POST;
+        let empty = HeaderMap::new();
         let head = |method, has_body| Head {
             method,
             host: "h",
             path: "/",
             has_body,
+            headers: &empty,
         };
         assert!(safe_to_repeat(&head(&get, false)));
         assert!(!safe_to_repeat(&head(&get, true)));

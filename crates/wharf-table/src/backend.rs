@@ -1,5 +1,6 @@
 //! Backends, their long-lived state, and the balancers that pick one.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use dashmap::DashMap;
 
 use crate::health::HealthInfo;
 use crate::limit::RouteState;
+use crate::sticky::{StickyKey, Token};
 
 /// How the proxy talks to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -63,6 +65,10 @@ pub struct BackendDef {
     /// Its provider says it is going away (task shutting down, container
     /// unhealthy): requests in flight finish, new ones go elsewhere.
     pub draining: bool,
+    /// A name that stays with the backend when its address changes (the swarm
+    /// task slot `service.slot`, the container name): sticky tokens are made of
+    /// it. `None`: the address.
+    pub identity: Option<Arc<str>>,
 }
 
 /// Identity of a backend across table generations: the route it serves and its
@@ -208,6 +214,8 @@ pub struct BackendRegistry {
     /// Per-route state that outlives swaps (queue, retry counter), by route name.
     routes: DashMap<Arc<str>, Arc<RouteState>, ahash::RandomState>,
     generation: AtomicU64,
+    /// Keys the sticky tokens; random until the configuration sets a secret.
+    sticky_key: Mutex<Option<Arc<StickyKey>>>,
 }
 
 impl BackendRegistry {
@@ -267,6 +275,19 @@ impl BackendRegistry {
             .retain(|_, s| s.seen.load(Ordering::Relaxed) == generation);
     }
 
+    /// Keys sticky tokens from now on (the next compile uses it).
+    pub fn set_sticky_key(&self, key: StickyKey) {
+        *lock(&self.sticky_key) = Some(Arc::new(key));
+    }
+
+    /// The key of sticky tokens: the configured one, else one made at random
+    /// for this process.
+    pub fn sticky_key(&self) -> Arc<StickyKey> {
+        lock(&self.sticky_key)
+            .get_or_insert_with(|| Arc::new(StickyKey::random()))
+            .clone()
+    }
+
     pub fn len(&self) -> usize {
         self.states.len()
     }
@@ -274,6 +295,10 @@ impl BackendRegistry {
     pub fn is_empty(&self) -> bool {
         self.states.is_empty()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One compiled backend.
@@ -284,6 +309,11 @@ pub struct Backend {
     pub state: Arc<BackendState>,
     /// The backend's half of its rendezvous score, computed once at compile.
     hash: u64,
+    /// Its sticky token, on routes with stickiness.
+    pub token: Option<Token>,
+    /// `Set-Cookie` values naming this backend (insert mode), built at compile:
+    /// `[plain, secure]`.
+    pub set_cookie: Option<Box<[http::HeaderValue; 2]>>,
 }
 
 impl fmt::Debug for Backend {
@@ -306,6 +336,8 @@ impl Backend {
             draining: def.draining,
             state,
             hash: backend_hash(def.addr),
+            token: None,
+            set_cookie: None,
         }
     }
 
@@ -384,6 +416,8 @@ pub struct BackendSet {
     next: AtomicUsize,
     /// `maxconn` per backend; 0 = unlimited. A full backend is not picked.
     limit: u32,
+    /// Token id → index, on routes with stickiness.
+    by_token: HashMap<u64, u32, ahash::RandomState>,
 }
 
 impl BackendSet {
@@ -393,7 +427,72 @@ impl BackendSet {
             balance,
             next: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
             limit,
+            by_token: HashMap::default(),
         }
+    }
+
+    /// Indexes the backends by their tokens (routes with stickiness). Two
+    /// backends with one identity (a task slot during a start-first update) share
+    /// a token; the one not draining is indexed.
+    pub(crate) fn index_tokens(&mut self) {
+        for (i, b) in self.backends.iter().enumerate() {
+            let Some(t) = b.token else { continue };
+            match self.by_token.entry(t.id()) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i as u32);
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if self.backends[*e.get() as usize].draining && !b.draining {
+                        e.insert(i as u32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backend a token names, if it is in this set.
+    #[inline]
+    pub fn by_token(&self, token: &Token) -> Option<&Arc<Backend>> {
+        self.by_id(token.id())
+            .filter(|b| b.token.as_ref() == Some(token))
+    }
+
+    /// The backend whose token has this id (a source binding), preferring a
+    /// usable one of the same identity.
+    #[inline]
+    pub fn by_id(&self, id: u64) -> Option<&Arc<Backend>> {
+        let i = *self.by_token.get(&id)?;
+        let b = self.backends.get(i as usize)?;
+        let token = b.token.as_ref()?;
+        if b.usable() {
+            return Some(b);
+        }
+        // Another backend of the same identity may be up (a task slot being
+        // replaced): rare, so a scan.
+        self.backends
+            .iter()
+            .find(|o| o.token.as_ref() == Some(token) && o.usable())
+            .or(Some(b))
+    }
+
+    /// May a pinned backend take this request: usable, and with room on a
+    /// `maxconn` route?
+    #[inline]
+    pub fn can_take(&self, b: &Backend) -> bool {
+        b.usable() && (self.limit == 0 || b.state.inflight() < self.limit)
+    }
+
+    /// A rendezvous pick by client address whatever the route's balance
+    /// (`sticky = source` with no binding yet), never choosing `not`.
+    pub fn pick_rendezvous(
+        &self,
+        client: IpAddr,
+        not: Option<SocketAddr>,
+    ) -> Option<&Arc<Backend>> {
+        let limit = self.limit;
+        self.rendezvous(client, |b: &Backend| {
+            b.usable() && (limit == 0 || b.state.inflight() < limit) && Some(b.addr) != not
+        })
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {
@@ -492,6 +591,7 @@ mod tests {
                     addr: SocketAddr::from(([10, 0, 0, 1], 8000 + i)),
                     scheme: Scheme::Http,
                     draining: false,
+                    identity: None,
                 };
                 let key = BackendKey {
                     route: "r".into(),

@@ -234,6 +234,7 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             scheme: Scheme::Http,
             draining: false,
+            identity: None,
         })
     }
 

@@ -17,7 +17,9 @@ mod backend;
 mod health;
 mod host;
 mod limit;
+pub mod ratelimit;
 mod route;
+pub mod sticky;
 mod table;
 
 pub use backend::{
@@ -29,5 +31,7 @@ pub use health::{
 };
 pub use host::normalize_host;
 pub use limit::{MaxConn, QueueTicket, RouteState};
-pub use route::{EntrypointMask, Policy, Route, RouteDef, Sticky};
+pub use ratelimit::{RateKey, RateLimit};
+pub use route::{EntrypointMask, Policy, Route, RouteDef};
+pub use sticky::{CookieSticky, StickyKey, StickyPolicy, Token};
 pub use table::{CompileReport, Table};

@@ -3,9 +3,13 @@
 //! queued under one table generation is woken by a slot freed under the next.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::ratelimit::RateState;
+use crate::sticky::Bindings;
 
 /// `maxconn` of a route: at most `limit` requests in flight per backend; the
 /// excess waits (at most `queue` requests, each at most `timeout`, as HAProxy's
@@ -26,6 +30,10 @@ pub struct RouteState {
     /// Woken once per freed slot while someone waits.
     notify: Notify,
     pub(crate) seen: AtomicU64,
+    /// The rate limit's per-key state and refusal counter.
+    pub rate: RateState,
+    /// `sticky = source` bindings, made on first use.
+    bindings: OnceLock<Bindings>,
 }
 
 /// A place in a route's queue; leaving it (drop) makes room for another.
@@ -64,6 +72,16 @@ impl RouteState {
         if self.queued.load(Ordering::SeqCst) != 0 {
             self.notify.notify_one();
         }
+    }
+
+    /// The `sticky = source` bindings of the route.
+    pub fn bindings(&self) -> &Bindings {
+        self.bindings.get_or_init(Bindings::default)
+    }
+
+    /// Bindings held now, without creating the table.
+    pub fn bindings_len(&self) -> usize {
+        self.bindings.get().map_or(0, Bindings::len)
     }
 
     pub fn count_retry(&self) {

@@ -7,6 +7,8 @@ use http::HeaderValue;
 use crate::backend::{BackendDef, BackendSet, Balance};
 use crate::health::HealthCheck;
 use crate::limit::{MaxConn, RouteState};
+use crate::ratelimit::RateLimit;
+use crate::sticky::StickyPolicy;
 
 /// The set of entrypoints (by index in the configuration) a route is served on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,25 +44,6 @@ impl EntrypointMask {
     }
 }
 
-/// How a route pins clients to backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sticky {
-    #[default]
-    None,
-    Cookie,
-    Source,
-}
-
-impl Sticky {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sticky::None => "none",
-            Sticky::Cookie => "cookie",
-            Sticky::Source => "source",
-        }
-    }
-}
-
 /// Per-route behaviour that the proxy applies around forwarding. Values that are
 /// sent on the wire are precomputed here so the hot path never formats them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,7 +55,9 @@ pub struct Policy {
     pub https_redirect: bool,
     /// The `Strict-Transport-Security` value, sent on TLS responses only.
     pub hsts: Option<HeaderValue>,
-    pub sticky: Sticky,
+    /// Session affinity; `None`: each request is balanced on its own.
+    pub sticky: Option<Arc<StickyPolicy>>,
+    pub ratelimit: Option<Arc<RateLimit>>,
     /// Active health checks of every backend; `None`: only passive observation,
     /// whose ejections then end after a cool-down.
     pub healthcheck: Option<Arc<HealthCheck>>,

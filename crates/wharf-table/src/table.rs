@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, BackendKey, BackendRegistry, BackendSet};
 use crate::route::{Route, RouteDef};
+use crate::sticky::{CookieSticky, StickyPolicy, Token};
 
 type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
 
@@ -40,7 +41,9 @@ impl Table {
         let mut report = CompileReport::default();
         let generation = registry.begin();
         let mut routes = Vec::with_capacity(defs.len());
+        let mut sticky_key = None;
         for def in defs {
+            let sticky = def.policy.sticky.as_deref();
             let backends = def
                 .backends
                 .iter()
@@ -49,11 +52,26 @@ impl Table {
                         route: def.name.clone(),
                         addr: b.addr,
                     };
-                    Arc::new(Backend::new(b, registry.mark(key, b, generation)))
+                    let mut backend = Backend::new(b, registry.mark(key, b, generation));
+                    if let Some(sticky) = sticky {
+                        let k = sticky_key.get_or_insert_with(|| registry.sticky_key());
+                        let token = match &b.identity {
+                            Some(id) => k.token(id),
+                            None => k.token(&b.addr.to_string()),
+                        };
+                        backend.token = Some(token);
+                        if let StickyPolicy::Cookie(c) = sticky {
+                            backend.set_cookie = insert_cookie(c, &token);
+                        }
+                    }
+                    Arc::new(backend)
                 })
                 .collect();
             let limit = def.policy.maxconn.map_or(0, |m| m.limit);
-            let set = BackendSet::new(backends, def.balance, limit);
+            let mut set = BackendSet::new(backends, def.balance, limit);
+            if sticky.is_some() {
+                set.index_tokens();
+            }
             let state = registry.mark_route(&def.name, generation);
             routes.push(Arc::new(Route::new(def, set, state)));
         }
@@ -142,6 +160,27 @@ impl Table {
     }
 }
 
+/// The `Set-Cookie` values of insert mode, `[plain, secure]`: `HttpOnly`,
+/// `SameSite=Lax`, path `/`, `Secure` when the client came over TLS, and
+/// `Max-Age` when a ttl is set (else a session cookie). Prefix mode sets none of
+/// its own.
+fn insert_cookie(c: &CookieSticky, token: &Token) -> Option<Box<[http::HeaderValue; 2]>> {
+    if c.prefix {
+        return None;
+    }
+    let text = token.text();
+    let value = std::str::from_utf8(&text).ok()?;
+    let mut plain = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", c.name);
+    if let Some(age) = c.max_age {
+        plain.push_str(&format!("; Max-Age={age}"));
+    }
+    let secure = format!("{plain}; Secure");
+    Some(Box::new([
+        http::HeaderValue::from_str(&plain).ok()?,
+        http::HeaderValue::from_str(&secure).ok()?,
+    ]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +200,7 @@ mod tests {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 scheme: Scheme::Http,
                 draining: false,
+                identity: None,
             }],
             policy: Policy::default(),
         }

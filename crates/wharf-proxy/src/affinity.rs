@@ -1,0 +1,461 @@
+//! Session affinity on the wire: the sticky token read from and stripped out of
+//! the request's `Cookie` fields, and written into the response's `Set-Cookie`.
+//!
+//! Insert mode: Wharf's own cookie (`WHARFID=<token>`) names the backend; it is
+//! removed before the request reaches the application. Prefix mode (HAProxy's
+//! `cookie JSESSIONID prefix`): the application's cookie travels as
+//! `JSESSIONID=<token>~<value>` between Wharf and the client, and as
+//! `JSESSIONID=<value>` between Wharf and the application.
+//!
+//! Parsing is one pass over the fields (RFC 6265 §4.2.1 `cookie-string`): a
+//! request with a hundred cookies or a 4 KiB header costs linear work.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use wharf_table::sticky::{PREFIX_SEPARATOR, TOKEN_LEN};
+use wharf_table::{Backend, CookieSticky, Route, StickyPolicy, Token};
+
+/// What the request said about affinity.
+#[derive(Debug, Default)]
+pub struct Affinity {
+    /// The backend the client is pinned to, when its token or binding names one
+    /// of this route's backends.
+    pub pinned: Option<Arc<Backend>>,
+    /// The replacement for the request's `Cookie` fields (our cookie removed or
+    /// our prefix stripped); `None`: leave them as they are.
+    pub cookie: Option<HeaderValue>,
+    /// Prefix mode: the application's value of the sticky cookie, as the client
+    /// sent it (without our prefix), so a re-pinned client gets it back with the
+    /// new backend's token.
+    pub app_value: Option<Box<[u8]>>,
+    /// `sticky = source`: the client address bound.
+    pub client: Option<IpAddr>,
+}
+
+/// Reads the affinity of a request on a route with stickiness.
+pub fn read(route: &Route, sticky: &StickyPolicy, headers: &HeaderMap, client: IpAddr) -> Affinity {
+    match sticky {
+        StickyPolicy::Source { ttl } => {
+            let now = wharf_table::sticky::now_secs();
+            let pinned = route
+                .state
+                .bindings()
+                .get(client, *ttl, now)
+                .and_then(|id| route.backends.by_id(id))
+                .cloned();
+            Affinity {
+                pinned,
+                client: Some(client),
+                ..Affinity::default()
+            }
+        }
+        StickyPolicy::Cookie(c) => read_cookie(route, c, headers),
+    }
+}
+
+fn read_cookie(route: &Route, c: &CookieSticky, headers: &HeaderMap) -> Affinity {
+    let mut out = Affinity::default();
+    let name = c.name.as_bytes();
+    // Only fields that carry our cookie are rewritten.
+    let ours = |v: &HeaderValue| {
+        v.as_bytes()
+            .windows(name.len() + 1)
+            .any(|w| &w[..name.len()] == name && w[name.len()] == b'=')
+    };
+    if !headers.get_all(header::COOKIE).iter().any(ours) {
+        return out;
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    let mut changed = false;
+    for field in headers.get_all(header::COOKIE) {
+        for pair in field.as_bytes().split(|b| *b == b';') {
+            let pair = trim(pair);
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = match pair.iter().position(|b| *b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let mut keep: &[u8] = pair;
+            let mut rewritten = None;
+            if k == name {
+                if !c.prefix {
+                    // Our own cookie: never forwarded.
+                    changed = true;
+                    keep = b"";
+                    if out.pinned.is_none() {
+                        out.pinned = lookup(route, v);
+                    }
+                } else if v.len() > TOKEN_LEN && v[TOKEN_LEN] == PREFIX_SEPARATOR {
+                    if let Some(t) = Token::parse(&v[..TOKEN_LEN]) {
+                        // Ours (a well-formed token, known or not): the
+                        // application gets its own value back.
+                        changed = true;
+                        let app = &v[TOKEN_LEN + 1..];
+                        if out.pinned.is_none() {
+                            out.pinned = route.backends.by_token(&t).cloned();
+                        }
+                        out.app_value.get_or_insert_with(|| app.into());
+                        let mut p = Vec::with_capacity(k.len() + 1 + app.len());
+                        p.extend_from_slice(k);
+                        p.push(b'=');
+                        p.extend_from_slice(app);
+                        rewritten = Some(p);
+                    }
+                } else {
+                    out.app_value.get_or_insert_with(|| v.into());
+                }
+            }
+            let keep = rewritten.as_deref().unwrap_or(keep);
+            if !keep.is_empty() {
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b"; ");
+                }
+                kept.extend_from_slice(keep);
+            }
+        }
+    }
+    if changed {
+        // An empty value means no Cookie field at all.
+        out.cookie = Some(HeaderValue::from_bytes(&kept).unwrap_or(HeaderValue::from_static("")));
+    }
+    out
+}
+
+fn lookup(route: &Route, v: &[u8]) -> Option<Arc<Backend>> {
+    route.backends.by_token(&Token::parse(v)?).cloned()
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Applies the rewritten `Cookie` field to the request on its way out.
+pub fn apply_request(headers: &mut HeaderMap, cookie: Option<HeaderValue>) {
+    let Some(v) = cookie else { return };
+    if v.is_empty() {
+        headers.remove(header::COOKIE);
+    } else {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+const PRIVATE: HeaderValue = HeaderValue::from_static("private");
+
+/// The response of a request on a route with stickiness: pins the client to
+/// the backend that answered when it was not pinned to it already.
+pub fn respond(
+    route: &Route,
+    sticky: &StickyPolicy,
+    aff: &Affinity,
+    backend: &Backend,
+    tls: bool,
+    headers: &mut HeaderMap,
+) {
+    let Some(token) = backend.token else { return };
+    let repinned = aff.pinned.as_ref().map(|p| p.token) != Some(Some(token));
+    match sticky {
+        StickyPolicy::Source { ttl } => {
+            if let (Some(client), true) = (aff.client, repinned) {
+                let now = wharf_table::sticky::now_secs();
+                route.state.bindings().bind(client, token.id(), *ttl, now);
+            }
+        }
+        StickyPolicy::Cookie(c) if !c.prefix => {
+            if repinned {
+                if let Some(v) = &backend.set_cookie {
+                    headers.append(header::SET_COOKIE, v[usize::from(tls)].clone());
+                    no_shared_cache(headers);
+                }
+            }
+        }
+        StickyPolicy::Cookie(c) => {
+            let text = token.text();
+            let name = c.name.as_bytes();
+            let mut set_by_app = false;
+            let mut out: Vec<HeaderValue> = Vec::new();
+            for v in headers.get_all(header::SET_COOKIE) {
+                let b = v.as_bytes();
+                if b.len() > name.len() && b.starts_with(name) && b[name.len()] == b'=' {
+                    set_by_app = true;
+                    let mut nv = Vec::with_capacity(b.len() + TOKEN_LEN + 1);
+                    nv.extend_from_slice(&b[..=name.len()]);
+                    nv.extend_from_slice(&text);
+                    nv.push(PREFIX_SEPARATOR);
+                    nv.extend_from_slice(&b[name.len() + 1..]);
+                    out.push(HeaderValue::from_bytes(&nv).unwrap_or_else(|_| v.clone()));
+                } else {
+                    out.push(v.clone());
+                }
+            }
+            if set_by_app {
+                headers.remove(header::SET_COOKIE);
+                for v in out {
+                    headers.append(header::SET_COOKIE, v);
+                }
+                no_shared_cache(headers);
+            } else if repinned {
+                // The client's session value, now with the new backend's token
+                // (the application did not set a new one).
+                if let Some(app) = &aff.app_value {
+                    let mut nv = Vec::with_capacity(name.len() + TOKEN_LEN + app.len() + 48);
+                    nv.extend_from_slice(name);
+                    nv.push(b'=');
+                    nv.extend_from_slice(&text);
+                    nv.push(PREFIX_SEPARATOR);
+                    nv.extend_from_slice(app);
+                    nv.extend_from_slice(b"; Path=/; SameSite=Lax");
+                    if tls {
+                        nv.extend_from_slice(b"; Secure");
+                    }
+                    if let Ok(v) = HeaderValue::from_bytes(&nv) {
+                        headers.append(header::SET_COOKIE, v);
+                        no_shared_cache(headers);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// HAProxy's `nocache`: a response that sets a sticky cookie must not be kept
+/// by a shared cache and served to other clients. `private` is added unless the
+/// response already says `private` or `no-store`; a `public` directive goes.
+fn no_shared_cache(headers: &mut HeaderMap) {
+    let Some(cc) = headers.get(header::CACHE_CONTROL) else {
+        headers.insert(header::CACHE_CONTROL, PRIVATE);
+        return;
+    };
+    let s = cc.to_str().unwrap_or("");
+    let directives = s.split(',').map(str::trim).filter(|d| !d.is_empty());
+    if directives.clone().any(|d| {
+        let d = d.split('=').next().unwrap_or("");
+        d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store")
+    }) {
+        return;
+    }
+    let mut v: Vec<&str> = directives
+        .filter(|d| {
+            let n = d.split('=').next().unwrap_or("").trim();
+            !n.eq_ignore_ascii_case("public") && !n.eq_ignore_ascii_case("s-maxage")
+        })
+        .collect();
+    v.push("private");
+    if let Ok(nv) = HeaderValue::from_str(&v.join(", ")) {
+        headers.insert(header::CACHE_CONTROL, nv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use wharf_table::{
+        BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef, Scheme, Table,
+    };
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn route(sticky: StickyPolicy) -> (Table, Arc<Route>) {
+        let reg = BackendRegistry::new();
+        reg.set_sticky_key(wharf_table::StickyKey::new(b"k"));
+        let def = RouteDef {
+            name: "r".into(),
+            source: "test".into(),
+            hosts: vec!["h".into()],
+            path: "/".into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: Balance::LeastConn,
+            backends: (0..3u16)
+                .map(|i| BackendDef {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    scheme: Scheme::Http,
+                    draining: false,
+                    identity: Some(format!("web.{i}").into()),
+                })
+                .collect(),
+            policy: Policy {
+                sticky: Some(Arc::new(sticky)),
+                ..Policy::default()
+            },
+        };
+        let (t, _) = Table::compile(vec![def], &reg);
+        let r = t.routes()[0].clone();
+        (t, r)
+    }
+
+    fn cookie(prefix: bool) -> StickyPolicy {
+        StickyPolicy::Cookie(CookieSticky {
+            name: if prefix { "JSESSIONID" } else { "WHARFID" }.into(),
+            prefix,
+            max_age: None,
+        })
+    }
+
+    fn token(r: &Route, i: usize) -> String {
+        String::from_utf8(r.backends.all()[i].token.unwrap().text().to_vec()).unwrap()
+    }
+
+    fn req(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(header::COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn insert_mode_pins_strips_and_sets() {
+        let sticky = cookie(false);
+        let (_t, r) = route(sticky.clone());
+        let t1 = token(&r, 1);
+        let a = read(
+            &r,
+            &sticky,
+            &req(&[&format!("a=1; WHARFID={t1}; b=2")]),
+            CLIENT,
+        );
+        assert_eq!(a.pinned.as_ref().unwrap().addr.port(), 9001);
+        assert_eq!(a.cookie.as_ref().unwrap(), "a=1; b=2");
+        // Pinned to the backend that answered: no new cookie.
+        let mut h = HeaderMap::new();
+        respond(&r, &sticky, &a, &r.backends.all()[1], false, &mut h);
+        assert!(h.get(header::SET_COOKIE).is_none());
+        // Answered by another (the pinned one was down): re-pinned.
+        respond(&r, &sticky, &a, &r.backends.all()[2], true, &mut h);
+        let set = h.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        assert_eq!(
+            set,
+            format!(
+                "WHARFID={}; Path=/; HttpOnly; SameSite=Lax; Secure",
+                token(&r, 2)
+            )
+        );
+        assert_eq!(h[header::CACHE_CONTROL], "private");
+        // Only our cookie: the field goes.
+        let a = read(&r, &sticky, &req(&[&format!("WHARFID={t1}")]), CLIENT);
+        let mut out = req(&[&format!("WHARFID={t1}")]);
+        apply_request(&mut out, a.cookie);
+        assert!(out.get(header::COOKIE).is_none());
+        // No cookie of ours: untouched, nothing pinned.
+        let a = read(&r, &sticky, &req(&["a=1", "WHARFIDX=2"]), CLIENT);
+        assert!(a.pinned.is_none() && a.cookie.is_none());
+    }
+
+    #[test]
+    fn tampered_truncated_or_foreign_tokens_are_ignored() {
+        let sticky = cookie(false);
+        let (_t, r) = route(sticky.clone());
+        let t1 = token(&r, 1);
+        let mut flipped = t1.clone().into_bytes();
+        flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+        let foreign = wharf_table::StickyKey::new(b"other").token("web.1").text();
+        for bad in [
+            String::from_utf8(flipped).unwrap(),
+            t1[..15].to_string(),
+            format!("{t1}x"),
+            String::from_utf8(foreign.to_vec()).unwrap(),
+            "../../etc".into(),
+            String::new(),
+        ] {
+            let a = read(&r, &sticky, &req(&[&format!("WHARFID={bad}; a=1")]), CLIENT);
+            assert!(a.pinned.is_none(), "{bad}");
+            // Still ours to remove.
+            assert_eq!(a.cookie.as_ref().unwrap(), "a=1");
+        }
+    }
+
+    #[test]
+    fn prefix_mode_round_trip() {
+        let sticky = cookie(true);
+        let (_t, r) = route(sticky.clone());
+        let t0 = token(&r, 0);
+        // The application sets its cookie: the client gets it prefixed.
+        let none = read(&r, &sticky, &HeaderMap::new(), CLIENT);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=abc; Path=/app"),
+        );
+        h.append(header::SET_COOKIE, HeaderValue::from_static("other=1"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        );
+        respond(&r, &sticky, &none, &r.backends.all()[0], false, &mut h);
+        let set: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(set[0], format!("JSESSIONID={t0}~abc; Path=/app").as_str());
+        assert_eq!(set[1], "other=1");
+        assert_eq!(h[header::CACHE_CONTROL], "max-age=60, private");
+        // It comes back: pinned, and the application sees its own value.
+        let a = read(
+            &r,
+            &sticky,
+            &req(&[&format!("x=1; JSESSIONID={t0}~abc")]),
+            CLIENT,
+        );
+        assert_eq!(a.pinned.as_ref().unwrap().addr.port(), 9000);
+        assert_eq!(a.cookie.as_ref().unwrap(), "x=1; JSESSIONID=abc");
+        // The pinned backend is gone: another answers, and without a new
+        // session cookie from the application the client's value is re-pinned.
+        r.backends.all()[0].state.set_up(false);
+        let a = read(
+            &r,
+            &sticky,
+            &req(&[&format!("JSESSIONID={t0}~abc")]),
+            CLIENT,
+        );
+        let mut h = HeaderMap::new();
+        respond(&r, &sticky, &a, &r.backends.all()[2], true, &mut h);
+        assert_eq!(
+            h[header::SET_COOKIE],
+            format!(
+                "JSESSIONID={}~abc; Path=/; SameSite=Lax; Secure",
+                token(&r, 2)
+            )
+            .as_str()
+        );
+        // A value that is not ours passes untouched and is pinned on reply.
+        let a = read(&r, &sticky, &req(&["JSESSIONID=plain~value"]), CLIENT);
+        assert!(a.pinned.is_none() && a.cookie.is_none());
+        assert_eq!(a.app_value.as_deref(), Some(&b"plain~value"[..]));
+    }
+
+    #[test]
+    fn a_hundred_cookies_and_a_long_header_are_linear() {
+        let sticky = cookie(false);
+        let (_t, r) = route(sticky.clone());
+        let t1 = token(&r, 1);
+        let many: Vec<String> = (0..100).map(|i| format!("c{i}=v{i}")).collect();
+        let mut v = many.join("; ");
+        v.push_str(&format!("; WHARFID={t1}; z={}", "y".repeat(4096)));
+        let a = read(&r, &sticky, &req(&[&v]), CLIENT);
+        assert_eq!(a.pinned.unwrap().addr.port(), 9001);
+        assert!(!a.cookie.unwrap().to_str().unwrap().contains("WHARFID"));
+    }
+
+    #[test]
+    fn source_binds_and_rebinds() {
+        let sticky = StickyPolicy::Source {
+            ttl: std::time::Duration::from_secs(3600),
+        };
+        let (_t, r) = route(sticky.clone());
+        let a = read(&r, &sticky, &HeaderMap::new(), CLIENT);
+        assert!(a.pinned.is_none());
+        let mut h = HeaderMap::new();
+        respond(&r, &sticky, &a, &r.backends.all()[2], false, &mut h);
+        assert!(h.is_empty());
+        let a = read(&r, &sticky, &HeaderMap::new(), CLIENT);
+        assert_eq!(a.pinned.unwrap().addr.port(), 9002);
+        assert_eq!(r.state.bindings_len(), 1);
+    }
+}
