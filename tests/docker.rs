@@ -532,3 +532,166 @@ fn traefik_v1_and_v2_healthcheck_labels_enable_active_checks() {
         );
     }
 }
+
+/// `ratelimit.scope = "cluster"`: two Wharf containers of one compose service
+/// (by their compose labels) find each other through Docker and each enforces
+/// half the route's rate; when one goes, the other enforces all of it.
+#[test]
+fn cluster_rate_limit_is_shared_by_compose_replicas() {
+    let t0 = Instant::now();
+    let e = Engine::new("rlc");
+    let net = e.bridge("net");
+    let backend_image = e.backend_image();
+    let wharf = e.wharf_image();
+    let be = e.run("be", &["--network", &net, &backend_image]);
+    let be_ip = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &be,
+    ]);
+    let be_addr: std::net::SocketAddr = format!("{be_ip}:80").parse().unwrap();
+    let host = format!("{}.test", e.name("rl"));
+    let cfg_dir = e.dir().join("etc");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    std::fs::write(
+        cfg_dir.join("wharf.toml"),
+        format!(
+            "[entrypoints.web]\naddress = \"0.0.0.0:8080\"\n\n[admin]\naddress = \"0.0.0.0:8082\"\n\n\
+             [docker]\nmode = \"containers\"\nnetwork = \"{net}\"\npoll_interval = \"500ms\"\n\n{}",
+            route(
+                &host,
+                "/",
+                &[be_addr],
+                "ratelimit = { rate = \"10/s\", burst = 10, key = \"route\", scope = \"cluster\" }",
+            )
+        ),
+    )
+    .unwrap();
+    let project = e.name("proj");
+    let replica = |what: &str| {
+        e.run(
+            what,
+            &[
+                "--network",
+                &net,
+                "--label",
+                &format!("com.docker.compose.project={project}"),
+                "--label",
+                "com.docker.compose.service=wharf",
+                "-v",
+                "/var/run/docker.sock:/var/run/docker.sock",
+                "-v",
+                &format!("{}:/etc/wharf:ro", cfg_dir.display()),
+                "-p",
+                "127.0.0.1::8080",
+                "-p",
+                "127.0.0.1::8082",
+                "-e",
+                "WHARF_LOG=info",
+                &wharf,
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                "/etc/wharf/wharf.toml",
+            ],
+        )
+    };
+    let one = replica("w1");
+    let two = replica("w2");
+    // Wharf logs to stderr, which `docker logs` passes through as stderr.
+    let logs = |c: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["logs", c])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let replicas = |admin: std::net::SocketAddr| -> Option<u64> {
+        let r = try_get(admin, "admin", "/api/routes").ok()?;
+        let routes: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        routes
+            .as_array()?
+            .iter()
+            .find(|r| r["hosts"].to_string().contains(&host))?["ratelimit"]["replicas"]
+            .as_u64()
+    };
+    let admins: Vec<_> = [&one, &two]
+        .iter()
+        .map(|c| (c.to_string(), e.published(c, 8082)))
+        .collect();
+    for (c, admin) in &admins {
+        let t = Instant::now();
+        while replicas(*admin) != Some(2) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{c}: ratelimit.replicas is {:?}, not 2\n{}",
+                replicas(*admin),
+                logs(c)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!("both replicas see 2 after {:?}", t0.elapsed());
+    let log = logs(&one);
+    assert!(
+        log.contains("rate limits with scope = cluster: 2 replicas share each rate"),
+        "{log}"
+    );
+    // The backend answers (directly, so no request spends the route's budget).
+    poll_until(be_addr, "be", "/", Duration::from_secs(10), |r| {
+        r.status == 200
+    })
+    .unwrap();
+
+    // 20 requests at once to one replica: rate 10/s and burst 10 shared by 2
+    // replicas is a burst of 5 here.
+    let web = e.published(&one, 8080);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let answers: Vec<_> = (0..20)
+        .map(|_| {
+            let start = start.clone();
+            let host = host.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                try_get(web, &host, "/").unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let passed = answers.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        passed,
+        5,
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(limited.len(), 15);
+    for r in limited {
+        let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(secs >= 1, "Retry-After: {secs}");
+    }
+
+    // One replica goes: the other enforces the whole rate.
+    docker(&["rm", "-f", &two]);
+    let t = Instant::now();
+    let (c, admin) = &admins[0];
+    while replicas(*admin) != Some(1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{c}: ratelimit.replicas is {:?}, not 1\n{}",
+            replicas(*admin),
+            logs(c)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "replicas == 1 {:?} after the second replica was removed; test took {:?}",
+        t.elapsed(),
+        t0.elapsed()
+    );
+}

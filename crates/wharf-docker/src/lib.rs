@@ -11,6 +11,7 @@
 
 mod client;
 mod list;
+mod replicas;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use client::endpoint_from_env;
+pub use replicas::spawn_replicas;
 
 /// Which Docker objects to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

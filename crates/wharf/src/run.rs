@@ -92,6 +92,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let docker = providers::start_docker(&cfg, &cancel);
+    let docker_on = docker.is_some();
     let dns = providers::start_dns(&cfg);
     let mut rec = Reconciler::new(
         cfg.clone(),
@@ -139,6 +140,26 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Active health checks, from the first published table on; the reconciler
     // signals every later swap.
     let health = wharf_health::spawn(table.clone(), rec.swaps(), cancel.child_token());
+    // Rate limits with `scope = "cluster"` divide by the live replicas, which
+    // Docker counts (only while such a route exists).
+    if docker_on {
+        let routes = table.clone();
+        wharf_docker::spawn_replicas(
+            wharf_docker::endpoint_from_env(&cfg.docker.endpoint),
+            cfg.docker
+                .poll_interval
+                .max(std::time::Duration::from_secs(1)),
+            move || {
+                routes
+                    .load()
+                    .routes()
+                    .iter()
+                    .any(|r| r.policy.ratelimit.as_ref().is_some_and(|rl| rl.cluster))
+            },
+            wharf_table::ratelimit::set_cluster_replicas,
+            cancel.child_token(),
+        );
+    }
     let https_port = bound
         .iter()
         .filter(|e| e.tls.is_some())
