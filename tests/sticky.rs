@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::docker::{poll_until, Engine};
 use common::*;
 
 const SECRET: &str = "[sticky]\nsecret = \"test-secret-shared-by-replicas\"\n\n";
@@ -434,4 +435,298 @@ fn websocket_upgrades_and_h2_streams_are_pinned() {
         out
     });
     assert!(seen.iter().all(|b| *b == pinned), "{seen:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Traefik labels on real containers (issue 9): Wharf on the host in
+// `[docker] mode = "containers"`, labelled busybox containers on a user-defined
+// bridge network (tests/common/docker.rs: no registry, `--dns 127.0.0.1`, only
+// loopback and our own containers' bridge addresses receive traffic).
+//
+// One container is one Wharf workload with its own hosts: several containers
+// behind one route is issue 11, so each sticky route here has one backend, and
+// the test checks the cookie itself (name, attributes, kept, replaced when
+// tampered, never seen by the application) rather than the spread.
+
+/// `[docker] mode = "containers"` on `net`, Traefik labels read, and a sticky
+/// secret.
+fn traefik_containers_config(net: &str) -> String {
+    base_config().replace(
+        "[docker]\nmode = \"off\"\n",
+        &format!(
+            "[docker]\nmode = \"containers\"\nnetwork = \"{net}\"\npoll_interval = \"500ms\"\n\
+             traefik_labels = true\n"
+        ),
+    ) + SECRET
+}
+
+/// The `/api/routes` entry whose hosts include `host`.
+fn route_with_host(w: &Wharf, host: &str) -> Option<serde_json::Value> {
+    w.api_routes()
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x == host))
+        })
+        .cloned()
+}
+
+/// `container`'s address on `net`, port 80 (busybox httpd).
+fn bridge_addr(net: &str, container: &str) -> SocketAddr {
+    let ip = common::docker::docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        container,
+    ]);
+    format!("{ip}:80").parse().unwrap()
+}
+
+/// Readiness without spending a rate limit's budget: the container's httpd
+/// answers on its bridge address (`/`: busybox passes a CGI's bare-LF headers
+/// through, which `try_get` does not parse), then Wharf lists the route with its one
+/// backend (at that address).
+fn wait_routed(w: &Wharf, net: &str, container: &str, host: &str) -> serde_json::Value {
+    let addr = bridge_addr(net, container);
+    poll_until(addr, host, "/", Duration::from_secs(10), |r| {
+        r.status == 200
+    })
+    .unwrap();
+    wait_until(
+        &format!("{host} in /api/routes"),
+        Duration::from_secs(10),
+        || {
+            route_with_host(w, host).is_some_and(|r| {
+                r["backends"].as_array().map_or(0, |b| b.len()) == 1
+                    && r["backends"][0]["address"] == addr.to_string()
+            })
+        },
+    );
+    route_with_host(w, host).unwrap()
+}
+
+#[test]
+fn traefik_sticky_and_ratelimit_labels_are_enforced_on_containers() {
+    let t0 = Instant::now();
+    let e = Engine::new("tkst");
+    let net = e.bridge("net");
+    let image = e.backend_image();
+    let mut w = Wharf::start(&traefik_containers_config(&net));
+    w.wait_log("docker: connected and listed").unwrap();
+    let web = w.ep("web");
+    let h1 = format!("v1.{}.test", e.prefix);
+    let h2 = format!("v2.{}.test", e.prefix);
+    let hk = format!("k.{}.test", e.prefix);
+
+    // All three at once; each is waited for before it is used.
+    let v1 = e.run(
+        "v1",
+        &[
+            "--network",
+            &net,
+            "--hostname",
+            "backend-v1",
+            "--label",
+            &format!("traefik.frontend.rule=Host:{h1}"),
+            "--label",
+            "traefik.port=80",
+            "--label",
+            "traefik.backend.loadbalancer.stickiness=true",
+            "--label",
+            "traefik.backend.loadbalancer.stickiness.cookieName=V1ID",
+            &image,
+        ],
+    );
+    let v2 = e.run(
+        "v2",
+        &[
+            "--network",
+            &net,
+            "--hostname",
+            "backend-v2",
+            "--label",
+            &format!("traefik.http.routers.r.rule=Host(`{h2}`)"),
+            "--label",
+            "traefik.http.routers.r.middlewares=rl",
+            "--label",
+            "traefik.http.services.s.loadbalancer.server.port=80",
+            "--label",
+            "traefik.http.services.s.loadbalancer.sticky.cookie.name=V2ID",
+            "--label",
+            "traefik.http.services.s.loadbalancer.sticky.cookie.maxage=600",
+            "--label",
+            "traefik.http.middlewares.rl.ratelimit.average=5",
+            "--label",
+            "traefik.http.middlewares.rl.ratelimit.burst=5",
+            "--label",
+            "traefik.http.middlewares.rl.ratelimit.period=1s",
+            &image,
+        ],
+    );
+    let k = e.run(
+        "k",
+        &[
+            "--network",
+            &net,
+            "--hostname",
+            "backend-k",
+            "--label",
+            &format!("traefik.http.routers.k.rule=Host(`{hk}`)"),
+            "--label",
+            "traefik.http.routers.k.middlewares=k",
+            "--label",
+            "traefik.http.services.ks.loadbalancer.server.port=80",
+            "--label",
+            "traefik.http.middlewares.k.ratelimit.average=1",
+            "--label",
+            "traefik.http.middlewares.k.ratelimit.period=1m",
+            "--label",
+            "traefik.http.middlewares.k.ratelimit.sourcecriterion.requestheadername=X-Key",
+            &image,
+        ],
+    );
+
+    // --- v1: the stickiness cookie, named by the label.
+    // A CGI that shows the Cookie header the application received.
+    common::docker::docker(&[
+        "exec",
+        &v1,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        r#"printf '%s\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo' 'echo "cookie=$HTTP_COOKIE"' > /www/cgi-bin/cookie && /bin/busybox chmod 755 /www/cgi-bin/cookie"#,
+    ]);
+    let r1 = wait_routed(&w, &net, &v1, &h1);
+    assert_eq!(r1["sticky"], "cookie", "{r1:#}");
+    assert_eq!(r1["affinity"]["cookie"], "V1ID", "{r1:#}");
+    assert_eq!(r1["affinity"]["mode"], "insert", "{r1:#}");
+    assert!(r1["ratelimit"].is_null(), "{r1:#}");
+    let first = get(web, &h1, "/cgi-bin/id");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text().trim(), "backend-v1");
+    let sc = set_cookie(&first, "V1ID").expect("a V1ID cookie on the first response");
+    assert!(
+        sc.contains("; Path=/") && sc.contains("; HttpOnly") && sc.contains("; SameSite=Lax"),
+        "{sc}"
+    );
+    // No maxAge label: a session cookie; plain HTTP: not Secure.
+    assert!(!sc.contains("Max-Age") && !sc.contains("Secure"), "{sc}");
+    let cookie = pair(sc).to_string();
+    assert_eq!(cookie.trim_start_matches("V1ID=").len(), 16, "{cookie}");
+    for _ in 0..20 {
+        let r = get_with(
+            web,
+            &h1,
+            "/cgi-bin/id",
+            &format!("Cookie: app=1; {cookie}\r\n"),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text().trim(), "backend-v1");
+        assert!(set_cookie(&r, "V1ID").is_none(), "already pinned: {r:?}");
+    }
+    // The application sees its own cookie, never Wharf's.
+    let seen = get_with(
+        web,
+        &h1,
+        "/cgi-bin/cookie",
+        &format!("Cookie: app=1; {cookie}; z=2\r\n"),
+    );
+    assert_eq!(seen.text().trim(), "cookie=app=1; z=2");
+    // Tampered: balanced and pinned anew (200, a new Set-Cookie), to the same
+    // backend identity, so to the same token.
+    let mut bad = cookie.clone().into_bytes();
+    let i = bad.len() - 2;
+    bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    let r = get_with(web, &h1, "/cgi-bin/id", &format!("Cookie: {bad}\r\n"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text().trim(), "backend-v1");
+    let renewed = set_cookie(&r, "V1ID").expect("a tampered cookie is replaced");
+    assert_eq!(pair(renewed), cookie, "one backend, one token");
+
+    // --- v2: sticky cookie with maxAge, and a ratelimit middleware.
+    let r2 = wait_routed(&w, &net, &v2, &h2);
+    let route2 = r2["name"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let burst: Vec<RawResponse> = (0..20).map(|_| get(web, &h2, "/cgi-bin/id")).collect();
+    let took = started.elapsed();
+    let ok: Vec<&RawResponse> = burst.iter().filter(|r| r.status == 200).collect();
+    // 5 at once, plus one more per 200 ms the burst took.
+    let extra = (took.as_millis() / 200) as usize;
+    assert!(
+        (5..=5 + extra).contains(&ok.len()),
+        "{} passed in {took:?}",
+        ok.len()
+    );
+    for r in &ok {
+        assert_eq!(r.text().trim(), "backend-v2");
+        let sc = set_cookie(r, "V2ID").expect("a V2ID cookie");
+        assert!(
+            sc.contains("; Max-Age=600")
+                && sc.contains("; HttpOnly")
+                && sc.contains("; SameSite=Lax"),
+            "{sc}"
+        );
+        assert_eq!(pair(sc).trim_start_matches("V2ID=").len(), 16, "{sc}");
+    }
+    for r in burst.iter().filter(|r| r.status != 200) {
+        assert_eq!(r.status, 429, "{r:?}");
+        assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    }
+    let limited = 20 - ok.len();
+    let r2 = route_with_host(&w, &h2).unwrap();
+    assert_eq!(r2["sticky"], "cookie", "{r2:#}");
+    assert_eq!(r2["affinity"]["cookie"], "V2ID", "{r2:#}");
+    assert_eq!(r2["affinity"]["max_age_s"], 600, "{r2:#}");
+    assert_eq!(r2["ratelimit"]["rate"], "5/s", "{r2:#}");
+    assert_eq!(r2["ratelimit"]["burst"], 5, "{r2:#}");
+    assert_eq!(r2["ratelimit"]["key"], "source", "{r2:#}");
+    assert_eq!(r2["ratelimit"]["scope"], "replica", "{r2:#}");
+    assert_eq!(r2["ratelimit"]["limited"], limited, "{r2:#}");
+    assert_eq!(
+        w.metric(&format!("wharf_ratelimited_total{{route=\"{route2}\"}}")),
+        Some(limited as f64)
+    );
+    // Within about a second the bucket has room again; the cookie then holds.
+    let v2_cookie = pair(set_cookie(ok[0], "V2ID").unwrap()).to_string();
+    let mut after = None;
+    let waited = wait_until("the v2 bucket to refill", Duration::from_secs(3), || {
+        let r = get_with(web, &h2, "/cgi-bin/id", &format!("Cookie: {v2_cookie}\r\n"));
+        let pass = r.status == 200;
+        after = Some(r);
+        pass
+    });
+    assert!(waited <= Duration::from_millis(1200), "{waited:?}");
+    let after = after.unwrap();
+    assert_eq!(after.text().trim(), "backend-v2");
+    assert!(set_cookie(&after, "V2ID").is_none(), "{after:?}");
+
+    // --- sourceCriterion.requestHeaderName: one budget per header value.
+    let rk = wait_routed(&w, &net, &k, &hk);
+    assert_eq!(rk["ratelimit"]["rate"], "1/m", "{rk:#}");
+    assert_eq!(rk["ratelimit"]["burst"], 1, "{rk:#}");
+    assert_eq!(rk["ratelimit"]["key"], "header:x-key", "{rk:#}");
+    assert_eq!(rk["sticky"], "none", "{rk:#}");
+    let key = |v: &str| get_with(web, &hk, "/", &format!("X-Key: {v}\r\n"));
+    assert_eq!(key("a").status, 200);
+    let refused = key("a");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    assert_eq!(key("b").status, 200);
+
+    // These labels are all supported: no warning or error names the containers.
+    let errs = w.api("/api/errors");
+    for err in errs.as_array().into_iter().flatten() {
+        let text = err.to_string();
+        assert!(
+            ![&v1, &v2, &k].iter().any(|c| text.contains(c.as_str())),
+            "{err:#}"
+        );
+    }
+    eprintln!(
+        "traefik sticky/ratelimit labels on containers: {:?}",
+        t0.elapsed()
+    );
 }
