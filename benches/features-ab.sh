@@ -10,6 +10,12 @@
 #   cargo build --release
 #   REPEAT=5 DURATION=8 benches/features-ab.sh
 #   FEATURES='maxconn = 1000' benches/features-ab.sh
+#   STICKY_SECRET=s FEATURES='sticky = "cookie"
+#   ratelimit = { rate = "1000000/s", burst = 1000000 }' benches/features-ab.sh
+#
+# With STICKY_SECRET set, B gets `[sticky] secret` and wrk sends every target the
+# cookie that pins B's one backend (its token computed here), so B measures a
+# pinned client's request: the steady state of a sticky route.
 #
 # Needs nginx, haproxy, wrk, python3, openssl (Debian packages).
 set -euo pipefail
@@ -44,6 +50,16 @@ EOF
 }
 mk_wharf "$WHP" "" > "$run/a.toml"
 mk_wharf "$WB" "$FEATURES" > "$run/b.toml"
+wrk_args=()
+if [ -n "${STICKY_SECRET:-}" ]; then
+  printf '\n[sticky]\nsecret = "%s"\n' "$STICKY_SECRET" >> "$run/b.toml"
+  # The token of a file route's backend: HMAC-SHA256 over its address
+  # (docs/affinity.md), 96 bits, base64url.
+  token=$(python3 -c 'import base64,hashlib,hmac,sys
+m = hmac.new(sys.argv[1].encode(), b"wharf-sticky-v1\0" + sys.argv[2].encode(), hashlib.sha256)
+print(base64.urlsafe_b64encode(m.digest()[:12]).decode())' "$STICKY_SECRET" "127.0.0.1:$BE")
+  wrk_args=(-H "Cookie: WHARFID=$token")
+fi
 
 taskset -c 0 nginx -c "$run/backend.conf" & pids+=($!)
 taskset -c 0 haproxy -f "$run/haproxy-plain.cfg" & pids+=($!)
@@ -60,7 +76,7 @@ declare -A rps
 for r in $(seq "$REPEAT"); do
   for t in haproxy:$HP plain:$WHP features:$WB; do
     name=${t%%:*}; port=${t##*:}
-    v=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/hello" \
+    v=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${wrk_args[@]}" "http://127.0.0.1:$port/hello" \
       | awk '/Requests\/sec/ { print $2 }')
     rps[$name]+="$v "
     printf 'run %d %-9s %s req/s\n' "$r" "$name" "$v"

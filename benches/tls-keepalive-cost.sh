@@ -22,6 +22,9 @@
 #                    [static:127.0.0.1:{port}]; two entries for one nginx, e.g.
 #                    static:127.0.0.1:{port},[::ffff:127.0.0.1]:{port}, make a route
 #                    with two backends
+#   STICKY_SECRET=s  adds `[sticky] secret` and has h2load send every target the
+#                    cookie that pins Wharf's (first) backend: with ROUTE_EXTRA
+#                    'sticky = "cookie"' that measures a pinned client's request
 #   MODES=callgrind SCHEME=http TARGETS="base wharf" BASE_BIN=/tmp/old/wharf \
 #     benches/tls-keepalive-cost.sh
 set -euo pipefail
@@ -40,6 +43,15 @@ if [ -n "${UPSTREAM:-}" ]; then
   sed -i "s|^upstream = .*|upstream = \"${UPSTREAM//\{port\}/$BE}\"|" "$run/wharf.toml"
 fi
 if [ -n "${ROUTE_EXTRA:-}" ]; then printf '%s\n' "$ROUTE_EXTRA" >> "$run/wharf.toml"; fi
+load_args=()
+if [ -n "${STICKY_SECRET:-}" ]; then
+  printf '\n[sticky]\nsecret = "%s"\n' "$STICKY_SECRET" >> "$run/wharf.toml"
+  # A file route's backend token: HMAC-SHA256 over its address (docs/affinity.md).
+  token=$(python3 -c 'import base64,hashlib,hmac,sys
+m = hmac.new(sys.argv[1].encode(), b"wharf-sticky-v1\0" + sys.argv[2].encode(), hashlib.sha256)
+print(base64.urlsafe_b64encode(m.digest()[:12]).decode())' "$STICKY_SECRET" "127.0.0.1:$BE")
+  load_args=(-H "cookie: WHARFID=$token")
+fi
 
 nginx -c "$run/backend.conf" >/dev/null 2>&1 & pids+=($!)
 export WHARF_LOG=warn
@@ -71,7 +83,7 @@ measure() { # measure TARGET MODE
     strace) strace -c -f -p "$pid" -o "$run/strace.$t" 2>/dev/null & sp=$!; sleep 1 ;;
     callgrind) callgrind_control -d "$pid" >/dev/null; sleep 1 ;;
   esac
-  local ok; ok=$(taskset -c 1 h2load --h1 -n "$n" -c "$CONNS" "$url" | awk '/^requests:/ { print $8 }')
+  local ok; ok=$(taskset -c 1 h2load --h1 -n "$n" -c "$CONNS" "${load_args[@]}" "$url" | awk '/^requests:/ { print $8 }')
   case $mode in
     strace) kill -INT "$sp"; wait "$sp" || true
       awk -v t="$t" -v n="$n" -v ok="$ok" 'BEGIN { printf "%-8s strace    %d requests (%d ok), per request:", t, n, ok }

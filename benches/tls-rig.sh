@@ -7,7 +7,7 @@
 # to `pids`.
 run=$(mktemp -d "${TMPDIR:-/tmp}/wharf-${RIG_NAME:-tls}.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$run"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; if [ -n "${KEEP_RUN:-}" ]; then echo "kept $run" >&2; else rm -rf "$run"; fi; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BE=$(free_port); HA=$(free_port); HP=$(free_port); WH=$(free_port); WHP=$(free_port)
