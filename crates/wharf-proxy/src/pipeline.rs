@@ -2,9 +2,9 @@
 //! carries it (hyper today; a dedicated HTTP/1.1 engine can drive the same phases).
 //!
 //! ```text
-//! admit ──► route ──► pick ──► forward ──► respond ──► observe
-//!   │          │        ▲          │
-//!   └─ answer  └─ answer└─ retry ◄─┘ (once, elsewhere, when safe)
+//! admit ──► route ──► limit ──► affinity ──► pick ──► forward ──► respond ──► observe
+//!   │          │        │                     ▲          │
+//!   └─ answer  └─ answer└─ 429                └─ retry ◄─┘ (once, elsewhere, when safe)
 //! ```
 //!
 //! - [`admit`]: checks that need no route (Host, 421 against SNI) and may answer.
