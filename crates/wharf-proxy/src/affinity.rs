@@ -171,6 +171,27 @@ pub fn respond(
             }
         }
         StickyPolicy::Cookie(c) if !c.prefix => {
+            // The cookie is Wharf's: one the application sets under the same
+            // name would overwrite the pin (HAProxy's insert mode removes it too).
+            if headers.contains_key(header::SET_COOKIE) {
+                let name = c.name.as_bytes();
+                let theirs = |v: &HeaderValue| {
+                    let b = v.as_bytes();
+                    b.len() > name.len() && b.starts_with(name) && b[name.len()] == b'='
+                };
+                if headers.get_all(header::SET_COOKIE).iter().any(theirs) {
+                    let keep: Vec<HeaderValue> = headers
+                        .get_all(header::SET_COOKIE)
+                        .iter()
+                        .filter(|v| !theirs(v))
+                        .cloned()
+                        .collect();
+                    headers.remove(header::SET_COOKIE);
+                    for v in keep {
+                        headers.append(header::SET_COOKIE, v);
+                    }
+                }
+            }
             if repinned {
                 if let Some(v) = &backend.set_cookie {
                     headers.append(header::SET_COOKIE, v[usize::from(tls)].clone());
@@ -341,6 +362,16 @@ mod tests {
             )
         );
         assert_eq!(h[header::CACHE_CONTROL], "private");
+        // The application's own cookie of that name is dropped, others kept.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("WHARFID=app; Path=/"),
+        );
+        h.append(header::SET_COOKIE, HeaderValue::from_static("keep=1"));
+        respond(&r, &sticky, &a, &r.backends.all()[1], false, &mut h);
+        let set: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(set, ["keep=1"]);
         // Only our cookie: the field goes.
         let a = read(&r, &sticky, &req(&[&format!("WHARFID={t1}")]), CLIENT);
         let mut out = req(&[&format!("WHARFID={t1}")]);
