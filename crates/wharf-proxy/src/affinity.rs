@@ -86,8 +86,8 @@ fn read_cookie(route: &Route, c: &CookieSticky, headers: &HeaderMap) -> Affinity
                     // Our own cookie: never forwarded.
                     changed = true;
                     keep = b"";
-                    if out.pinned.is_none() {
-                        out.pinned = lookup(route, v);
+                    if !out.pinned.as_ref().is_some_and(|p| p.usable()) {
+                        out.pinned = lookup(route, v).or(out.pinned.take());
                     }
                 } else if v.len() > TOKEN_LEN && v[TOKEN_LEN] == PREFIX_SEPARATOR {
                     if let Some(t) = Token::parse(&v[..TOKEN_LEN]) {
@@ -95,8 +95,9 @@ fn read_cookie(route: &Route, c: &CookieSticky, headers: &HeaderMap) -> Affinity
                         // application gets its own value back.
                         changed = true;
                         let app = &v[TOKEN_LEN + 1..];
-                        if out.pinned.is_none() {
-                            out.pinned = route.backends.by_token(&t).cloned();
+                        // Several (cookies of other paths): a usable one wins.
+                        if !out.pinned.as_ref().is_some_and(|p| p.usable()) {
+                            out.pinned = route.backends.by_token(&t).cloned().or(out.pinned.take());
                         }
                         out.app_value.get_or_insert_with(|| app.into());
                         let mut p = Vec::with_capacity(k.len() + 1 + app.len());
@@ -162,7 +163,12 @@ pub fn respond(
     headers: &mut HeaderMap,
 ) {
     let Some(token) = backend.token else { return };
-    let repinned = aff.pinned.as_ref().map(|p| p.token) != Some(Some(token));
+    // Pinned elsewhere to a backend that is still up (only full under
+    // `maxconn`): this request was served elsewhere, the pin stays.
+    let repinned = match &aff.pinned {
+        Some(p) => p.token != Some(token) && !p.usable(),
+        None => true,
+    };
     match sticky {
         StickyPolicy::Source { ttl } => {
             if let (Some(client), true) = (aff.client, repinned) {
@@ -192,7 +198,10 @@ pub fn respond(
                     }
                 }
             }
-            if repinned {
+            // With a Max-Age the cookie is sent on every response of the
+            // backend it names, so an active client's pin does not expire.
+            let served_by_pin = aff.pinned.as_ref().map(|p| p.token) == Some(Some(token));
+            if repinned || (c.max_age.is_some() && served_by_pin) {
                 if let Some(v) = &backend.set_cookie {
                     headers.append(header::SET_COOKIE, v[usize::from(tls)].clone());
                     no_shared_cache(headers);
@@ -234,7 +243,7 @@ pub fn respond(
                     nv.extend_from_slice(&text);
                     nv.push(PREFIX_SEPARATOR);
                     nv.extend_from_slice(app);
-                    nv.extend_from_slice(b"; Path=/; SameSite=Lax");
+                    nv.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
                     if tls {
                         nv.extend_from_slice(b"; Secure");
                     }
@@ -252,11 +261,17 @@ pub fn respond(
 /// by a shared cache and served to other clients. `private` is added unless the
 /// response already says `private` or `no-store`; a `public` directive goes.
 fn no_shared_cache(headers: &mut HeaderMap) {
-    let Some(cc) = headers.get(header::CACHE_CONTROL) else {
+    if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, PRIVATE);
         return;
-    };
-    let s = cc.to_str().unwrap_or("");
+    }
+    // Every field counts (RFC 9111 §5.2: directives may be split over fields).
+    let fields: Vec<&str> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let s = fields.join(",");
     let directives = s.split(',').map(str::trim).filter(|d| !d.is_empty());
     if directives.clone().any(|d| {
         let d = d.split('=').next().unwrap_or("");
@@ -351,8 +366,10 @@ mod tests {
         let mut h = HeaderMap::new();
         respond(&r, &sticky, &a, &r.backends.all()[1], false, &mut h);
         assert!(h.get(header::SET_COOKIE).is_none());
-        // Answered by another (the pinned one was down): re-pinned.
+        // Answered by another (the pinned one went down): re-pinned.
+        r.backends.all()[1].state.set_up(false);
         respond(&r, &sticky, &a, &r.backends.all()[2], true, &mut h);
+        r.backends.all()[1].state.set_up(true);
         let set = h.get(header::SET_COOKIE).unwrap().to_str().unwrap();
         assert_eq!(
             set,
@@ -450,7 +467,7 @@ mod tests {
         assert_eq!(
             h[header::SET_COOKIE],
             format!(
-                "JSESSIONID={}~abc; Path=/; SameSite=Lax; Secure",
+                "JSESSIONID={}~abc; Path=/; HttpOnly; SameSite=Lax; Secure",
                 token(&r, 2)
             )
             .as_str()
@@ -459,6 +476,48 @@ mod tests {
         let a = read(&r, &sticky, &req(&["JSESSIONID=plain~value"]), CLIENT);
         assert!(a.pinned.is_none() && a.cookie.is_none());
         assert_eq!(a.app_value.as_deref(), Some(&b"plain~value"[..]));
+    }
+
+    #[test]
+    fn a_usable_pin_wins_a_full_pin_is_kept_and_max_age_slides() {
+        let sticky = cookie(true);
+        let (_t, r) = route(sticky.clone());
+        let (t0, t1) = (token(&r, 0), token(&r, 1));
+        // Two prefixed cookies (another path's and this one's): the first names
+        // a backend that is down, the second a usable one.
+        r.backends.all()[0].state.set_up(false);
+        let a = read(
+            &r,
+            &sticky,
+            &req(&[&format!("JSESSIONID={t0}~s; JSESSIONID={t1}~s")]),
+            CLIENT,
+        );
+        assert_eq!(a.pinned.as_ref().unwrap().addr.port(), 9001);
+        // Pinned to a backend that is up but was full: served elsewhere, the pin
+        // is not moved.
+        let mut h = HeaderMap::new();
+        respond(&r, &sticky, &a, &r.backends.all()[2], false, &mut h);
+        assert!(h.get(header::SET_COOKIE).is_none());
+
+        // Insert mode with a ttl: the cookie is renewed on every response.
+        let sticky = StickyPolicy::Cookie(CookieSticky {
+            name: "WHARFID".into(),
+            prefix: false,
+            max_age: Some(600),
+        });
+        let (_t, r) = route(sticky.clone());
+        let t1 = token(&r, 1);
+        let a = read(&r, &sticky, &req(&[&format!("WHARFID={t1}")]), CLIENT);
+        let mut h = HeaderMap::new();
+        h.append(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+        h.append(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        respond(&r, &sticky, &a, &r.backends.all()[1], false, &mut h);
+        let set = h[header::SET_COOKIE].to_str().unwrap();
+        assert!(set.starts_with(&format!("WHARFID={t1};")) && set.contains("Max-Age=600"));
+        // Both Cache-Control fields were read: no-store already keeps it out of
+        // shared caches.
+        let cc: Vec<_> = h.get_all(header::CACHE_CONTROL).iter().collect();
+        assert_eq!(cc, ["max-age=0", "no-store"]);
     }
 
     #[test]

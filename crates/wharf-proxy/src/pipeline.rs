@@ -140,12 +140,23 @@ pub fn client_ip(conn: &ConnInfo, head: &Head<'_>) -> IpAddr {
             .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
-            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+            .and_then(|a| parse_forwarded_addr(a.trim()));
         if let Some(ip) = last {
             return ip.to_canonical();
         }
     }
     conn.client.ip()
+}
+
+/// An `X-Forwarded-For` entry: an address, `v4:port`, `[v6]` or `[v6]:port`.
+fn parse_forwarded_addr(a: &str) -> Option<IpAddr> {
+    if let Ok(ip) = a.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    a.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
 
 /// The route's rate limit, if it has one.
@@ -524,6 +535,25 @@ mod tests {
             ctx.failed(Failure::Timeout { counts: false }, &"slow upload");
         }
         assert!(backend.state.is_up());
+    }
+
+    #[test]
+    fn forwarded_entries_with_ports_and_brackets() {
+        for (entry, ip) in [
+            ("192.0.2.9", "192.0.2.9"),
+            ("192.0.2.9:5678", "192.0.2.9"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+        ] {
+            assert_eq!(
+                parse_forwarded_addr(entry),
+                Some(ip.parse().unwrap()),
+                "{entry}"
+            );
+        }
+        assert_eq!(parse_forwarded_addr("unknown"), None);
+        assert_eq!(parse_forwarded_addr("_hidden"), None);
     }
 
     #[tokio::test]

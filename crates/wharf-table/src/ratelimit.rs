@@ -67,9 +67,14 @@ impl RateLimit {
         } else {
             1
         };
-        let interval = self.interval_ns.saturating_mul(n);
+        // Bounded so that `now + tolerance + interval` cannot overflow (a
+        // quarter of u64 nanoseconds is over a century).
+        let interval = self.interval_ns.saturating_mul(n).min(u64::MAX / 8);
         let burst = u64::from(self.burst).div_ceil(n).max(1);
-        (interval, interval.saturating_mul(burst - 1))
+        (
+            interval,
+            interval.saturating_mul(burst - 1).min(u64::MAX / 8),
+        )
     }
 }
 
@@ -107,6 +112,7 @@ pub struct RateState {
 struct KeyTable {
     map: DashMap<u64, AtomicU64, ahash::RandomState>,
     len: AtomicUsize,
+    evicting: std::sync::atomic::AtomicBool,
     hasher: ahash::RandomState,
 }
 
@@ -128,10 +134,8 @@ impl RateState {
             KeyOf::Route => gcra(&self.route, interval, tolerance, now),
             KeyOf::Bytes(b) => self.keyed(|h| h.hash_one(b), interval, tolerance, now),
             KeyOf::Addr(ip) => {
-                let ip = match ip.to_canonical() {
-                    std::net::IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-                    std::net::IpAddr::V6(a) => u128::from(a),
-                };
+                // An IPv6 client is its /64, as for source stickiness.
+                let ip = crate::sticky::client_key(ip);
                 self.keyed(|h| h.hash_one(ip), interval, tolerance, now)
             }
         };
@@ -179,6 +183,10 @@ impl RateState {
 
 impl KeyTable {
     fn evict(&self, now: u64) {
+        // One sweep at a time; the others insert meanwhile.
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return;
+        }
         // Exact first: a key whose TAT has passed is as good as a new one.
         let mut cutoff = now;
         let sample: Vec<u64> = self
@@ -198,19 +206,31 @@ impl KeyTable {
         }
         self.map.retain(|_, c| c.load(Ordering::Relaxed) > cutoff);
         self.len.store(self.map.len(), Ordering::Relaxed);
+        self.evicting.store(false, Ordering::Release);
     }
 }
 
 #[inline]
 fn gcra(cell: &AtomicU64, interval: u64, tolerance: u64, now: u64) -> Result<(), u64> {
     let mut tat = cell.load(Ordering::Relaxed);
+    // A TAT left by stricter settings (a reload, fewer cluster replicas) is held
+    // to what the current ones allow: one interval past the tolerance.
+    let ceiling = now.saturating_add(tolerance).saturating_add(interval);
     loop {
-        let base = tat.max(now);
+        let base = tat.max(now).min(ceiling);
         if base - now > tolerance {
+            if tat > ceiling {
+                // Store the held value, so the debt ends one interval from now.
+                let _ = cell.compare_exchange(tat, ceiling, Ordering::Relaxed, Ordering::Relaxed);
+            }
             return Err(base - now - tolerance);
         }
-        match cell.compare_exchange_weak(tat, base + interval, Ordering::Relaxed, Ordering::Relaxed)
-        {
+        match cell.compare_exchange_weak(
+            tat,
+            base.saturating_add(interval),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => return Ok(()),
             Err(seen) => tat = seen,
         }
@@ -263,6 +283,40 @@ mod tests {
             retry_after_secs(st.check(&l, KeyOf::Route, now + 1).unwrap_err()),
             10
         );
+    }
+
+    #[test]
+    fn a_looser_limit_applies_at_once_and_nothing_overflows() {
+        let st = RateState::default();
+        let strict = rl(1.0 / 3600.0, 1);
+        let now = 10 * S;
+        assert!(st.check(&strict, KeyOf::Route, now).is_ok());
+        assert!(st.check(&strict, KeyOf::Route, now).unwrap_err() > 3000 * S);
+        // Reloaded as 100/s: the old hour-long debt is not carried over.
+        let loose = rl(100.0, 1);
+        let wait = st.check(&loose, KeyOf::Route, now).unwrap_err();
+        assert!(wait <= S / 100, "{wait}");
+        assert!(st.check(&loose, KeyOf::Route, now + S / 100).is_ok());
+        // The largest settings: no overflow, no panic.
+        let huge = RateLimit::new(1.0 / 86_400.0, u32::MAX, RateKey::Route, false, "t");
+        let st = RateState::default();
+        for i in 0..1000 {
+            let _ = st.check(&huge, KeyOf::Route, now + i);
+        }
+        assert!(st.check(&huge, KeyOf::Route, u64::MAX - 1).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let st = RateState::default();
+        let l = rl(1.0, 1);
+        let a: std::net::IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:0:1:dead:beef::2".parse().unwrap();
+        assert!(st.check(&l, KeyOf::Addr(a), S).is_ok());
+        assert!(st.check(&l, KeyOf::Addr(b), S).is_err());
+        assert!(st
+            .check(&l, KeyOf::Addr("2001:db8:0:2::1".parse().unwrap()), S)
+            .is_ok());
     }
 
     #[test]

@@ -201,6 +201,7 @@ pub const MAX_BINDINGS: usize = 1 << 17;
 pub struct Bindings {
     map: DashMap<u128, Binding, ahash::RandomState>,
     len: AtomicUsize,
+    evicting: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -210,10 +211,13 @@ struct Binding {
     last: AtomicU32,
 }
 
-fn client_key(ip: IpAddr) -> u128 {
+/// The client a source address stands for: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's network: a host picks any address in it at will, so keying on
+/// the full address would let one client be many).
+pub fn client_key(ip: IpAddr) -> u128 {
     match ip.to_canonical() {
         IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-        IpAddr::V6(a) => u128::from(a),
+        IpAddr::V6(a) => u128::from(a) & !((1u128 << 64) - 1),
     }
 }
 
@@ -258,6 +262,11 @@ impl Bindings {
     /// recently used (by a cut-off sampled from the table), so that the work is
     /// amortised over many inserts.
     fn evict(&self, ttl: Duration, now_secs: u32) {
+        // One sweep at a time; the others insert meanwhile (the cap is soft by
+        // the few inserts that race a sweep).
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return;
+        }
         let ttl = ttl.as_secs().min(u32::MAX as u64) as u32;
         let mut cutoff = now_secs.saturating_sub(ttl);
         if self.len.load(Ordering::Relaxed) >= MAX_BINDINGS {
@@ -269,12 +278,15 @@ impl Bindings {
                 .collect();
             sample.sort_unstable();
             if let Some(q) = sample.get(sample.len() / 4) {
-                cutoff = cutoff.max(*q + 1);
+                // Never this second's bindings: a flood of new clients must
+                // not wipe the table.
+                cutoff = cutoff.max((*q + 1).min(now_secs));
             }
         }
         self.map
             .retain(|_, b| b.last.load(Ordering::Relaxed) >= cutoff);
         self.len.store(self.map.len(), Ordering::Relaxed);
+        self.evicting.store(false, Ordering::Release);
     }
 
     pub fn len(&self) -> usize {
