@@ -26,7 +26,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use wharf_table::{BackendState, HealthCheck, LastCheck, Scheme, Table, Transition};
+use wharf_table::{BackendState, BackendTls, HealthCheck, LastCheck, Scheme, Table, Transition};
 
 pub use probe::{Probe, MAX_HEAD};
 
@@ -76,9 +76,15 @@ where
     }
 }
 
+/// A backend the table wants checked: what the task needs, its scheme and its
+/// route's backend TLS policy.
+type Wanted = (Target, Scheme, Option<Arc<BackendTls>>);
+
 struct Running {
     hc: Arc<HealthCheck>,
     state: Arc<BackendState>,
+    /// The route's backend TLS policy the probe was built with (`https` only).
+    tls: Option<Arc<BackendTls>>,
     abort: AbortHandle,
 }
 
@@ -113,13 +119,13 @@ impl Checker {
     }
 
     /// Starts tasks for newly checked backends and stops those of backends that
-    /// are gone or whose route's check changed (a changed check starts afresh;
-    /// the backend's up/down state is left as it is).
+    /// are gone or whose route's check or backend TLS policy changed (a changed
+    /// check starts afresh; the backend's up/down state is left as it is).
     pub fn reconcile(&mut self) {
         self.reap();
-        // The scheme rides along so that a probe is built only for a task that
-        // starts, not for every checked backend on every swap.
-        let mut wanted: HashMap<(Arc<str>, SocketAddr), (Target, Scheme)> = HashMap::new();
+        // The scheme and TLS policy ride along so that a probe is built only for
+        // a task that starts, not for every checked backend on every swap.
+        let mut wanted: HashMap<(Arc<str>, SocketAddr), Wanted> = HashMap::new();
         {
             let table = self.table.load();
             for route in table.routes() {
@@ -127,19 +133,28 @@ impl Checker {
                     continue;
                 };
                 for b in route.backends.all() {
+                    // Only `https` backends speak TLS; the policy of a route with
+                    // other backends must not restart their checks.
+                    let tls = match b.scheme {
+                        Scheme::Https => route.policy.backend_tls.clone(),
+                        Scheme::Http | Scheme::H2c => None,
+                    };
                     let target = Target {
                         route: route.name.clone(),
                         addr: b.addr,
                         hc: hc.clone(),
                         state: b.state.clone(),
                     };
-                    wanted.insert((route.name.clone(), b.addr), (target, b.scheme));
+                    wanted.insert((route.name.clone(), b.addr), (target, b.scheme, tls));
                 }
             }
         }
         self.running.retain(|key, r| {
-            let keep = wanted.get(key).is_some_and(|(t, _)| {
-                (Arc::ptr_eq(&r.hc, &t.hc) || *r.hc == *t.hc) && Arc::ptr_eq(&r.state, &t.state)
+            let keep = wanted.get(key).is_some_and(|(t, _, tls)| {
+                (Arc::ptr_eq(&r.hc, &t.hc) || *r.hc == *t.hc)
+                    && Arc::ptr_eq(&r.state, &t.state)
+                    // BackendTls compares by key: equal keys, equal policies.
+                    && r.tls == *tls
             });
             if !keep {
                 debug!(route = %key.0, backend = %key.1, "health check stopped");
@@ -147,15 +162,16 @@ impl Checker {
             }
             keep
         });
-        for (key, (target, scheme)) in wanted {
+        for (key, (target, scheme, tls)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let probe = Probe::new(target.addr, scheme, &target.hc);
+            let probe = Probe::new(target.addr, scheme, &target.hc, tls.as_ref());
             debug!(route = %key.0, backend = %key.1, "health check started");
             let running = Running {
                 hc: target.hc.clone(),
                 state: target.state.clone(),
+                tls,
                 abort: self.spawn(target, probe),
             };
             self.running.insert(key, running);

@@ -1,51 +1,82 @@
-//! One active check: a fresh TCP connection, one HTTP/1.1 request, the status
-//! line, nothing more.
+//! One active check: a fresh connection (TCP, then TLS for `https` backends),
+//! one HTTP/1.1 request, the status line, nothing more.
 //!
 //! Hand-written rather than hyper so that every byte read is bounded: the probe
 //! reads at most [`MAX_HEAD`] bytes, stops at the final status line, never reads
 //! a body, and drops the connection. A backend that sends garbage, never
-//! answers, never closes or streams an endless body costs one small buffer for
-//! at most `timeout`.
+//! answers, stalls its handshake, never closes or streams an endless body costs
+//! one small buffer for at most `timeout`.
+//!
+//! `https` backends are checked with the route's own backend TLS policy (its
+//! roots or `insecure`, its client certificate, its server name), offering
+//! HTTP/1.1 only: a check passes only if a request could have been forwarded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use wharf_table::{HealthCheck, LastCheck, Scheme};
+use tokio_rustls::TlsConnector;
+use wharf_table::{BackendTls, HealthCheck, LastCheck, Scheme};
 
 /// The most of a response the probe reads: a status line (plus any 1xx interim
 /// heads before it) longer than this is a failure.
 pub const MAX_HEAD: usize = 4096;
 
 /// What to send to one backend, built once per check task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Probe {
     addr: SocketAddr,
     /// `None`: a TCP connect is the whole check (see [`Probe::new`]).
     request: Option<Result<Vec<u8>, String>>,
+    /// The TLS client side of an `https` backend's check.
+    tls: Option<(TlsConnector, Arc<BackendTls>)>,
     hc: HealthCheck,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("addr", &self.addr)
+            .field("request", &self.request)
+            .field("tls", &self.tls.as_ref().map(|(_, t)| t))
+            .field("hc", &self.hc)
+            .finish()
+    }
 }
 
 impl Probe {
     /// The check of `hc` against one backend. Plain `http` backends get the
-    /// HTTP/1.1 request; `https` and `h2c` backends, which do not speak
-    /// cleartext HTTP/1.1, get a TCP connect check only.
-    pub fn new(addr: SocketAddr, scheme: Scheme, hc: &HealthCheck) -> Self {
-        let request = match scheme {
-            Scheme::Http => Some(request_bytes(addr, hc)),
-            Scheme::Https | Scheme::H2c => None,
+    /// HTTP/1.1 request; `https` backends get it over TLS with `tls`, the
+    /// route's backend TLS policy (its HTTP/1.1-only client config and server
+    /// name). `h2c` backends, which do not speak HTTP/1.1, and `https` backends
+    /// without a policy get a TCP connect check only.
+    pub fn new(
+        addr: SocketAddr,
+        scheme: Scheme,
+        hc: &HealthCheck,
+        tls: Option<&Arc<BackendTls>>,
+    ) -> Self {
+        let (request, tls) = match (scheme, tls) {
+            (Scheme::Http, _) => (Some(request_bytes(addr, hc)), None),
+            (Scheme::Https, Some(tls)) => (
+                Some(request_bytes(addr, hc)),
+                Some((TlsConnector::from(tls.config_h1.clone()), tls.clone())),
+            ),
+            (Scheme::Https, None) | (Scheme::H2c, _) => (None, None),
         };
         Probe {
             addr,
             request,
+            tls,
             hc: hc.clone(),
         }
     }
 
-    /// Runs one check, bounded as a whole (connect, write, status line) by the
-    /// check's `timeout`.
+    /// Runs one check, bounded as a whole (connect, TLS handshake, write,
+    /// status line) by the check's `timeout`.
     pub async fn check(&self) -> LastCheck {
         let at = SystemTime::now();
         let started = Instant::now();
@@ -74,7 +105,7 @@ impl Probe {
             .map(Result::as_ref)
             .transpose()
             .map_err(String::clone)?;
-        let mut stream = TcpStream::connect(self.addr)
+        let stream = TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("connect: {}", io_text(&e)))?;
         let Some(request) = request else {
@@ -83,35 +114,70 @@ impl Probe {
         };
         // One small write; no need to wait for Nagle.
         let _ = stream.set_nodelay(true);
-        stream
-            .write_all(request)
-            .await
-            .map_err(|e| format!("write: {}", io_text(&e)))?;
-        let mut buf = [0u8; MAX_HEAD];
-        let mut len = 0;
-        loop {
-            let n = stream
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| format!("read: {}", io_text(&e)))?;
-            if n == 0 {
-                return Err(if len == 0 {
-                    "connection closed without a response".into()
-                } else {
-                    "connection closed before the status line".into()
-                });
-            }
-            len += n;
-            match parse_status(&buf[..len]) {
-                Parse::Status(s) => return Ok(Some(s)),
-                Parse::Bad => return Err("malformed status line".into()),
-                Parse::Need if len == buf.len() => {
-                    return Err(format!("no status line in the first {MAX_HEAD} bytes"))
-                }
-                Parse::Need => {}
+        match &self.tls {
+            None => exchange(stream, request).await.map(Some),
+            Some((connector, tls)) => {
+                let stream = connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {}", io_text(&e)))?;
+                exchange(stream, request).await.map(Some)
             }
         }
-        // Dropping the stream here closes it: the body is never read.
+    }
+}
+
+/// Writes `request` and reads up to the final status line of the answer.
+/// Dropping the stream at the end closes it: the body is never read.
+async fn exchange<S>(mut stream: S, request: &[u8]) -> Result<u16, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| stream_error("write", &e, true))?;
+    let mut buf = [0u8; MAX_HEAD];
+    let mut len = 0;
+    loop {
+        let n = match stream.read(&mut buf[len..]).await {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: closed all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(stream_error("read", &e, len == 0)),
+        };
+        if n == 0 {
+            return Err(if len == 0 {
+                "connection closed without a response".into()
+            } else {
+                "connection closed before the status line".into()
+            });
+        }
+        len += n;
+        match parse_status(&buf[..len]) {
+            Parse::Status(s) => return Ok(s),
+            Parse::Bad => return Err("malformed status line".into()),
+            Parse::Need if len == buf.len() => {
+                return Err(format!("no status line in the first {MAX_HEAD} bytes"))
+            }
+            Parse::Need => {}
+        }
+    }
+}
+
+/// A read or write error. A TLS error before any response byte is the server
+/// refusing the session: with TLS 1.3 the client's side of the handshake ends
+/// before the server has checked the client's certificate, so a refused (or
+/// missing) client certificate shows up here as an alert, and is reported as
+/// the handshake failure it is.
+fn stream_error(what: &str, e: &std::io::Error, before_response: bool) -> String {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>());
+    match tls {
+        Some(t) if before_response => format!("TLS handshake failed: {t}"),
+        Some(t) => format!("{what}: TLS: {t}"),
+        None => format!("{what}: {}", io_text(e)),
     }
 }
 
@@ -304,7 +370,7 @@ mod tests {
 
     /// One `GET /health` check of `addr` over `scheme`, expecting 2xx or 3xx.
     async fn check(addr: SocketAddr, scheme: Scheme) -> LastCheck {
-        Probe::new(addr, scheme, &hc(ANY2XX3XX.to_vec(), "GET"))
+        Probe::new(addr, scheme, &hc(ANY2XX3XX.to_vec(), "GET"), None)
             .check()
             .await
     }
@@ -338,7 +404,7 @@ mod tests {
         .await;
         let mut c = hc(ANY2XX3XX.to_vec(), "HEAD");
         c.host = String::new();
-        let r = Probe::new(addr, Scheme::Http, &c).check().await;
+        let r = Probe::new(addr, Scheme::Http, &c, None).check().await;
         // The backend holds the connection open: the probe must not wait for it.
         assert_eq!((r.status, r.error), (Some(200), None));
         let head = rx.recv().await.unwrap();
@@ -363,10 +429,10 @@ mod tests {
         let list = hc(vec![(200, 200), (204, 204)], "GET");
         let ranges = hc(ANY2XX3XX.to_vec(), "GET");
         let ok = |p: Probe| async move { p.check().await.error.is_none() };
-        assert!(ok(Probe::new(a204, Scheme::Http, &list)).await);
-        assert!(!ok(Probe::new(a301, Scheme::Http, &list)).await);
-        assert!(ok(Probe::new(a301, Scheme::Http, &ranges)).await);
-        assert!(ok(Probe::new(a204, Scheme::Http, &ranges)).await);
+        assert!(ok(Probe::new(a204, Scheme::Http, &list, None)).await);
+        assert!(!ok(Probe::new(a301, Scheme::Http, &list, None)).await);
+        assert!(ok(Probe::new(a301, Scheme::Http, &ranges, None)).await);
+        assert!(ok(Probe::new(a204, Scheme::Http, &ranges, None)).await);
     }
 
     #[tokio::test]
@@ -421,7 +487,7 @@ mod tests {
         drop(l);
         let r = check(dead, Scheme::Http).await;
         assert_eq!(r.error.as_deref(), Some("connect: Connection refused"));
-        // Connect-only checks for https backends.
+        // Connect-only checks for h2c backends and https ones without a policy.
         let r = check(dead, Scheme::Https).await;
         assert_eq!(r.error.as_deref(), Some("connect: Connection refused"));
         let r = check(addr, Scheme::H2c).await;
@@ -432,10 +498,282 @@ mod tests {
     async fn header_injection_is_refused() {
         let mut c = hc(ANY2XX3XX.to_vec(), "GET");
         c.host = "a\r\nX-Evil: 1".into();
-        let r = Probe::new("127.0.0.1:1".parse().unwrap(), Scheme::Http, &c)
+        let r = Probe::new("127.0.0.1:1".parse().unwrap(), Scheme::Http, &c, None)
             .check()
             .await;
         assert!(r.error.unwrap().starts_with("invalid check host"));
+    }
+
+    /// TLS backends: real tokio-rustls servers on 127.0.0.1:0 with rcgen
+    /// certificates, checked with the client policy the control plane builds.
+    mod tls {
+        use super::*;
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        use tokio_rustls::rustls::server::WebPkiClientVerifier;
+        use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+        use tokio_rustls::TlsAcceptor;
+
+        const NAME: &str = "backend.test";
+
+        /// A self-signed certificate (its own CA) and its key, as DER and PEM.
+        struct Cert {
+            der: CertificateDer<'static>,
+            key: PrivateKeyDer<'static>,
+            pem: String,
+            key_pem: String,
+        }
+
+        /// Each with its own subject, so that one is never taken for another's
+        /// issuer.
+        fn cert(name: &str) -> Cert {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            params.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                format!("{name} #{}", N.fetch_add(1, Ordering::Relaxed)),
+            );
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Cert {
+                der: cert.der().clone(),
+                key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            }
+        }
+
+        /// A file holding `contents`, removed on drop.
+        struct TempFile(PathBuf);
+
+        impl TempFile {
+            fn new(contents: &str) -> Self {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "wharf-health-{}-{}.pem",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&path, contents).unwrap();
+                TempFile(path)
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+
+        /// A route's backend TLS policy as the control plane compiles it:
+        /// trusting `ca` (or nothing, with `insecure`), presenting `client`.
+        fn policy(ca: Option<&Cert>, insecure: bool, client: Option<&Cert>) -> Arc<BackendTls> {
+            let ca = ca.map(|c| TempFile::new(&c.pem));
+            let client = client.map(|c| (TempFile::new(&c.pem), TempFile::new(&c.key_pem)));
+            let config = wharf_tls::backend_client_config(&wharf_tls::BackendTlsSpec {
+                ca: ca.as_ref().map(|f| f.0.clone()),
+                insecure,
+                client_cert: client.as_ref().map(|(c, _)| c.0.clone()),
+                client_key: client.as_ref().map(|(_, k)| k.0.clone()),
+            })
+            .unwrap();
+            Arc::new(BackendTls {
+                config_h1: wharf_tls::http11_only(&config),
+                config,
+                server_name: ServerName::try_from(NAME).unwrap(),
+                insecure,
+                key: 1,
+            })
+        }
+
+        /// What the server saw of one connection.
+        #[derive(Debug)]
+        struct Seen {
+            sni: Option<String>,
+            alpn: Option<Vec<u8>>,
+            head: String,
+        }
+
+        /// A TLS backend presenting `cert`, requiring a client certificate
+        /// issued by `client_ca` if set, offering h2 and http/1.1. It reads one
+        /// request head, reports it, answers `answer` and closes. A failed
+        /// handshake is reported as `Err` (and the connection drained, so the
+        /// client reads the alert rather than a reset).
+        async fn tls_backend(
+            cert: &Cert,
+            client_ca: Option<&Cert>,
+            answer: &'static [u8],
+        ) -> (
+            SocketAddr,
+            tokio::sync::mpsc::UnboundedReceiver<Result<Seen, String>>,
+        ) {
+            let provider = wharf_tls::provider();
+            let builder = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let builder = match client_ca {
+                None => builder.with_no_client_auth(),
+                Some(ca) => {
+                    let mut roots = RootCertStore::empty();
+                    roots.add(ca.der.clone()).unwrap();
+                    let verifier =
+                        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                            .build()
+                            .unwrap();
+                    builder.with_client_cert_verifier(verifier)
+                }
+            };
+            let mut config = builder
+                .with_single_cert(vec![cert.der.clone()], cert.key.clone_key())
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let acceptor = TlsAcceptor::from(Arc::new(config));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                loop {
+                    let (s, _) = listener.accept().await.unwrap();
+                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let mut s = match acceptor.accept(s).into_fallible().await {
+                            Ok(s) => s,
+                            Err((e, mut io)) => {
+                                let _ = tx.send(Err(e.to_string()));
+                                let mut b = [0u8; 1024];
+                                while matches!(io.read(&mut b).await, Ok(n) if n > 0) {}
+                                return;
+                            }
+                        };
+                        let (_, conn) = s.get_ref();
+                        let sni = conn.server_name().map(str::to_string);
+                        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+                        let mut head = Vec::new();
+                        let mut b = [0u8; 1024];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match s.read(&mut b).await {
+                                Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                                Ok(_) => return,
+                                Err(e) => {
+                                    let _ = tx.send(Err(e.to_string()));
+                                    return;
+                                }
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let _ = tx.send(Ok(Seen { sni, alpn, head }));
+                        let _ = s.write_all(answer).await;
+                        let _ = s.shutdown().await;
+                    });
+                }
+            });
+            (addr, rx)
+        }
+
+        async fn tls_check(addr: SocketAddr, tls: &Arc<BackendTls>) -> LastCheck {
+            Probe::new(
+                addr,
+                Scheme::Https,
+                &hc(ANY2XX3XX.to_vec(), "GET"),
+                Some(tls),
+            )
+            .check()
+            .await
+        }
+
+        #[tokio::test]
+        async fn status_decides_over_tls_with_sni_and_http11() {
+            let c = cert(NAME);
+            let tls = policy(Some(&c), false, None);
+            let (ok, mut seen) = tls_backend(&c, None, b"HTTP/1.1 200 OK\r\n\r\nok").await;
+            let r = tls_check(ok, &tls).await;
+            assert_eq!((r.status, r.error), (Some(200), None));
+            let seen = seen.recv().await.unwrap().unwrap();
+            assert_eq!(seen.sni.as_deref(), Some(NAME));
+            // The HTTP/1.1-only policy: a backend offering h2 does not get it.
+            assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+            assert_eq!(
+                seen.head,
+                "GET /health HTTP/1.1\r\nHost: app.test\r\nUser-Agent: wharf-healthcheck\r\nConnection: close\r\n\r\n"
+            );
+
+            let (failing, _rx) =
+                tls_backend(&c, None, b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+            let r = tls_check(failing, &tls).await;
+            assert_eq!(r.status, Some(503));
+            assert_eq!(r.error.as_deref(), Some("status 503"));
+        }
+
+        #[tokio::test]
+        async fn untrusted_or_misnamed_certificate_fails_the_handshake() {
+            let trusted = cert(NAME);
+            let tls = policy(Some(&trusted), false, None);
+
+            // Same name, another key: not issued by the trusted CA.
+            let (addr, mut seen) = tls_backend(&cert(NAME), None, b"HTTP/1.1 200 OK\r\n\r\n").await;
+            let r = tls_check(addr, &tls).await;
+            assert_eq!(r.status, None);
+            let e = r.error.unwrap();
+            assert!(e.starts_with("TLS handshake failed: "), "{e}");
+            assert!(e.contains("UnknownIssuer"), "{e}");
+            assert!(seen.recv().await.unwrap().is_err(), "no request was sent");
+
+            // Trusted, but for another name.
+            let other = cert("other.test");
+            let (addr, _rx) = tls_backend(&other, None, b"HTTP/1.1 200 OK\r\n\r\n").await;
+            let r = tls_check(addr, &policy(Some(&other), false, None)).await;
+            let e = r.error.unwrap();
+            assert!(e.starts_with("TLS handshake failed: "), "{e}");
+            assert!(e.contains("not valid for name \"backend.test\""), "{e}");
+
+            // `insecure` accepts either.
+            let r = tls_check(addr, &policy(None, true, None)).await;
+            assert_eq!((r.status, r.error), (Some(200), None));
+        }
+
+        #[tokio::test]
+        async fn client_certificate_is_presented_or_its_absence_reported() {
+            let server = cert(NAME);
+            let client = cert("client.test");
+            let (addr, mut seen) =
+                tls_backend(&server, Some(&client), b"HTTP/1.1 200 OK\r\n\r\n").await;
+
+            let r = tls_check(addr, &policy(Some(&server), false, Some(&client))).await;
+            assert_eq!((r.status, r.error), (Some(200), None));
+            assert!(seen.recv().await.unwrap().is_ok());
+
+            // Without one, the server refuses the session (after the client's
+            // side of a TLS 1.3 handshake is done): still a handshake failure.
+            let r = tls_check(addr, &policy(Some(&server), false, None)).await;
+            assert_eq!(r.status, None);
+            let e = r.error.unwrap();
+            assert!(e.starts_with("TLS handshake failed: "), "{e}");
+            assert!(e.contains("alert"), "{e}");
+            assert!(seen.recv().await.unwrap().is_err());
+        }
+
+        #[tokio::test]
+        async fn a_stalled_handshake_is_bounded_by_the_timeout() {
+            // Accepts TCP, never says a word.
+            let (addr, _rx) = backend(b"", None, true).await;
+            let mut c = hc(ANY2XX3XX.to_vec(), "GET");
+            c.timeout = Duration::from_millis(100);
+            let tls = policy(None, true, None);
+            let r = Probe::new(addr, Scheme::Https, &c, Some(&tls))
+                .check()
+                .await;
+            assert_eq!(r.error.as_deref(), Some("timeout after 100ms"));
+            assert!(r.latency < Duration::from_secs(2));
+        }
+
+        #[tokio::test]
+        async fn https_without_a_policy_is_connect_only() {
+            let c = cert(NAME);
+            let (addr, _rx) = tls_backend(&c, None, b"HTTP/1.1 503 No\r\n\r\n").await;
+            let r = check(addr, Scheme::Https).await;
+            assert_eq!((r.status, r.error), (None, None));
+        }
     }
 
     #[test]

@@ -205,6 +205,72 @@ async fn reconcile_follows_the_table() {
     cancel.cancel();
 }
 
+/// A route with one `http` and one `https` backend and the TLS policy `key`.
+fn mixed(http: SocketAddr, https: SocketAddr, key: u64) -> RouteDef {
+    let mut d = def("mixed", &[http, https], Some(hc(1, 1)));
+    d.backends[1].scheme = Scheme::Https;
+    let config = wharf_tls::backend_client_config(&wharf_tls::BackendTlsSpec {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    d.policy.backend_tls = Some(Arc::new(BackendTls {
+        config_h1: wharf_tls::http11_only(&config),
+        config,
+        server_name: tokio_rustls::rustls::pki_types::ServerName::try_from("mixed.test").unwrap(),
+        insecure: true,
+        key,
+    }));
+    d
+}
+
+#[tokio::test]
+async fn reconcile_restarts_https_checks_when_the_tls_policy_changes() {
+    let reg = BackendRegistry::new();
+    let http: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let https: SocketAddr = "127.0.0.1:10".parse().unwrap();
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(
+        Table::compile(vec![mixed(http, https, 1)], &reg).0,
+    ));
+    let cancel = CancellationToken::new();
+    let mut c = Checker::new(table.clone(), 4, cancel.clone());
+    c.reconcile();
+    let id = |c: &Checker, a: SocketAddr| c.running[&(Arc::from("mixed"), a)].abort.id();
+    let (http_id, https_id) = (id(&c, http), id(&c, https));
+    assert!(c.running[&(Arc::from("mixed"), http)].tls.is_none());
+    assert_eq!(
+        c.running[&(Arc::from("mixed"), https)]
+            .tls
+            .as_ref()
+            .map(|t| t.key),
+        Some(1)
+    );
+
+    // The same policy rebuilt (a new Arc, the same key): nothing restarts.
+    table.store(Arc::new(
+        Table::compile(vec![mixed(http, https, 1)], &reg).0,
+    ));
+    c.reconcile();
+    assert_eq!((id(&c, http), id(&c, https)), (http_id, https_id));
+
+    // Another policy (say a CA file re-read): the https check restarts with it,
+    // the http one is left alone.
+    table.store(Arc::new(
+        Table::compile(vec![mixed(http, https, 2)], &reg).0,
+    ));
+    c.reconcile();
+    assert_eq!(id(&c, http), http_id);
+    assert_ne!(id(&c, https), https_id);
+    assert_eq!(
+        c.running[&(Arc::from("mixed"), https)]
+            .tls
+            .as_ref()
+            .map(|t| t.key),
+        Some(2)
+    );
+    cancel.cancel();
+}
+
 /// End to end on real sockets with short intervals: a backend that starts
 /// failing goes down, then comes back, through the spawned checker.
 #[tokio::test]
