@@ -1,7 +1,9 @@
 //! Compose and stack files, for `wharf check --compose`: each service's labels and
-//! exposed ports, run through [`service_routes`] exactly as the Docker provider
-//! will, plus the one check a single service cannot make: a host and path claimed
-//! by two services (the first in file order keeps it).
+//! exposed ports, run through [`service_routes`](crate::service_routes) exactly as
+//! the Docker provider will, plus the one check a single service cannot make: a
+//! host and path claimed by two services (the first in file order keeps it). One
+//! difference: files that labels name (`wharf.backend-tls.ca`, ...) are not opened,
+//! as they are in Wharf's container rather than where the check runs.
 //!
 //! Reads the YAML only: no variable interpolation (`${VAR}` stays as written; run
 //! `docker compose config` first to check the expanded file), no Docker.
@@ -10,7 +12,8 @@ use std::collections::BTreeMap;
 
 use serde_yaml::Value;
 
-use crate::labels::{service_routes, LabelOptions, LabelProblem, ServiceInput, Severity};
+use crate::labels::{service_routes_with, LabelOptions, LabelProblem, ServiceInput, Severity};
+use crate::route::FileCheck;
 
 /// One service of a compose file.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,13 +283,16 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
         for svc in services {
             report.services += 1;
             let mut problems = svc.problems.clone();
-            let r = service_routes(
+            // The files labels name (`wharf.backend-tls.ca`, ...) are in Wharf's
+            // container, not here: their paths are checked, not opened.
+            let r = service_routes_with(
                 &ServiceInput {
                     name: &svc.name,
                     labels: &svc.labels,
                     exposed_ports: &svc.exposed_ports,
                 },
                 opts,
+                FileCheck::Skip,
             );
             problems.extend(r.problems.iter().cloned());
             if !r.has_errors() {
@@ -489,5 +495,29 @@ services:
         );
         assert!(r.has_errors());
         assert!(r.lines[0].text.starts_with("s.yml:4: "), "{:?}", r.lines);
+    }
+
+    #[test]
+    fn backend_tls_files_are_not_opened_here() {
+        // The CA is in Wharf's container, not where `wharf check --compose` runs.
+        let text = "services:\n  admin:\n    expose: [9443]\n    labels:\n      \
+                    wharf.enable: true\n      wharf.host: admin.example.org\n      \
+                    wharf.scheme: https\n      \
+                    wharf.backend-tls.ca: /run/secrets/nonexistent-backend-ca.pem\n      \
+                    wharf.backend-tls.server-name: admin.internal\n";
+        let r = check(&[("s.yml".into(), text.into())], &LabelOptions::default());
+        assert!(!r.has_errors(), "{:#?}", r.lines);
+        assert_eq!(r.routes, 1);
+        // Everything else is checked as the Docker provider checks it.
+        let text = text.replace("wharf.scheme: https", "wharf.scheme: http");
+        let r = check(&[("s.yml".into(), text)], &LabelOptions::default());
+        assert!(r.has_errors());
+        assert!(
+            r.lines
+                .iter()
+                .all(|l| l.text.contains("only used with scheme = \"https\"")),
+            "{:#?}",
+            r.lines
+        );
     }
 }

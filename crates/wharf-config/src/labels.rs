@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::route::{self, group_alias, RouteSpec, ROUTE_KEYS};
+use crate::route::{self, group_alias, FileCheck, RouteSpec, ROUTE_KEYS};
 use crate::{traefik, values};
 
 /// The `[docker]` settings that change how labels are read.
@@ -228,8 +228,20 @@ fn label_candidates() -> Vec<String> {
     v
 }
 
-/// Reads one service's labels. See the module docs and docs/labels.md.
+/// Reads one service's labels. See the module docs and docs/labels.md. Files the
+/// labels name (`wharf.backend-tls.ca`, ...) must open here ([`FileCheck::Open`]):
+/// this runs where Wharf runs.
 pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoutes {
+    service_routes_with(input, opts, FileCheck::Open)
+}
+
+/// [`service_routes`], saying whether the files the labels name are opened
+/// (`wharf check --compose` runs away from Wharf's container: [`FileCheck::Skip`]).
+pub(crate) fn service_routes_with(
+    input: &ServiceInput,
+    opts: &LabelOptions,
+    files: FileCheck,
+) -> ServiceRoutes {
     let mut pr = Problems {
         service: input.name,
         list: Vec::new(),
@@ -422,7 +434,7 @@ pub fn service_routes(input: &ServiceInput, opts: &LabelOptions) -> ServiceRoute
             .iter()
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
-        match route::parse_route(&d.name, &kv, false) {
+        match route::parse_route_with(&d.name, &kv, false, files) {
             Ok(mut spec) => {
                 if spec.enable == Some(false) {
                     continue;
@@ -1417,5 +1429,118 @@ pub(crate) mod tests {
         );
         assert!(r.problems.is_empty());
         assert_eq!(r.routes.len(), 1);
+    }
+
+    #[test]
+    fn backend_tls_labels_map_dashes_in_group_and_key() {
+        let dir = crate::route::tests::Scratch::new("labels-tls");
+        let (ca, cert, key) = (dir.file("ca.pem"), dir.file("c.pem"), dir.file("k.pem"));
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.scheme", "https"),
+                ("wharf.backend-tls.server-name", "App.Internal"),
+                ("wharf.backend-tls.ca", &ca),
+                ("wharf.backend-tls.client-cert", &cert),
+                ("wharf.Backend-TLS.Client-Key", &key),
+                ("wharf.routes.admin.host", "admin.example.org"),
+                ("wharf.routes.admin.backend-tls.insecure", "true"),
+                ("wharf.routes.admin.backend-tls.ca", ""),
+            ],
+            &[8443],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let s = &r.routes[0];
+        assert_eq!(s.scheme, Scheme::Https);
+        assert_eq!(s.backend_tls.server_name.as_deref(), Some("app.internal"));
+        assert_eq!(s.backend_tls.ca, Some(ca.clone().into()));
+        assert_eq!(s.backend_tls.client_cert, Some(cert.into()));
+        assert_eq!(s.backend_tls.client_key, Some(key.into()));
+        assert!(!s.backend_tls.insecure);
+        // A named route inherits the service's keys unless it sets them: the
+        // empty `ca` unsets it, so `insecure` stands alone.
+        let a = &r.routes[1];
+        assert_eq!(a.name, "shop_web/admin");
+        assert!(a.backend_tls.insecure);
+        assert_eq!(a.backend_tls.ca, None);
+        assert_eq!(a.backend_tls.server_name.as_deref(), Some("app.internal"));
+        // The spelling with `_` works too, as for every key.
+        let r = run(
+            &[
+                ("wharf.host", "a.example.org"),
+                ("wharf.enable", "true"),
+                ("wharf.scheme", "https"),
+                ("wharf.backend_tls.insecure", "true"),
+            ],
+            &[8443],
+        );
+        assert!(only_route(&r).backend_tls.insecure);
+    }
+
+    #[test]
+    fn backend_tls_bad_labels_name_label_value_and_hint() {
+        let dir = crate::route::tests::Scratch::new("labels-tls-bad");
+        let cert = dir.file("c.pem");
+        let missing = dir.missing("ca.pem");
+        let base = [("wharf.enable", "true"), ("wharf.host", "a.example.org")];
+        let one = |extra: &[(&str, &str)]| {
+            let mut labels = base.to_vec();
+            labels.extend_from_slice(extra);
+            let r = run(&labels, &[443]);
+            assert!(r.routes.is_empty(), "an error drops the service's routes");
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{extra:?}: {e:#?}");
+            e[0].clone()
+        };
+        let e = one(&[("wharf.backend-tls.insecure", "true")]);
+        assert_eq!(
+            e.to_string(),
+            "service shop_web: wharf.backend-tls.insecure=\"true\": only used with scheme = \
+             \"https\" (this route's scheme is http): set the scheme to https, or remove this key"
+        );
+        let e = one(&[
+            ("wharf.scheme", "https"),
+            ("wharf.backend-tls.server-name", "*.internal"),
+        ]);
+        assert_eq!(e.label, "wharf.backend-tls.server-name");
+        assert_eq!(e.value, "*.internal");
+        assert!(e.message.contains("not a valid server name"), "{e}");
+        let e = one(&[
+            ("wharf.scheme", "https"),
+            ("wharf.backend-tls.ca", &missing),
+        ]);
+        assert_eq!(e.label, "wharf.backend-tls.ca");
+        assert!(e.message.contains(&format!("`{missing}`")), "{e}");
+        assert!(e.message.contains("No such file or directory"), "{e}");
+        let e = one(&[
+            ("wharf.scheme", "https"),
+            ("wharf.backend-tls.client-cert", &cert),
+        ]);
+        assert_eq!(e.label, "wharf.backend-tls.client-cert");
+        assert!(
+            e.message.contains("set `backend_tls.client_key` too"),
+            "{e}"
+        );
+        let e = one(&[
+            ("wharf.scheme", "https"),
+            ("wharf.backend-tls.insecure", "true"),
+            ("wharf.backend-tls.ca", &cert),
+        ]);
+        assert_eq!(e.label, "wharf.backend-tls.insecure");
+        assert!(e.message.starts_with("insecure skips verification"), "{e}");
+        let e = one(&[("wharf.backend-tls.servername", "x")]);
+        assert!(
+            e.message
+                .contains("did you mean `wharf.backend-tls.server-name`?"),
+            "{e}"
+        );
+        let e = one(&[("wharf.routes.api.backend-tls.client-crt", "x")]);
+        assert!(
+            e.message
+                .contains("did you mean `wharf.routes.api.backend-tls.client-cert`?"),
+            "{e}"
+        );
     }
 }

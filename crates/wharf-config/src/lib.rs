@@ -19,7 +19,7 @@ pub mod values;
 pub use labels::{
     service_routes, LabelOptions, LabelProblem, ServiceInput, ServiceRoutes, Severity,
 };
-pub use route::{RateKey, RateScope, RouteSpec, Upstream};
+pub use route::{BackendTls, RateKey, RateScope, RouteSpec, Upstream};
 pub use validate::{
     AcmeConfig, AcmeDns, AdminConfig, CertPaths, Challenge, Config, DnsConfig, DockerConfig,
     DockerMode, Entrypoint, RuntimeConfig, StickyConfig, Storage, UpstreamConfig,

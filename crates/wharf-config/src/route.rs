@@ -8,6 +8,7 @@
 //! key, so that one bad key is reported precisely and never affects another route.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wharf_table::{Balance, Scheme};
@@ -52,6 +53,11 @@ pub const ROUTE_KEYS: &[&str] = &[
     "maxconn.limit",
     "maxconn.queue",
     "maxconn.timeout",
+    "backend_tls.server_name",
+    "backend_tls.ca",
+    "backend_tls.insecure",
+    "backend_tls.client_cert",
+    "backend_tls.client_key",
 ];
 
 /// `sticky` → `sticky.type`, `hsts` → `hsts.max_age`, `ratelimit` → `ratelimit.rate`.
@@ -230,6 +236,39 @@ impl RateLimit {
     pub const MIN_PER_SECOND: f64 = 1.0 / 86_400.0;
 }
 
+/// TLS to the backends of a `scheme = "https"` route (`backend_tls.*`; labels
+/// `wharf.backend-tls.server-name` and so on). The default verifies each
+/// backend's certificate against the system roots, with the route's first
+/// non-wildcard host as the server name (the proxy picks it), and presents no
+/// client certificate.
+///
+/// Parsing checks that the files exist and can be opened; their contents (PEM)
+/// are read by the proxy, which reports a file it cannot use for its route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct BackendTls {
+    /// `server_name`: sent as SNI and the name the backend's certificate must be
+    /// valid for; a DNS name or an IP address, as `rustls` accepts it (lower-cased).
+    /// `None`: the proxy uses the route's first non-wildcard host.
+    pub server_name: Option<String>,
+    /// `ca`: a PEM file of CA certificates trusted in addition to the system roots.
+    pub ca: Option<PathBuf>,
+    /// `insecure = true`: the backend's certificate is not verified at all
+    /// (Traefik's `insecureSkipVerify`). Never set together with `ca`.
+    pub insecure: bool,
+    /// `client_cert`: a PEM certificate (chain) presented to the backend (mutual
+    /// TLS). Set exactly when `client_key` is.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key`: the PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl BackendTls {
+    /// True when nothing is set (the default: verify against the system roots).
+    pub fn is_default(&self) -> bool {
+        *self == BackendTls::default()
+    }
+}
+
 /// A validated route: the desired state one provider declares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSpec {
@@ -252,6 +291,8 @@ pub struct RouteSpec {
     pub hsts: Hsts,
     pub ratelimit: Option<RateLimit>,
     pub maxconn: Option<MaxConn>,
+    /// TLS to the backends; only set (non-default) when `scheme` is `https`.
+    pub backend_tls: BackendTls,
 }
 
 impl RouteSpec {
@@ -320,12 +361,36 @@ pub struct KeyProblem {
     pub message: String,
 }
 
+/// Whether [`parse_route_with`] opens the files a route names (`backend_tls.ca`,
+/// `.client_cert`, `.client_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileCheck {
+    /// Each file must exist and open for reading, here and now: for the file
+    /// and the Docker provider, which run where Wharf runs.
+    #[default]
+    Open,
+    /// Paths are only checked for shape: the files live on another machine (in
+    /// Wharf's container), as for `wharf check --compose`.
+    Skip,
+}
+
 /// Parses route keys. `upstream_required` is true for the file (labels get their
-/// backends from Docker). Every problem is collected, not just the first.
+/// backends from Docker). Every problem is collected, not just the first. Files
+/// named by `backend_tls.*` must open ([`FileCheck::Open`]).
 pub fn parse_route(
     default_name: &str,
     pairs: &[(String, String)],
     upstream_required: bool,
+) -> Result<RouteSpec, Vec<KeyProblem>> {
+    parse_route_with(default_name, pairs, upstream_required, FileCheck::Open)
+}
+
+/// [`parse_route`], saying whether the files a route names are opened.
+pub fn parse_route_with(
+    default_name: &str,
+    pairs: &[(String, String)],
+    upstream_required: bool,
+    files: FileCheck,
 ) -> Result<RouteSpec, Vec<KeyProblem>> {
     let mut problems = Vec::new();
     let mut get = std::collections::BTreeMap::<&str, (&str, &str)>::new();
@@ -379,6 +444,7 @@ pub fn parse_route(
         hsts: Hsts::default(),
         ratelimit: None,
         maxconn: None,
+        backend_tls: BackendTls::default(),
     };
 
     field("name", &mut |v| {
@@ -420,6 +486,7 @@ pub fn parse_route(
         spec.port = Some(p);
         Ok(())
     });
+    let mut scheme_parsed = false;
     field("scheme", &mut |v| {
         spec.scheme = match v.trim().to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
@@ -427,6 +494,7 @@ pub fn parse_route(
             "h2c" => Scheme::H2c,
             _ => return Err(format!("`{v}` is not a scheme; use http, https or h2c")),
         };
+        scheme_parsed = true;
         Ok(())
     });
     field("network", &mut |v| {
@@ -725,6 +793,100 @@ pub fn parse_route(
         mc_timeout = d;
         Ok(())
     });
+    // backend_tls: only with scheme = "https" (a scheme that did not parse is
+    // reported on its own, and the keys are then checked as for https). An empty
+    // value is unset, as in `client_cert = ""`.
+    let wrong_scheme = (spec.scheme != Scheme::Https
+        && (scheme_parsed || !get.contains_key("scheme")))
+    .then(|| {
+        format!(
+            "only used with scheme = \"https\" (this route's scheme is {}): set the scheme to \
+             https, or remove this key",
+            spec.scheme.as_str()
+        )
+    });
+    let mut tls = BackendTls::default();
+    let mut tls_field = |canon: &str, parse: &mut dyn FnMut(&str) -> Result<(), String>| {
+        field(canon, &mut |v| {
+            if v.trim().is_empty() {
+                return Ok(());
+            }
+            match &wrong_scheme {
+                Some(m) => Err(m.clone()),
+                None => parse(v),
+            }
+        })
+    };
+    tls_field("backend_tls.server_name", &mut |v| {
+        tls.server_name = Some(server_name(v)?);
+        Ok(())
+    });
+    tls_field("backend_tls.ca", &mut |v| {
+        tls.ca = Some(readable_file(v, "CA", files)?);
+        Ok(())
+    });
+    tls_field("backend_tls.insecure", &mut |v| {
+        tls.insecure = values::boolean(v)?;
+        Ok(())
+    });
+    tls_field("backend_tls.client_cert", &mut |v| {
+        tls.client_cert = Some(readable_file(v, "client certificate", files)?);
+        Ok(())
+    });
+    tls_field("backend_tls.client_key", &mut |v| {
+        tls.client_key = Some(readable_file(v, "client key", files)?);
+        Ok(())
+    });
+    // Checks across keys, each only between keys that parsed (a key that did
+    // not is reported on its own).
+    let tls_key = |canon: &str| {
+        get.get(canon)
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(key, _)| (*key).to_string())
+    };
+    if wrong_scheme.is_none() {
+        if tls.insecure && tls.ca.is_some() {
+            if let Some(key) = tls_key("backend_tls.insecure") {
+                problems.push(KeyProblem {
+                    key,
+                    message: "insecure skips verification, so a ca would be ignored; remove one \
+                              (keep the ca to verify the backend against it)"
+                        .into(),
+                });
+            }
+        }
+        for (have, have_key, missing) in [
+            (
+                tls.client_cert.is_some(),
+                "backend_tls.client_cert",
+                "backend_tls.client_key",
+            ),
+            (
+                tls.client_key.is_some(),
+                "backend_tls.client_key",
+                "backend_tls.client_cert",
+            ),
+        ] {
+            if have && tls_key(missing).is_none() {
+                if let Some(key) = tls_key(have_key) {
+                    let (what, other) = if have_key.ends_with("cert") {
+                        ("a client certificate", "its private key")
+                    } else {
+                        ("a client key", "its certificate")
+                    };
+                    problems.push(KeyProblem {
+                        key,
+                        message: format!(
+                            "{what} is presented only with {other}: set `{missing}` too \
+                             (both are PEM files), or remove this key"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    spec.backend_tls = tls;
+
     match mc_limit {
         Some(limit) => {
             spec.maxconn = Some(MaxConn {
@@ -825,6 +987,88 @@ pub fn parse_route(
     }
 }
 
+/// `backend_tls.server_name`: a DNS name or an IP address, exactly as
+/// `rustls_pki_types::ServerName::try_from` accepts it (the proxy hands it to
+/// rustls), lower-cased.
+fn server_name(v: &str) -> Result<String, String> {
+    let name = v.trim();
+    if rustls_pki_types::ServerName::try_from(name).is_ok() {
+        return Ok(name.to_ascii_lowercase());
+    }
+    let shown = v.escape_debug();
+    let why = if name.contains("://") {
+        "write the name alone, without a scheme".to_string()
+    } else if name.contains('*') {
+        "a pattern names no one server; write the one name the backend's certificate is for"
+            .to_string()
+    } else if name.contains('/') {
+        "write the name alone, without a path".to_string()
+    } else if name.starts_with('[')
+        || name.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+        })
+    {
+        "write the name alone, without a port or brackets (the port is the route's `port`)"
+            .to_string()
+    } else if name.split('.').any(|l| l.len() > 63) || name.len() > 253 {
+        "a DNS name has labels of at most 63 characters and at most 253 in all".to_string()
+    } else {
+        "a DNS name is letters, digits, `-` and `_` in labels separated by `.`, none starting \
+         or ending with `-` (or write an IP address)"
+            .to_string()
+    };
+    Err(format!(
+        "`{shown}` is not a valid server name: {why}; e.g. `app.internal`"
+    ))
+}
+
+/// A file named by a route key (`backend_tls.ca`, ...): with [`FileCheck::Open`]
+/// it must open for reading and not be a directory. `what` names it in messages.
+fn readable_file(v: &str, what: &str, check: FileCheck) -> Result<PathBuf, String> {
+    let path = v.trim();
+    if path.starts_with("-----BEGIN") || path.contains("\n-----") {
+        return Err(format!(
+            "the {what} is given as PEM text; Wharf reads it from a file: write its path \
+             (e.g. `/etc/wharf/backend-ca.pem`)"
+        ));
+    }
+    if path.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!(
+            "`{}` contains a control character; write the {what} file's path",
+            v.escape_debug()
+        ));
+    }
+    if check == FileCheck::Open {
+        open_check(Path::new(path), what)?;
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Opens `path` for reading: the error names the path and the OS error, with a hint.
+fn open_check(path: &Path, what: &str) -> Result<(), String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "check the path: the {what} file must be on the machine (or in the container) \
+                 Wharf runs in, e.g. a mounted Docker secret"
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                "make it readable by the user Wharf runs as".to_string()
+            }
+            _ => format!("Wharf reads the {what} from this file"),
+        };
+        format!("cannot open the {what} file `{shown}`: {e}; {hint}")
+    })?;
+    match file.metadata() {
+        Ok(m) if m.is_dir() => Err(format!(
+            "`{shown}` is a directory; name the {what} file (PEM) in it"
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot read the {what} file `{shown}`: {e}")),
+    }
+}
+
 fn at_least_one(v: &str, what: &str) -> Result<u32, String> {
     match values::number::<u32>(v, what)? {
         0 => Err(format!("{what} must be at least 1")),
@@ -880,7 +1124,7 @@ pub fn parse_upstream(v: &str) -> Result<Upstream, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1223,6 +1467,329 @@ mod tests {
         let r = route(&[("scheme", "https")]).unwrap();
         assert_eq!(r.not_enforced().len(), 1);
         assert!(r.not_enforced()[0].contains("scheme = https"));
+    }
+
+    /// A fresh directory for one test's files, removed when dropped.
+    pub(crate) struct Scratch(pub PathBuf);
+
+    impl Scratch {
+        pub(crate) fn new(test: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir().join(format!(
+                "wharf-config-{test}-{}-{nanos}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("scratch dir");
+            Scratch(dir)
+        }
+
+        /// Writes `name` with PEM-looking text and returns its path as text.
+        pub(crate) fn file(&self, name: &str) -> String {
+            let p = self.0.join(name);
+            std::fs::write(
+                &p,
+                "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+            )
+            .expect("scratch file");
+            p.display().to_string()
+        }
+
+        /// A path in the directory that does not exist.
+        pub(crate) fn missing(&self, name: &str) -> String {
+            self.0.join(name).display().to_string()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn backend_tls_defaults_and_every_key() {
+        let r = route(&[]).unwrap();
+        assert_eq!(r.backend_tls, BackendTls::default());
+        assert!(r.backend_tls.is_default());
+        let r = route(&[("scheme", "https")]).unwrap();
+        assert!(
+            r.backend_tls.is_default(),
+            "verify against the system roots"
+        );
+        assert_eq!(r.backend_tls.server_name, None, "the proxy picks the host");
+
+        let dir = Scratch::new("tls-keys");
+        let (ca, cert, key) = (dir.file("ca.pem"), dir.file("c.pem"), dir.file("k.pem"));
+        let r = route(&[
+            ("scheme", "https"),
+            ("backend_tls.server_name", " App.Internal "),
+            ("backend_tls.ca", &ca),
+            ("backend_tls.insecure", "false"),
+            ("backend_tls.client_cert", &cert),
+            ("backend_tls.client_key", &key),
+        ])
+        .unwrap();
+        assert_eq!(
+            r.backend_tls,
+            BackendTls {
+                server_name: Some("app.internal".into()),
+                ca: Some(PathBuf::from(&ca)),
+                insecure: false,
+                client_cert: Some(PathBuf::from(&cert)),
+                client_key: Some(PathBuf::from(&key)),
+            }
+        );
+        assert!(!r.backend_tls.is_default());
+        let r = route(&[("scheme", "HTTPS"), ("backend_tls.insecure", "true")]).unwrap();
+        assert!(r.backend_tls.insecure);
+        // `scheme = https` stays listed until the proxy side lands.
+        assert_eq!(r.not_enforced().len(), 1);
+    }
+
+    #[test]
+    fn backend_tls_empty_values_are_unset() {
+        // The SPEC's example line: `client_cert = ""`, `client_key = ""`.
+        for scheme in ["https", "http"] {
+            let r = route(&[
+                ("scheme", scheme),
+                ("backend_tls.server_name", ""),
+                ("backend_tls.ca", " "),
+                ("backend_tls.insecure", ""),
+                ("backend_tls.client_cert", ""),
+                ("backend_tls.client_key", ""),
+            ])
+            .unwrap();
+            assert!(r.backend_tls.is_default(), "{scheme}");
+        }
+    }
+
+    #[test]
+    fn backend_tls_only_with_https() {
+        let dir = Scratch::new("tls-scheme");
+        let ca = dir.file("ca.pem");
+        for scheme in [None, Some("http"), Some("h2c")] {
+            for (key, value) in [
+                ("backend_tls.server_name", "app.internal"),
+                ("backend_tls.ca", ca.as_str()),
+                ("backend_tls.insecure", "false"),
+                ("backend_tls.client_cert", ca.as_str()),
+                ("backend_tls.client_key", ca.as_str()),
+            ] {
+                let mut extra = vec![(key, value)];
+                extra.extend(scheme.map(|s| ("scheme", s)));
+                let p = problem(&extra);
+                assert_eq!(p.key, key, "{extra:?}");
+                let shown = scheme.unwrap_or("http");
+                assert_eq!(
+                    p.message,
+                    format!(
+                        "only used with scheme = \"https\" (this route's scheme is {shown}): set \
+                         the scheme to https, or remove this key"
+                    )
+                );
+            }
+        }
+        // Every key is named, not just the first.
+        let e = route(&[
+            ("backend_tls.insecure", "true"),
+            ("backend_tls.server_name", "app.internal"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        // A scheme that does not parse is the problem, and the keys are checked
+        // as for https.
+        let e = route(&[("scheme", "tls"), ("backend_tls.insecure", "true")]).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "scheme");
+        let e = route(&[("scheme", "tls"), ("backend_tls.insecure", "maybe")]).unwrap_err();
+        let keys: Vec<_> = e.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["scheme", "backend_tls.insecure"]);
+    }
+
+    #[test]
+    fn backend_tls_server_name_is_what_rustls_accepts() {
+        let name = |v: &str| {
+            route(&[("scheme", "https"), ("backend_tls.server_name", v)])
+                .map(|r| r.backend_tls.server_name.unwrap())
+        };
+        for (v, want) in [
+            ("app.internal", "app.internal"),
+            ("App.Internal.", "app.internal."),
+            ("localhost", "localhost"),
+            ("_svc.internal", "_svc.internal"),
+            ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ("10.0.0.5", "10.0.0.5"),
+            ("2001:DB8::1", "2001:db8::1"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(name(v).unwrap(), want, "{v}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        for (v, needle) in [
+            ("*.example.org", "a pattern names no one server"),
+            ("https://app.internal", "without a scheme"),
+            ("app.internal/x", "without a path"),
+            ("app.internal:8443", "without a port"),
+            ("[::1]", "without a port or brackets"),
+            ("a..b", "a DNS name is letters"),
+            ("-app.internal", "none starting or ending with `-`"),
+            ("app-.internal", "a DNS name is letters"),
+            ("app internal", "a DNS name is letters"),
+            ("bücher.example", "a DNS name is letters"),
+            (long.as_str(), "at most 63 characters"),
+        ] {
+            let p = problem(&[("scheme", "https"), ("backend_tls.server_name", v)]);
+            assert_eq!(p.key, "backend_tls.server_name");
+            assert!(
+                p.message
+                    .starts_with(&format!("`{v}` is not a valid server name: ")),
+                "{v}: {}",
+                p.message
+            );
+            assert!(p.message.contains(needle), "{v}: {}", p.message);
+            assert!(p.message.ends_with("e.g. `app.internal`"), "{}", p.message);
+            // The same verdict as rustls.
+            assert!(rustls_pki_types::ServerName::try_from(v).is_err(), "{v}");
+        }
+    }
+
+    #[test]
+    fn backend_tls_files_must_open() {
+        let dir = Scratch::new("tls-files");
+        let missing = dir.missing("nope.pem");
+        for key in [
+            "backend_tls.ca",
+            "backend_tls.client_cert",
+            "backend_tls.client_key",
+        ] {
+            let other = match key {
+                "backend_tls.client_cert" => Some(("backend_tls.client_key", dir.file("k.pem"))),
+                "backend_tls.client_key" => Some(("backend_tls.client_cert", dir.file("c.pem"))),
+                _ => None,
+            };
+            let with = |v: &str| {
+                let mut extra = vec![("scheme", "https"), (key, v)];
+                if let Some((k, f)) = &other {
+                    extra.push((k, f.as_str()));
+                }
+                problem(&extra)
+            };
+            let what = match key {
+                "backend_tls.ca" => "CA",
+                "backend_tls.client_cert" => "client certificate",
+                _ => "client key",
+            };
+            let p = with(&missing);
+            assert_eq!(p.key, key);
+            assert!(
+                p.message.starts_with(&format!(
+                    "cannot open the {what} file `{missing}`: No such file or directory (os \
+                     error 2); check the path"
+                )),
+                "{}",
+                p.message
+            );
+            let d = dir.0.display().to_string();
+            let p = with(&d);
+            assert_eq!(
+                p.message,
+                format!("`{d}` is a directory; name the {what} file (PEM) in it")
+            );
+            let p = with("-----BEGIN CERTIFICATE-----\nMIIB...");
+            assert!(p.message.contains("given as PEM text"), "{}", p.message);
+        }
+        // Unreadable (unless the tests run as root, who reads anything).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let locked = dir.file("locked.pem");
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+            if std::fs::File::open(&locked).is_err() {
+                let p = problem(&[("scheme", "https"), ("backend_tls.ca", &locked)]);
+                assert!(p.message.contains("Permission denied"), "{}", p.message);
+                assert!(p.message.contains("readable by the user Wharf runs as"));
+            }
+        }
+        // Not opened when the files are elsewhere (`wharf check --compose`).
+        let pairs = kv(&[
+            ("host", "h.example"),
+            ("upstream", "dns:app:8080"),
+            ("scheme", "https"),
+            ("backend_tls.ca", &missing),
+        ]);
+        let r = parse_route_with("r", &pairs, true, FileCheck::Skip).unwrap();
+        assert_eq!(r.backend_tls.ca, Some(PathBuf::from(&missing)));
+        assert!(parse_route("r", &pairs, true).is_err());
+    }
+
+    #[test]
+    fn backend_tls_client_cert_and_key_go_together() {
+        let dir = Scratch::new("tls-pair");
+        let (cert, key) = (dir.file("c.pem"), dir.file("k.pem"));
+        let p = problem(&[("scheme", "https"), ("backend_tls.client_cert", &cert)]);
+        assert_eq!(p.key, "backend_tls.client_cert");
+        assert_eq!(
+            p.message,
+            "a client certificate is presented only with its private key: set \
+             `backend_tls.client_key` too (both are PEM files), or remove this key"
+        );
+        let p = problem(&[
+            ("scheme", "https"),
+            ("backend_tls.client_key", &key),
+            ("backend_tls.client_cert", ""),
+        ]);
+        assert_eq!(p.key, "backend_tls.client_key");
+        assert!(p
+            .message
+            .starts_with("a client key is presented only with its certificate"));
+        // A key that does not open is its own problem, not also "missing".
+        let p = problem(&[
+            ("scheme", "https"),
+            ("backend_tls.client_cert", &cert),
+            ("backend_tls.client_key", &dir.missing("k2.pem")),
+        ]);
+        assert_eq!(p.key, "backend_tls.client_key");
+        assert!(p.message.starts_with("cannot open"), "{}", p.message);
+    }
+
+    #[test]
+    fn backend_tls_insecure_with_a_ca_is_refused() {
+        let dir = Scratch::new("tls-insecure");
+        let ca = dir.file("ca.pem");
+        let p = problem(&[
+            ("scheme", "https"),
+            ("backend_tls.insecure", "true"),
+            ("backend_tls.ca", &ca),
+        ]);
+        assert_eq!(p.key, "backend_tls.insecure");
+        assert!(
+            p.message
+                .starts_with("insecure skips verification, so a ca would be ignored; remove one"),
+            "{}",
+            p.message
+        );
+        let r = route(&[
+            ("scheme", "https"),
+            ("backend_tls.insecure", "false"),
+            ("backend_tls.ca", &ca),
+        ])
+        .unwrap();
+        assert!(!r.backend_tls.insecure);
+        // Insecure with a client certificate is allowed (mutual TLS without
+        // verifying the backend), and with a server name (still the SNI).
+        let r = route(&[
+            ("scheme", "https"),
+            ("backend_tls.insecure", "true"),
+            ("backend_tls.server_name", "app.internal"),
+            ("backend_tls.client_cert", &ca),
+            ("backend_tls.client_key", &ca),
+        ])
+        .unwrap();
+        assert!(r.backend_tls.insecure);
+        let p = problem(&[("scheme", "https"), ("backend_tls.insecure", "sometimes")]);
+        assert_eq!(p.key, "backend_tls.insecure");
     }
 
     #[test]

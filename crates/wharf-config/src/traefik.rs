@@ -6,9 +6,13 @@
 //! prefix, routers with one rule merged into one route, a ratelimit's `average`
 //! per `period` exactly and its `sourceCriterion`, a sticky cookie's name and
 //! `maxAge`, no HSTS unless a headers middleware sets it, health checks with
-//! GET every 30s); anything else is
-//! a Warning naming the key, or an Error when routing would differ (a rule matcher
-//! Wharf cannot evaluate). Nothing is dropped silently. docs/labels.md has the table.
+//! GET every 30s, TLS to backends: v1 `protocol` and v2/v3 `server.scheme`, and a
+//! `loadbalancer.serverstransport` defined by the service's own
+//! `traefik.http.serverstransports.<name>.*` labels onto `backend_tls`); anything
+//! else is a Warning naming the key, or an Error when routing would differ (a rule
+//! matcher Wharf cannot evaluate) or a security setting would be lost (a servers
+//! transport option or reference Wharf cannot honour). Nothing is dropped
+//! silently. docs/labels.md has the table.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,6 +75,24 @@ struct Backend<'a> {
     hc_method: Option<&'a Label<'a>>,
     hc_status: Option<&'a Label<'a>>,
     hc_port: Option<&'a Label<'a>>,
+    /// v2/v3 `loadbalancer.serverstransport`: the name of a servers transport.
+    transport: Option<&'a Label<'a>>,
+}
+
+/// A v2/v3 servers transport declared by labels
+/// (`traefik.http.serverstransports.<name>.<option>`; Traefik spells it
+/// `serversTransports`, keys are lower-cased here).
+#[derive(Default)]
+struct Transport<'a> {
+    first: Option<&'a Label<'a>>,
+    insecure: Option<&'a Label<'a>>,
+    server_name: Option<&'a Label<'a>>,
+    root_cas: Option<&'a Label<'a>>,
+    cert_file: Option<&'a Label<'a>>,
+    key_file: Option<&'a Label<'a>>,
+    /// Options Wharf cannot honour, each with why: an error wherever the
+    /// transport is used.
+    refused: Vec<(&'a Label<'a>, String)>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -163,6 +185,8 @@ impl<'a> V1<'a> {
                 hc_method: b.hc_method.or(r.hc_method),
                 hc_status: b.hc_status.or(r.hc_status),
                 hc_port: b.hc_port.or(r.hc_port),
+                // v2/v3 only.
+                transport: None,
             },
         }
     }
@@ -205,6 +229,7 @@ pub(crate) fn translate(
     let mut routers: BTreeMap<String, Router> = BTreeMap::new();
     let mut services: BTreeMap<String, Backend> = BTreeMap::new();
     let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
+    let mut transports: BTreeMap<String, Transport> = BTreeMap::new();
     // v1: the root frontend (`traefik.frontend.rule`, ...) and segments
     // (`traefik.<segment>.frontend.rule`, ...), whose unset keys fall back to the root.
     let mut v1 = V1::default();
@@ -257,6 +282,7 @@ pub(crate) fn translate(
                 "healthcheck.method" => &mut s.hc_method,
                 "healthcheck.status" => &mut s.hc_status,
                 "healthcheck.port" => &mut s.hc_port,
+                "serverstransport" => &mut s.transport,
                 "passhostheader" => {
                     pass_host_header(l, pr);
                     continue;
@@ -267,6 +293,21 @@ pub(crate) fn translate(
                 }
             };
             *slot = Some(l);
+        } else if let Some(rest) = k.strip_prefix("traefik.http.serverstransports.") {
+            let Some((name, opt)) = rest.split_once('.') else {
+                pr.warn(l, UNSUPPORTED);
+                continue;
+            };
+            let t = transports.entry(name.to_string()).or_default();
+            t.first.get_or_insert(l);
+            match opt {
+                "insecureskipverify" => t.insecure = Some(l),
+                "servername" => t.server_name = Some(l),
+                "rootcas" => t.root_cas = Some(l),
+                "certificates[0].certfile" => t.cert_file = Some(l),
+                "certificates[0].keyfile" => t.key_file = Some(l),
+                other => t.refused.push((l, transport_refusal(other))),
+            }
         } else if let Some(rest) = k.strip_prefix("traefik.http.middlewares.") {
             let Some((name, opt)) = rest.split_once('.') else {
                 pr.warn(l, UNSUPPORTED);
@@ -559,6 +600,9 @@ pub(crate) fn translate(
         *per_router.entry(g[0].router.clone()).or_default() += 1;
     }
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    // Each service's servers transport, resolved once however many routes use it.
+    let mut tls_by_svc: BTreeMap<String, Vec<Pair>> = BTreeMap::new();
+    let mut used_tr: Vec<String> = Vec::new();
     for (path, g) in groups {
         let first = &g[0];
         if let Some(other) = g.iter().find(|p| p.svc != first.svc) {
@@ -576,6 +620,12 @@ pub(crate) fn translate(
         let backend = first.svc.as_ref().and_then(|s| services.get(s));
         if let Some(b) = backend {
             pairs.extend(backend_pairs(b, false, exposed_ports, pr));
+        }
+        if let (Some(svc), Some(r)) = (&first.svc, backend.and_then(|b| b.transport)) {
+            let tls = tls_by_svc
+                .entry(svc.clone())
+                .or_insert_with(|| transport_pairs(r, &transports, &mut used_tr, pr));
+            pairs.extend(tls.iter().cloned());
         }
         let mut fx = Effects::default();
         for p in &g {
@@ -636,7 +686,156 @@ pub(crate) fn translate(
             port_label: format!("traefik.http.services.{svc_name}.loadbalancer.server.port"),
         });
     }
+    for (name, t) in &transports {
+        if let (false, Some(l)) = (used_tr.contains(name), t.first) {
+            pr.warn(
+                l,
+                format!(
+                    "servers transport `{name}` is not used by any routed service of this \
+                     service's labels; ignored"
+                ),
+            );
+        }
+    }
     drafts
+}
+
+/// What Wharf supports of a servers transport, for messages.
+const TRANSPORT_OPTIONS: &str = "Wharf supports insecureskipverify, servername, rootcas (one \
+     file) and certificates[0].certfile / .keyfile";
+
+/// Why a servers transport option cannot be honoured (`opt` lower-cased, after
+/// `traefik.http.serverstransports.<name>.`).
+fn transport_refusal(opt: &str) -> String {
+    let why = if opt.starts_with("certificates[") {
+        "Wharf presents one client certificate to a backend, \
+         certificates[0].certfile with certificates[0].keyfile"
+            .to_string()
+    } else if opt.starts_with("rootcas") {
+        "write the CA file as `rootcas=<file>`".to_string()
+    } else if opt.starts_with("forwardingtimeouts.") {
+        "Wharf's timeouts to backends are the same for every route ([upstream] \
+         connect_timeout, response_timeout and idle_timeout in the config file)"
+            .to_string()
+    } else if opt == "maxidleconnsperhost" {
+        "Wharf keeps the same number of idle connections to every backend ([upstream] \
+         max_idle_per_backend in the config file)"
+            .to_string()
+    } else if opt == "disablehttp2" {
+        "Wharf offers h2 and http/1.1 to an HTTPS backend (ALPN) and cannot turn HTTP/2 off \
+         for one route"
+            .to_string()
+    } else if opt == "peercerturi" || opt.starts_with("spiffe") {
+        "Wharf does not check a backend's SPIFFE or URI identity".to_string()
+    } else {
+        format!("`{opt}` is not a servers transport option Wharf knows")
+    };
+    format!(
+        "{why}; a servers transport setting Wharf cannot honour is an error, never ignored: \
+         remove it ({TRANSPORT_OPTIONS})"
+    )
+}
+
+/// The `backend_tls.*` keys of a service's `loadbalancer.serverstransport` (`r`),
+/// which must name a transport these labels define: one of another provider
+/// (`@file`, `@internal`, ...) or not defined here cannot be honoured, and
+/// neither can an option Wharf does not support; each is an error.
+fn transport_pairs(
+    r: &Label,
+    transports: &BTreeMap<String, Transport>,
+    used: &mut Vec<String>,
+    pr: &mut Problems,
+) -> Vec<Pair> {
+    let value = r.value.trim();
+    if value.is_empty() {
+        return Vec::new(); // Traefik: the default transport
+    }
+    let lower = value.to_ascii_lowercase();
+    let (name, provider) = match lower.split_once('@') {
+        Some((n, p)) => (n, Some(p)),
+        None => (lower.as_str(), None),
+    };
+    match provider {
+        // Labels: Traefik's Docker provider, or v3's Swarm provider.
+        None | Some("docker" | "swarm") => {}
+        Some("internal") => {
+            pr.error(
+                r,
+                format!(
+                    "`{value}` is Traefik's default servers transport, set in Traefik's static \
+                     configuration, which Wharf cannot read; remove this label (Wharf verifies \
+                     an HTTPS backend against the system roots by default) or set \
+                     wharf.backend-tls.* labels"
+                ),
+            );
+            return Vec::new();
+        }
+        Some(p) => {
+            pr.error(
+                r,
+                format!(
+                    "`{value}` is a servers transport of Traefik's `{p}` provider, which Wharf \
+                     cannot read; define it on this service with \
+                     traefik.http.serverstransports.{name}.<option> labels ({TRANSPORT_OPTIONS}), \
+                     or set wharf.backend-tls.* labels"
+                ),
+            );
+            return Vec::new();
+        }
+    }
+    let Some(t) = transports.get(name) else {
+        pr.error(
+            r,
+            format!(
+                "servers transport `{name}` is not defined by this service's labels, so Wharf \
+                 cannot honour it; define it here with \
+                 traefik.http.serverstransports.{name}.<option> labels ({TRANSPORT_OPTIONS}), \
+                 or set wharf.backend-tls.* labels"
+            ),
+        );
+        return Vec::new();
+    };
+    if !used.iter().any(|u| u == name) {
+        used.push(name.to_string());
+    }
+    for (l, why) in &t.refused {
+        pr.error(l, why.clone());
+    }
+    let mut pairs = Vec::new();
+    if let Some(l) = t.insecure {
+        match values::boolean(l.value) {
+            Ok(true) => pairs.push(Pair::from_label("backend_tls.insecure", l, "true")),
+            Ok(false) => {} // Traefik's default: verify
+            // Reported by the route parser, naming this label.
+            Err(_) => pairs.push(Pair::new("backend_tls.insecure", l.written, l.value)),
+        }
+    }
+    if let Some(l) = t.server_name.filter(|l| !l.value.trim().is_empty()) {
+        pairs.push(Pair::new("backend_tls.server_name", l.written, l.value));
+    }
+    if let Some(l) = t.root_cas {
+        match values::list(l.value).as_slice() {
+            [] => {}
+            [one] => pairs.push(Pair::from_label("backend_tls.ca", l, one.clone())),
+            many => pr.error(
+                l,
+                format!(
+                    "Wharf trusts one CA file per route and rootcas names {}: put the \
+                     certificates into one PEM file and name that",
+                    many.len()
+                ),
+            ),
+        }
+    }
+    for (key, l) in [
+        ("backend_tls.client_cert", t.cert_file),
+        ("backend_tls.client_key", t.key_file),
+    ] {
+        if let Some(l) = l.filter(|l| !l.value.trim().is_empty()) {
+            pairs.push(Pair::new(key, l.written, l.value));
+        }
+    }
+    pairs
 }
 
 fn pass_host_header(l: &Label, pr: &mut Problems) {
@@ -2714,5 +2913,348 @@ mod tests {
             parse_v1_rule("Host: a.org ; PathPrefixStrip: /x", &mut |m| warned.push(m)).unwrap();
         assert_eq!(t[0].path.as_deref(), Some("/x"));
         assert_eq!(warned.len(), 1);
+    }
+
+    /// The labels of a v2 service `shop` on port 8443 over https, plus `extra`.
+    fn https_service(extra: &[(&str, &str)]) -> ServiceRoutes {
+        let mut labels = vec![
+            ("traefik.http.routers.shop.rule", "Host(`shop.example.org`)"),
+            (
+                "traefik.http.services.shop.loadbalancer.server.port",
+                "8443",
+            ),
+            (
+                "traefik.http.services.shop.loadbalancer.server.scheme",
+                "https",
+            ),
+        ];
+        labels.extend_from_slice(extra);
+        run(&labels, &[8443])
+    }
+
+    #[test]
+    fn https_backends_from_v1_protocol_and_v2_scheme() {
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.example.org"),
+                ("traefik.protocol", "https"),
+            ],
+            &[443],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].scheme, Scheme::Https);
+        assert!(
+            r.routes[0].backend_tls.is_default(),
+            "verified, system roots"
+        );
+        let r = https_service(&[]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].scheme, Scheme::Https);
+        assert!(r.routes[0].backend_tls.is_default());
+    }
+
+    #[test]
+    fn servers_transport_defined_by_labels_maps_to_backend_tls() {
+        let dir = crate::route::tests::Scratch::new("traefik-transport");
+        let (ca, cert, key) = (dir.file("ca.pem"), dir.file("c.pem"), dir.file("k.pem"));
+        // As Traefik's docs spell it (the WebSocket guide: serversTransports /
+        // loadBalancer.serversTransport); keys are case-insensitive.
+        let r = https_service(&[
+            (
+                "traefik.http.serversTransports.insecureTransport.insecureSkipVerify",
+                "true",
+            ),
+            (
+                "traefik.http.services.shop.loadBalancer.serversTransport",
+                "insecureTransport",
+            ),
+        ]);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        let t = &r.routes[0].backend_tls;
+        assert!(t.insecure);
+        assert_eq!((t.ca.as_ref(), t.server_name.as_ref()), (None, None));
+
+        // Every supported option, referenced with the Docker (or Swarm) provider.
+        for reference in ["internal-ca", "internal-ca@docker", "Internal-CA@swarm"] {
+            let r = https_service(&[
+                (
+                    "traefik.http.serverstransports.internal-ca.servername",
+                    "App.Internal",
+                ),
+                ("traefik.http.serverstransports.internal-ca.rootcas", &ca),
+                (
+                    "traefik.http.serverstransports.internal-ca.insecureskipverify",
+                    "false",
+                ),
+                (
+                    "traefik.http.serverstransports.internal-ca.certificates[0].certfile",
+                    &cert,
+                ),
+                (
+                    "traefik.http.serverstransports.internal-ca.certificates[0].keyfile",
+                    &key,
+                ),
+                (
+                    "traefik.http.services.shop.loadbalancer.serverstransport",
+                    reference,
+                ),
+            ]);
+            assert!(r.problems.is_empty(), "{reference}: {:#?}", r.problems);
+            assert_eq!(
+                r.routes[0].backend_tls,
+                crate::BackendTls {
+                    server_name: Some("app.internal".into()),
+                    ca: Some(ca.clone().into()),
+                    insecure: false,
+                    client_cert: Some(cert.clone().into()),
+                    client_key: Some(key.clone().into()),
+                }
+            );
+        }
+        // Two routers on one service share its transport; its problems are told once.
+        let r = https_service(&[
+            (
+                "traefik.http.routers.admin.rule",
+                "Host(`admin.example.org`)",
+            ),
+            ("traefik.http.routers.admin.service", "shop"),
+            ("traefik.http.routers.shop.service", "shop"),
+            (
+                "traefik.http.serverstransports.t.insecureskipverify",
+                "true",
+            ),
+            ("traefik.http.serverstransports.t.disablehttp2", "true"),
+            (
+                "traefik.http.services.shop.loadbalancer.serverstransport",
+                "t",
+            ),
+        ]);
+        assert_eq!(errors(&r).len(), 1, "{:#?}", r.problems);
+        // An empty reference is Traefik's default transport: verify.
+        let r = https_service(&[(
+            "traefik.http.services.shop.loadbalancer.serverstransport",
+            "",
+        )]);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        assert!(r.routes[0].backend_tls.is_default());
+        // Service-level wharf.* labels refine it.
+        let r = https_service(&[
+            (
+                "traefik.http.serverstransports.t.insecureskipverify",
+                "true",
+            ),
+            (
+                "traefik.http.services.shop.loadbalancer.serverstransport",
+                "t",
+            ),
+            ("wharf.backend-tls.insecure", "false"),
+        ]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert!(!r.routes[0].backend_tls.insecure);
+    }
+
+    #[test]
+    fn servers_transport_wharf_cannot_honour_is_an_error() {
+        let dir = crate::route::tests::Scratch::new("traefik-transport-bad");
+        let (ca, ca2) = (dir.file("ca.pem"), dir.file("ca2.pem"));
+        let reference = (
+            "traefik.http.services.shop.loadbalancer.serverstransport",
+            "t",
+        );
+        // Options Wharf cannot honour: an error on the option's label.
+        for (opt, value, needle) in [
+            ("maxidleconnsperhost", "10", "max_idle_per_backend"),
+            ("forwardingtimeouts.dialtimeout", "30s", "connect_timeout"),
+            (
+                "forwardingtimeouts.responseheadertimeout",
+                "10s",
+                "response_timeout",
+            ),
+            ("disablehttp2", "true", "cannot turn HTTP/2 off"),
+            (
+                "peercerturi",
+                "spiffe://example.org/x",
+                "SPIFFE or URI identity",
+            ),
+            (
+                "spiffe.ids",
+                "spiffe://example.org/id1",
+                "SPIFFE or URI identity",
+            ),
+            (
+                "spiffe.trustdomain",
+                "example.org",
+                "SPIFFE or URI identity",
+            ),
+            (
+                "certificates[1].certfile",
+                "/c2.pem",
+                "one client certificate",
+            ),
+            ("rootcas[0]", "/ca.pem", "`rootcas=<file>`"),
+            (
+                "cipherSuites",
+                "x",
+                "`ciphersuites` is not a servers transport option",
+            ),
+        ] {
+            let label = format!("traefik.http.serverstransports.t.{opt}");
+            let r = https_service(&[
+                (
+                    "traefik.http.serverstransports.t.insecureskipverify",
+                    "true",
+                ),
+                (label.as_str(), value),
+                reference,
+            ]);
+            assert!(r.routes.is_empty(), "{opt}");
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{opt}: {e:#?}");
+            assert_eq!(e[0].label, label);
+            assert_eq!(e[0].value, value);
+            assert!(e[0].message.contains(needle), "{opt}: {}", e[0].message);
+            assert!(
+                e[0].message.contains("is an error, never ignored"),
+                "{}",
+                e[0].message
+            );
+        }
+        // References Wharf cannot follow: an error on the reference.
+        for (value, needle) in [
+            ("t@file", "a servers transport of Traefik's `file` provider"),
+            ("t@kubernetescrd", "Traefik's `kubernetescrd` provider"),
+            ("default@internal", "Traefik's default servers transport"),
+            ("elsewhere", "servers transport `elsewhere` is not defined"),
+        ] {
+            let r = https_service(&[
+                (
+                    "traefik.http.serverstransports.t.insecureskipverify",
+                    "true",
+                ),
+                (reference.0, value),
+            ]);
+            assert!(r.routes.is_empty(), "{value}");
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{value}: {e:#?}");
+            assert_eq!(e[0].label, reference.0);
+            assert_eq!(e[0].value, value);
+            assert!(e[0].message.contains(needle), "{value}: {}", e[0].message);
+            assert!(
+                e[0].message.contains("wharf.backend-tls.*"),
+                "{}",
+                e[0].message
+            );
+            // The transport it did not reach is unused, which is said too.
+            assert_eq!(warnings(&r).len(), 1, "{:#?}", r.problems);
+        }
+        // More than one CA file.
+        let cas = format!("{ca},{ca2}");
+        let r = https_service(&[
+            ("traefik.http.serverstransports.t.rootcas", &cas),
+            reference,
+        ]);
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].label, "traefik.http.serverstransports.t.rootcas");
+        assert!(e[0]
+            .message
+            .contains("one CA file per route and rootcas names 2"));
+        // Route-key checks name the Traefik label: insecure with a CA, a
+        // certificate without its key, a missing file, a bad server name.
+        for (extra, label, needle) in [
+            (
+                vec![
+                    (
+                        "traefik.http.serverstransports.t.insecureskipverify",
+                        "true",
+                    ),
+                    ("traefik.http.serverstransports.t.rootcas", ca.as_str()),
+                ],
+                "traefik.http.serverstransports.t.insecureskipverify",
+                "insecure skips verification, so a ca would be ignored; remove one",
+            ),
+            (
+                vec![(
+                    "traefik.http.serverstransports.t.certificates[0].certfile",
+                    ca.as_str(),
+                )],
+                "traefik.http.serverstransports.t.certificates[0].certfile",
+                "set `backend_tls.client_key` too",
+            ),
+            (
+                vec![(
+                    "traefik.http.serverstransports.t.rootcas",
+                    "/nonexistent/ca.pem",
+                )],
+                "traefik.http.serverstransports.t.rootcas",
+                "cannot open the CA file `/nonexistent/ca.pem`",
+            ),
+            (
+                vec![(
+                    "traefik.http.serverstransports.t.servername",
+                    "app.internal:8443",
+                )],
+                "traefik.http.serverstransports.t.servername",
+                "without a port",
+            ),
+            (
+                vec![(
+                    "traefik.http.serverstransports.t.insecureskipverify",
+                    "sure",
+                )],
+                "traefik.http.serverstransports.t.insecureskipverify",
+                "`sure` is not a boolean",
+            ),
+        ] {
+            let mut labels = extra.clone();
+            labels.push(reference);
+            let r = https_service(&labels);
+            let e = errors(&r);
+            assert_eq!(e.len(), 1, "{extra:?}: {e:#?}");
+            assert_eq!(e[0].label, label, "{extra:?}");
+            assert!(e[0].message.contains(needle), "{extra:?}: {}", e[0].message);
+        }
+        // A transport on a service whose scheme is not https.
+        let r = run(
+            &[
+                ("traefik.http.routers.shop.rule", "Host(`shop.example.org`)"),
+                (
+                    "traefik.http.serverstransports.t.insecureskipverify",
+                    "true",
+                ),
+                (reference.0, "t"),
+            ],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(
+            e[0].label,
+            "traefik.http.serverstransports.t.insecureskipverify"
+        );
+        assert!(e[0]
+            .message
+            .starts_with("only used with scheme = \"https\""));
+    }
+
+    #[test]
+    fn unused_servers_transports_are_warnings() {
+        let r = https_service(&[
+            (
+                "traefik.http.serverstransports.spare.insecureskipverify",
+                "true",
+            ),
+            (
+                "traefik.http.serverstransports.spare.maxidleconnsperhost",
+                "5",
+            ),
+        ]);
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0]
+            .message
+            .contains("servers transport `spare` is not used"));
+        assert!(r.routes[0].backend_tls.is_default());
     }
 }

@@ -1144,4 +1144,74 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("admin.address"), "{e}");
     }
+
+    #[test]
+    fn backend_tls_through_the_file() {
+        let dir = crate::route::tests::Scratch::new("validate-tls");
+        let (ca, cert, key) = (dir.file("ca.pem"), dir.file("c.pem"), dir.file("k.pem"));
+        // The SPEC's line, with empty client_cert/client_key meaning unset.
+        let c = parse_ok(&route_with(&format!(
+            "scheme = \"https\"\nbackend_tls = {{ server_name = \"app.internal\", ca = \"{ca}\", \
+             insecure = false, client_cert = \"\", client_key = \"\" }}\n"
+        )));
+        let t = &c.routes[1].backend_tls;
+        assert_eq!(t.server_name.as_deref(), Some("app.internal"));
+        assert_eq!(t.ca, Some(PathBuf::from(&ca)));
+        assert!(!t.insecure && t.client_cert.is_none() && t.client_key.is_none());
+        assert!(c.routes[0].backend_tls.is_default());
+        // As a table of its own, with a client certificate.
+        let c = parse_ok(&route_with(&format!(
+            "scheme = \"https\"\n[routes.backend_tls]\nclient_cert = \"{cert}\"\n\
+             client_key = \"{key}\"\ninsecure = true\n"
+        )));
+        let t = &c.routes[1].backend_tls;
+        assert!(t.insecure);
+        assert_eq!(t.client_key, Some(PathBuf::from(&key)));
+
+        // Problems: each on its key and line, for that route alone.
+        let missing = dir.missing("gone.pem");
+        for (extra, key, needle) in [
+            (
+                "backend_tls = { insecure = true }\n".to_string(),
+                "backend_tls.insecure",
+                "only used with scheme = \"https\" (this route's scheme is http)".to_string(),
+            ),
+            (
+                "scheme = \"h2c\"\nbackend_tls.server_name = \"app.internal\"\n".to_string(),
+                "backend_tls.server_name",
+                "this route's scheme is h2c".to_string(),
+            ),
+            (
+                "scheme = \"https\"\nbackend_tls = { server_name = \"*.internal\" }\n".to_string(),
+                "backend_tls.server_name",
+                "`*.internal` is not a valid server name".to_string(),
+            ),
+            (
+                format!("scheme = \"https\"\nbackend_tls = {{ ca = \"{missing}\" }}\n"),
+                "backend_tls.ca",
+                format!("cannot open the CA file `{missing}`: No such file or directory"),
+            ),
+            (
+                format!("scheme = \"https\"\nbackend_tls = {{ client_key = \"{key}\" }}\n"),
+                "backend_tls.client_key",
+                "a client key is presented only with its certificate".to_string(),
+            ),
+            (
+                format!("scheme = \"https\"\nbackend_tls = {{ insecure = true, ca = \"{ca}\" }}\n"),
+                "backend_tls.insecure",
+                "insecure skips verification, so a ca would be ignored; remove one".to_string(),
+            ),
+            (
+                "scheme = \"https\"\nbackend_tls = { cafile = \"x\" }\n".to_string(),
+                "backend_tls.cafile",
+                "unknown key".to_string(),
+            ),
+        ] {
+            let p = route_problems(&extra);
+            assert_eq!(p.len(), 1, "{extra}: {p:?}");
+            assert_eq!(p[0].key, format!("routes[1].{key}"), "{extra}");
+            assert!(p[0].line.is_some(), "{p:?}");
+            assert!(p[0].message.contains(&needle), "{extra}: {p:?}");
+        }
+    }
 }
