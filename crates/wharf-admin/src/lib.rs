@@ -121,6 +121,9 @@ struct RouteView<'a> {
     affinity: Option<AffinityView<'a>>,
     /// The rate limit, or `null`.
     ratelimit: Option<RateView<'a>>,
+    /// TLS to the backends (`scheme = "https"`): the server name sent and
+    /// verified, and whether verification is off; `null` otherwise.
+    backend_tls: Option<BackendTlsView>,
     tls: &'static str,
     /// The active check, or `null` (passive observation only).
     healthcheck: Option<CheckView<'a>>,
@@ -145,6 +148,13 @@ struct AffinityView<'a> {
     /// Source bindings held now.
     #[serde(skip_serializing_if = "Option::is_none")]
     bindings: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct BackendTlsView {
+    server_name: String,
+    /// `insecure = true`: the backend's certificate is not verified.
+    insecure: bool,
 }
 
 #[derive(Serialize)]
@@ -243,6 +253,16 @@ fn routes_json(table: &Table) -> Vec<u8> {
                         ttl_s: Some(ttl.as_secs()),
                         bindings: Some(r.state.bindings_len()),
                     },
+                }),
+                backend_tls: r.policy.backend_tls.as_deref().map(|t| BackendTlsView {
+                    server_name: match &t.server_name {
+                        rustls::pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
+                        rustls::pki_types::ServerName::IpAddress(ip) => {
+                            std::net::IpAddr::from(*ip).to_string()
+                        }
+                        other => format!("{other:?}"),
+                    },
+                    insecure: t.insecure,
                 }),
                 ratelimit: r.policy.ratelimit.as_deref().map(|rl| RateView {
                     rate: &rl.shown,

@@ -478,13 +478,8 @@ services:
         let text = "services:\n  shop:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: x.org, wharf.scheme: https, wharf.sticky: source}\n";
         let r = check(&[("s.yml".into(), text.into())], &LabelOptions::default());
         assert!(!r.has_errors(), "{:#?}", r.lines);
-        let texts: Vec<&str> = r.lines.iter().map(|l| l.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            ["s.yml: service shop: route `shop`: `scheme = https (backends answer 502 until TLS \
-              to backends lands)` is validated but not enforced by this build yet"]
-        );
-        assert!(r.lines.iter().all(|l| l.severity == Severity::Warning));
+        // TLS to backends is enforced too.
+        assert!(r.lines.is_empty(), "{:#?}", r.lines);
     }
 
     #[test]

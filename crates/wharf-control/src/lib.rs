@@ -6,6 +6,8 @@
 //! It owns the [`BackendRegistry`], so state keyed by backend identity survives
 //! every swap. It never runs on the request path: readers only `load()` the table.
 
+mod backend_tls;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -139,6 +141,8 @@ pub struct Control {
     /// The `[sticky] secret` the registry's key was made from (`Some(None)`: none
     /// configured, a random key).
     sticky_secret: Mutex<Option<Option<String>>>,
+    /// rustls client configs of `https` routes, by settings and file stamps.
+    tls: backend_tls::TlsPolicies,
 }
 
 /// The control plane's own metrics (SPEC "Metrics").
@@ -193,6 +197,7 @@ impl Control {
             last_good: Mutex::new(HashMap::new()),
             parsed: Mutex::new(ParseCache::default()),
             sticky_secret: Mutex::new(None),
+            tls: backend_tls::TlsPolicies::default(),
         }
     }
 
@@ -259,7 +264,14 @@ impl Control {
         let mut defs: Vec<RouteDef> = Vec::new();
         for r in &config.routes {
             report.not_enforced.extend(r.not_enforced());
-            defs.push(route_def(config, r, "file", inputs.dns, &mut report));
+            defs.push(route_def(
+                config,
+                r,
+                "file",
+                inputs.dns,
+                &self.tls,
+                &mut report,
+            ));
         }
         if let Some(snap) = inputs.docker {
             self.docker_defs(config, snap, inputs.dns, &mut defs, &mut report);
@@ -408,7 +420,7 @@ impl Control {
             };
             for r in &good.routes {
                 report.not_enforced.extend(r.not_enforced());
-                let mut def = route_def(config, r, "docker", dns, report);
+                let mut def = route_def(config, r, "docker", dns, &self.tls, report);
                 def.name = format!("{}@docker", r.name).into();
                 def.backends = workload_backends(config, w, r, dns, report);
                 defs.push(def);
@@ -527,8 +539,27 @@ fn route_def(
     r: &RouteSpec,
     source: &str,
     dns: &BTreeMap<String, Vec<IpAddr>>,
+    tls: &backend_tls::TlsPolicies,
     report: &mut ApplyReport,
 ) -> RouteDef {
+    // TLS to the backends. A policy that cannot be built is an error for this
+    // route alone; the route then answers 502 (never plain HTTP instead).
+    let backend_tls = match r.scheme {
+        wharf_table::Scheme::Https => match tls.policy(r) {
+            Ok(p) => Some(p),
+            Err((key, message)) => {
+                report.problems.push(Problem {
+                    source: if source == "docker" { "docker" } else { "file" },
+                    service: Some(format!("route {}", r.name)),
+                    label: Some(key),
+                    message,
+                    error: true,
+                });
+                None
+            }
+        },
+        _ => None,
+    };
     let backends = match &r.upstream {
         Upstream::Static(addrs) => addrs
             .iter()
@@ -627,6 +658,7 @@ fn route_def(
                 })
             }),
             maxconn: r.maxconn,
+            backend_tls,
         },
     }
 }
@@ -666,7 +698,7 @@ mod tests {
         ));
         assert_eq!(r2.added, vec!["b/"]);
         assert_eq!(r2.removed, vec!["a/"]);
-        assert_eq!(r2.not_enforced.len(), 1);
+        assert_eq!(r2.not_enforced, Vec::<String>::new());
         assert!(c.table().load().find("b", "/", 0).is_some());
         assert!(c.table().load().find("a", "/", 0).is_none());
     }

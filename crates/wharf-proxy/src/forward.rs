@@ -196,9 +196,18 @@ impl Forwarder {
             let resp = self.observed(&ctx, has_body, self.with_timeout(sent).await)?;
             return Ok(self.finish(resp, ctx, None, conn));
         }
-        if ctx.backend.scheme == Scheme::Https {
-            return Err(ProxyError::UnsupportedScheme("https"));
-        }
+        // TLS to the backend: the route's policy (the control plane sets one on
+        // every `https` route; without it nothing is sent in clear instead).
+        let tls = match ctx.backend.scheme {
+            Scheme::Https => Some(
+                ctx.route
+                    .policy
+                    .backend_tls
+                    .clone()
+                    .ok_or(ProxyError::UnsupportedScheme("https"))?,
+            ),
+            _ => None,
+        };
 
         parts.version = Version::HTTP_11;
         parts.headers.insert(header::HOST, host_value);
@@ -214,9 +223,22 @@ impl Forwarder {
         if let Some(client_upgrade) = client_upgrade {
             // The tunnel takes the connection over, so it never comes from or goes
             // back to the pool; it is not retried.
-            parts.uri = absolute_uri(&ctx.backend, path)?;
-            let sent = self.http1.request(Request::from_parts(parts, body));
-            let mut resp = self.observed(&ctx, has_body, self.with_timeout(sent).await)?;
+            let mut resp = match &tls {
+                None => {
+                    parts.uri = absolute_uri(&ctx.backend, path)?;
+                    let sent = self.http1.request(Request::from_parts(parts, body));
+                    self.observed(&ctx, has_body, self.with_timeout(sent).await)?
+                }
+                Some(tls) => {
+                    parts.uri = origin_uri(path)?;
+                    let sent = self.upgrade_tls(ctx.backend.addr, tls, parts, body);
+                    let r = match tokio::time::timeout(self.response_timeout, sent).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ProxyError::Timeout),
+                    };
+                    self.observed(&ctx, has_body, r)?
+                }
+            };
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
                 let (mut parts, _) = resp.into_parts();
@@ -237,10 +259,9 @@ impl Forwarder {
             return Ok(self.finish(resp, ctx, None, conn));
         }
 
-        // The common case: pooled HTTP/1.1 in origin form.
-        let mut uri = http::uri::Parts::default();
-        uri.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        // The common case: pooled HTTP/1.1 in origin form (over TLS, HTTP/2 when
+        // the backend chose it: `send_pooled` reshapes the request then).
+        parts.uri = origin_uri(path)?;
         // A request without a body goes out with an empty body of our own, and a
         // safe one keeps a copy of its head: it can be sent again if the backend
         // fails after it was written. One with a body goes out once, unless it
@@ -254,7 +275,11 @@ impl Forwarder {
         let mut copy = (safe && ctx.route.backends.all().len() > 1).then(|| copy_head(&parts));
         let mut req = Request::from_parts(parts, body);
         loop {
-            let sent = self.send_pooled(ctx.backend.addr, req);
+            let tls = match ctx.backend.scheme {
+                Scheme::Https => ctx.route.policy.backend_tls.as_deref(),
+                _ => None,
+            };
+            let sent = self.send_pooled(ctx.backend.addr, tls, req);
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((resp, pooled))) => {
                     ctx.succeeded();
@@ -314,6 +339,21 @@ impl Forwarder {
         r
     }
 
+    /// An upgrade request (WebSocket) to a TLS backend, on a connection of its
+    /// own.
+    async fn upgrade_tls(
+        &self,
+        addr: SocketAddr,
+        tls: &wharf_table::BackendTls,
+        parts: http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut tx = self.pool.connect_upgrade(addr, tls).await?;
+        tx.send_request(Request::from_parts(parts, Either::Left(body)))
+            .await
+            .map_err(|e| ProxyError::Upstream(error_chain(&e)))
+    }
+
     async fn with_timeout(
         &self,
         sent: hyper_util::client::legacy::ResponseFuture,
@@ -334,27 +374,30 @@ impl Forwarder {
     async fn send_pooled(
         &self,
         addr: std::net::SocketAddr,
-        req: Request<ReqBody>,
+        tls: Option<&wharf_table::BackendTls>,
+        mut req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Pooled), SendFailure> {
         let connect_failed = |error: ProxyError, req| SendFailure {
             failure: Failure::Connect,
             error,
             unsent: Some(req),
         };
-        let mut pooled = match self.pool.checkout(addr).await {
+        let mut pooled = match self.pool.checkout(addr, tls).await {
             Ok(p) => p,
             Err(e) => return Err(connect_failed(e, req)),
         };
+        shape_for(&mut req, pooled.tx.is_h2());
         let mut e = match pooled.tx.try_send_request(req).await {
             Ok(resp) => return Ok((resp, pooled)),
             Err(e) => e,
         };
         if pooled.reused {
-            if let Some(req) = e.take_message() {
-                pooled = match self.pool.connect(addr).await {
+            if let Some(mut req) = e.take_message() {
+                pooled = match self.pool.connect(addr, tls).await {
                     Ok(p) => p,
                     Err(err) => return Err(connect_failed(err, req)),
                 };
+                shape_for(&mut req, pooled.tx.is_h2());
                 e = match pooled.tx.try_send_request(req).await {
                     Ok(resp) => return Ok((resp, pooled)),
                     Err(e) => e,
@@ -395,6 +438,56 @@ impl Forwarder {
             parts,
             http_body_util::Either::Left(UpstreamBody::new(body, ctx.guard, pooled)),
         )
+    }
+}
+
+/// A request in origin form (`/path?query`).
+fn origin_uri(path: PathAndQuery) -> Result<Uri, ProxyError> {
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(path);
+    Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(e.to_string()))
+}
+
+/// Shapes a request for the connection it goes out on. HTTP/1.1: origin form and
+/// a `Host` field. HTTP/2 (a TLS backend that chose it by ALPN): the client's host
+/// as `:authority` of an absolute `https` URI, no `Host` field (RFC 9113 §8.3.1)
+/// and no `Transfer-Encoding` (§8.2.2). Either way round, so a retry that lands on
+/// a connection of the other kind is reshaped again.
+fn shape_for(req: &mut Request<ReqBody>, h2: bool) {
+    let is_h2 = req.version() == Version::HTTP_2;
+    if h2 == is_h2 {
+        return;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        let host = req.headers_mut().remove(header::HOST);
+        req.headers_mut().remove(header::TRANSFER_ENCODING);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| http::uri::Authority::try_from(h).ok());
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTPS);
+        uri.authority = authority;
+        uri.path_and_query = Some(path);
+        if let Ok(u) = Uri::from_parts(uri) {
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        if let Ok(u) = origin_uri(path) {
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_11;
     }
 }
 

@@ -32,6 +32,6 @@ pub use health::{
 pub use host::normalize_host;
 pub use limit::{MaxConn, QueueTicket, RouteState};
 pub use ratelimit::{RateKey, RateLimit};
-pub use route::{EntrypointMask, Policy, Route, RouteDef};
+pub use route::{BackendTls, EntrypointMask, Policy, Route, RouteDef};
 pub use sticky::{CookieSticky, StickyKey, StickyPolicy, Token};
 pub use table::{CompileReport, Table};

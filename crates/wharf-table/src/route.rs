@@ -58,11 +58,45 @@ pub struct Policy {
     /// Session affinity; `None`: each request is balanced on its own.
     pub sticky: Option<Arc<StickyPolicy>>,
     pub ratelimit: Option<Arc<RateLimit>>,
+    /// TLS to the backends (`scheme = "https"`).
+    pub backend_tls: Option<Arc<BackendTls>>,
     /// Active health checks of every backend; `None`: only passive observation,
     /// whose ejections then end after a cool-down.
     pub healthcheck: Option<Arc<HealthCheck>>,
     pub maxconn: Option<MaxConn>,
 }
+
+/// How a route's backends are reached over TLS: the rustls client policy (roots
+/// or `insecure`, client certificate, ALPN `h2` then `http/1.1`) and the name sent
+/// as SNI and verified.
+pub struct BackendTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The HTTP/1.1-only twin of `config` (upgrades, health checks).
+    pub config_h1: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub insecure: bool,
+    /// Identifies the settings and the files they were read from: equal keys,
+    /// equal policies. Connections are pooled per (backend, key).
+    pub key: u64,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("server_name", &self.server_name)
+            .field("insecure", &self.insecure)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for BackendTls {}
 
 /// What the control plane compiles into a [`Route`].
 #[derive(Debug, Clone, PartialEq, Eq)]

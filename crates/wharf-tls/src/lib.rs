@@ -8,10 +8,14 @@
 //! plugs in through [`CertStore::insert_pem`], [`CertStore::set_alpn_challenge`],
 //! [`CertStore::set_state`] and the [`Http01Responder`] trait.
 
+mod client;
 mod config;
 mod pem;
 mod store;
 
+pub use client::{
+    backend_client_config, http11_only, server_name, BackendTlsError, BackendTlsSpec,
+};
 pub use config::{server_config, ACME_TLS_ALPN, ALPN_H2, ALPN_HTTP11};
 pub use pem::{certified_key_from_pem, names_of};
 pub use store::{check_files, CertId, CertInfo, CertSource, CertState, CertStore};
