@@ -318,6 +318,15 @@ impl RouteSpec {
                  name and mode are for sticky `cookie`"
                     .into(),
             ),
+            "sticky.ttl"
+                if kind == StickyType::Cookie && self.sticky.mode == StickyMode::Prefix =>
+            {
+                Some(
+                    "has no effect in prefix mode: the application's own cookie carries the \
+                     token, so its lifetime is the one the application sets"
+                        .into(),
+                )
+            }
             "sticky.cookie" | "sticky.mode" | "sticky.ttl" if kind == StickyType::None => Some(
                 "has no effect: sticky is `none`; set sticky to `cookie` (or `source`) to use it"
                     .into(),
@@ -1445,6 +1454,12 @@ pub(crate) mod tests {
         for key in ["sticky.cookie", "sticky.mode", "sticky.ttl", "host"] {
             assert_eq!(r.without_effect(key), None, "{key}");
         }
+        // Prefix mode: the application's cookie has the application's lifetime.
+        let r = route(&[("sticky", "cookie"), ("sticky.mode", "prefix")]).unwrap();
+        assert!(r
+            .without_effect("sticky.ttl")
+            .unwrap()
+            .contains("prefix mode"));
     }
 
     #[test]

@@ -609,7 +609,12 @@ fn route_def(
                 StickyType::Cookie => Some(Arc::new(StickyPolicy::Cookie(CookieSticky {
                     name: r.sticky.cookie.as_str().into(),
                     prefix: r.sticky.mode == StickyMode::Prefix,
-                    max_age: r.sticky.ttl.map(|d| d.as_secs().max(1)),
+                    // Prefix mode: the application's cookie keeps its own lifetime.
+                    max_age: r
+                        .sticky
+                        .ttl
+                        .filter(|_| r.sticky.mode != StickyMode::Prefix)
+                        .map(|d| d.as_secs().max(1)),
                 }))),
                 StickyType::Source => Some(Arc::new(StickyPolicy::Source {
                     ttl: r.sticky.source_ttl(),
