@@ -485,6 +485,7 @@ fn http01_hook_answers_known_tokens_on_plain_entrypoints() {
                 header_read_timeout: std::time::Duration::from_secs(5),
                 max_header_size: 65536,
                 max_headers: 100,
+                open: Default::default(),
             };
             let tls = ep
                 .tls

@@ -541,6 +541,187 @@ impl prometheus::core::Collector for BackendCollector {
     }
 }
 
+/// Reads one entrypoint's open connections: `(protocol, count)`.
+pub type OpenCounts = Arc<dyn Fn() -> [(&'static str, i64); 3] + Send + Sync>;
+
+/// `wharf_requests_total{route,code,method}`,
+/// `wharf_request_duration_seconds{route}`,
+/// `wharf_upstream_duration_seconds{route,backend}` and
+/// `wharf_open_connections{entrypoint,protocol}`: built at scrape time from the
+/// atomics the request path bumps in the table's route and backend state (see
+/// `wharf_table::metrics`), so a route that goes away takes its series with it,
+/// and recording takes no lock and hashes no label.
+pub struct TrafficCollector {
+    table: Arc<ArcSwap<Table>>,
+    unrouted: Arc<wharf_table::metrics::RouteMetrics>,
+    open: Vec<(String, OpenCounts)>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const REQUESTS: (&str, &str) = (
+    "wharf_requests_total",
+    "Requests answered, by route (\"\" when none matched), status code and method.",
+);
+const DURATION: (&str, &str) = (
+    "wharf_request_duration_seconds",
+    "Time from the request head to the response head leaving Wharf, by route.",
+);
+const UPSTREAM: (&str, &str) = (
+    "wharf_upstream_duration_seconds",
+    "Time from sending a request to the backend to its response head, by route and backend.",
+);
+const OPEN: (&str, &str) = (
+    "wharf_open_connections",
+    "Client connections open now, by entrypoint and protocol (http: plain HTTP/1.1 or h2c; \
+     https: TLS HTTP/1.1; h2: TLS HTTP/2).",
+);
+
+fn histogram(
+    labels: &[(&str, &str)],
+    h: &wharf_table::metrics::Histogram,
+) -> prometheus::proto::Metric {
+    use prometheus::proto;
+    let (cum, count, sum) = h.snapshot();
+    let mut hist = proto::Histogram::default();
+    hist.set_sample_count(count);
+    hist.set_sample_sum(sum);
+    let buckets = wharf_table::metrics::BUCKETS
+        .iter()
+        .zip(cum)
+        .map(|(bound, c)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(c);
+            b
+        })
+        .collect();
+    hist.set_bucket(buckets);
+    let mut m = proto::Metric::default();
+    m.set_label(label_pairs(labels));
+    m.set_histogram(hist);
+    m
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<prometheus::proto::LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = prometheus::proto::LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
+}
+
+fn family(
+    (name, help): (&str, &str),
+    kind: prometheus::proto::MetricType,
+    metrics: Vec<prometheus::proto::Metric>,
+) -> prometheus::proto::MetricFamily {
+    let mut f = prometheus::proto::MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+impl TrafficCollector {
+    pub fn new(
+        table: Arc<ArcSwap<Table>>,
+        unrouted: Arc<wharf_table::metrics::RouteMetrics>,
+        open: Vec<(String, OpenCounts)>,
+    ) -> prometheus::Result<Self> {
+        use prometheus::core::Describer as _;
+        let desc = |(name, help): (&str, &str), labels: &[&str]| {
+            prometheus::Opts::new(name, help)
+                .variable_labels(labels.iter().map(|s| s.to_string()).collect())
+                .describe()
+        };
+        Ok(TrafficCollector {
+            table,
+            unrouted,
+            open,
+            descs: vec![
+                desc(REQUESTS, &["route", "code", "method"])?,
+                desc(DURATION, &["route"])?,
+                desc(UPSTREAM, &["route", "backend"])?,
+                desc(OPEN, &["entrypoint", "protocol"])?,
+            ],
+        })
+    }
+
+    fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{self, MetricType};
+        let table = self.table.load();
+        let mut requests = Vec::new();
+        let mut durations = Vec::new();
+        let mut upstream = Vec::new();
+        let routes = table
+            .routes()
+            .iter()
+            .map(|r| (&*r.name, &r.state.metrics))
+            .chain(std::iter::once(("", &*self.unrouted)));
+        for (name, m) in routes {
+            for (status, method, n) in m.requests.snapshot() {
+                let code = status.to_string();
+                let method = wharf_table::metrics::METHODS[usize::from(method)];
+                let mut c = proto::Counter::default();
+                c.set_value(n as f64);
+                let mut metric = proto::Metric::default();
+                metric.set_label(label_pairs(&[
+                    ("route", name),
+                    ("code", &code),
+                    ("method", method),
+                ]));
+                metric.set_counter(c);
+                requests.push(metric);
+            }
+            durations.push(histogram(&[("route", name)], &m.duration));
+        }
+        for r in table.routes() {
+            for b in r.backends.all() {
+                let addr = b.addr.to_string();
+                upstream.push(histogram(
+                    &[("route", &r.name), ("backend", &addr)],
+                    &b.state.upstream,
+                ));
+            }
+        }
+        let mut open = Vec::new();
+        for (ep, read) in &self.open {
+            for (protocol, n) in read() {
+                let mut g = proto::Gauge::default();
+                g.set_value(n as f64);
+                let mut metric = proto::Metric::default();
+                metric.set_label(label_pairs(&[("entrypoint", ep), ("protocol", protocol)]));
+                metric.set_gauge(g);
+                open.push(metric);
+            }
+        }
+        vec![
+            family(REQUESTS, MetricType::COUNTER, requests),
+            family(DURATION, MetricType::HISTOGRAM, durations),
+            family(UPSTREAM, MetricType::HISTOGRAM, upstream),
+            family(OPEN, MetricType::GAUGE, open),
+        ]
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect()
+    }
+}
+
+impl prometheus::core::Collector for TrafficCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.families()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
-use wharf_table::{normalize_host, Backend, Scheme};
+use wharf_table::metrics::{method_index, RouteMetrics};
+use wharf_table::{normalize_host, Backend, Route, Scheme};
 
 use crate::affinity;
 use crate::body::{full, ProxyBody, UpstreamBody};
@@ -43,6 +44,8 @@ pub struct Forwarder {
     /// ACME HTTP-01 answers, asked before routing on plain entrypoints.
     http01: Arc<dyn Http01Responder>,
     handshake_failures: AtomicU64,
+    /// Requests that matched no route.
+    unrouted: Arc<RouteMetrics>,
 }
 
 /// Per-connection facts.
@@ -93,6 +96,7 @@ impl Forwarder {
             https_port,
             http01,
             handshake_failures: AtomicU64::new(0),
+            unrouted: Arc::default(),
         }
     }
 
@@ -106,19 +110,34 @@ impl Forwarder {
     }
 
     pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
-        match self.forward(conn, req).await {
+        let start = std::time::Instant::now();
+        let method = method_index(req.method());
+        let mut route = None;
+        let resp = match self.forward(conn, req, &mut route).await {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, client = %conn.client, "request failed");
                 e.into_response()
             }
-        }
+        };
+        // observe: the route's own counters (atomics it already holds), or the
+        // unrouted ones; never a label lookup.
+        let m = route.as_ref().map_or(&*self.unrouted, |r| &r.state.metrics);
+        m.requests.count(resp.status().as_u16(), method);
+        m.duration.observe(start.elapsed());
+        resp
+    }
+
+    /// What requests that matched no route recorded (`route=""`).
+    pub fn unrouted(&self) -> Arc<RouteMetrics> {
+        self.unrouted.clone()
     }
 
     async fn forward(
         &self,
         conn: &ConnInfo,
         mut req: Request<Incoming>,
+        seen: &mut Option<Arc<Route>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // RFC 9112 §3.2: the Host field; an HTTP/2 request carries :authority.
         let host_value = match req.uri().authority() {
@@ -155,6 +174,7 @@ impl Forwarder {
             Routed::Forward(route) => route,
             Routed::Redirect(port) => return Ok(redirect(&req, &host, port)),
         };
+        *seen = Some(route.clone());
         let safe = pipeline::safe_to_repeat(&head);
         // limit
         pipeline::limit(conn, &head, &route)?;
@@ -193,7 +213,12 @@ impl Forwarder {
             parts.version = Version::HTTP_2;
             parts.uri = absolute_uri(&ctx.backend, path)?;
             let sent = self.h2c.request(Request::from_parts(parts, body));
-            let resp = self.observed(&ctx, has_body, self.with_timeout(sent).await)?;
+            let resp = self.observed(
+                &ctx,
+                has_body,
+                std::time::Instant::now(),
+                self.with_timeout(sent).await,
+            )?;
             return Ok(self.finish(resp, ctx, None, conn));
         }
         // TLS to the backend: the route's policy (the control plane sets one on
@@ -227,16 +252,22 @@ impl Forwarder {
                 None => {
                     parts.uri = absolute_uri(&ctx.backend, path)?;
                     let sent = self.http1.request(Request::from_parts(parts, body));
-                    self.observed(&ctx, has_body, self.with_timeout(sent).await)?
+                    self.observed(
+                        &ctx,
+                        has_body,
+                        std::time::Instant::now(),
+                        self.with_timeout(sent).await,
+                    )?
                 }
                 Some(tls) => {
                     parts.uri = origin_uri(path)?;
                     let sent = self.upgrade_tls(ctx.backend.addr, tls, parts, body);
+                    let at = std::time::Instant::now();
                     let r = match tokio::time::timeout(self.response_timeout, sent).await {
                         Ok(r) => r,
                         Err(_) => Err(ProxyError::Timeout),
                     };
-                    self.observed(&ctx, has_body, r)?
+                    self.observed(&ctx, has_body, at, r)?
                 }
             };
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -280,8 +311,10 @@ impl Forwarder {
                 _ => None,
             };
             let sent = self.send_pooled(ctx.backend.addr, tls, req);
+            let sent_at = std::time::Instant::now();
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((resp, pooled))) => {
+                    ctx.backend.state.upstream.observe(sent_at.elapsed());
                     ctx.succeeded();
                     return Ok(self.finish(resp, ctx, Some(pooled), conn));
                 }
@@ -316,10 +349,14 @@ impl Forwarder {
         &self,
         ctx: &Ctx,
         has_body: bool,
+        sent_at: std::time::Instant,
         r: Result<Response<Incoming>, ProxyError>,
     ) -> Result<Response<Incoming>, ProxyError> {
         match &r {
-            Ok(_) => ctx.succeeded(),
+            Ok(_) => {
+                ctx.backend.state.upstream.observe(sent_at.elapsed());
+                ctx.succeeded()
+            }
             Err(e) => {
                 // hyper-util's client does not tell a client-body error from a
                 // backend failure: only a connect failure, or a body-less

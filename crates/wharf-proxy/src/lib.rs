@@ -45,6 +45,29 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Connections open now, by protocol (`wharf_open_connections`).
+    pub open: Arc<OpenConnections>,
+}
+
+/// Open client connections of one entrypoint, by protocol: `http` (plain:
+/// HTTP/1.1 or h2c), `https` (TLS, HTTP/1.1) and `h2` (TLS, HTTP/2 by ALPN).
+#[derive(Debug, Default)]
+pub struct OpenConnections {
+    pub http: std::sync::atomic::AtomicI64,
+    pub https: std::sync::atomic::AtomicI64,
+    pub h2: std::sync::atomic::AtomicI64,
+}
+
+impl OpenConnections {
+    /// `(protocol, open now)` for each protocol.
+    pub fn snapshot(&self) -> [(&'static str, i64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            ("http", self.http.load(Relaxed)),
+            ("https", self.https.load(Relaxed)),
+            ("h2", self.h2.load(Relaxed)),
+        ]
+    }
 }
 
 /// How the proxy talks to backends.

@@ -41,6 +41,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Counts a connection as open until dropped.
+struct OpenGuard<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A bound entrypoint, ready to serve.
 pub struct Entrypoint {
     pub index: usize,
@@ -231,6 +240,13 @@ impl Conn {
             Some(n) if n.h2 => &self.builders.h2,
             Some(_) => &self.builders.h1,
         };
+        let open = match &tls {
+            None => &s.open.http,
+            Some(n) if n.h2 => &s.open.h2,
+            Some(_) => &s.open.https,
+        };
+        open.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGuard(open);
         let ip = client.ip().to_canonical();
         let info = ConnInfo {
             entrypoint: self.index,

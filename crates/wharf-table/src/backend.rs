@@ -99,6 +99,8 @@ pub struct BackendState {
     pub(crate) health: Mutex<HealthInfo>,
     /// The last compile that used this backend (mark and sweep in the registry).
     seen: AtomicU64,
+    /// `wharf_upstream_duration_seconds`: request sent to response head.
+    pub upstream: crate::metrics::Histogram,
     /// URI parts built once per backend identity, so neither the hot path nor a
     /// recompile formats or parses an address.
     uri_scheme: http::uri::Scheme,
@@ -124,6 +126,7 @@ impl BackendState {
             checks_failed: AtomicU64::new(0),
             health: Mutex::new(HealthInfo::default()),
             seen: AtomicU64::new(0),
+            upstream: crate::metrics::Histogram::default(),
             uri_scheme,
             authority,
         }

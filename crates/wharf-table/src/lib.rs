@@ -17,6 +17,7 @@ mod backend;
 mod health;
 mod host;
 mod limit;
+pub mod metrics;
 pub mod ratelimit;
 mod route;
 pub mod sticky;

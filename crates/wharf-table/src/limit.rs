@@ -32,6 +32,8 @@ pub struct RouteState {
     pub(crate) seen: AtomicU64,
     /// The rate limit's per-key state and refusal counter.
     pub rate: RateState,
+    /// `wharf_requests_total` and `wharf_request_duration_seconds` of the route.
+    pub metrics: crate::metrics::RouteMetrics,
     /// `sticky = source` bindings, made on first use.
     bindings: OnceLock<Bindings>,
 }

@@ -47,6 +47,7 @@ fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
         header_read_timeout: ep.header_read_timeout,
         max_header_size: ep.max_header_size,
         max_headers: ep.max_headers,
+        open: Arc::default(),
     }
 }
 
@@ -186,6 +187,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             HandshakeFailures::new(fwd.clone()).context("TLS metrics")?,
         ))
         .context("registering TLS metrics")?;
+    let open: Vec<(String, wharf_admin::OpenCounts)> = bound
+        .iter()
+        .map(|e| {
+            let open = e.settings.open.clone();
+            let read: wharf_admin::OpenCounts = Arc::new(move || open.snapshot());
+            (e.settings.name.clone(), read)
+        })
+        .collect();
+    registry
+        .register(Box::new(
+            wharf_admin::TrafficCollector::new(table.clone(), fwd.unrouted(), open)
+                .context("request metrics")?,
+        ))
+        .context("registering request metrics")?;
     let mut listeners = Vec::new();
     for entry in bound {
         let local = entry.local_addr()?;
