@@ -419,7 +419,16 @@ fn api_certificates_lists_names_issuer_expiry_state_and_source() {
         not_after.ends_with('Z') && not_after.len() == 20,
         "{not_after}"
     );
-    assert!(file["not_after_unix"].as_i64().unwrap() > 0);
+    let unix = file["not_after_unix"].as_i64().unwrap();
+    assert!(unix > 0);
+    // The file certificate's expiry is a metric per name; the placeholder's is not.
+    for name in ["a.test", "*.a.test"] {
+        let series = format!("wharf_tls_cert_not_after_seconds{{name=\"{name}\"}}");
+        assert_eq!(w.metric(&series), Some(unix as f64), "{series}");
+    }
+    assert!(w
+        .metric("wharf_tls_cert_not_after_seconds{name=\"new.test\"}")
+        .is_none());
     let placeholder = by_source("self_signed");
     assert_eq!(placeholder["names"], serde_json::json!(["new.test"]));
     assert_eq!(placeholder["state"], "pending");

@@ -17,7 +17,6 @@ use wharf_config::{AcmeConfig, Challenge};
 use crate::client::{AcmeHttp, RetrySlot, RETRY_AFTER};
 use crate::dns::{DnsUpdater, TxtRecord};
 use crate::metrics::Metrics;
-use crate::pem::unix;
 use crate::store::{canonical_names, cert_id, FileStore, Store, StoredCert};
 use crate::{AcmeError, CertSink};
 
@@ -236,7 +235,7 @@ impl AcmeManager {
         })
     }
 
-    /// Register `wharf_acme_orders_total{result}` and `wharf_tls_cert_not_after_seconds{name}`.
+    /// Register `wharf_acme_orders_total{result}`.
     pub fn register_metrics(
         &self,
         registry: &prometheus::Registry,
@@ -424,14 +423,10 @@ impl Inner {
     }
 
     fn publish(&self, h: &Held) {
+        // `wharf_tls_cert_not_after_seconds` is read from the certificate store
+        // at scrape time, for ACME and file certificates alike.
         self.sink
             .publish(&h.cert.names, &h.cert.chain_pem, &h.cert.key_pem);
-        for n in &h.cert.names {
-            self.metrics
-                .not_after
-                .with_label_values(&[n.as_str()])
-                .set(unix(h.not_after) as i64);
-        }
     }
 
     async fn run(self: Arc<Self>) {

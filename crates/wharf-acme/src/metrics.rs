@@ -1,11 +1,11 @@
-//! `wharf_acme_orders_total{result}` and `wharf_tls_cert_not_after_seconds{name}`.
+//! `wharf_acme_orders_total{result}` (`wharf_tls_cert_not_after_seconds` comes
+//! from the certificate store, for every certificate served).
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub(crate) struct Metrics {
     pub(crate) orders: IntCounterVec,
-    pub(crate) not_after: IntGaugeVec,
 }
 
 impl Metrics {
@@ -21,19 +21,10 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
-            not_after: IntGaugeVec::new(
-                Opts::new(
-                    "wharf_tls_cert_not_after_seconds",
-                    "Expiry (unix seconds) of the ACME certificate serving each name.",
-                ),
-                &["name"],
-            )
-            .expect("valid metric"),
         }
     }
 
     pub(crate) fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        registry.register(Box::new(self.orders.clone()))?;
-        registry.register(Box::new(self.not_after.clone()))
+        registry.register(Box::new(self.orders.clone()))
     }
 }

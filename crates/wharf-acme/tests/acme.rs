@@ -118,16 +118,9 @@ async fn http01_issues_then_restart_serves_stored_cert_without_ordering() {
         text.contains("wharf_acme_orders_total{result=\"ok\"} 1"),
         "{text}"
     );
-    let not_after = m.certificates()[0]
-        .not_after
-        .unwrap()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    for name in ["site.example.test", "www.site.example.test"] {
-        let line = format!("wharf_tls_cert_not_after_seconds{{name=\"{name}\"}} {not_after}");
-        assert!(text.contains(&line), "{line} missing in\n{text}");
-    }
+    // `wharf_tls_cert_not_after_seconds` comes from the certificate store
+    // (wharf-admin's CertCollector, tested with the binary in tests/tls.rs).
+    assert!(m.certificates()[0].not_after.is_some());
 
     // Keys on disk are private.
     let certs = std::fs::read_dir(rig.store.path().join("certs")).unwrap();

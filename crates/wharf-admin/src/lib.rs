@@ -3,6 +3,9 @@
 //! read-only dashboard at `/`. It reads the same published table as the proxy and
 //! never changes anything.
 
+mod certs;
+pub use certs::CertCollector;
+
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -26,6 +26,8 @@ pub struct Reconciler {
     pub config: Config,
     docker: Option<DockerProvider>,
     docker_snapshot: Option<Arc<Snapshot>>,
+    /// Docker was unreachable at the last apply.
+    docker_down: bool,
     dns: BTreeMap<String, Vec<IpAddr>>,
     resolver: Option<(DnsProvider, tokio::sync::watch::Receiver<u64>)>,
     dns_names: BTreeSet<String>,
@@ -109,6 +111,7 @@ impl Reconciler {
             config,
             docker,
             docker_snapshot: None,
+            docker_down: false,
             dns: BTreeMap::new(),
             resolver: dns.map(|p| {
                 let rx = p.subscribe();
@@ -158,9 +161,14 @@ impl Reconciler {
 
     /// Recompiles from every input and swaps when the result differs.
     pub fn apply(&mut self) {
+        // `wharf_config_reloads_total{provider}`: a new Docker snapshot or new
+        // DNS answers are a reload of that provider (the file's are counted by
+        // SIGHUP in run.rs).
+        let mut reloaded: Vec<&'static str> = Vec::new();
         if let Some(d) = self.docker.as_mut() {
             let snap = d.snapshots.borrow_and_update().clone();
             if snap != self.docker_snapshot {
+                reloaded.push("docker");
                 // A dnsrr service's tasks changed: its DNS answer has too.
                 if let (Some((dns, _)), Some(s)) = (&self.resolver, &snap) {
                     let before: std::collections::HashMap<&str, &wharf_docker::Workload> = self
@@ -187,11 +195,15 @@ impl Reconciler {
         }
         if let Some((p, rx)) = self.resolver.as_mut() {
             rx.borrow_and_update();
-            self.dns = p
+            let dns: BTreeMap<String, Vec<std::net::IpAddr>> = p
                 .answers()
                 .into_iter()
                 .map(|(name, a)| (name, a.addrs))
                 .collect();
+            if dns != self.dns {
+                reloaded.push("dns");
+                self.dns = dns;
+            }
         }
         let started = Instant::now();
         let report = self.control.apply_inputs(&Inputs {
@@ -220,8 +232,25 @@ impl Reconciler {
         self.certificates();
         let mut problems = report.problems;
         problems.extend(self.acme_problems.iter().cloned());
+        for provider in reloaded {
+            self.metrics
+                .reloads
+                .with_label_values(&[provider, "success"])
+                .inc();
+        }
         if let Some(d) = self.docker.as_mut() {
-            if let ProviderState::Unreachable { error } = &*d.state.borrow_and_update() {
+            let state = d.state.borrow_and_update();
+            let unreachable = matches!(&*state, ProviderState::Unreachable { .. });
+            if unreachable && !self.docker_down {
+                // A failed reload: the Engine stopped answering (counted once
+                // per outage).
+                self.metrics
+                    .reloads
+                    .with_label_values(&["docker", "failure"])
+                    .inc();
+            }
+            self.docker_down = unreachable;
+            if let ProviderState::Unreachable { error } = &*state {
                 problems.push(Problem {
                     source: "docker",
                     service: None,

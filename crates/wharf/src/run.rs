@@ -107,6 +107,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(e) = acme_error {
         rec.acme_failed(e);
     }
+    registry
+        .register(Box::new(
+            wharf_admin::CertCollector::new(certs.clone()).context("certificate metrics")?,
+        ))
+        .context("registering certificate metrics")?;
     // The published table's handle: the same for the process's life.
     let table = rec.control.table();
     registry
