@@ -159,6 +159,15 @@ impl Checker {
             if !keep {
                 debug!(route = %key.0, backend = %key.1, "health check stopped");
                 r.abort.abort();
+                // No check any more for a backend that is still served: what
+                // held it down is gone, so it takes requests again (on
+                // probation: passive health still watches it).
+                if !wanted.contains_key(key) && r.state.readmit() {
+                    info!(
+                        route = %key.0, backend = %key.1,
+                        "backend up: its route no longer has a health check"
+                    );
+                }
             }
             keep
         });

@@ -196,12 +196,14 @@ async fn reconcile_follows_the_table() {
     assert!(!ids.contains(&c.running.values().next().unwrap().abort.id()));
     assert!(!state_a.is_up());
 
-    // No check any more: every task stops.
+    // No check any more: every task stops, and a backend the check held down
+    // takes requests again (nothing else would ever bring it back).
     table.store(Arc::new(
         Table::compile(vec![def("checked", &[a], None)], &reg).0,
     ));
     c.reconcile();
     assert!(c.is_empty());
+    assert!(table.load().routes()[0].backends.all()[0].state.is_up());
     cancel.cancel();
 }
 
