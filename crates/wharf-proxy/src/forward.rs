@@ -122,9 +122,11 @@ impl Forwarder {
         };
         // observe: the route's own counters (atomics it already holds), or the
         // unrouted ones; never a label lookup.
-        let m = route.as_ref().map_or(&*self.unrouted, |r| &r.state.metrics);
-        m.requests.count(resp.status().as_u16(), method);
-        m.duration.observe(start.elapsed());
+        if cfg!(not(feature = "no-request-metrics")) {
+            let m = route.as_ref().map_or(&*self.unrouted, |r| &r.state.metrics);
+            m.requests.count(resp.status().as_u16(), method);
+            m.duration.observe(start.elapsed());
+        }
         resp
     }
 
@@ -314,7 +316,9 @@ impl Forwarder {
             let sent_at = std::time::Instant::now();
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((resp, pooled))) => {
-                    ctx.backend.state.upstream.observe(sent_at.elapsed());
+                    if cfg!(not(feature = "no-request-metrics")) {
+                        ctx.backend.state.upstream.observe(sent_at.elapsed());
+                    }
                     ctx.succeeded();
                     return Ok(self.finish(resp, ctx, Some(pooled), conn));
                 }
