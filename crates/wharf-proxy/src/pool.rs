@@ -92,7 +92,13 @@ pub struct H1Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Releases since the last sweep of entries nothing asks for any more (a
+    /// backend gone, a route's TLS policy changed).
+    releases: std::sync::atomic::AtomicU32,
 }
+
+/// Every this many releases, closed and expired idle entries are swept.
+const SWEEP_EVERY: u32 = 4096;
 
 /// A connection checked out of the pool; [`H1Pool::release`] puts it back.
 pub struct Pooled {
@@ -122,6 +128,7 @@ impl H1Pool {
             connect_timeout,
             idle_timeout,
             max_idle,
+            releases: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -270,7 +277,27 @@ impl H1Pool {
         h1_handshake(addr, TokioIo::new(stream), true).await
     }
 
+    /// Drops idle connections that are closed or past the idle timeout, and
+    /// closed HTTP/2 connections, under keys nobody checks out any more.
+    fn sweep(&self) {
+        let idle_timeout = self.idle_timeout;
+        lock(&self.idle).retain(|_, list| {
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
+            !list.is_empty()
+        });
+        lock(&self.h2).retain(|_, tx| !tx.is_closed());
+        lock(&self.tls_logged).retain(|_, t| t.elapsed() < TLS_LOG_EVERY);
+    }
+
     fn release(&self, conn: Pooled) {
+        if self
+            .releases
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % SWEEP_EVERY
+            == SWEEP_EVERY - 1
+        {
+            self.sweep();
+        }
         let Tx::H1(tx) = conn.tx else {
             // HTTP/2: shared, never checked out exclusively.
             return;
