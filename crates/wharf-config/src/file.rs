@@ -49,6 +49,12 @@ pub struct FileProxyProtocol {
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
     pub address: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +145,12 @@ pub enum Kind {
 /// Every scalar key of the fixed sections, for `WHARF_<SECTION>_<KEY>`.
 pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("admin", "address", Kind::Str),
+    ("admin", "token", Kind::Str),
+    ("admin", "token_file", Kind::Str),
+    ("admin", "hosts", Kind::List),
+    ("admin", "header_read_timeout", Kind::Str),
+    ("admin", "idle_timeout", Kind::Str),
+    ("admin", "max_connections", Kind::Int),
     ("runtime", "worker_threads", Kind::Int),
     ("runtime", "shutdown_timeout", Kind::Str),
     ("upstream", "connect_timeout", Kind::Str),

@@ -21,8 +21,8 @@ pub use labels::{
 };
 pub use route::{BackendTls, RateKey, RateScope, RouteSpec, Upstream};
 pub use validate::{
-    AcmeConfig, AcmeDns, AdminConfig, CertPaths, Challenge, Config, DnsConfig, DockerConfig,
-    DockerMode, Entrypoint, RuntimeConfig, StickyConfig, Storage, UpstreamConfig,
+    AcmeConfig, AcmeDns, AdminConfig, AdminToken, CertPaths, Challenge, Config, DnsConfig,
+    DockerConfig, DockerMode, Entrypoint, RuntimeConfig, StickyConfig, Storage, UpstreamConfig,
 };
 
 use std::fmt;

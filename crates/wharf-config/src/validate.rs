@@ -57,7 +57,41 @@ pub struct Entrypoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The bearer token every path but `/ping` needs (`token`, `token_file` or
+    /// `WHARF_ADMIN_TOKEN`); `None`: no authentication.
+    pub token: Option<AdminToken>,
+    /// Host names the admin listener answers besides IP literals, `localhost`
+    /// and single-label names (normalised: lower case, no trailing dot; `*.` and
+    /// `*` allowed).
+    pub hosts: Vec<String>,
+    /// Time allowed to read a request head, and for a connection's first request.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Admin connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
+
+/// The admin bearer token: compared, never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token itself, to compare a request's credentials with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+/// Shorter tokens get a warning: a bearer token should be a random string an
+/// attacker cannot guess.
+const SHORT_TOKEN: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -252,6 +286,69 @@ impl Checker<'_> {
         }
         out
     }
+}
+
+/// The admin token from `token` or `token_file` (never both). A file (a swarm
+/// secret, `/run/secrets/...`) is read once here, surrounding whitespace trimmed.
+/// An empty `token` means none; a token must be visible ASCII, so a client can
+/// send it as written.
+fn admin_token(ck: &mut Checker<'_>, a: &crate::file::FileAdmin) -> Option<AdminToken> {
+    let inline = a.token.as_deref().filter(|t| !t.is_empty());
+    let file = a.token_file.as_deref().filter(|f| !f.trim().is_empty());
+    let (key, token) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            ck.fail(
+                "admin.token_file",
+                "set either `token` or `token_file`, not both",
+            );
+            return None;
+        }
+        (Some(t), None) => ("admin.token", t.trim().to_string()),
+        (None, Some(path)) => match std::fs::read_to_string(path.trim()) {
+            Ok(text) => {
+                let t = text.trim().to_string();
+                if t.is_empty() {
+                    ck.fail(
+                        "admin.token_file",
+                        format!("`{}` is empty; it must hold the token", path.trim()),
+                    );
+                    return None;
+                }
+                ("admin.token_file", t)
+            }
+            Err(e) => {
+                ck.fail(
+                    "admin.token_file",
+                    format!("cannot read `{}`: {e}", path.trim()),
+                );
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        ck.fail(
+            key,
+            "the token must be printable ASCII without spaces (e.g. `openssl rand -hex 32`)",
+        );
+        return None;
+    }
+    Some(AdminToken(token))
+}
+
+/// `[admin] hosts`: host names (no port), `*.domain` or `*`.
+fn admin_hosts(ck: &mut Checker<'_>, list: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        match values::host_pattern(h) {
+            Ok(h) => out.push(h),
+            Err(e) => ck.fail(
+                &format!("admin.hosts[{i}]"),
+                format!("{e}; write the name without scheme or port"),
+            ),
+        }
+    }
+    out
 }
 
 /// `[::]:80`, `0.0.0.0:80`, `127.0.0.1:8082`, or `:80` (all interfaces, dual-stack).
@@ -460,9 +557,9 @@ pub(crate) fn parse(
         }
     }
 
-    let admin_address = file.admin.and_then(|a| a.address);
+    let fadmin = file.admin.unwrap_or_default();
     let admin = AdminConfig {
-        address: match admin_address.as_deref().map(socket_addr) {
+        address: match fadmin.address.as_deref().map(socket_addr) {
             None => SocketAddr::from(([127, 0, 0, 1], 8082)),
             Some(Ok(a)) => a,
             Some(Err(e)) => {
@@ -470,7 +567,38 @@ pub(crate) fn parse(
                 SocketAddr::from(([127, 0, 0, 1], 8082))
             }
         },
+        token: admin_token(&mut ck, &fadmin),
+        hosts: admin_hosts(&mut ck, fadmin.hosts.as_deref().unwrap_or(&[])),
+        header_read_timeout: ck.duration(
+            "admin.header_read_timeout",
+            fadmin.header_read_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        idle_timeout: ck.duration(
+            "admin.idle_timeout",
+            fadmin.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        max_connections: fadmin.max_connections.unwrap_or(64),
     };
+    if !(1..=4096).contains(&admin.max_connections) {
+        ck.fail("admin.max_connections", "must be between 1 and 4096");
+    }
+    if let Some(t) = &admin.token {
+        if t.expose().len() < SHORT_TOKEN {
+            warnings.push(format!(
+                "[admin] token is shorter than {SHORT_TOKEN} characters; use a long random \
+                 string (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+    } else if !admin.address.ip().is_loopback() {
+        warnings.push(format!(
+            "the admin listener on {} is reachable from other hosts and has no [admin] token: \
+             anyone who can reach it reads the routes, backends and errors; set a token \
+             (token, token_file or WHARF_ADMIN_TOKEN) or bind it to 127.0.0.1",
+            admin.address
+        ));
+    }
     let clash = |e: &&Entrypoint| e.address == admin.address && admin.address.port() != 0;
     if let Some(ep) = entrypoints.iter().find(clash) {
         let msg = format!(
@@ -1207,5 +1335,151 @@ mod tests {
             assert!(p[0].line.is_some(), "{p:?}");
             assert!(p[0].message.contains(&needle), "{extra}: {p:?}");
         }
+    }
+
+    fn env(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn admin_defaults_no_token_loopback_no_warning() {
+        let c = parse_ok("");
+        assert_eq!(c.admin.token, None);
+        assert!(c.admin.hosts.is_empty());
+        assert_eq!(c.admin.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.admin.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.admin.max_connections, 64);
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("admin")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn admin_token_inline_file_and_environment() {
+        let long = "0123456789abcdef0123456789abcdef";
+        let c = parse_ok(&format!(
+            "[admin]\naddress = \"[::]:8082\"\ntoken = \"{long}\"\nhosts = [\"Wharf.Example.org.\", \"*.ops.example.org\"]\n\
+             header_read_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 8\n"
+        ));
+        assert_eq!(c.admin.token.as_ref().map(AdminToken::expose), Some(long));
+        assert_eq!(c.admin.hosts, ["wharf.example.org", "*.ops.example.org"]);
+        assert_eq!(c.admin.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.admin.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.admin.max_connections, 8);
+        // A token on a public address: no warning.
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("admin")),
+            "{:?}",
+            c.warnings
+        );
+        // Never printed.
+        let dbg = format!("{:?}", c.admin);
+        assert!(!dbg.contains(long) && dbg.contains("***"), "{dbg}");
+
+        // A swarm secret: read once, trailing newline trimmed.
+        let dir = crate::route::tests::Scratch::new("admin-token");
+        let path = dir.0.join("token");
+        std::fs::write(&path, format!("{long}\n")).unwrap();
+        let c = parse_ok(&format!("[admin]\ntoken_file = \"{}\"\n", path.display()));
+        assert_eq!(c.admin.token.as_ref().map(AdminToken::expose), Some(long));
+
+        // WHARF_ADMIN_TOKEN, WHARF_ADMIN_TOKEN_FILE and WHARF_ADMIN_HOSTS.
+        let c = crate::parse(
+            "",
+            "t",
+            env(&[
+                ("WHARF_ADMIN_TOKEN", long),
+                ("WHARF_ADMIN_HOSTS", "a.example.org, b.example.org"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token.as_ref().map(AdminToken::expose), Some(long));
+        assert_eq!(c.admin.hosts, ["a.example.org", "b.example.org"]);
+        let c = crate::parse(
+            "",
+            "t",
+            env(&[("WHARF_ADMIN_TOKEN_FILE", &path.display().to_string())]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token.as_ref().map(AdminToken::expose), Some(long));
+
+        // An empty token is none.
+        assert_eq!(parse_ok("[admin]\ntoken = \"\"\n").admin.token, None);
+    }
+
+    #[test]
+    fn admin_bad_input_names_the_key() {
+        let dir = crate::route::tests::Scratch::new("admin-bad");
+        let empty = dir.0.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let missing = dir.missing("nope");
+        for (text, key, needle) in [
+            (
+                format!("[admin]\ntoken = \"abc\"\ntoken_file = \"{missing}\"\n"),
+                "admin.token_file",
+                "not both",
+            ),
+            (
+                format!("[admin]\ntoken_file = \"{missing}\"\n"),
+                "admin.token_file",
+                "cannot read",
+            ),
+            (
+                format!("[admin]\ntoken_file = \"{}\"\n", empty.display()),
+                "admin.token_file",
+                "is empty",
+            ),
+            (
+                "[admin]\ntoken = \"two words\"\n".to_string(),
+                "admin.token",
+                "printable ASCII",
+            ),
+            (
+                "[admin]\nhosts = [\"https://wharf.example.org:8082\"]\n".to_string(),
+                "admin.hosts[0]",
+                "without scheme or port",
+            ),
+            (
+                "[admin]\nidle_timeout = \"0s\"\n".to_string(),
+                "admin.idle_timeout",
+                "longer than zero",
+            ),
+            (
+                "[admin]\nmax_connections = 0\n".to_string(),
+                "admin.max_connections",
+                "between 1 and 4096",
+            ),
+        ] {
+            let p = parse_err(&text);
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!(p[0].key, key, "{text}: {p:?}");
+            assert!(p[0].message.contains(needle), "{text}: {p:?}");
+            assert!(p[0].line.is_some(), "{text}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn admin_without_token_off_loopback_is_a_warning() {
+        let c = parse_ok("[admin]\naddress = \"0.0.0.0:8082\"\n");
+        assert!(c.admin.token.is_none());
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("no [admin] token") && w.contains("0.0.0.0:8082")),
+            "{:?}",
+            c.warnings
+        );
+        let c = parse_ok("[admin]\naddress = \"[::1]:8082\"\n");
+        assert!(!c.warnings.iter().any(|w| w.contains("admin")));
+        let c = parse_ok("[admin]\ntoken = \"short\"\n");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("shorter than 16")),
+            "{:?}",
+            c.warnings
+        );
     }
 }
