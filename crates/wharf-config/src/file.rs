@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub docker: Option<FileDocker>,
     pub dns: Option<FileDns>,
     pub sticky: Option<FileSticky>,
+    pub log: Option<FileLog>,
     /// Routes stay loosely typed here: they are validated by the same key parser
     /// as labels (`route.rs`), which gives "did you mean" hints.
     #[serde(default)]
@@ -132,6 +133,13 @@ pub struct FileSticky {
     pub secret: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub access: Option<String>,
+    pub access_file: Option<String>,
+}
+
 /// Kinds of scalar keys, so environment overrides are typed by the schema rather
 /// than guessed from the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +184,8 @@ pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("dns", "refresh", Kind::Str),
     ("dns", "hold_valid", Kind::Str),
     ("sticky", "secret", Kind::Str),
+    ("log", "access", Kind::Str),
+    ("log", "access_file", Kind::Str),
 ];
 
 /// Every scalar key of an entrypoint (`WHARF_ENTRYPOINTS_<NAME>_<KEY>`).

@@ -20,6 +20,7 @@ pub use labels::{
     service_routes, LabelOptions, LabelProblem, ServiceInput, ServiceRoutes, Severity,
 };
 pub use route::{BackendTls, RateKey, RateScope, RouteSpec, Upstream};
+pub use validate::{AccessLogFormat, LogConfig};
 pub use validate::{
     AcmeConfig, AcmeDns, AdminConfig, AdminToken, CertPaths, Challenge, Config, DnsConfig,
     DockerConfig, DockerMode, Entrypoint, RuntimeConfig, StickyConfig, Storage, UpstreamConfig,

@@ -26,6 +26,7 @@ pub struct Config {
     pub docker: DockerConfig,
     pub dns: DnsConfig,
     pub sticky: StickyConfig,
+    pub log: LogConfig,
     pub routes: Vec<RouteSpec>,
     /// Things worth a log line that do not stop the config (unknown `WHARF_*`
     /// variables, a missing sticky secret).
@@ -178,6 +179,26 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StickyConfig {
     pub secret: Option<String>,
+}
+
+/// `[log]`: the access log (one line per request, written off the request path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub access: AccessLogFormat,
+    /// Where the lines go; `None` (an empty `access_file`): standard output.
+    pub access_file: Option<PathBuf>,
+}
+
+/// `[log] access`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// No access log (the default).
+    #[default]
+    Off,
+    /// Apache's combined format plus Wharf's fields as `key=value`.
+    Combined,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Config {
@@ -795,6 +816,35 @@ pub(crate) fn parse(
         secret: file.sticky.and_then(|s| s.secret).filter(|s| !s.is_empty()),
     };
 
+    // The access log. Whether `access_file` can be opened is found out by `wharf
+    // run`, which opens it at start (exit 2 when it cannot); checking it here
+    // would create the file.
+    let flog = file.log.unwrap_or_default();
+    let access = match flog.access.as_deref().map(str::trim).unwrap_or("off") {
+        "off" => AccessLogFormat::Off,
+        "combined" => AccessLogFormat::Combined,
+        "json" => AccessLogFormat::Json,
+        other => {
+            ck.fail(
+                "log.access",
+                format!("`{other}` is not an access log format; use off, combined or json"),
+            );
+            AccessLogFormat::Off
+        }
+    };
+    let access_file = flog
+        .access_file
+        .filter(|f| !f.trim().is_empty())
+        .map(PathBuf::from);
+    if access == AccessLogFormat::Off && access_file.is_some() {
+        warnings
+            .push("[log] access_file is set but access = \"off\": no access log is written".into());
+    }
+    let log = LogConfig {
+        access,
+        access_file,
+    };
+
     // Routes, through the same parser as labels.
     let mut routes: Vec<RouteSpec> = Vec::new();
     for (i, table) in file.routes.iter().enumerate() {
@@ -876,6 +926,7 @@ pub(crate) fn parse(
         docker,
         dns,
         sticky,
+        log,
         routes,
         warnings,
     })
@@ -1481,5 +1532,62 @@ mod tests {
             "{:?}",
             c.warnings
         );
+    }
+    #[test]
+    fn log_section_through_the_file_and_the_environment() {
+        // Off by default, to standard output.
+        let c = parse_ok("");
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.log.access, AccessLogFormat::Off);
+        let c = parse_ok("[log]\naccess = \"json\"\naccess_file = \"/var/log/wharf/access.log\"\n");
+        assert_eq!(c.log.access, AccessLogFormat::Json);
+        assert_eq!(
+            c.log.access_file,
+            Some(PathBuf::from("/var/log/wharf/access.log"))
+        );
+        // An empty file means standard output.
+        let c = parse_ok("[log]\naccess = \"combined\"\naccess_file = \"\"\n");
+        assert_eq!(c.log.access, AccessLogFormat::Combined);
+        assert_eq!(c.log.access_file, None);
+        // A file without a format logs nothing: said so.
+        let c = parse_ok("[log]\naccess_file = \"/tmp/a.log\"\n");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("access = \"off\"")),
+            "{:?}",
+            c.warnings
+        );
+        // Problems name the key and the line.
+        let p = parse_err("[log]\naccess = \"common\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "log.access");
+        assert_eq!(p[0].line, Some(2));
+        assert!(p[0].message.contains("use off, combined or json"), "{p:?}");
+        let p = parse_err("[log]\nformat = \"json\"\n");
+        assert_eq!(p[0].line, Some(2), "{p:?}");
+        // WHARF_LOG_ACCESS / WHARF_LOG_ACCESS_FILE override the file; WHARF_LOG
+        // stays the binary's log filter.
+        let c = crate::parse(
+            "[log]\naccess = \"combined\"\n",
+            "t",
+            vec![
+                ("WHARF_LOG_ACCESS".to_string(), "json".to_string()),
+                (
+                    "WHARF_LOG_ACCESS_FILE".to_string(),
+                    "/tmp/x.log".to_string(),
+                ),
+                ("WHARF_LOG".to_string(), "debug".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.log.access, AccessLogFormat::Json);
+        assert_eq!(c.log.access_file, Some(PathBuf::from("/tmp/x.log")));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let e = crate::parse(
+            "",
+            "t",
+            vec![("WHARF_LOG_ACCESS".to_string(), "yes".to_string())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("log.access"), "{e}");
     }
 }
