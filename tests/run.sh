@@ -6,7 +6,8 @@
 # - procps: the lifecycle tests signal Wharf with the `kill` program;
 # - busybox-static: the web server in the Docker tests' images (tests/common/docker.rs);
 # - pebble, bind9, bind9-dnsutils (dig): the ACME tests (crates/wharf-acme/tests, and tests/acme.rs
-#   for the binary) run a real Pebble CA, its DNS test server and BIND.
+#   for the binary) run a real Pebble CA, its DNS test server and BIND;
+# - prometheus (prometheus, promtool): tests/prometheus.rs lints /metrics and scrapes Wharf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -15,6 +16,7 @@ need=()
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
 command -v named >/dev/null || need+=(bind9)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
+{ command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
