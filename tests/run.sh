@@ -7,7 +7,8 @@
 # - busybox-static: the web server in the Docker tests' images (tests/common/docker.rs);
 # - pebble, bind9, bind9-dnsutils (dig): the ACME tests (crates/wharf-acme/tests, and tests/acme.rs
 #   for the binary) run a real Pebble CA, its DNS test server and BIND;
-# - prometheus (prometheus, promtool): tests/prometheus.rs lints /metrics and scrapes Wharf.
+# - prometheus (prometheus, promtool): tests/prometheus.rs lints /metrics and scrapes Wharf;
+# - nginx: the HTTPS backends of tests/backend_tls.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -16,6 +17,7 @@ need=()
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
 command -v named >/dev/null || need+=(bind9)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -374,3 +374,13 @@ pub fn poll_until(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `container`'s IPv4 address on the network `net`.
+pub fn ip_on(net: &str, container: &str) -> String {
+    docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        container,
+    ])
+}

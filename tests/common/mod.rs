@@ -906,3 +906,364 @@ impl Wharf {
         self.logs_for(needle, backend)
     }
 }
+
+// ---------------------------------------------------------------------------
+// TLS to backends (tests/backend_tls.rs): a test CA, Debian's nginx as a real
+// HTTPS backend, and a TLS variant of [`Backend`].
+
+/// A throwaway certificate authority (rcgen) that signs server and client
+/// certificates.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertPem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl TestCa {
+    pub fn new(cn: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// The CA's own certificate (what a `ca` file holds).
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn sign(&self, mut p: rcgen::CertificateParams, cn: &str) -> CertPem {
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().unwrap();
+        CertPem {
+            cert: p.signed_by(&key, &self.issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A server certificate (CA:FALSE, serverAuth) for `names` (its subject
+    /// alternative names), signed by this CA.
+    pub fn server(&self, names: &[&str]) -> CertPem {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(p, names[0])
+    }
+
+    /// A client certificate (CA:FALSE, clientAuth) with subject `CN=cn`.
+    pub fn client(&self, cn: &str) -> CertPem {
+        let mut p = rcgen::CertificateParams::default();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(p, cn)
+    }
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// One line of [`Nginx`]'s access log.
+#[derive(Debug, Clone)]
+pub struct NginxHit {
+    /// The port of the listener that took the request.
+    pub port: u16,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
+    /// nginx's connection serial number (one per TCP connection).
+    pub connection: u64,
+    /// The TLS session was resumed (`$ssl_session_reused`).
+    pub reused: bool,
+    pub status: u16,
+    pub uri: String,
+    /// `$host`: the Host field or `:authority`.
+    pub host: String,
+    /// The SNI the client sent (`$ssl_server_name`), `-` for none.
+    pub sni: String,
+    /// The client certificate's subject (`$ssl_client_s_dn`), `-` for none.
+    pub client_dn: String,
+}
+
+/// Debian's nginx as a real HTTPS backend: single-process mode (one process,
+/// killed on drop), its config, logs and temp files in a scratch directory, on
+/// 127.0.0.1 ports picked free just before it starts (a port another process
+/// takes in between makes it retry on fresh ones).
+///
+/// Its access log has one [`NginxHit`] per request; the readiness probe's own
+/// requests (`/wharf-probe`) are left out.
+pub struct Nginx {
+    child: Child,
+    pub dir: TempDir,
+    pub ports: Vec<u16>,
+}
+
+const NGINX_PROBE: &str = "/wharf-probe";
+
+fn nginx_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
+    dirs.into_iter()
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .expect("nginx is not installed: `apt-get install nginx` (tests/run.sh does this)")
+}
+
+impl Nginx {
+    /// Starts nginx with `n` ports; `servers(ports)` returns the `server { ... }`
+    /// blocks of its `http` context, listening on `127.0.0.1:ports[i]`.
+    pub fn start(n: usize, servers: impl Fn(&[u16]) -> String) -> Nginx {
+        let bin = nginx_bin();
+        let mut last = String::new();
+        for _ in 0..5 {
+            // Held together so the kernel hands out n distinct ports.
+            let held: Vec<_> = (0..n).map(|_| loopback_listener()).collect();
+            let ports: Vec<u16> = held
+                .iter()
+                .map(|l| l.local_addr().unwrap().port())
+                .collect();
+            drop(held);
+            match Self::try_start(&bin, ports, &servers) {
+                Ok(nginx) => return nginx,
+                Err(e) => last = e,
+            }
+        }
+        panic!("nginx did not start on free ports: {last}");
+    }
+
+    fn try_start(
+        bin: &std::path::Path,
+        ports: Vec<u16>,
+        servers: &impl Fn(&[u16]) -> String,
+    ) -> Result<Nginx, String> {
+        let dir = TempDir::new("nginx");
+        let d = dir.0.display().to_string();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+             default_type text/plain;\n\
+             log_format wharf '$server_port|$server_protocol|$connection|$ssl_session_reused|\
+             $status|$request_uri|$host|$ssl_server_name|$ssl_client_s_dn';\n\
+             access_log {d}/access.log wharf;\n\
+             client_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+             {}\n}}\n",
+            servers(&ports)
+        );
+        let conf_path = write_file(&dir.0, "nginx.conf", &conf);
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(format!("{d}/"))
+            .arg("-e")
+            .arg(format!("{d}/error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let mut nginx = Nginx { child, dir, ports };
+        let mut ready = vec![false; nginx.ports.len()];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let errors = nginx.error_log();
+            if errors.contains("Address already in use") {
+                // Dropping it kills it; the caller retries on fresh ports.
+                return Err(errors);
+            }
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited ({status}):\n{errors}\nconfig:\n{conf}");
+            }
+            for (i, port) in nginx.ports.iter().enumerate() {
+                ready[i] = ready[i] || nginx_answers(*port);
+            }
+            if ready.iter().all(|r| *r) {
+                return Ok(nginx);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not answer on {:?}:\n{errors}",
+                nginx.ports
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default()
+    }
+
+    /// Every request logged so far, but the readiness probes.
+    pub fn hits(&self) -> Vec<NginxHit> {
+        let text = std::fs::read_to_string(self.dir.0.join("access.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                if f.len() != 9 {
+                    return None;
+                }
+                Some(NginxHit {
+                    port: f[0].parse().ok()?,
+                    protocol: f[1].to_string(),
+                    connection: f[2].parse().ok()?,
+                    reused: f[3] == "r",
+                    status: f[4].parse().ok()?,
+                    uri: f[5].to_string(),
+                    host: f[6].to_string(),
+                    sni: f[7].to_string(),
+                    client_dn: f[8].to_string(),
+                })
+            })
+            .filter(|h| h.uri != NGINX_PROBE)
+            .collect()
+    }
+
+    /// The requests on port `port` whose URI starts with `prefix`, once there
+    /// are `n` of them (nginx writes its log line after the response).
+    pub fn wait_hits(&self, port: u16, prefix: &str, n: usize) -> Vec<NginxHit> {
+        let get = || -> Vec<NginxHit> {
+            self.hits()
+                .into_iter()
+                .filter(|h| h.port == port && h.uri.starts_with(prefix))
+                .collect()
+        };
+        wait_until(
+            &format!("{n} nginx log lines for {prefix} on port {port}"),
+            WAIT,
+            || get().len() >= n,
+        );
+        get()
+    }
+}
+
+/// Whether nginx answers a plain HTTP request on `port` (a TLS port answers it
+/// with 400 "The plain HTTP request was sent to HTTPS port").
+fn nginx_answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {NGINX_PROBE} HTTP/1.0\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .to_ascii_lowercase()
+        .contains("\r\nserver: nginx")
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend {
+    /// Like [`Backend::start`], over TLS with `tls`'s certificate and key,
+    /// offering ALPN `h2` then `http/1.1` (so `Seen::version` says which the
+    /// client chose).
+    pub fn start_tls(name: &str, tls: &CertPem) -> Backend {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(tls.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(tls.key.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(wharf_tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let started = Arc::new(Notify::new());
+        let (seen2, release2, started2, name2) = (
+            seen.clone(),
+            release.clone(),
+            started.clone(),
+            name.to_string(),
+        );
+        let server = ServerThread::start(loopback_listener(), move |l, cancel| async move {
+            let serve = async {
+                loop {
+                    let (s, peer) = match l.accept().await {
+                        Ok(x) => x,
+                        Err(_) => continue,
+                    };
+                    let (seen, release, started, name, acceptor) = (
+                        seen2.clone(),
+                        release2.clone(),
+                        started2.clone(),
+                        name2.clone(),
+                        acceptor.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let Ok(s) = acceptor.accept(s).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(move |req| {
+                            handle(
+                                req,
+                                peer,
+                                seen.clone(),
+                                release.clone(),
+                                started.clone(),
+                                name.clone(),
+                            )
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await;
+                    });
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+        Backend {
+            addr: server.addr,
+            name: name.to_string(),
+            seen,
+            release,
+            started,
+            _server: server,
+        }
+    }
+}
