@@ -106,6 +106,23 @@ impl Reconciler {
         certs: Arc<CertStore>,
         acme: Option<AcmeManager>,
     ) -> Self {
+        // Every reload series of a running provider exists from the start at 0,
+        // so `increase()` sees a provider's first reload or first failure.
+        let mut running = vec!["file"];
+        if docker.is_some() {
+            running.push("docker");
+        }
+        if dns.is_some() {
+            running.push("dns");
+        }
+        for provider in running {
+            for result in ["success", "failure"] {
+                metrics
+                    .reloads
+                    .with_label_values(&[provider, result])
+                    .inc_by(0);
+            }
+        }
         Reconciler {
             control: Control::new(),
             config,
