@@ -11,6 +11,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use wharf_table::InflightGuard;
 
+use crate::access::Record;
 use crate::pool::Pooled;
 
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -18,11 +19,16 @@ pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 /// A backend's response body plus the guard that counts it as in flight and, for
 /// pooled HTTP/1.1, the connection, which goes back to the pool only once the
 /// body has been read to its end (a half-read connection is never reused).
+///
+/// With the access log on it also carries the request's record, counts the body
+/// bytes passed on and sends the record when the body is dropped: after its last
+/// frame, or abandoned when the client went away.
 pub struct UpstreamBody {
     inner: Incoming,
     _guard: InflightGuard,
     conn: Option<Pooled>,
     done: bool,
+    log: Option<Box<Record>>,
 }
 
 impl UpstreamBody {
@@ -33,7 +39,13 @@ impl UpstreamBody {
             _guard: guard,
             conn,
             done,
+            log: None,
         }
+    }
+
+    /// Sends `rec` to the access log when the body ends (see `access.rs`).
+    pub(crate) fn log_on_end(&mut self, rec: Box<Record>) {
+        self.log = Some(rec);
     }
 }
 
@@ -43,6 +55,9 @@ impl Drop for UpstreamBody {
             if let Some(c) = self.conn.take() {
                 c.release();
             }
+        }
+        if let Some(rec) = self.log.take() {
+            rec.finish();
         }
     }
 }
@@ -59,7 +74,12 @@ impl Body for UpstreamBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.done = true,
-            Poll::Ready(Some(Ok(_))) => self.done = self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.done = self.inner.is_end_stream();
+                if let (Some(rec), Some(data)) = (self.log.as_deref_mut(), frame.data_ref()) {
+                    rec.bytes += data.len() as u64;
+                }
+            }
             _ => {}
         }
         polled

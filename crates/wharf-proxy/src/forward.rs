@@ -19,6 +19,7 @@ use tracing::debug;
 use wharf_table::metrics::{method_index, RouteMetrics};
 use wharf_table::{normalize_host, Backend, Route, Scheme};
 
+use crate::access::{AccessSender, Pending};
 use crate::affinity;
 use crate::body::{full, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
@@ -46,6 +47,16 @@ pub struct Forwarder {
     handshake_failures: AtomicU64,
     /// Requests that matched no route.
     unrouted: Arc<RouteMetrics>,
+    /// The access log, when `[log] access` is not `off`.
+    access: Option<AccessSender>,
+}
+
+/// What forwarding found out about a request, for the observe phase (metrics and
+/// the access log): the route it matched and the backend of its last attempt.
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub route: Option<Arc<Route>>,
+    pub backend: Option<SocketAddr>,
 }
 
 /// Per-connection facts.
@@ -54,6 +65,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name the client sent (lower-case), if any.
     pub sni: Option<Box<str>>,
+    /// The TLS version the connection negotiated (`TLSv1.3`), for the access log.
+    pub tls_version: Option<&'static str>,
     pub redirect_https: bool,
     pub client: SocketAddr,
     pub info: ClientInfo,
@@ -97,7 +110,14 @@ impl Forwarder {
             http01,
             handshake_failures: AtomicU64::new(0),
             unrouted: Arc::default(),
+            access: None,
         }
+    }
+
+    /// Writes a line per request to `log` (see `access.rs`).
+    pub fn with_access_log(mut self, log: Option<AccessSender>) -> Self {
+        self.access = log;
+        self
     }
 
     /// TLS handshakes that failed or timed out, since start.
@@ -112,8 +132,16 @@ impl Forwarder {
     pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = std::time::Instant::now();
         let method = method_index(req.method());
-        let mut route = None;
-        let resp = match self.forward(conn, req, &mut route).await {
+        // The access log's record, when it is on (one branch when it is off); what
+        // forwarding finds out goes straight into it. Dropped unanswered (the
+        // request was cancelled), it is logged as 499.
+        let mut pending = self.access.map(|log| log.begin(conn, &req, start));
+        let mut own = Seen::default();
+        let seen = match pending.as_mut().and_then(Pending::record) {
+            Some(rec) => &mut rec.seen,
+            None => &mut own,
+        };
+        let mut resp = match self.forward(conn, req, seen).await {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, client = %conn.client, "request failed");
@@ -123,9 +151,15 @@ impl Forwarder {
         // observe: the route's own counters (atomics it already holds), or the
         // unrouted ones; never a label lookup.
         if cfg!(not(feature = "no-request-metrics")) {
-            let m = route.as_ref().map_or(&*self.unrouted, |r| &r.state.metrics);
+            let m = seen
+                .route
+                .as_ref()
+                .map_or(&*self.unrouted, |r| &r.state.metrics);
             m.requests.count(resp.status().as_u16(), method);
             m.duration.observe(start.elapsed());
+        }
+        if let Some(p) = pending {
+            p.respond(&mut resp);
         }
         resp
     }
@@ -139,7 +173,7 @@ impl Forwarder {
         &self,
         conn: &ConnInfo,
         mut req: Request<Incoming>,
-        seen: &mut Option<Arc<Route>>,
+        seen: &mut Seen,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // RFC 9112 §3.2: the Host field; an HTTP/2 request carries :authority.
         let host_value = match req.uri().authority() {
@@ -176,7 +210,7 @@ impl Forwarder {
             Routed::Forward(route) => route,
             Routed::Redirect(port) => return Ok(redirect(&req, &host, port)),
         };
-        *seen = Some(route.clone());
+        seen.route = Some(route.clone());
         let safe = pipeline::safe_to_repeat(&head);
         // limit
         pipeline::limit(conn, &head, &route)?;
@@ -184,6 +218,7 @@ impl Forwarder {
         let mut affinity = pipeline::affinity(conn, &head, &route);
         let (backend, guard) =
             pipeline::pick(&route, conn.client, None, affinity.as_deref()).await?;
+        seen.backend = Some(backend.addr);
         let cookie = affinity.as_mut().and_then(|a| a.cookie.take());
         let mut ctx = Ctx {
             route,
@@ -343,6 +378,7 @@ impl Forwarder {
                 return Err(failed.error);
             }
             debug!(route = %ctx.route.name, backend = %ctx.backend.addr, "retrying on another backend");
+            seen.backend = Some(ctx.backend.addr);
             req = next;
         }
     }

@@ -7,6 +7,7 @@
 //! certificate store); ACME reaches the request path only through the
 //! [`Http01Responder`] hook.
 
+mod access;
 mod affinity;
 mod body;
 mod error;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+pub use access::{AccessFormat, AccessLog, AccessSender};
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use forward::Forwarder;

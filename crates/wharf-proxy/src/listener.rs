@@ -159,6 +159,8 @@ struct Conn {
 struct Negotiated {
     sni: Option<Box<str>>,
     h2: bool,
+    /// `TLSv1.3` or `TLSv1.2`, for the access log.
+    version: Option<&'static str>,
 }
 
 impl Conn {
@@ -221,6 +223,11 @@ impl Conn {
         }
         let negotiated = Negotiated {
             h2: alpn == Some(wharf_tls::ALPN_H2),
+            version: conn.protocol_version().map(|v| match v {
+                tokio_rustls::rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                tokio_rustls::rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+                _ => "TLS",
+            }),
             sni: conn.server_name().map(|n| {
                 n.trim_end_matches('.')
                     .to_ascii_lowercase()
@@ -252,6 +259,7 @@ impl Conn {
             entrypoint: self.index,
             tls: tls.is_some(),
             sni: tls.as_ref().and_then(|n| n.sni.clone()),
+            tls_version: tls.as_ref().and_then(|n| n.version),
             redirect_https: s.redirect_https,
             client: SocketAddr::new(ip, client.port()),
             info: ClientInfo {

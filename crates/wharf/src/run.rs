@@ -14,6 +14,7 @@ use wharf_config::Config;
 use wharf_control::ControlMetrics;
 
 use crate::providers::{self, Reconciler};
+use wharf_proxy::{AccessFormat, AccessLog};
 use wharf_proxy::{Entrypoint, Forwarder, ListenerSettings, UpstreamSettings};
 use wharf_tls::CertStore;
 
@@ -73,6 +74,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ))
         .context("registering process metrics")?;
     let metrics = ControlMetrics::register(&registry).context("registering metrics")?;
+    // The access log's file opens before anything is bound (exit 2 if it cannot).
+    let access = access_log(&cfg.log);
+    registry
+        .register(Box::new(
+            AccessLogDropped::new(access.clone()).context("access log metrics")?,
+        ))
+        .context("registering access log metrics")?;
     let cancel = CancellationToken::new();
     let problems = Arc::new(ArcSwap::from_pointee(Vec::new()));
 
@@ -180,13 +188,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_idle_per_backend: cfg.upstream.max_idle_per_backend,
     };
     let tracker = TaskTracker::new();
-    let fwd = Arc::new(Forwarder::new(
-        table.clone(),
-        &upstream,
-        https_port,
-        tracker.clone(),
-        http01,
-    ));
+    let fwd = Arc::new(
+        Forwarder::new(
+            table.clone(),
+            &upstream,
+            https_port,
+            tracker.clone(),
+            http01,
+        )
+        .with_access_log(access.as_ref().map(|a| a.sender())),
+    );
     registry
         .register(Box::new(
             HandshakeFailures::new(fwd.clone()).context("TLS metrics")?,
@@ -241,7 +252,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!("wharf is ready");
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&mut rec, &metrics),
+            _ = hup.recv() => {
+                // Log rotation moved the access log away: write to a new file.
+                if let Some(a) = &access {
+                    a.reopen();
+                }
+                reload(&mut rec, &metrics)
+            }
             _ = rec.changed() => rec.apply(),
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
@@ -266,6 +283,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         );
     } else {
         info!("drained; exiting");
+    }
+    if let Some(a) = &access {
+        a.close(std::time::Duration::from_secs(2));
     }
     Ok(())
 }
@@ -292,6 +312,7 @@ fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
                 (new.admin != current.admin, "admin"),
                 (new.runtime != current.runtime, "runtime"),
                 (new.upstream != current.upstream, "upstream"),
+                (new.log != current.log, "log"),
             ];
             for (changed, section) in restart_only {
                 if changed {
@@ -305,6 +326,7 @@ fn reload(rec: &mut Reconciler, metrics: &ControlMetrics) {
             next.admin = current.admin.clone();
             next.runtime = current.runtime.clone();
             next.upstream = current.upstream.clone();
+            next.log = current.log.clone();
             for r in &next.routes {
                 for ep in r.entrypoints.iter().flatten() {
                     if next.entrypoint_index(ep).is_none() {
@@ -369,6 +391,64 @@ impl prometheus::core::Collector for HandshakeFailures {
         match prometheus::IntCounter::new(HANDSHAKE_FAILURES, HANDSHAKE_FAILURES_HELP) {
             Ok(c) => {
                 c.inc_by(self.fwd.handshake_failures());
+                c.collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Starts the access log of `[log]`, or `None` when it is off. A file that
+/// cannot be opened ends the process with exit code 2, as an invalid config
+/// does, naming the file.
+fn access_log(log: &wharf_config::LogConfig) -> Option<Arc<AccessLog>> {
+    let format = match log.access {
+        wharf_config::AccessLogFormat::Off => return None,
+        wharf_config::AccessLogFormat::Combined => AccessFormat::Combined,
+        wharf_config::AccessLogFormat::Json => AccessFormat::Json,
+    };
+    match AccessLog::start(format, log.access_file.as_deref()) {
+        Ok(a) => Some(Arc::new(a)),
+        Err(e) => {
+            let what = match &log.access_file {
+                Some(p) => format!("[log] access_file `{}`", p.display()),
+                None => "[log] access log on standard output".to_string(),
+            };
+            error!("{what}: cannot open: {e}");
+            eprintln!("wharf: {what}: cannot open: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// `wharf_accesslog_dropped_total`: access log lines lost (queue full, or a
+/// failed write), read from the log's counter at scrape time; 0 when it is off.
+struct AccessLogDropped {
+    log: Option<Arc<AccessLog>>,
+    desc: prometheus::core::Desc,
+}
+
+const ACCESSLOG_DROPPED: &str = "wharf_accesslog_dropped_total";
+const ACCESSLOG_DROPPED_HELP: &str =
+    "Access log lines dropped: the queue to the writer was full, or a write failed.";
+
+impl AccessLogDropped {
+    fn new(log: Option<Arc<AccessLog>>) -> prometheus::Result<Self> {
+        use prometheus::core::Describer as _;
+        let desc = prometheus::Opts::new(ACCESSLOG_DROPPED, ACCESSLOG_DROPPED_HELP).describe()?;
+        Ok(AccessLogDropped { log, desc })
+    }
+}
+
+impl prometheus::core::Collector for AccessLogDropped {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        match prometheus::IntCounter::new(ACCESSLOG_DROPPED, ACCESSLOG_DROPPED_HELP) {
+            Ok(c) => {
+                c.inc_by(self.log.as_ref().map_or(0, |l| l.dropped()));
                 c.collect()
             }
             Err(_) => Vec::new(),
