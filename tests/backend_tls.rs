@@ -726,12 +726,10 @@ fn a_stalled_handshake_is_bounded_by_the_connect_timeout() {
 ///     NO_ERROR: nginx does so after `keepalive_requests` requests, 1000 by
 ///     default, HTTP/2 included) costs no request: streams the backend did not
 ///     process (above its last stream id) are safe to send again (RFC 9113
-///     §8.1.4). Ignored: today some of the requests in flight at each GOAWAY
-///     answer 502 (`http2 error: connection error received: not a result of an
-///     error`), about 1 in 700 requests against nginx's defaults under 8
-///     concurrent clients; reported, to be enabled with the fix.
+///     §8.1.4): Wharf forgets the connection and sends such a request once
+///     more on a fresh one (before the fix, about 1 request in 700 answered 502
+///     against nginx's defaults under 8 concurrent clients).
 #[test]
-#[ignore = "product bug: requests in flight at an h2 GOAWAY answer 502"]
 fn h2_goaway_from_the_backend_fails_no_request() {
     let pki = Pki::new("btls-goaway");
     let cert = pki.server("h2", &["goaway.test"]);

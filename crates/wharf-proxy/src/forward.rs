@@ -340,14 +340,17 @@ impl Forwarder {
             Either::Right(Empty::new())
         };
         // Only a route with another backend to go to can retry at all.
-        let mut copy = (safe && ctx.route.backends.all().len() > 1).then(|| copy_head(&parts));
+        // Also on a TLS route, whose backend may speak HTTP/2 and send GOAWAY.
+        let mut copy = (safe
+            && (ctx.route.backends.all().len() > 1 || ctx.backend.scheme == Scheme::Https))
+            .then(|| copy_head(&parts));
         let mut req = Request::from_parts(parts, body);
         loop {
             let tls = match ctx.backend.scheme {
                 Scheme::Https => ctx.route.policy.backend_tls.as_deref(),
                 _ => None,
             };
-            let sent = self.send_pooled(ctx.backend.addr, tls, req);
+            let sent = self.send_pooled(ctx.backend.addr, tls, req, copy.as_ref());
             let sent_at = std::time::Instant::now();
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((resp, pooled))) => {
@@ -453,6 +456,7 @@ impl Forwarder {
         addr: std::net::SocketAddr,
         tls: Option<&wharf_table::BackendTls>,
         mut req: Request<ReqBody>,
+        copy: Option<&http::request::Parts>,
     ) -> Result<(Response<Incoming>, Pooled), SendFailure> {
         let connect_failed = |error: ProxyError, req| SendFailure {
             failure: Failure::Connect,
@@ -481,8 +485,40 @@ impl Forwarder {
                 };
             }
         }
-        let unsent = e.take_message();
+        let mut unsent = e.take_message();
         let error = e.into_error();
+        // An HTTP/2 backend that sent GOAWAY (nginx does after
+        // `keepalive_requests`) did not process the streams it refused (RFC 9113
+        // §8.1.4): the request goes once more on a fresh connection, when it is
+        // still at hand or a copy of a body-less one is.
+        if pooled.tx.is_h2() && remote_goaway(&error) {
+            self.pool.forget_h2(addr, tls);
+            let again = unsent.take().or_else(|| {
+                copy.map(|p| Request::from_parts(copy_head(p), Either::Right(Empty::new())))
+            });
+            if let Some(mut req) = again {
+                match self.pool.connect(addr, tls).await {
+                    Ok(mut fresh) => {
+                        shape_for(&mut req, fresh.tx.is_h2());
+                        match fresh.tx.try_send_request(req).await {
+                            Ok(resp) => return Ok((resp, fresh)),
+                            Err(mut e2) => {
+                                let unsent = e2.take_message();
+                                return Err(SendFailure {
+                                    failure: Failure::Reset {
+                                        written: unsent.is_none(),
+                                        stale: false,
+                                    },
+                                    error: ProxyError::Upstream(error_chain(&e2.into_error())),
+                                    unsent,
+                                });
+                            }
+                        }
+                    }
+                    Err(err) => return Err(connect_failed(err, req)),
+                }
+            }
+        }
         let failure = if error.is_parse() || error.is_user() {
             Failure::Protocol
         } else {
@@ -516,6 +552,18 @@ impl Forwarder {
             http_body_util::Either::Left(UpstreamBody::new(body, ctx.guard, pooled)),
         )
     }
+}
+
+/// The backend closed its HTTP/2 connection with GOAWAY.
+fn remote_goaway(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<h2::Error>() {
+            return h.is_go_away() && h.is_remote();
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// A request in origin form (`/path?query`).

@@ -89,6 +89,11 @@ pub struct H1Pool {
     /// When a TLS failure was last logged per key, so a broken backend under
     /// load logs once in a while, not per request.
     tls_logged: Mutex<HashMap<Key, Instant, ahash::RandomState>>,
+    /// One connection attempt at a time per TLS key until the backend's
+    /// protocol is known (see `checkout`).
+    connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>, ahash::RandomState>>,
+    /// TLS keys whose backend chose HTTP/1.1.
+    h1_keys: Mutex<std::collections::HashSet<Key, ahash::RandomState>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -125,6 +130,8 @@ impl H1Pool {
             idle: Mutex::new(HashMap::default()),
             h2: Mutex::new(HashMap::default()),
             tls_logged: Mutex::new(HashMap::default()),
+            connecting: Mutex::new(HashMap::default()),
+            h1_keys: Mutex::new(Default::default()),
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -144,13 +151,21 @@ impl H1Pool {
         tls: Option<&BackendTls>,
     ) -> Result<Pooled, ProxyError> {
         let key = (addr, tls.map_or(0, |t| t.key));
+        // While a TLS backend may speak HTTP/2, one request at a time makes the
+        // connection and the others wait for it and share it, instead of a
+        // burst opening a connection each. Once the backend chose HTTP/1.1,
+        // connections are made in parallel as usual.
+        let mut _single = None;
         if tls.is_some() {
-            let shared = lock(&self.h2).get(&key).cloned();
-            if let Some(tx) = shared {
-                if !tx.is_closed() {
-                    return Ok(self.pooled(Tx::H2(tx), key, true));
+            if let Some(shared) = self.shared_h2(key) {
+                return Ok(shared);
+            }
+            if !lock(&self.h1_keys).contains(&key) {
+                let gate = lock(&self.connecting).entry(key).or_default().clone();
+                _single = Some(gate.lock_owned().await);
+                if let Some(shared) = self.shared_h2(key) {
+                    return Ok(shared);
                 }
-                lock(&self.h2).remove(&key);
             }
         }
         while let Some(c) = self.pop(key) {
@@ -165,6 +180,21 @@ impl H1Pool {
             }
         }
         self.connect(addr, tls).await
+    }
+
+    /// The shared HTTP/2 connection of `key`, if one is open.
+    fn shared_h2(self: &Arc<Self>, key: Key) -> Option<Pooled> {
+        let shared = lock(&self.h2).get(&key).cloned()?;
+        if shared.is_closed() {
+            lock(&self.h2).remove(&key);
+            return None;
+        }
+        Some(self.pooled(Tx::H2(shared), key, true))
+    }
+
+    /// Forgets the shared HTTP/2 connection of a backend (it sent GOAWAY).
+    pub fn forget_h2(&self, addr: SocketAddr, tls: Option<&BackendTls>) {
+        lock(&self.h2).remove(&(addr, tls.map_or(0, |t| t.key)));
     }
 
     fn pooled(self: &Arc<Self>, tx: Tx, key: Key, reused: bool) -> Pooled {
@@ -247,6 +277,7 @@ impl H1Pool {
             .await?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(wharf_tls::ALPN_H2);
         if !h2 {
+            lock(&self.h1_keys).insert(key);
             let tx = h1_handshake(addr, TokioIo::new(stream), false).await?;
             return Ok(self.pooled(Tx::H1(tx), key, false));
         }
@@ -287,6 +318,8 @@ impl H1Pool {
         });
         lock(&self.h2).retain(|_, tx| !tx.is_closed());
         lock(&self.tls_logged).retain(|_, t| t.elapsed() < TLS_LOG_EVERY);
+        // Gates nobody holds or waits for.
+        lock(&self.connecting).retain(|_, g| Arc::strong_count(g) > 1);
     }
 
     fn release(&self, conn: Pooled) {
