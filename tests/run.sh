@@ -3,6 +3,7 @@
 # use when they are missing, then runs every test of the workspace. README's test
 # command; .ci/run runs it after fmt and clippy.
 #
+# - chromium: tests/admin.rs renders the admin dashboard in headless Chromium;
 # - procps: the lifecycle tests signal Wharf with the `kill` program;
 # - busybox-static: the web server in the Docker tests' images (tests/common/docker.rs);
 # - pebble, bind9, bind9-dnsutils (dig): the ACME tests (crates/wharf-acme/tests, and tests/acme.rs
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+command -v chromium >/dev/null || need+=(chromium)
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
 command -v named >/dev/null || need+=(bind9)
 command -v dig >/dev/null || need+=(bind9-dnsutils)

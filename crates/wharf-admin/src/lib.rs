@@ -4,25 +4,18 @@
 //! never changes anything.
 
 mod certs;
+mod server;
 pub use certs::CertCollector;
+pub use server::{serve, AdminSettings};
 
-use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+#[cfg(test)]
 use prometheus::{Encoder, TextEncoder};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 use wharf_table::Table;
 
 /// A current configuration problem (SPEC `/api/errors`).
@@ -44,6 +37,11 @@ pub struct AdminState {
     pub problems: Arc<ArcSwap<Vec<ConfigProblem>>>,
     pub registry: prometheus::Registry,
     pub certificates: Arc<wharf_tls::CertStore>,
+    /// Set once the entrypoints are bound and the first table is published:
+    /// `/ping` answers 503 until then.
+    pub ready: Arc<AtomicBool>,
+    /// Who may ask, and how connections are bounded (`[admin]`).
+    pub settings: Arc<AdminSettings>,
 }
 
 #[derive(Serialize)]
@@ -318,104 +316,6 @@ fn routes_json(table: &Table) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec_pretty(&routes).unwrap_or_default()
-}
-
-const DASHBOARD: &str = include_str!("dashboard.html");
-
-fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            b"the admin listener is read-only\n".to_vec(),
-        );
-    }
-    const JSON: &str = "application/json";
-    match req.uri().path() {
-        "/ping" => respond(StatusCode::OK, "text/plain; charset=utf-8", b"OK".to_vec()),
-        "/metrics" => {
-            let mut buf = Vec::new();
-            let enc = TextEncoder::new();
-            match enc.encode(&state.registry.gather(), &mut buf) {
-                Ok(()) => respond(StatusCode::OK, "text/plain; version=0.0.4", buf),
-                Err(e) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain; charset=utf-8",
-                    e.to_string().into_bytes(),
-                ),
-            }
-        }
-        "/api/routes" => respond(StatusCode::OK, JSON, routes_json(&state.table.load())),
-        "/api/certificates" => {
-            respond(StatusCode::OK, JSON, certificates_json(&state.certificates))
-        }
-        "/api/errors" => respond(
-            StatusCode::OK,
-            JSON,
-            serde_json::to_vec_pretty(&**state.problems.load()).unwrap_or_default(),
-        ),
-        "/" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            DASHBOARD.as_bytes().to_vec(),
-        ),
-        _ => respond(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            b"404 not found\n".to_vec(),
-        ),
-    }
-}
-
-/// Serves the admin listener until `cancel`.
-pub async fn serve(listener: TcpListener, state: AdminState, cancel: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10));
-    let builder = Arc::new(builder);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = state.clone();
-        let builder = builder.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let r = handle(&state, &req);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = cancel.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
-            };
-            if let Err(e) = res {
-                debug!(%peer, error = %e, "admin connection error");
-            }
-        });
-    }
 }
 
 /// `wharf_backend_up{route,backend}`, `wharf_backend_inflight{route,backend}`,

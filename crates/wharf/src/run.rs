@@ -236,11 +236,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let admin_listener = wharf_proxy::bind(cfg.admin.address)
         .with_context(|| format!("admin: cannot listen on {}", cfg.admin.address))?;
     info!(address = %admin_listener.local_addr()?, "admin listening");
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin_state = AdminState {
         table: table.clone(),
         problems: problems.clone(),
         registry: registry.clone(),
         certificates: certs.clone(),
+        ready: ready.clone(),
+        settings: Arc::new(wharf_admin::AdminSettings {
+            token: cfg.admin.token.as_ref().map(|t| t.expose().to_string()),
+            hosts: cfg.admin.hosts.clone(),
+            header_read_timeout: cfg.admin.header_read_timeout,
+            idle_timeout: cfg.admin.idle_timeout,
+            max_connections: cfg.admin.max_connections,
+        }),
     };
     let admin = tokio::spawn(wharf_admin::serve(
         admin_listener,
@@ -249,6 +258,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
 
     drop(cfg);
+    // The entrypoints are bound and serving, and the first table is published:
+    // `/ping` answers 200 from now on.
+    ready.store(true, std::sync::atomic::Ordering::Release);
     info!("wharf is ready");
     loop {
         tokio::select! {
