@@ -18,6 +18,16 @@ use common::*;
 
 const TOKEN: &str = "e2e-admin-token-5f1c0a9d7b3e";
 
+/// Held by the tests that time requests or load the machine (Chromium), so
+/// they do not run at the same time.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `GET path` on `addr` with `host`, and `Authorization: Bearer <token>` when
 /// given.
 fn admin_get(addr: SocketAddr, host: &str, path: &str, token: Option<&str>) -> RawResponse {
@@ -166,6 +176,7 @@ fn timed_get(s: &mut TcpStream, host: &str) -> (u16, Duration) {
 
 #[test]
 fn a_flood_on_the_admin_port_does_not_slow_proxied_requests() {
+    let _heavy = heavy();
     let a = Backend::start("a");
     // One worker thread: anything the admin listener did for the flood would be
     // time the proxy could not use.
@@ -250,8 +261,10 @@ fn a_flood_on_the_admin_port_does_not_slow_proxied_requests() {
         during[during.len() - 1],
         during.len()
     );
+    // Generous for a loaded CI machine; an admin listener that held the only
+    // worker (for a head, a render or an accept storm) shows as seconds.
     assert!(
-        d99 < Duration::from_millis(250),
+        d99 < Duration::from_millis(500),
         "proxied requests slowed by an admin flood: p99 {d99:?}"
     );
     // The slots were given back: timed-out flood connections were closed, and
@@ -407,6 +420,7 @@ fn the_dashboard_renders_routes_health_certificates_errors_and_rates_in_chromium
         );
         return;
     };
+    let _heavy = heavy();
     let live = Backend::start("live");
     let dead = DeadAddr::new();
     let certs = TempDir::new("certs");
