@@ -375,6 +375,39 @@ pub fn poll_until(
     }
 }
 
+impl Engine {
+    /// Removes the image `tag` on drop, like the images this engine imports (for
+    /// images a test builds itself, e.g. with deploy/build-image.sh).
+    pub fn adopt_image(&self, tag: &str) {
+        self.own(Obj::Image(tag.to_string()));
+    }
+}
+
+/// A TCP port that is free on every host address right now (for a host-mode
+/// published port; another process may take it before Docker does).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Names of the Docker objects of `kind` (`service`, `network`, `config`,
+/// `secret`, `volume`, `container`) that carry `label` (`key=value`).
+pub fn labelled(kind: &str, label: &str) -> Result<Vec<String>, String> {
+    let (args, fmt): (&[&str], &str) = match kind {
+        "container" => (&["ps", "-a"], "{{.Names}}"),
+        "service" => (&["service", "ls"], "{{.Name}}"),
+        "network" => (&["network", "ls"], "{{.Name}}"),
+        "config" => (&["config", "ls"], "{{.Name}}"),
+        "secret" => (&["secret", "ls"], "{{.Name}}"),
+        "volume" => (&["volume", "ls"], "{{.Name}}"),
+        other => panic!("labelled: unknown kind {other}"),
+    };
+    let filter = format!("label={label}");
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--filter", &filter, "--format", fmt]);
+    try_docker(&all).map(|out| out.lines().map(str::to_string).collect())
+}
+
 /// `container`'s IPv4 address on the network `net`.
 pub fn ip_on(net: &str, container: &str) -> String {
     docker(&[

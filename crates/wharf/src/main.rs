@@ -18,6 +18,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The config file used when `--config` is not given and it exists.
 const DEFAULT_CONFIG: &str = "/etc/wharf/wharf.toml";
 
+/// What `wharf healthcheck` asks by default: the admin listener of deploy/wharf.toml.
+const HEALTHCHECK_URL: &str = "http://127.0.0.1:8082/ping";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "wharf",
@@ -64,6 +67,21 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// One HTTP GET of the admin listener (for the image's HEALTHCHECK, which has
+    /// no shell): exit 0 on 200, 1 on anything else or after 2 seconds.
+    Healthcheck {
+        /// An http:// URL; `/ping` needs no token.
+        #[arg(long, default_value = HEALTHCHECK_URL)]
+        url: String,
+        /// Bearer token sent with the request (`[admin] token`), for paths other
+        /// than `/ping`.
+        #[arg(long, env = "WHARF_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the response body on stdout, e.g. `/metrics` of an admin listener
+        /// bound to the container's loopback.
+        #[arg(long)]
+        body: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -166,6 +184,169 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// `wharf healthcheck`: one blocking HTTP/1.1 GET, all of it within 2 seconds.
+fn healthcheck(url: &str, token: Option<&str>, print_body: bool) -> ExitCode {
+    use std::io::Write;
+    match http_get(url, token, std::time::Duration::from_secs(2)) {
+        Ok((200, body)) => {
+            if print_body {
+                let mut out = std::io::stdout().lock();
+                if out.write_all(&body).and_then(|()| out.flush()).is_err() {
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, _)) => {
+            eprintln!("wharf healthcheck: {url}: HTTP {status}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("wharf healthcheck: {url}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// GET `url` (`http://host[:port][/path]`) over a plain TcpStream with
+/// `Connection: close`; returns the status and the (de-chunked) body.
+fn http_get(
+    url: &str,
+    token: Option<&str>,
+    budget: std::time::Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Instant;
+    const MAX: u64 = 64 << 20;
+    let deadline = Instant::now() + budget;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("no answer within {budget:?}"))
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => {
+            (h, p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?)
+        }
+        _ => (authority, 80),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() {
+        return Err("no host in URL".into());
+    }
+    // The C library's resolver has no timeout of its own: it runs on a thread that
+    // is abandoned when the budget runs out (the process exits right after).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = (bare.to_string(), port);
+    std::thread::spawn(move || {
+        let _ = tx.send(name.to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+    });
+    let addrs = rx
+        .recv_timeout(left()?)
+        .map_err(|_| format!("{bare}: not resolved within {budget:?}"))?
+        .map_err(|e| format!("{bare}: {e}"))?;
+    let mut last = format!("{bare}: no address");
+    let mut stream = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, left()?) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = format!("connect {a}: {e}"),
+        }
+    }
+    let mut s = stream.ok_or(last)?;
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: wharf-healthcheck\r\n\
+         Accept: */*\r\nConnection: close\r\n"
+    );
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        s.set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if buf.len() as u64 + n as u64 > MAX => {
+                return Err(format!("response larger than {MAX} bytes"))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no complete response head")?;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .filter(|l| l.starts_with("HTTP/1."))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or("not an HTTP/1.x response")?;
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        } else if k.eq_ignore_ascii_case("content-length") {
+            length = v.parse::<usize>().ok();
+        }
+    }
+    let raw = &buf[end + 4..];
+    let body = if chunked {
+        dechunk(raw).ok_or("malformed chunked body")?
+    } else {
+        match length {
+            Some(n) if n <= raw.len() => raw[..n].to_vec(),
+            Some(_) => return Err("body shorter than its Content-Length".into()),
+            None => raw.to_vec(),
+        }
+    };
+    Ok((status, body))
+}
+
+/// Decodes an HTTP/1.1 chunked body (trailers ignored).
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&raw[..eol]).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -174,6 +355,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config, compose } => check(config.as_deref(), &compose),
+        Command::Healthcheck { url, token, body } => healthcheck(&url, token.as_deref(), body),
         Command::Run { config } => {
             init_logging(cli.log_format);
             let cfg = match load_config(config.as_deref()) {
@@ -193,5 +375,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dechunk_joins_chunks_and_rejects_truncation() {
+        let body = b"4\r\nwhar\r\n1;ext=1\r\nf\r\n0\r\nTrailer: x\r\n\r\n";
+        assert_eq!(super::dechunk(body).as_deref(), Some(&b"wharf"[..]));
+        assert_eq!(super::dechunk(b"5\r\nwha"), None);
+        assert_eq!(super::dechunk(b"zz\r\n"), None);
+    }
+
+    #[test]
+    fn healthcheck_refuses_other_schemes_and_fails_fast_on_a_closed_port() {
+        let d = std::time::Duration::from_secs(2);
+        assert!(super::http_get("https://127.0.0.1/ping", None, d).is_err());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let t = std::time::Instant::now();
+        assert!(super::http_get(&format!("http://127.0.0.1:{port}/ping"), None, d).is_err());
+        assert!(t.elapsed() < d);
     }
 }
