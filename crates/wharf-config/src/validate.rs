@@ -733,7 +733,8 @@ pub(crate) fn parse(
             "challenge = \"dns-01\" needs [acme.dns] server and zone",
         );
     }
-    if let Some(email) = &fa.email {
+    // Empty (also from `WHARF_ACME_EMAIL=""`) means none: no ACME.
+    if let Some(email) = fa.email.as_ref().filter(|e| !e.is_empty()) {
         if !email.contains('@') {
             ck.fail("acme.email", format!("`{email}` is not an email address"));
         }
