@@ -298,7 +298,9 @@ impl Forwarder {
                 }
                 Some(tls) => {
                     parts.uri = origin_uri(path)?;
-                    let sent = self.upgrade_tls(ctx.backend.addr, tls, parts, body);
+                    // Boxed: a TLS connect future is large, and this path is rare; inline it
+                    // would grow (and memcpy) every request's future.
+                    let sent = Box::pin(self.upgrade_tls(ctx.backend.addr, tls, parts, body));
                     let at = std::time::Instant::now();
                     let r = match tokio::time::timeout(self.response_timeout, sent).await {
                         Ok(r) => r,
@@ -474,7 +476,7 @@ impl Forwarder {
         };
         if pooled.reused {
             if let Some(mut req) = e.take_message() {
-                pooled = match self.pool.connect(addr, tls).await {
+                pooled = match Box::pin(self.pool.connect(addr, tls)).await {
                     Ok(p) => p,
                     Err(err) => return Err(connect_failed(err, req)),
                 };
@@ -497,7 +499,7 @@ impl Forwarder {
                 copy.map(|p| Request::from_parts(copy_head(p), Either::Right(Empty::new())))
             });
             if let Some(mut req) = again {
-                match self.pool.connect(addr, tls).await {
+                match Box::pin(self.pool.connect(addr, tls)).await {
                     Ok(mut fresh) => {
                         shape_for(&mut req, fresh.tx.is_h2());
                         match fresh.tx.try_send_request(req).await {

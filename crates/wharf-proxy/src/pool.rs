@@ -179,7 +179,10 @@ impl H1Pool {
                 return Ok(self.pooled(tx, key, true));
             }
         }
-        self.connect(addr, tls).await
+        // Boxed: the connect future (TCP, TLS and HTTP/2 handshakes) is large
+        // and needed only when no pooled connection is; inline it would be
+        // part of, and copied with, every request's future.
+        Box::pin(self.connect(addr, tls)).await
     }
 
     /// The shared HTTP/2 connection of `key`, if one is open.
