@@ -63,7 +63,8 @@ fi
 
 taskset -c 0 nginx -c "$run/backend.conf" & pids+=($!)
 taskset -c 0 haproxy -f "$run/haproxy-plain.cfg" & pids+=($!)
-WHARF_LOG=warn taskset -c 0 "$bin" run --config "$run/a.toml" & pids+=($!)
+# BIN_A: another build for A (e.g. one with metric recording compiled out).
+WHARF_LOG=warn taskset -c 0 "${BIN_A:-$bin}" run --config "$run/a.toml" & pids+=($!)
 WHARF_LOG=warn taskset -c 0 "$bin" run --config "$run/b.toml" & pids+=($!)
 for p in "$BE" "$HP" "$WHP" "$WB"; do
   for _ in $(seq 100); do
