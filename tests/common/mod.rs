@@ -167,6 +167,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
+        Self::serve(name, None)
+    }
+
+    /// Accepts plain connections, or TLS ones with `tls`, and serves `handle`.
+    fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
         let started = Arc::new(Notify::new());
@@ -183,11 +188,12 @@ impl Backend {
                         Ok(x) => x,
                         Err(_) => continue,
                     };
-                    let (seen, release, started, name) = (
+                    let (seen, release, started, name, tls) = (
                         seen2.clone(),
                         release2.clone(),
                         started2.clone(),
                         name2.clone(),
+                        tls.clone(),
                     );
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| {
@@ -200,9 +206,23 @@ impl Backend {
                                 name.clone(),
                             )
                         });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                            .await;
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            None => {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
+                            }
+                            Some(acceptor) => {
+                                let Ok(s) = acceptor.accept(s).await else {
+                                    return;
+                                };
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
                     });
                 }
             };
@@ -1208,62 +1228,6 @@ impl Backend {
             .with_single_cert(chain, key)
             .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let release = Arc::new(Notify::new());
-        let started = Arc::new(Notify::new());
-        let (seen2, release2, started2, name2) = (
-            seen.clone(),
-            release.clone(),
-            started.clone(),
-            name.to_string(),
-        );
-        let server = ServerThread::start(loopback_listener(), move |l, cancel| async move {
-            let serve = async {
-                loop {
-                    let (s, peer) = match l.accept().await {
-                        Ok(x) => x,
-                        Err(_) => continue,
-                    };
-                    let (seen, release, started, name, acceptor) = (
-                        seen2.clone(),
-                        release2.clone(),
-                        started2.clone(),
-                        name2.clone(),
-                        acceptor.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let Ok(s) = acceptor.accept(s).await else {
-                            return;
-                        };
-                        let svc = hyper::service::service_fn(move |req| {
-                            handle(
-                                req,
-                                peer,
-                                seen.clone(),
-                                release.clone(),
-                                started.clone(),
-                                name.clone(),
-                            )
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                            .await;
-                    });
-                }
-            };
-            tokio::select! {
-                _ = serve => {}
-                _ = cancel.cancelled() => {}
-            }
-        });
-        Backend {
-            addr: server.addr,
-            name: name.to_string(),
-            seen,
-            release,
-            started,
-            _server: server,
-        }
+        Self::serve(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
     }
 }
