@@ -26,14 +26,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Uri, Version};
 use tracing::{error, info};
 
@@ -224,15 +224,12 @@ impl AccessSender {
         };
         Pending(Some(Box::new(Record {
             log: self,
-            time: SystemTime::now(),
+            time: UNIX_EPOCH,
             start,
             client,
             method: req.method().clone(),
-            uri: req.uri().clone(),
             version: req.version(),
-            host: headers.get(header::HOST).cloned(),
-            user_agent: headers.get(header::USER_AGENT).cloned(),
-            referer: headers.get(header::REFERER).cloned(),
+            text: Strings::of(req),
             tls: conn.tls_version,
             seen: Seen::default(),
             status: 0,
@@ -245,16 +242,16 @@ impl AccessSender {
 /// One request's line, before it is formatted (by the writer).
 pub(crate) struct Record {
     log: AccessSender,
-    /// When the request head was read.
+    /// When the request head was read, on the wall clock: set by the writer
+    /// from `start` (one clock read per batch instead of one per request).
     time: SystemTime,
+    /// When the request head was read.
     start: Instant,
     client: IpAddr,
     method: Method,
-    uri: Uri,
     version: Version,
-    host: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
-    referer: Option<HeaderValue>,
+    /// Path, host, User-Agent and Referer.
+    text: Strings,
     tls: Option<&'static str>,
     /// The route and backend, filled in by the forwarder.
     pub(crate) seen: Seen,
@@ -325,6 +322,43 @@ struct Writer {
     lines: u64,
     /// The last write failed (logged once until one succeeds again).
     failing: bool,
+    clock: Clock,
+    /// The wall clock and the monotonic clock read together, once per batch.
+    anchor: (SystemTime, Instant),
+    /// The last client and backend addresses, formatted: a busy log has few.
+    addrs: Addrs,
+}
+
+#[derive(Default)]
+struct Addrs {
+    client: Option<(IpAddr, Vec<u8>)>,
+    backend: Option<(SocketAddr, Vec<u8>)>,
+}
+
+impl Addrs {
+    fn client(&mut self, out: &mut Vec<u8>, ip: IpAddr) {
+        match &mut self.client {
+            Some((last, text)) if *last == ip => out.extend_from_slice(text),
+            slot => {
+                let mut text = Vec::with_capacity(16);
+                push_ip(&mut text, ip);
+                out.extend_from_slice(&text);
+                *slot = Some((ip, text));
+            }
+        }
+    }
+
+    fn backend(&mut self, out: &mut Vec<u8>, addr: SocketAddr) {
+        match &mut self.backend {
+            Some((last, text)) if *last == addr => out.extend_from_slice(text),
+            slot => {
+                let mut text = Vec::with_capacity(24);
+                push_addr(&mut text, addr);
+                out.extend_from_slice(&text);
+                *slot = Some((addr, text));
+            }
+        }
+    }
 }
 
 impl Writer {
@@ -335,6 +369,9 @@ impl Writer {
             buf: Vec::with_capacity(FLUSH_AT + 8 * 1024),
             lines: 0,
             failing: false,
+            clock: Clock::new(),
+            anchor: (SystemTime::now(), Instant::now()),
+            addrs: Addrs::default(),
         }
     }
 
@@ -344,6 +381,7 @@ impl Writer {
             let Ok(first) = rx.recv() else {
                 return;
             };
+            self.anchor = (SystemTime::now(), Instant::now());
             self.take(first);
             loop {
                 loop {
@@ -367,6 +405,7 @@ impl Writer {
                 // Linger: under load more lines arrive meanwhile, and their
                 // senders need not wake a parked thread.
                 std::thread::sleep(LINGER);
+                self.anchor = (SystemTime::now(), Instant::now());
                 match rx.try_recv() {
                     Ok(m) => self.take(m),
                     Err(TryRecvError::Empty) => break,
@@ -380,10 +419,19 @@ impl Writer {
     }
 
     fn take(&mut self, m: Msg) {
-        if let Msg::Line(rec) = m {
+        if let Msg::Line(mut rec) = m {
+            let (wall, mono) = self.anchor;
+            rec.time = match mono.checked_duration_since(rec.start) {
+                Some(ago) => wall.checked_sub(ago).unwrap_or(wall),
+                None => wall
+                    .checked_add(rec.start.duration_since(mono))
+                    .unwrap_or(wall),
+            };
             match self.shared.format {
-                AccessFormat::Combined => combined(&mut self.buf, &rec),
-                AccessFormat::Json => json(&mut self.buf, &rec),
+                AccessFormat::Combined => {
+                    combined(&mut self.buf, &mut self.clock, &mut self.addrs, &rec)
+                }
+                AccessFormat::Json => json(&mut self.buf, &mut self.clock, &mut self.addrs, &rec),
             }
             self.lines += 1;
         }
@@ -461,10 +509,103 @@ fn path_of(uri: &Uri) -> &[u8] {
     }
 }
 
-fn host_of(rec: &Record) -> Option<&[u8]> {
-    match rec.uri.authority() {
-        Some(a) => Some(a.as_str().as_bytes()),
-        None => rec.host.as_ref().map(HeaderValue::as_bytes),
+/// The request's strings, copied (and cut to their limits) into one buffer: a
+/// queued record must not hold on to the connection's read buffer, which
+/// reference-counted header values would.
+struct Strings {
+    /// The values when they fit (the common case: no allocation of their own).
+    inline: [u8; INLINE],
+    /// The values when they do not fit `inline`.
+    heap: Vec<u8>,
+    /// Where each value ends, or `None` when the request had none.
+    ends: [Option<u16>; 4],
+}
+
+/// Bytes of path, host, User-Agent and Referer kept in the record itself.
+const INLINE: usize = 160;
+
+const PATH: usize = 0;
+const HOST: usize = 1;
+const USER_AGENT: usize = 2;
+const REFERER: usize = 3;
+const LIMITS: [usize; 4] = [MAX_PATH, MAX_HOST, MAX_USER_AGENT, MAX_PATH];
+
+impl Strings {
+    fn of<B>(req: &Request<B>) -> Strings {
+        // One pass over the fields (a name compare each) instead of three
+        // hashed lookups.
+        let (mut host, mut ua, mut referer) = (None, None, None);
+        for (name, value) in req.headers() {
+            if *name == header::HOST {
+                host = host.or(Some(value.as_bytes()));
+            } else if *name == header::USER_AGENT {
+                ua = ua.or(Some(value.as_bytes()));
+            } else if *name == header::REFERER {
+                referer = referer.or(Some(value.as_bytes()));
+            }
+        }
+        let uri = req.uri();
+        let host = uri.authority().map(|a| a.as_str().as_bytes()).or(host);
+        Strings::new(path_of(uri), host, ua, referer)
+    }
+
+    fn new(path: &[u8], host: Option<&[u8]>, ua: Option<&[u8]>, referer: Option<&[u8]>) -> Self {
+        let values = [Some(path), host, ua, referer];
+        let size: usize = values
+            .iter()
+            .zip(LIMITS)
+            .map(|(v, max)| v.map_or(0, |v| v.len().min(max + 3)))
+            .sum();
+        let mut s = Strings {
+            inline: [0; INLINE],
+            heap: Vec::new(),
+            ends: [None; 4],
+        };
+        let inline = size <= INLINE;
+        if !inline {
+            s.heap.reserve_exact(size);
+        }
+        let mut at = 0;
+        for (i, (v, max)) in values.into_iter().zip(LIMITS).enumerate() {
+            if let Some(v) = v {
+                // A value cut to its limit ends in `...`.
+                if v.len() > max {
+                    s.put(&mut at, inline, &v[..max]);
+                    s.put(&mut at, inline, b"...");
+                } else {
+                    s.put(&mut at, inline, v);
+                }
+                s.ends[i] = u16::try_from(at).ok();
+            }
+        }
+        s
+    }
+
+    fn put(&mut self, at: &mut usize, inline: bool, b: &[u8]) {
+        if inline {
+            self.inline[*at..*at + b.len()].copy_from_slice(b);
+        } else {
+            self.heap.extend_from_slice(b);
+        }
+        *at += b.len();
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline
+        } else {
+            &self.heap
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = usize::from(self.ends[i]?);
+        let start = self.ends[..i]
+            .iter()
+            .rev()
+            .find_map(|e| *e)
+            .map_or(0, usize::from);
+        self.bytes().get(start..end)
     }
 }
 
@@ -492,83 +633,225 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
-fn since_epoch(t: SystemTime) -> Duration {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default()
+/// Unsigned decimal, without `core::fmt`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
-/// `2026-11-30T12:34:56.789Z`
-fn rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
-    let d = since_epoch(t);
-    let (y, mo, da, h, mi, s) = civil(d.as_secs());
-    let _ = write!(
-        out,
-        "{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    );
+/// `n` as exactly `width` digits (`n` < 10^width).
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut n = n;
+    for i in (20 - width..20).rev() {
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&buf[20 - width..]);
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            push_u64(out, a.into());
+            for o in [b, c, d] {
+                out.push(b'.');
+                push_u64(out, o.into());
+            }
+        }
+        // Rare enough for `core::fmt`.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
 
-/// Apache's `%t`: `30/Nov/2026:12:34:56 +0000`.
-fn clf_time(out: &mut Vec<u8>, t: SystemTime) {
-    let (y, mo, da, h, mi, s) = civil(since_epoch(t).as_secs());
-    let month = MONTHS[(mo as usize - 1) % 12];
-    let _ = write!(out, "{da:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000");
+/// `IP:PORT`, or `[IPv6]:PORT`.
+fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => push_ip(out, IpAddr::V4(*v4.ip())),
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    push_u64(out, a.port().into());
 }
 
 /// Milliseconds with microseconds: `12.345`.
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let us = d.as_micros();
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(out, us / 1000);
+    out.push(b'.');
+    push_padded(out, us % 1000, 3);
+}
+
+const MONTHS: [&[u8; 3]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+/// The formatted second of the last line: a busy log formats each second once.
+struct Clock {
+    sec: Option<u64>,
+    /// `2026-11-30T12:34:56.` (the milliseconds and `Z` follow).
+    rfc3339: Vec<u8>,
+    /// `30/Nov/2026:12:34:56 +0000`
+    clf: Vec<u8>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            sec: None,
+            rfc3339: Vec::with_capacity(24),
+            clf: Vec::with_capacity(32),
+        }
+    }
+
+    fn at(&mut self, t: SystemTime) -> Duration {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let sec = d.as_secs();
+        if self.sec != Some(sec) {
+            self.sec = Some(sec);
+            let (y, mo, da, h, mi, s) = civil(sec);
+            let y = u64::try_from(y).unwrap_or(0) % 10_000;
+            let (mo, da, h, mi, s) = (
+                u64::from(mo),
+                u64::from(da),
+                u64::from(h),
+                u64::from(mi),
+                u64::from(s),
+            );
+            let r = &mut self.rfc3339;
+            r.clear();
+            push_padded(r, y, 4);
+            r.push(b'-');
+            push_padded(r, mo, 2);
+            r.push(b'-');
+            push_padded(r, da, 2);
+            r.push(b'T');
+            push_padded(r, h, 2);
+            r.push(b':');
+            push_padded(r, mi, 2);
+            r.push(b':');
+            push_padded(r, s, 2);
+            r.push(b'.');
+            let c = &mut self.clf;
+            c.clear();
+            push_padded(c, da, 2);
+            c.push(b'/');
+            c.extend_from_slice(MONTHS[(mo as usize + 11) % 12]);
+            c.push(b'/');
+            push_padded(c, y, 4);
+            c.push(b':');
+            push_padded(c, h, 2);
+            c.push(b':');
+            push_padded(c, mi, 2);
+            c.push(b':');
+            push_padded(c, s, 2);
+            c.extend_from_slice(b" +0000");
+        }
+        d
+    }
+
+    /// `2026-11-30T12:34:56.789Z`
+    fn rfc3339_ms(&mut self, out: &mut Vec<u8>, t: SystemTime) {
+        let d = self.at(t);
+        out.extend_from_slice(&self.rfc3339);
+        push_padded(out, u64::from(d.subsec_millis()), 3);
+        out.push(b'Z');
+    }
+
+    /// Apache's `%t`: `30/Nov/2026:12:34:56 +0000`.
+    fn clf(&mut self, out: &mut Vec<u8>, t: SystemTime) {
+        self.at(t);
+        out.extend_from_slice(&self.clf);
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A value not copied into [`Strings`] (a route name, a method), cut the same way.
+fn cut(v: &[u8], max: usize) -> &[u8] {
+    &v[..v.len().min(max)]
+}
+
+/// Printable ASCII that needs no escape in either format.
+#[inline]
+fn plain(b: u8) -> bool {
+    PLAIN[usize::from(b)]
+}
+
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b <= 0x7e {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
 /// Inside a quoted field of the combined format, as Apache escapes: `"` and `\`
-/// with a backslash, anything else outside printable ASCII as `\xhh`. A value
-/// longer than `max` is cut and ends in `...`.
-fn clf_escaped(out: &mut Vec<u8>, v: &[u8], max: usize) {
-    let (v, cut) = capped(v, max);
-    for &b in v {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            0x20..=0x7e => out.push(b),
-            _ => out.extend_from_slice(&[
+/// with a backslash, anything else outside printable ASCII as `\xhh`.
+fn clf_escaped(out: &mut Vec<u8>, mut v: &[u8]) {
+    while !v.is_empty() {
+        // Runs of plain bytes are copied whole.
+        let n = v.iter().position(|&b| !plain(b)).unwrap_or(v.len());
+        out.extend_from_slice(&v[..n]);
+        let Some(&b) = v.get(n) else {
+            break;
+        };
+        if b == b'"' || b == b'\\' {
+            out.extend_from_slice(&[b'\\', b]);
+        } else {
+            out.extend_from_slice(&[
                 b'\\',
                 b'x',
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 15)],
-            ]),
+            ]);
         }
-    }
-    if cut {
-        out.extend_from_slice(b"...");
-    }
-}
-
-fn capped(v: &[u8], max: usize) -> (&[u8], bool) {
-    if v.len() > max {
-        (&v[..max], true)
-    } else {
-        (v, false)
+        v = &v[n + 1..];
     }
 }
 
 /// A JSON string (with its quotes). UTF-8 is kept; bytes that are not UTF-8
 /// become U+FFFD; control characters (C0, DEL, C1) and the Unicode line and
 /// paragraph separators are `\u` escapes, so no value can end a line.
-fn json_str(out: &mut Vec<u8>, v: &[u8], max: usize) {
-    let (v, cut) = capped(v, max);
+fn json_str(out: &mut Vec<u8>, v: &[u8]) {
     out.push(b'"');
+    // The common case, printable ASCII throughout, is copied whole.
+    let n = v.iter().position(|&b| !plain(b)).unwrap_or(v.len());
+    out.extend_from_slice(&v[..n]);
+    if n < v.len() {
+        json_escaped(out, &v[n..]);
+    }
+    out.push(b'"');
+}
+
+fn json_escaped(out: &mut Vec<u8>, v: &[u8]) {
     for chunk in v.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
                 '"' => out.extend_from_slice(b"\\\""),
                 '\\' => out.extend_from_slice(b"\\\\"),
                 '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => {
-                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                    let u = u32::from(c);
+                    out.extend_from_slice(b"\\u");
+                    for shift in [12, 8, 4, 0] {
+                        out.push(HEX[((u >> shift) & 15) as usize]);
+                    }
                 }
                 c => {
                     let mut b = [0u8; 4];
@@ -580,48 +863,49 @@ fn json_str(out: &mut Vec<u8>, v: &[u8], max: usize) {
             out.extend_from_slice(b"\\ufffd");
         }
     }
-    if cut {
-        out.extend_from_slice(b"...");
-    }
-    out.push(b'"');
 }
 
-fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>, max: usize) {
+fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
     match v {
-        Some(v) => json_str(out, v, max),
+        Some(v) => json_str(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }
 
 /// `%h - - [%t] "%r" %>s %b "%{Referer}i" "%{User-agent}i"` then Wharf's fields.
-fn combined(out: &mut Vec<u8>, r: &Record) {
-    let _ = write!(out, "{} - - [", r.client);
-    clf_time(out, r.time);
+fn combined(out: &mut Vec<u8>, clock: &mut Clock, addrs: &mut Addrs, r: &Record) {
+    addrs.client(out, r.client);
+    out.extend_from_slice(b" - - [");
+    clock.clf(out, r.time);
     out.extend_from_slice(b"] \"");
-    clf_escaped(out, r.method.as_str().as_bytes(), 64);
+    clf_escaped(out, cut(r.method.as_str().as_bytes(), 64));
     out.push(b' ');
-    clf_escaped(out, path_of(&r.uri), MAX_PATH);
-    let _ = write!(out, " {}\" {} ", protocol(r.version), r.status);
+    clf_escaped(out, r.text.get(PATH).unwrap_or(b"/"));
+    out.push(b' ');
+    out.extend_from_slice(protocol(r.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    push_padded(out, r.status.into(), 3);
+    out.push(b' ');
     if r.bytes == 0 {
         out.push(b'-');
     } else {
-        let _ = write!(out, "{}", r.bytes);
+        push_u64(out, r.bytes);
     }
     out.extend_from_slice(b" \"");
-    match &r.referer {
-        Some(v) => clf_escaped(out, v.as_bytes(), MAX_PATH),
+    match r.text.get(REFERER) {
+        Some(v) => clf_escaped(out, v),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b"\" \"");
-    match &r.user_agent {
-        Some(v) => clf_escaped(out, v.as_bytes(), MAX_USER_AGENT),
+    match r.text.get(USER_AGENT) {
+        Some(v) => clf_escaped(out, v),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b"\" host=");
-    match host_of(r) {
+    match r.text.get(HOST) {
         Some(h) => {
             out.push(b'"');
-            clf_escaped(out, h, MAX_HOST);
+            clf_escaped(out, h);
             out.push(b'"');
         }
         None => out.push(b'-'),
@@ -630,66 +914,71 @@ fn combined(out: &mut Vec<u8>, r: &Record) {
     match &r.seen.route {
         Some(route) => {
             out.push(b'"');
-            clf_escaped(out, route.name.as_bytes(), MAX_HOST);
+            clf_escaped(out, cut(route.name.as_bytes(), MAX_HOST));
             out.push(b'"');
         }
         None => out.push(b'-'),
     }
+    out.extend_from_slice(b" backend=");
     match r.seen.backend {
-        Some(b) => {
-            let _ = write!(out, " backend={b}");
-        }
-        None => out.extend_from_slice(b" backend=-"),
+        Some(b) => addrs.backend(out, b),
+        None => out.push(b'-'),
     }
-    let _ = write!(out, " tls={} duration_ms=", r.tls.unwrap_or("-"));
+    out.extend_from_slice(b" tls=");
+    out.extend_from_slice(r.tls.unwrap_or("-").as_bytes());
+    out.extend_from_slice(b" duration_ms=");
     millis(out, r.duration);
     out.push(b'\n');
 }
 
 /// One JSON object; the field names are part of the interface (docs/config.md).
-fn json(out: &mut Vec<u8>, r: &Record) {
+fn json(out: &mut Vec<u8>, clock: &mut Clock, addrs: &mut Addrs, r: &Record) {
     out.extend_from_slice(b"{\"time\":\"");
-    rfc3339_ms(out, r.time);
-    let _ = write!(out, "\",\"client\":\"{}\",\"host\":", r.client);
-    json_opt(out, host_of(r), MAX_HOST);
+    clock.rfc3339_ms(out, r.time);
+    out.extend_from_slice(b"\",\"client\":\"");
+    addrs.client(out, r.client);
+    out.extend_from_slice(b"\",\"host\":");
+    json_opt(out, r.text.get(HOST));
     out.extend_from_slice(b",\"method\":");
-    json_str(out, r.method.as_str().as_bytes(), 64);
+    json_str(out, cut(r.method.as_str().as_bytes(), 64));
     out.extend_from_slice(b",\"path\":");
-    json_str(out, path_of(&r.uri), MAX_PATH);
-    let _ = write!(
-        out,
-        ",\"protocol\":\"{}\",\"status\":{},\"bytes\":{},\"duration_ms\":",
-        protocol(r.version),
-        r.status,
-        r.bytes
-    );
+    json_str(out, r.text.get(PATH).unwrap_or(b"/"));
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(r.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    push_padded(out, r.status.into(), 3);
+    out.extend_from_slice(b",\"bytes\":");
+    push_u64(out, r.bytes);
+    out.extend_from_slice(b",\"duration_ms\":");
     millis(out, r.duration);
     out.extend_from_slice(b",\"route\":");
     json_opt(
         out,
-        r.seen.route.as_ref().map(|r| r.name.as_bytes()),
-        MAX_HOST,
+        r.seen
+            .route
+            .as_ref()
+            .map(|r| cut(r.name.as_bytes(), MAX_HOST)),
     );
     match r.seen.backend {
         Some(b) => {
-            let _ = write!(out, ",\"backend\":\"{b}\"");
+            out.extend_from_slice(b",\"backend\":\"");
+            addrs.backend(out, b);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b",\"backend\":null"),
     }
     match r.tls {
         Some(v) => {
-            let _ = write!(out, ",\"tls\":\"{v}\"");
+            out.extend_from_slice(b",\"tls\":\"");
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
         }
         None => out.extend_from_slice(b",\"tls\":null"),
     }
     out.extend_from_slice(b",\"referer\":");
-    json_opt(out, r.referer.as_ref().map(HeaderValue::as_bytes), MAX_PATH);
+    json_opt(out, r.text.get(REFERER));
     out.extend_from_slice(b",\"user_agent\":");
-    json_opt(
-        out,
-        r.user_agent.as_ref().map(HeaderValue::as_bytes),
-        MAX_USER_AGENT,
-    );
+    json_opt(out, r.text.get(USER_AGENT));
     out.extend_from_slice(b"}\n");
 }
 
@@ -699,6 +988,7 @@ mod tests {
 
     use super::*;
     use crate::headers::ClientInfo;
+    use http::HeaderValue;
 
     fn conn(tls: Option<&'static str>) -> ConnInfo {
         ConnInfo {
@@ -743,15 +1033,42 @@ mod tests {
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
         assert_eq!(civil(1_796_042_096), (2026, 11, 30, 12, 34, 56));
+        let mut clock = Clock::new();
         let mut out = Vec::new();
-        rfc3339_ms(
-            &mut out,
-            UNIX_EPOCH + Duration::from_millis(1_796_042_096_789),
-        );
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_042_096_789);
+        clock.rfc3339_ms(&mut out, t);
         assert_eq!(out, b"2026-11-30T12:34:56.789Z");
         out.clear();
-        clf_time(&mut out, UNIX_EPOCH + Duration::from_secs(1_796_042_096));
+        clock.clf(&mut out, t);
         assert_eq!(out, b"30/Nov/2026:12:34:56 +0000");
+        // The next second, then others: the cache follows.
+        out.clear();
+        clock.rfc3339_ms(&mut out, t + Duration::from_millis(1_211));
+        assert_eq!(out, b"2026-11-30T12:34:58.000Z");
+        out.clear();
+        clock.clf(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400));
+        assert_eq!(out, b"29/Feb/2000:00:00:00 +0000");
+        out.clear();
+        clock.rfc3339_ms(&mut out, UNIX_EPOCH + Duration::from_millis(5));
+        assert_eq!(out, b"1970-01-01T00:00:00.005Z");
+        // Numbers and addresses without core::fmt.
+        out.clear();
+        for n in [0, 7, 10, 65_535, u64::MAX] {
+            push_u64(&mut out, n);
+            out.push(b' ');
+        }
+        push_addr(&mut out, "10.0.1.5:8080".parse().unwrap());
+        out.push(b' ');
+        push_addr(&mut out, "[2001:db8::1]:443".parse().unwrap());
+        out.push(b' ');
+        push_ip(&mut out, "2001:db8::2".parse().unwrap());
+        out.push(b' ');
+        millis(&mut out, Duration::from_micros(1_000_007));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 7 10 65535 18446744073709551615 10.0.1.5:8080 [2001:db8::1]:443 2001:db8::2 \
+             1000.007"
+        );
     }
 
     #[test]
@@ -759,7 +1076,7 @@ mod tests {
         let (log, _rx) = AccessLog::unstarted(AccessFormat::Combined, 4);
         let rec = record(log.sender(), req("/a/b?x=1"), 200, 1234);
         let mut out = Vec::new();
-        combined(&mut out, &rec);
+        combined(&mut out, &mut Clock::new(), &mut Addrs::default(), &rec);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "192.0.2.7 - - [30/Nov/2026:12:34:56 +0000] \"GET /a/b?x=1 HTTP/1.1\" 200 1234 \"-\" \
@@ -773,7 +1090,7 @@ mod tests {
         let (log, _rx) = AccessLog::unstarted(AccessFormat::Json, 4);
         let rec = record(log.sender(), req("/a?q=%22"), 404, 0);
         let mut out = Vec::new();
-        json(&mut out, &rec);
+        json(&mut out, &mut Clock::new(), &mut Addrs::default(), &rec);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"time\":\"2026-11-30T12:34:56.789Z\",\"client\":\"192.0.2.7\",\
@@ -795,7 +1112,7 @@ mod tests {
         let rec = record(log.sender(), r, 200, 5);
 
         let mut out = Vec::new();
-        combined(&mut out, &rec);
+        combined(&mut out, &mut Clock::new(), &mut Addrs::default(), &rec);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
         assert!(
@@ -808,7 +1125,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        json(&mut out, &rec);
+        json(&mut out, &mut Clock::new(), &mut Addrs::default(), &rec);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
         assert!(
@@ -822,16 +1139,39 @@ mod tests {
     }
 
     #[test]
+    fn strings_keep_absent_values_apart_from_empty_ones() {
+        let t = Strings::new(b"/p", None, Some(b"ua"), Some(b""));
+        assert_eq!(t.get(PATH), Some(&b"/p"[..]));
+        assert_eq!(t.get(HOST), None);
+        assert_eq!(t.get(USER_AGENT), Some(&b"ua"[..]));
+        assert_eq!(t.get(REFERER), Some(&b""[..]));
+        // At the inline size and one past it.
+        for n in [INLINE - 4, INLINE - 3] {
+            let path = vec![b'p'; n];
+            let t = Strings::new(&path, Some(b"h"), None, Some(b"ref"));
+            assert_eq!(t.heap.is_empty(), n + 4 <= INLINE);
+            assert_eq!(t.get(PATH), Some(&path[..]));
+            assert_eq!(t.get(HOST), Some(&b"h"[..]));
+            assert_eq!(t.get(USER_AGENT), None);
+            assert_eq!(t.get(REFERER), Some(&b"ref"[..]));
+        }
+        let long = vec![b'h'; 1000];
+        let t = Strings::new(b"/", Some(&long), None, None);
+        assert_eq!(t.get(HOST).unwrap().len(), MAX_HOST + 3);
+        assert!(t.get(HOST).unwrap().ends_with(b"h..."));
+    }
+
+    #[test]
     fn long_values_are_cut() {
         let long = format!("/{}", "a".repeat(10_000));
         let (log, _rx) = AccessLog::unstarted(AccessFormat::Json, 4);
         let rec = record(log.sender(), req(&long), 200, 0);
         let mut out = Vec::new();
-        json(&mut out, &rec);
+        json(&mut out, &mut Clock::new(), &mut Addrs::default(), &rec);
         assert!(out.len() < MAX_PATH + 600, "{}", out.len());
         assert!(String::from_utf8(out).unwrap().contains("aaa...\""));
         let mut out = Vec::new();
-        combined(&mut out, &rec);
+        combined(&mut out, &mut Clock::new(), &mut Addrs::default(), &rec);
         assert!(out.len() < MAX_PATH + 400, "{}", out.len());
     }
 
@@ -889,7 +1229,22 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
+        let date = |t| {
+            let mut out = Vec::new();
+            Clock::new().rfc3339_ms(&mut out, t);
+            String::from_utf8(out).unwrap()[..16].to_string()
+        };
+        let before = date(SystemTime::now());
         let first = wait_lines(&path, 100);
+        // The wall-clock time the writer derived from the request's instant.
+        let after = date(SystemTime::now());
+        assert!(
+            first
+                .lines()
+                .all(|l| l.contains(&format!("{{\"time\":\"{before}"))
+                    || l.contains(&format!("{{\"time\":\"{after}"))),
+            "not between {before} and {after}: {first}"
+        );
         assert!(first.lines().all(|l| l.contains("\"bytes\":5,")), "{first}");
         let rotated = dir.join("access.log.1");
         std::fs::rename(&path, &rotated).unwrap();
