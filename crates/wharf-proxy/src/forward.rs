@@ -260,16 +260,10 @@ impl Forwarder {
         }
         // TLS to the backend: the route's policy (the control plane sets one on
         // every `https` route; without it nothing is sent in clear instead).
-        let tls = match ctx.backend.scheme {
-            Scheme::Https => Some(
-                ctx.route
-                    .policy
-                    .backend_tls
-                    .clone()
-                    .ok_or(ProxyError::UnsupportedScheme("https"))?,
-            ),
-            _ => None,
-        };
+        let https = ctx.backend.scheme == Scheme::Https;
+        if https && ctx.route.policy.backend_tls.is_none() {
+            return Err(ProxyError::UnsupportedScheme("https"));
+        }
 
         parts.version = Version::HTTP_11;
         parts.headers.insert(header::HOST, host_value);
@@ -285,6 +279,8 @@ impl Forwarder {
         if let Some(client_upgrade) = client_upgrade {
             // The tunnel takes the connection over, so it never comes from or goes
             // back to the pool; it is not retried.
+            // The policy is cloned on this rare path only.
+            let tls = ctx.route.policy.backend_tls.clone().filter(|_| https);
             let mut resp = match &tls {
                 None => {
                     parts.uri = absolute_uri(&ctx.backend, path)?;
@@ -341,10 +337,14 @@ impl Forwarder {
         } else {
             Either::Right(Empty::new())
         };
-        // Only a route with another backend to go to can retry at all.
-        // Also on a TLS route, whose backend may speak HTTP/2 and send GOAWAY.
-        let mut copy = (safe
-            && (ctx.route.backends.all().len() > 1 || ctx.backend.scheme == Scheme::Https))
+        // Only a route with another backend to go to can retry at all; a TLS
+        // backend not known to speak HTTP/1.1 may also send GOAWAY, after which a
+        // refused request goes once more (`send_pooled`).
+        let h2_possible = https
+            && !self
+                .pool
+                .speaks_h1(ctx.backend.addr, ctx.route.policy.backend_tls.as_deref());
+        let mut copy = (safe && (ctx.route.backends.all().len() > 1 || h2_possible))
             .then(|| copy_head(&parts));
         let mut req = Request::from_parts(parts, body);
         loop {
@@ -399,7 +399,9 @@ impl Forwarder {
     ) -> Result<Response<Incoming>, ProxyError> {
         match &r {
             Ok(_) => {
-                ctx.backend.state.upstream.observe(sent_at.elapsed());
+                if cfg!(not(feature = "no-request-metrics")) {
+                    ctx.backend.state.upstream.observe(sent_at.elapsed());
+                }
                 ctx.succeeded()
             }
             Err(e) => {

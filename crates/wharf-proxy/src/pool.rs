@@ -195,6 +195,12 @@ impl H1Pool {
         Some(self.pooled(Tx::H2(shared), key, true))
     }
 
+    /// The backend (over TLS with `tls`) is known to have chosen HTTP/1.1, so it
+    /// never sends an HTTP/2 GOAWAY.
+    pub fn speaks_h1(&self, addr: SocketAddr, tls: Option<&BackendTls>) -> bool {
+        lock(&self.h1_keys).contains(&(addr, tls.map_or(0, |t| t.key)))
+    }
+
     /// Forgets the shared HTTP/2 connection of a backend (it sent GOAWAY).
     pub fn forget_h2(&self, addr: SocketAddr, tls: Option<&BackendTls>) {
         lock(&self.h2).remove(&(addr, tls.map_or(0, |t| t.key)));
@@ -326,6 +332,10 @@ impl H1Pool {
     }
 
     fn release(&self, conn: Pooled) {
+        let Tx::H1(tx) = conn.tx else {
+            // HTTP/2: shared, never checked out exclusively.
+            return;
+        };
         if self
             .releases
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -334,10 +344,6 @@ impl H1Pool {
         {
             self.sweep();
         }
-        let Tx::H1(tx) = conn.tx else {
-            // HTTP/2: shared, never checked out exclusively.
-            return;
-        };
         if tx.is_closed() {
             return;
         }

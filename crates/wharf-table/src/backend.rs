@@ -485,6 +485,12 @@ impl BackendSet {
         b.usable() && (self.limit == 0 || b.state.inflight() < self.limit)
     }
 
+    /// [`Self::can_take`] as the balancers use it, never choosing `not`.
+    #[inline]
+    fn takes(&self, b: &Backend, not: Option<SocketAddr>) -> bool {
+        self.can_take(b) && Some(b.addr) != not
+    }
+
     /// A rendezvous pick by client address whatever the route's balance
     /// (`sticky = source` with no binding yet), never choosing `not`.
     pub fn pick_rendezvous(
@@ -492,10 +498,7 @@ impl BackendSet {
         client: IpAddr,
         not: Option<SocketAddr>,
     ) -> Option<&Arc<Backend>> {
-        let limit = self.limit;
-        self.rendezvous(client, |b: &Backend| {
-            b.usable() && (limit == 0 || b.state.inflight() < limit) && Some(b.addr) != not
-        })
+        self.rendezvous(client, |b: &Backend| self.takes(b, not))
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {
@@ -520,8 +523,7 @@ impl BackendSet {
 
     #[inline]
     fn pick_where(&self, client: IpAddr, ok: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
-        let limit = self.limit;
-        let ok = |b: &Backend| b.usable() && (limit == 0 || b.state.inflight() < limit) && ok(b);
+        let ok = |b: &Backend| self.can_take(b) && ok(b);
         let n = self.backends.len();
         match n {
             0 => return None,
