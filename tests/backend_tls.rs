@@ -641,6 +641,22 @@ fn bad_ca_files_are_reported_for_their_route() {
     );
     assert_eq!(errors.as_array().unwrap().len(), 1, "{errors:#}");
     assert!(api_route(&w, "badca")["backend_tls"].is_null());
+    // `wharf check` reads the file as `wharf run` does: not PEM is an error.
+    let config = base_config() + &https_route("badca", "badca.test", &[plain.addr], &ca(&not_pem));
+    let path = write_file(&pki.dir.0, "bad.toml", &config);
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .env_remove("WHARF_CONFIG")
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("error: route `badca`: backend_tls.ca:")),
+        "{text}"
+    );
 
     // A missing file: an error of the configuration, with the key and the path.
     let missing = pki.dir.0.join("missing-ca.pem");

@@ -141,7 +141,7 @@ struct AffinityView<'a> {
     cookie: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<&'static str>,
-    /// Cookie `Max-Age` (`null`: a session cookie), or a binding's idle lifetime.
+    /// Cookie `Max-Age` (absent: a session cookie).
     #[serde(skip_serializing_if = "Option::is_none")]
     max_age_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -271,7 +271,8 @@ fn routes_json(table: &Table) -> Vec<u8> {
                     key: match &rl.key {
                         wharf_table::RateKey::Source => "source".into(),
                         wharf_table::RateKey::Route => "route".into(),
-                        wharf_table::RateKey::Host => "host".into(),
+                        // As written (SPEC: source, route or header:NAME).
+                        wharf_table::RateKey::Host => "header:host".into(),
                         wharf_table::RateKey::Header(h) => format!("header:{h}"),
                     },
                     scope: if rl.cluster { "cluster" } else { "replica" },

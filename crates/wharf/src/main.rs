@@ -122,9 +122,30 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
                 .iter()
                 .map(|c| (c.cert.clone(), c.key.clone()))
                 .collect();
-            let bad = wharf_tls::check_files(&files);
+            let mut bad: Vec<String> = wharf_tls::check_files(&files)
+                .iter()
+                .map(|e| format!("tls.certificates: {e}"))
+                .collect();
+            // TLS to backends: the files must not only open but parse and match,
+            // as `wharf run` needs them (the same builder it uses).
+            for r in cfg
+                .routes
+                .iter()
+                .filter(|r| r.scheme == wharf_table::Scheme::Https)
+            {
+                let t = &r.backend_tls;
+                let spec = wharf_tls::BackendTlsSpec {
+                    ca: t.ca.clone(),
+                    insecure: t.insecure,
+                    client_cert: t.client_cert.clone(),
+                    client_key: t.client_key.clone(),
+                };
+                if let Err(e) = wharf_tls::backend_client_config(&spec) {
+                    bad.push(format!("route `{}`: {e}", r.name));
+                }
+            }
             for e in &bad {
-                println!("error: tls.certificates: {e}");
+                println!("error: {e}");
             }
             failed |= !bad.is_empty();
             for w in &cfg.warnings {
