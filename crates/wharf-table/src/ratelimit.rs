@@ -110,10 +110,33 @@ pub struct RateState {
 
 #[derive(Debug, Default)]
 struct KeyTable {
-    map: DashMap<u64, AtomicU64, ahash::RandomState>,
+    /// Keyed by the already keyed hash of the request's key: hashed once.
+    map: DashMap<u64, AtomicU64, std::hash::BuildHasherDefault<Prehashed>>,
     len: AtomicUsize,
     evicting: std::sync::atomic::AtomicBool,
     hasher: ahash::RandomState,
+}
+
+/// A hasher for keys that are already hashes (`KeyTable::hasher`'s output): the
+/// map uses the value as it is instead of hashing it a second time.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a u64); fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The key of one request, as the proxy found it.
