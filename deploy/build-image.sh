@@ -36,13 +36,17 @@ install -D -m 0755 "$bin" "$ctx/rootfs/wharf"
 install -D -m 0644 deploy/wharf.toml "$ctx/rootfs/etc/wharf/wharf.toml"
 install -D -m 0644 "$ca" "$ctx/rootfs/etc/ssl/certs/ca-certificates.crt"
 install -d -m 0700 "$ctx/state"
-if ldd "$bin" 2>/dev/null | grep -q '=>'; then
+# ldd's output is read whole first: `ldd | grep -q` under pipefail fails whenever
+# grep exits before ldd has written everything (SIGPIPE), which would leave the
+# libraries out of the image now and then.
+libs=$(ldd "$bin" 2>/dev/null || true)
+if grep -q '=>' <<<"$libs"; then
   if [ -z "${WHARF_BIN:-}" ]; then
     echo "$bin is not static; was -C target-feature=+crt-static overridden?" >&2
     exit 1
   fi
   # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)"
-  ldd "$bin" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' |
+  awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' <<<"$libs" |
     while read -r lib; do install -D -m 0755 "$lib" "$ctx/rootfs$lib"; done
 fi
 docker build -q -f deploy/Dockerfile -t "$tag" "$ctx"

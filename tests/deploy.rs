@@ -294,6 +294,10 @@ fn the_shipped_stack_deploys_routes_a_tenant_and_leaves_nothing_behind() {
             .contains("SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"),
         "{config}"
     );
+    // The binary starts in the image (with its libraries, when it is not static).
+    let version = try_docker(&["run", "--rm", &image, "--version"])
+        .unwrap_or_else(|e| panic!("the image's binary does not start: {e}"));
+    assert!(version.starts_with("wharf "), "{version}");
     // The bundled CA roots (docker cp from a created, never started, container).
     let probe = e.name("probe");
     docker(&["create", "--name", &probe, &image]);
@@ -366,8 +370,31 @@ fn the_shipped_stack_deploys_routes_a_tenant_and_leaves_nothing_behind() {
 
     let service = format!("{wharf_stack}_wharf");
     let cid = task_container(&service, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    // What to show when a step fails: the tasks (with the Engine's error for each
+    // that failed) and the last lines Wharf printed.
     let logs = || {
-        try_docker(&["service", "logs", "--raw", "--tail", "40", &service]).unwrap_or_else(|e| e)
+        let tasks = try_docker(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.Name}} {{.CurrentState}} {{.Error}}",
+            &service,
+        ])
+        .unwrap_or_else(|e| e);
+        // Both streams: the runtime's own errors (a failed exec) come on stderr.
+        let printed = Command::new("docker")
+            .args(["service", "logs", "--raw", "--tail", "40", &service])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| e.to_string());
+        format!("tasks of {service}:\n{tasks}\nlast lines it printed:\n{printed}")
     };
 
     // Through the published ports, as a client would: HTTP redirects to HTTPS, and
