@@ -130,12 +130,24 @@ pub enum Storage {
     Swarm,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AcmeDns {
     pub server: SocketAddr,
     pub zone: String,
     pub key_name: Option<String>,
+    /// The TSIG key: never printed (`Debug` shows `***`).
     pub key_secret: Option<String>,
+}
+
+impl std::fmt::Debug for AcmeDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeDns")
+            .field("server", &self.server)
+            .field("zone", &self.zone)
+            .field("key_name", &self.key_name)
+            .field("key_secret", &self.key_secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,9 +188,18 @@ pub struct DnsConfig {
     pub hold_valid: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StickyConfig {
+    /// The cookie MAC key: never printed (`Debug` shows `***`).
     pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for StickyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// `[log]`: the access log (one line per request, written off the request path).
@@ -1408,6 +1429,25 @@ mod tests {
             "{:?}",
             c.warnings
         );
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let c = parse_ok(
+            "[sticky]\nsecret = \"sticky-secret-value\"\n\
+             [acme.dns]\nserver = \"127.0.0.1:53\"\nzone = \"example.org\"\n\
+             key_name = \"k\"\nkey_secret = \"dHNpZy1zZWNyZXQtdmFsdWU=\"\n\
+             [admin]\ntoken = \"admin-token-value-0123456789\"\n",
+        );
+        let shown = format!("{c:?}");
+        for secret in [
+            "sticky-secret-value",
+            "dHNpZy1zZWNyZXQtdmFsdWU=",
+            "admin-token-value-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("***"));
     }
 
     #[test]
