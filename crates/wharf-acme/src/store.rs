@@ -116,6 +116,20 @@ impl FileStore {
     }
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (review L9): the file
+/// names are host names and the files keys, so nobody but Wharf's user lists them.
+/// Directories that already exist keep their mode.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
 /// Write `data` to `path` atomically: temporary file in the same directory, fsync, rename.
 async fn write_atomic(path: &Path, data: Vec<u8>, secret: bool) -> Result<(), AcmeError> {
     let path = path.to_owned();
@@ -123,7 +137,7 @@ async fn write_atomic(path: &Path, data: Vec<u8>, secret: bool) -> Result<(), Ac
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::io::Write;
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
         let tmp = dir.join(format!(
             ".{}.tmp{}",
             path.file_name().and_then(|s| s.to_str()).unwrap_or("entry"),
@@ -278,7 +292,10 @@ impl Store for FileStore {
 
     async fn try_lock(&self, id: &str, holder: &str, lease: Duration) -> Result<bool, AcmeError> {
         let dir = self.sub("locks");
-        tokio::fs::create_dir_all(&dir).await?;
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || create_private_dir(&d))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         let path = dir.join(format!("{id}.lock"));
         let content = format!("{holder} {}", unix(SystemTime::now() + lease));
         for _ in 0..2 {
@@ -364,6 +381,13 @@ mod tests {
         assert_eq!(files.len(), 1, "no temporary file left behind");
         let mode = files[0].metadata().unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // The directories Wharf creates are private too (the names are hosts).
+        let dmode = std::fs::metadata(dir.path().join("accounts"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
         assert!(s.put_challenge("../../etc/passwd", "x").await.is_err());
         assert_eq!(s.get_challenge("../x").await.unwrap(), None);
         s.put_challenge("tok-EN_1", "ka").await.unwrap();

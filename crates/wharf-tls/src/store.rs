@@ -559,7 +559,29 @@ fn read_pair(cert: &PathBuf, key: &PathBuf) -> Result<(Vec<u8>, Vec<u8>), TlsErr
             source,
         })
     };
-    Ok((read(cert)?, read(key)?))
+    let pair = (read(cert)?, read(key)?);
+    warn_if_readable_by_others(key);
+    Ok(pair)
+}
+
+/// A private key that other users may read is a warning (review L9), as
+/// OpenSSH refuses such keys; Wharf still loads it, since the file may be a
+/// secret mounted by an orchestrator with a mode the operator cannot change.
+fn warn_if_readable_by_others(key: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(key) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %key.display(),
+                    mode = %format!("{mode:o}"),
+                    "TLS private key is readable by group or others; chmod 600 it"
+                );
+            }
+        }
+    }
 }
 
 /// Checks `[[tls.certificates]]` pairs without a store (for `wharf check`).
