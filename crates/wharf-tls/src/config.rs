@@ -24,12 +24,18 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 const SESSION_CACHE: usize = 8192;
 
 /// Picks the certificate for each handshake from the store's current snapshot.
+/// With `strict_sni` (HAProxy's `strict-sni`), a handshake without a server name,
+/// or for a name no certificate covers, is refused instead of getting the
+/// default certificate (review L1: without SNI there is no Host/SNI check).
 #[derive(Debug)]
-pub(crate) struct Resolver(pub Arc<CertStore>);
+pub(crate) struct Resolver {
+    pub store: Arc<CertStore>,
+    pub strict_sni: bool,
+}
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let snap = self.0.snapshot();
+        let snap = self.store.snapshot();
         // RFC 8737 §3: a validation handshake offers exactly `acme-tls/1` and an
         // SNI; it gets the challenge certificate or nothing (handshake refused).
         let mut offered = hello.alpn().into_iter().flatten();
@@ -37,6 +43,9 @@ impl ResolvesServerCert for Resolver {
             if only == ACME_TLS_ALPN {
                 return hello.server_name().and_then(|n| snap.challenge(n));
             }
+        }
+        if self.strict_sni {
+            return hello.server_name().and_then(|n| snap.resolve_strict(n));
         }
         Some(snap.resolve(hello.server_name()))
     }
@@ -61,6 +70,16 @@ fn allowed(suite: &SupportedCipherSuite) -> bool {
 /// `http2` false only `http/1.1` is offered. `acme-tls/1` is always accepted, but
 /// the resolver answers it with a challenge certificate only.
 pub fn server_config(store: Arc<CertStore>, http2: bool) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(store, http2, false)
+}
+
+/// [`server_config`], with `strict_sni`: handshakes without SNI, or for a name
+/// no certificate covers, fail (`[entrypoints.*] strict_sni`).
+pub fn server_config_with(
+    store: Arc<CertStore>,
+    http2: bool,
+    strict_sni: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites.retain(allowed);
     let cfg_err = |e: rustls::Error| TlsError::Config(e.to_string());
@@ -68,7 +87,7 @@ pub fn server_config(store: Arc<CertStore>, http2: bool) -> Result<Arc<ServerCon
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(cfg_err)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver(store)));
+        .with_cert_resolver(Arc::new(Resolver { store, strict_sni }));
     let mut alpn = Vec::new();
     if http2 {
         alpn.push(ALPN_H2.to_vec());

@@ -16,7 +16,7 @@ mod store;
 pub use client::{
     backend_client_config, http11_only, server_name, BackendTlsError, BackendTlsSpec,
 };
-pub use config::{server_config, ACME_TLS_ALPN, ALPN_H2, ALPN_HTTP11};
+pub use config::{server_config, server_config_with, ACME_TLS_ALPN, ALPN_H2, ALPN_HTTP11};
 pub use pem::{certified_key_from_pem, names_of};
 pub use store::{check_files, CertId, CertInfo, CertSource, CertState, CertStore};
 

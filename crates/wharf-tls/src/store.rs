@@ -134,6 +134,12 @@ impl Snapshot {
         }
     }
 
+    /// Strict SNI: only a certificate that covers the server name, never the
+    /// default one.
+    pub(crate) fn resolve_strict(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        self.find(&normalize(sni)).map(|e| e.key.clone())
+    }
+
     pub(crate) fn challenge(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         self.alpn.get(&normalize(sni)).cloned()
     }

@@ -77,7 +77,19 @@ async fn handshake(
     sni: &str,
     alpn: &[&[u8]],
 ) -> Result<(Vec<String>, Option<Vec<u8>>), String> {
-    let server = tokio_rustls::TlsAcceptor::from(server_config(store.clone(), true).unwrap());
+    handshake_with(store, sni, alpn, false).await
+}
+
+/// [`handshake`] against a server with `strict_sni` set as given.
+async fn handshake_with(
+    store: &Arc<CertStore>,
+    sni: &str,
+    alpn: &[&[u8]],
+    strict_sni: bool,
+) -> Result<(Vec<String>, Option<Vec<u8>>), String> {
+    let server = tokio_rustls::TlsAcceptor::from(
+        crate::server_config_with(store.clone(), true, strict_sni).unwrap(),
+    );
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client(alpn)));
     let (a, b) = tokio::io::duplex(64 * 1024);
     let srv = tokio::spawn(async move {
@@ -417,4 +429,18 @@ async fn sessions_resume_with_tickets() {
             "{versions:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn strict_sni_refuses_no_name_and_unknown_names() {
+    let store = store_with(&[&["a.example"], &["*.w.example"]]);
+    // Default behaviour: no SNI and unknown names get the default certificate.
+    assert!(handshake(&store, "127.0.0.1", &[]).await.is_ok());
+    assert!(handshake(&store, "b.example", &[]).await.is_ok());
+    // Strict: only names a certificate covers.
+    let ok = handshake_with(&store, "a.example", &[], true).await.unwrap();
+    assert_eq!(ok.0, ["a.example"]);
+    assert!(handshake_with(&store, "x.w.example", &[], true).await.is_ok());
+    assert!(handshake_with(&store, "b.example", &[], true).await.is_err());
+    assert!(handshake_with(&store, "127.0.0.1", &[], true).await.is_err());
 }
