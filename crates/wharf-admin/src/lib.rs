@@ -132,7 +132,57 @@ struct RouteView<'a> {
     maxconn: Option<u32>,
     /// Requests waiting for a `maxconn` slot (the route's queue).
     queue: usize,
+    /// The client address ranges allowed, or `null` (everyone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipallowlist: Option<AllowView>,
+    /// Basic authentication: user names only, never hashes; `null` when off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    basicauth: Option<AuthView<'a>>,
+    /// Header rules: `[name, value]` set, `[name, null]` removed; values of
+    /// credential fields shown as `<redacted>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<HeadersView<'a>>,
     backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+struct AllowView {
+    ranges: Vec<String>,
+    depth: u32,
+}
+
+#[derive(Serialize)]
+struct AuthView<'a> {
+    users: Vec<&'a str>,
+    realm: &'a str,
+    remove_header: bool,
+}
+
+#[derive(Serialize)]
+struct HeadersView<'a> {
+    request: Vec<(&'a str, Option<&'a str>)>,
+    response: Vec<(&'a str, Option<&'a str>)>,
+}
+
+/// Header rules for the API, credential values redacted.
+fn header_view(rules: &[(http::HeaderName, Option<http::HeaderValue>)]) -> Vec<(&str, Option<&str>)> {
+    rules
+        .iter()
+        .map(|(n, v)| {
+            let name = n.as_str();
+            let secret = ["authorization", "cookie", "token", "secret", "password", "key"]
+                .iter()
+                .any(|w| name.contains(w));
+            let value = v.as_ref().map(|v| {
+                if secret {
+                    "<redacted>"
+                } else {
+                    v.to_str().unwrap_or("<binary>")
+                }
+            });
+            (name, value)
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -295,6 +345,19 @@ fn routes_json(table: &Table) -> Vec<u8> {
                 }),
                 maxconn: r.policy.maxconn.map(|m| m.limit),
                 queue,
+                ipallowlist: r.policy.ipallowlist.as_deref().map(|a| AllowView {
+                    ranges: a.ranges.iter().map(ToString::to_string).collect(),
+                    depth: a.depth,
+                }),
+                basicauth: r.policy.basicauth.as_deref().map(|b| AuthView {
+                    users: b.users.iter().map(|(u, _)| u.as_str()).collect(),
+                    realm: &b.realm,
+                    remove_header: b.remove_header,
+                }),
+                headers: r.policy.headers.as_deref().map(|h| HeadersView {
+                    request: header_view(&h.request),
+                    response: header_view(&h.response),
+                }),
                 backends: r
                     .backends
                     .all()

@@ -58,7 +58,16 @@ pub const ROUTE_KEYS: &[&str] = &[
     "backend_tls.insecure",
     "backend_tls.client_cert",
     "backend_tls.client_key",
+    "ipallowlist.ranges",
+    "ipallowlist.depth",
+    "basicauth.users",
+    "basicauth.realm",
+    "basicauth.remove_header",
 ];
+
+/// Route keys under which the rest of the key is a header name:
+/// `headers.request.X-Env`, `headers.response.X-Frame-Options`.
+pub const HEADER_KEY_PREFIXES: [&str; 2] = ["headers.request.", "headers.response."];
 
 /// `sticky` → `sticky.type`, `hsts` → `hsts.max_age`, `ratelimit` → `ratelimit.rate`.
 pub fn group_alias(key: &str) -> &str {
@@ -67,6 +76,8 @@ pub fn group_alias(key: &str) -> &str {
         "hsts" => "hsts.max_age",
         "ratelimit" => "ratelimit.rate",
         "maxconn" => "maxconn.limit",
+        "ipallowlist" => "ipallowlist.ranges",
+        "basicauth" => "basicauth.users",
         "hosts" => "host",
         other => other,
     }
@@ -293,7 +304,45 @@ pub struct RouteSpec {
     pub maxconn: Option<MaxConn>,
     /// TLS to the backends; only set (non-default) when `scheme` is `https`.
     pub backend_tls: BackendTls,
+    /// `ipallowlist.*`: only these client addresses.
+    pub ipallowlist: Option<IpAllowList>,
+    /// `basicauth.*`: HTTP Basic authentication.
+    pub basicauth: Option<BasicAuthSpec>,
+    /// `headers.request.<Name>` / `headers.response.<Name>`; `None` when no rule.
+    pub headers: Option<HeaderRules>,
 }
+
+pub use wharf_table::{HeaderRules, IpAllowList, PasswordHash};
+
+/// `basicauth.*` as validated: users with parsed hashes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuthSpec {
+    pub users: Vec<(String, PasswordHash)>,
+    pub realm: String,
+    pub remove_header: bool,
+}
+
+impl std::fmt::Debug for BasicAuthSpec {
+    /// User names only: hashes stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthSpec")
+            .field(
+                "users",
+                &self.users.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+            )
+            .field("realm", &self.realm)
+            .field("remove_header", &self.remove_header)
+            .finish()
+    }
+}
+
+impl BasicAuthSpec {
+    /// Traefik's default realm is `traefik`; Wharf's is its own name.
+    pub const DEFAULT_REALM: &'static str = "wharf";
+}
+
+/// The deepest `X-Forwarded-For` entry `ipallowlist.depth` may name.
+pub const MAX_XFF_DEPTH: u32 = 32;
 
 impl RouteSpec {
     /// Settings of this route that are accepted and validated but not enforced by
@@ -396,8 +445,13 @@ pub fn parse_route_with(
 ) -> Result<RouteSpec, Vec<KeyProblem>> {
     let mut problems = Vec::new();
     let mut get = std::collections::BTreeMap::<&str, (&str, &str)>::new();
+    let mut header_pairs: Vec<(&str, &str)> = Vec::new();
     for (key, value) in pairs {
         let canon = group_alias(key);
+        if HEADER_KEY_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            header_pairs.push((key.as_str(), value.as_str()));
+            continue;
+        }
         if !ROUTE_KEYS.contains(&canon) {
             let hint = values::suggest(key, ROUTE_KEYS.iter().copied())
                 .map(|s| format!("; did you mean `{s}`?"))
@@ -447,6 +501,9 @@ pub fn parse_route_with(
         ratelimit: None,
         maxconn: None,
         backend_tls: BackendTls::default(),
+        ipallowlist: None,
+        basicauth: None,
+        headers: None,
     };
 
     field("name", &mut |v| {
@@ -970,6 +1027,7 @@ pub fn parse_route_with(
         }
         None => {}
     }
+    middleware_keys(&get, &header_pairs, &mut spec, &mut problems);
     if spec.hosts.is_empty() && !get.contains_key("host") {
         problems.push(KeyProblem {
             key: "host".into(),
@@ -987,6 +1045,317 @@ pub fn parse_route_with(
     } else {
         Err(problems)
     }
+}
+
+/// `ipallowlist.*`, `basicauth.*` and `headers.*`: each key checked on its own,
+/// every problem named under the key as written (values of secret keys are never
+/// echoed in messages).
+fn middleware_keys(
+    get: &std::collections::BTreeMap<&str, (&str, &str)>,
+    header_pairs: &[(&str, &str)],
+    spec: &mut RouteSpec,
+    problems: &mut Vec<KeyProblem>,
+) {
+    let mut fail = |key: &str, message: String| {
+        problems.push(KeyProblem {
+            key: key.to_string(),
+            message,
+        })
+    };
+    // ipallowlist
+    if let Some((key, v)) = get.get("ipallowlist.ranges") {
+        let mut ranges = Vec::new();
+        let mut ok = true;
+        for r in values::list(v) {
+            match parse_range(&r) {
+                Ok(n) => ranges.push(n),
+                Err(m) => {
+                    fail(key, m);
+                    ok = false;
+                }
+            }
+        }
+        if ok && ranges.is_empty() {
+            fail(
+                key,
+                "no address range given; write e.g. `10.0.0.0/8,192.168.0.0/16` (an empty \
+                 allow-list would refuse everyone)"
+                    .into(),
+            );
+            ok = false;
+        }
+        let mut depth = 0;
+        if let Some((dkey, dv)) = get.get("ipallowlist.depth") {
+            match values::number::<u32>(dv, "depth (a whole number)") {
+                Ok(d) if d <= MAX_XFF_DEPTH => depth = d,
+                Ok(_) => {
+                    fail(
+                        dkey,
+                        format!("`{}` is deeper than {MAX_XFF_DEPTH} proxies; write e.g. `1`", dv.trim()),
+                    );
+                    ok = false;
+                }
+                Err(m) => {
+                    fail(dkey, m);
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            spec.ipallowlist = Some(IpAllowList { ranges, depth });
+        }
+    } else if let Some((key, _)) = get.get("ipallowlist.depth") {
+        fail(
+            key,
+            "ipallowlist settings given without `ipallowlist` (the ranges), which enables them"
+                .into(),
+        );
+    }
+    // basicauth
+    if let Some((key, v)) = get.get("basicauth.users") {
+        let mut users: Vec<(String, PasswordHash)> = Vec::new();
+        let mut ok = true;
+        for line in values::list(v) {
+            match parse_htpasswd(&line) {
+                Ok((user, hash)) => {
+                    if users.iter().any(|(u, _)| *u == user) {
+                        fail(key, format!("user `{user}` is listed twice"));
+                        ok = false;
+                    } else {
+                        users.push((user, hash));
+                    }
+                }
+                Err(m) => {
+                    fail(key, m);
+                    ok = false;
+                }
+            }
+        }
+        if ok && users.is_empty() {
+            fail(
+                key,
+                "no user given; write `user:hash` lines (e.g. from `htpasswd -nbB user \
+                 password`), comma-separated"
+                    .into(),
+            );
+            ok = false;
+        }
+        let mut realm = BasicAuthSpec::DEFAULT_REALM.to_string();
+        if let Some((rkey, rv)) = get.get("basicauth.realm") {
+            let r = rv.trim();
+            if r.is_empty()
+                || r.len() > 128
+                || r.chars().any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
+            {
+                fail(
+                    rkey,
+                    format!(
+                        "`{}` is not a realm: 1 to 128 printable ASCII characters without `\"` \
+                         or `\\`, e.g. `wharf`",
+                        rv.escape_debug()
+                    ),
+                );
+                ok = false;
+            } else {
+                realm = r.to_string();
+            }
+        }
+        let mut remove_header = false;
+        if let Some((rkey, rv)) = get.get("basicauth.remove_header") {
+            match values::boolean(rv) {
+                Ok(b) => remove_header = b,
+                Err(m) => {
+                    fail(rkey, m);
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            spec.basicauth = Some(BasicAuthSpec {
+                users,
+                realm,
+                remove_header,
+            });
+        }
+    } else {
+        for k in ["basicauth.realm", "basicauth.remove_header"] {
+            if let Some((key, _)) = get.get(k) {
+                fail(
+                    key,
+                    "basicauth settings given without `basicauth.users`, which enables them"
+                        .into(),
+                );
+            }
+        }
+    }
+    // headers
+    let mut rules = HeaderRules::default();
+    for (key, value) in header_pairs {
+        let (side, name) = match key.strip_prefix(HEADER_KEY_PREFIXES[0]) {
+            Some(n) => (&mut rules.request, n),
+            None => (
+                &mut rules.response,
+                key.strip_prefix(HEADER_KEY_PREFIXES[1]).unwrap_or_default(),
+            ),
+        };
+        match header_rule(name, value) {
+            Ok((n, v)) => {
+                if side.iter().any(|(have, _)| *have == n) {
+                    fail(key, format!("header `{n}` is set twice"));
+                } else {
+                    side.push((n, v));
+                }
+            }
+            Err(m) => fail(key, m),
+        }
+    }
+    if !rules.request.is_empty() || !rules.response.is_empty() {
+        spec.headers = Some(rules);
+    }
+}
+
+/// A CIDR range or a single address (`10.0.0.1` is `10.0.0.1/32`), made
+/// canonical: an IPv4-mapped IPv6 range is written as the IPv4 range.
+fn parse_range(r: &str) -> Result<ipnet::IpNet, String> {
+    let r = r.trim();
+    let net: ipnet::IpNet = match r.parse::<ipnet::IpNet>() {
+        Ok(n) => n,
+        Err(_) => match r.parse::<std::net::IpAddr>() {
+            Ok(ip) => ipnet::IpNet::from(ip),
+            Err(_) => {
+                return Err(format!(
+                    "`{}` is not an address range; write CIDR such as `10.0.0.0/8`, \
+                     `2001:db8::/32` or a single address",
+                    r.escape_debug()
+                ))
+            }
+        },
+    };
+    if let ipnet::IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(|n| ipnet::IpNet::V4(n.trunc()))
+                    .map_err(|e| e.to_string());
+            }
+        }
+    }
+    Ok(net.trunc())
+}
+
+/// One htpasswd line, `user:hash`, with a hash Traefik accepts: bcrypt
+/// (`$2y$`, `$2b$`, `$2a$`), `{SHA}` or `$apr1$`. Plain text is refused (Traefik
+/// would take it as a crypt(3) hash that nothing matches). Messages name the user,
+/// never the hash.
+pub fn parse_htpasswd(line: &str) -> Result<(String, PasswordHash), String> {
+    let line = line.trim();
+    let Some((user, hash)) = line.split_once(':') else {
+        return Err(
+            "an entry is not `user:hash`; write lines as `htpasswd -nbB user password` prints \
+             them"
+                .into(),
+        );
+    };
+    if user.is_empty() || user.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("an entry has an empty user name or one with spaces or control characters".into());
+    }
+    let bad = |what: &str| {
+        Err(format!(
+            "user `{user}`: {what}; use a bcrypt (`htpasswd -nbB`), SHA1 (`htpasswd -nbs`) or \
+             apr1 (`htpasswd -nbm`) hash, never the password itself"
+        ))
+    };
+    let b64 = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '/';
+    if let Some(rest) = ["$2y$", "$2b$", "$2a$"]
+        .iter()
+        .find_map(|p| hash.strip_prefix(p))
+    {
+        // cost (2 digits) `$` 22 salt + 31 hash characters.
+        let ok = rest.len() == 56
+            && rest.as_bytes()[2] == b'$'
+            && rest[..2].parse::<u32>().is_ok_and(|c| (4..=31).contains(&c))
+            && rest[3..].chars().all(b64);
+        return if ok {
+            Ok((user.to_string(), PasswordHash::Bcrypt(hash.to_string())))
+        } else {
+            bad("the bcrypt hash is malformed")
+        };
+    }
+    if let Some(rest) = hash.strip_prefix("{SHA}") {
+        use base64::Engine as _;
+        return match base64::engine::general_purpose::STANDARD.decode(rest) {
+            Ok(d) if d.len() == 20 => {
+                let mut out = [0u8; 20];
+                out.copy_from_slice(&d);
+                Ok((user.to_string(), PasswordHash::Sha1(out)))
+            }
+            _ => bad("the {SHA} hash is not base64 of 20 bytes"),
+        };
+    }
+    if let Some(rest) = hash.strip_prefix("$apr1$") {
+        return match rest.split_once('$') {
+            Some((salt, h))
+                if !salt.is_empty()
+                    && salt.len() <= 8
+                    && salt.chars().all(b64)
+                    && h.len() == 22
+                    && h.chars().all(b64) =>
+            {
+                Ok((
+                    user.to_string(),
+                    PasswordHash::Apr1 {
+                        salt: salt.to_string(),
+                        hash: h.to_string(),
+                    },
+                ))
+            }
+            _ => bad("the $apr1$ hash is malformed"),
+        };
+    }
+    bad("the hash is plain text or of a kind Wharf does not verify")
+}
+
+/// Framing and hop-by-hop fields a header rule may not touch: setting them would
+/// desynchronise the proxy and the backend (request smuggling).
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+];
+
+/// `headers.request.<name> = value`: a valid field name and value; an empty value
+/// removes the field (as Traefik does).
+fn header_rule(
+    name: &str,
+    value: &str,
+) -> Result<(http::HeaderName, Option<http::HeaderValue>), String> {
+    let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        format!(
+            "`{}` is not a header name ({TOKEN_CHARS})",
+            name.escape_debug()
+        )
+    })?;
+    if RESERVED_HEADERS.contains(&n.as_str()) {
+        return Err(format!(
+            "`{n}` is a framing or hop-by-hop field the proxy manages; it cannot be set or removed"
+        ));
+    }
+    let v = value.trim();
+    if v.is_empty() {
+        return Ok((n, None));
+    }
+    let hv = http::HeaderValue::from_str(v).map_err(|_| {
+        "the value has a control character or a non-ASCII byte; a header value is visible \
+         ASCII, spaces and tabs"
+            .to_string()
+    })?;
+    Ok((n, Some(hv)))
 }
 
 /// `backend_tls.server_name`: a DNS name or an IP address, exactly as

@@ -21,25 +21,15 @@ use crate::labels::{Draft, Label, Pair, Problems};
 use crate::route::RateLimit;
 use crate::values;
 
-/// `traefik.enable` if set (malformed → Error, reported), else `Some(true)` when
-/// the service has a routing rule, as Traefik v1's default `exposedByDefault` did.
+/// `traefik.enable` if set (malformed → Error, reported), else `None`: the
+/// caller applies `docker.exposed_by_default`. A routing rule never enables a
+/// service on its own (Traefik v2 semantics; security review M5): with the
+/// shipped `exposed_by_default = true`, v1 labels without `traefik.enable`
+/// still route; with `false`, `traefik.enable=true` (or `wharf.enable=true`) is
+/// needed whatever the labels.
 pub(crate) fn enabled(labels: &[Label], pr: &mut Problems) -> Option<Result<bool, ()>> {
-    if let Some(l) = labels.iter().find(|l| l.key == "traefik.enable") {
-        return Some(values::boolean(l.value).map_err(|m| pr.error(l, m)));
-    }
-    labels.iter().any(|l| is_rule(&l.key)).then_some(Ok(true))
-}
-
-fn is_rule(key: &str) -> bool {
-    key == "traefik.frontend.rule"
-        || key
-            .strip_prefix("traefik.")
-            .and_then(|r| r.strip_suffix(".frontend.rule"))
-            .is_some_and(|segment| !segment.contains('.') && !V1_WORDS.contains(&segment))
-        || key
-            .strip_prefix("traefik.http.routers.")
-            .and_then(|r| r.strip_suffix(".rule"))
-            .is_some_and(|name| !name.contains('.'))
+    let l = labels.iter().find(|l| l.key == "traefik.enable")?;
+    Some(values::boolean(l.value).map_err(|m| pr.error(l, m)))
 }
 
 const UNSUPPORTED: &str = "not supported by Wharf; ignored";
@@ -111,6 +101,98 @@ struct Middleware<'a> {
     redirect_scheme: Option<&'a Label<'a>>,
 }
 
+/// A middleware's options beyond ratelimit/sts/redirectscheme: the ones Wharf
+/// enforces (basicauth, ipallowlist, custom headers) and those it cannot, which
+/// make every router using the middleware an error (fail closed, review H1).
+#[derive(Default)]
+struct MwExtra<'a> {
+    ba_users: Option<&'a Label<'a>>,
+    ba_realm: Option<&'a Label<'a>>,
+    ba_remove: Option<&'a Label<'a>>,
+    ip_ranges: Option<&'a Label<'a>>,
+    ip_depth: Option<&'a Label<'a>>,
+    /// (route key, label, value): header rules, including the security headers
+    /// Traefik's `headers` middleware sets from booleans.
+    headers: Vec<(String, &'a Label<'a>, String)>,
+    refused: Vec<(&'a Label<'a>, String)>,
+}
+
+/// What Wharf enforces of Traefik's middlewares, for messages.
+const ENFORCED_MIDDLEWARES: &str = "Wharf enforces basicauth (users, realm, removeheader), \
+     ipallowlist/ipwhitelist (sourcerange, ipstrategy.depth), headers (customrequestheaders, \
+     customresponseheaders, sts*, framedeny, customframeoptionsvalue, contenttypenosniff, \
+     browserxssfilter, referrerpolicy, contentsecuritypolicy, permissionspolicy), ratelimit and \
+     redirectscheme";
+
+/// Sorts one middleware option into `x`; false when it is not one of these.
+fn extra_option<'a>(opt: &str, l: &'a Label<'a>, x: &mut MwExtra<'a>) -> bool {
+    let refuse = |x: &mut MwExtra<'a>, why: String| x.refused.push((l, why));
+    match opt {
+        "basicauth.users" => x.ba_users = Some(l),
+        "basicauth.realm" => x.ba_realm = Some(l),
+        "basicauth.removeheader" => x.ba_remove = Some(l),
+        "basicauth.usersfile" => refuse(
+            x,
+            "basicauth.usersfile names a file in Traefik's container, which labels cannot give \
+             Wharf; list the users in basicauth.users"
+                .into(),
+        ),
+        "ipallowlist.sourcerange" | "ipwhitelist.sourcerange" => x.ip_ranges = Some(l),
+        "ipallowlist.ipstrategy.depth" | "ipwhitelist.ipstrategy.depth" => x.ip_depth = Some(l),
+        "ipallowlist.rejectstatuscode" if l.value.trim() == "403" => {}
+        // Other redirectscheme options keep their warnings (no security setting).
+        o if o.starts_with("redirectscheme.") => return false,
+        o if o.starts_with("headers.customrequestheaders.") => x.headers.push((
+            format!("headers.request.{}", &o["headers.customrequestheaders.".len()..]),
+            l,
+            l.value.to_string(),
+        )),
+        o if o.starts_with("headers.customresponseheaders.") => x.headers.push((
+            format!("headers.response.{}", &o["headers.customresponseheaders.".len()..]),
+            l,
+            l.value.to_string(),
+        )),
+        "headers.framedeny"
+        | "headers.contenttypenosniff"
+        | "headers.browserxssfilter" => match values::boolean(l.value) {
+            Ok(true) => {
+                let (name, value) = match opt {
+                    "headers.framedeny" => ("X-Frame-Options", "DENY"),
+                    "headers.contenttypenosniff" => ("X-Content-Type-Options", "nosniff"),
+                    _ => ("X-XSS-Protection", "1; mode=block"),
+                };
+                x.headers.push((format!("headers.response.{name}"), l, value.into()));
+            }
+            Ok(false) => {}
+            Err(m) => refuse(x, m),
+        },
+        "headers.customframeoptionsvalue"
+        | "headers.referrerpolicy"
+        | "headers.contentsecuritypolicy"
+        | "headers.permissionspolicy" => {
+            let name = match opt {
+                "headers.customframeoptionsvalue" => "X-Frame-Options",
+                "headers.referrerpolicy" => "Referrer-Policy",
+                "headers.contentsecuritypolicy" => "Content-Security-Policy",
+                _ => "Permissions-Policy",
+            };
+            x.headers
+                .push((format!("headers.response.{name}"), l, l.value.to_string()));
+        }
+        o => {
+            let kind = o.split('.').next().unwrap_or(o);
+            let why = match kind {
+                "basicauth" | "ipallowlist" | "ipwhitelist" | "headers" => {
+                    format!("the {kind} option `{}` is not one Wharf can honour", &o[kind.len()..].trim_start_matches('.'))
+                }
+                _ => format!("the `{kind}` middleware is not enforced by Wharf"),
+            };
+            refuse(x, format!("{why} ({ENFORCED_MIDDLEWARES})"));
+        }
+    }
+    true
+}
+
 /// First words of v1 keys that are not segment names.
 const V1_WORDS: &[&str] = &[
     "frontend", "backend", "port", "protocol", "weight", "docker", "http", "tcp", "udp", "tags",
@@ -121,6 +203,10 @@ const V1_WORDS: &[&str] = &[
 #[derive(Default, Clone, Copy)]
 struct V1<'a> {
     rule: Option<&'a Label<'a>>,
+    /// `frontend.auth.basic(.users)`, `.removeheader`, `frontend.whitelist.sourcerange`.
+    auth_users: Option<&'a Label<'a>>,
+    auth_remove: Option<&'a Label<'a>>,
+    whitelist: Option<&'a Label<'a>>,
     entrypoints: Option<&'a Label<'a>>,
     redirect: Option<&'a Label<'a>>,
     sts: Middleware<'a>,
@@ -132,6 +218,11 @@ impl<'a> V1<'a> {
     fn slot(&mut self, opt: &str) -> Option<&mut Option<&'a Label<'a>>> {
         Some(match opt {
             "frontend.rule" => &mut self.rule,
+            "frontend.auth.basic" | "frontend.auth.basic.users" => &mut self.auth_users,
+            "frontend.auth.basic.removeheader" => &mut self.auth_remove,
+            "frontend.whitelist.sourcerange" | "frontend.whitelistsourcerange" => {
+                &mut self.whitelist
+            }
             "frontend.entrypoints" => &mut self.entrypoints,
             "frontend.redirect.entrypoint" => &mut self.redirect,
             "frontend.headers.stsseconds" => &mut self.sts.sts_seconds,
@@ -157,6 +248,9 @@ impl<'a> V1<'a> {
         let (b, r) = (&self.backend, &root.backend);
         V1 {
             rule: self.rule.or(root.rule),
+            auth_users: self.auth_users.or(root.auth_users),
+            auth_remove: self.auth_remove.or(root.auth_remove),
+            whitelist: self.whitelist.or(root.whitelist),
             entrypoints: self.entrypoints.or(root.entrypoints),
             redirect: self.redirect.or(root.redirect),
             sts: Middleware {
@@ -229,6 +323,7 @@ pub(crate) fn translate(
     let mut routers: BTreeMap<String, Router> = BTreeMap::new();
     let mut services: BTreeMap<String, Backend> = BTreeMap::new();
     let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
+    let mut extras: BTreeMap<String, MwExtra> = BTreeMap::new();
     let mut transports: BTreeMap<String, Transport> = BTreeMap::new();
     // v1: the root frontend (`traefik.frontend.rule`, ...) and segments
     // (`traefik.<segment>.frontend.rule`, ...), whose unset keys fall back to the root.
@@ -333,6 +428,11 @@ pub(crate) fn translate(
                     }
                     continue;
                 }
+                o if !o.starts_with("ratelimit.")
+                    && extra_option(o, l, extras.entry(name.to_string()).or_default()) =>
+                {
+                    continue;
+                }
                 o if o.starts_with("ratelimit.") => {
                     pr.warn(
                         l,
@@ -390,6 +490,25 @@ pub(crate) fn translate(
                     }
                 }
             }
+            let sub = opt.split_once('.').map_or(opt, |(seg, rest)| {
+                if V1_WORDS.contains(&seg) {
+                    opt
+                } else {
+                    rest
+                }
+            });
+            if sub.starts_with("frontend.auth")
+                || sub.starts_with("frontend.whitelist")
+                || sub.starts_with("frontend.headers.")
+            {
+                pr.error(
+                    l,
+                    "a Traefik v1 auth, whitelist or headers option Wharf cannot enforce; the \
+                     frontend is not routed (fail closed). Wharf enforces frontend.auth.basic(.users), \
+                     .auth.basic.removeheader, frontend.whitelist.sourcerange and the sts headers",
+                );
+                continue;
+            }
             pr.warn(l, UNSUPPORTED);
         }
     }
@@ -431,6 +550,17 @@ pub(crate) fn translate(
         let backend = backend_pairs(&f.backend, true, exposed_ports, pr);
         let mut fx = Effects::default();
         sts_pairs(&f.sts, &mut fx, pr);
+        if let Some(l) = f.auth_users {
+            fx.pairs.push(Pair::new("basicauth.users", l.written, l.value));
+            fx.pairs.push(Pair::new("basicauth.realm", l.written, "traefik"));
+        }
+        if let Some(l) = f.auth_remove {
+            fx.pairs
+                .push(Pair::new("basicauth.remove_header", l.written, l.value));
+        }
+        if let Some(l) = f.whitelist {
+            fx.pairs.push(Pair::new("ipallowlist.ranges", l.written, l.value));
+        }
         if let Some(l) = f.redirect {
             // v1 redirects to a named entrypoint, in practice the https one.
             fx.redirect = Some(Pair::new("https_redirect", l.written, "true"));
@@ -539,14 +669,28 @@ pub(crate) fn translate(
                 match middlewares.get(name) {
                     Some(mw) if !name.contains('@') => {
                         used_mw.push(name.to_string());
-                        middleware_effects(mw, &mut fx, pr)
+                        middleware_effects(mw, &mut fx, pr);
+                        if let Some(x) = extras.get(name) {
+                            extra_effects(rname, name, x, &mut fx, pr);
+                        }
                     }
-                    _ => pr.warn(
-                        l,
-                        format!(
-                            "middleware `{m}` is not defined by this service's labels; ignored"
-                        ),
-                    ),
+                    _ => {
+                        let why = if name.contains('@') {
+                            "comes from another provider, which Wharf does not read (only \
+                             `@docker` middlewares defined by this service's own labels)"
+                        } else {
+                            "is not defined by this service's labels"
+                        };
+                        pr.error(
+                            l,
+                            format!(
+                                "router `{rname}`: middleware `{m}` {why}, so Wharf cannot \
+                                 enforce it; the router is not created (fail closed). Define it \
+                                 with traefik.http.middlewares.<name>.* labels on this service, \
+                                 or use wharf.* labels"
+                            ),
+                        )
+                    }
                 }
             }
         }
@@ -630,8 +774,26 @@ pub(crate) fn translate(
         let mut fx = Effects::default();
         for p in &g {
             for pair in &p.fx.pairs {
-                if !fx.pairs.iter().any(|x| x.key == pair.key) {
-                    fx.pairs.push(pair.clone());
+                match fx.pairs.iter().find(|x| x.key == pair.key) {
+                    None => fx.pairs.push(pair.clone()),
+                    Some(x)
+                        if x.value != pair.value
+                            && (pair.key.starts_with("basicauth.")
+                                || pair.key.starts_with("ipallowlist.")) =>
+                    {
+                        pr.error(
+                            p.rule,
+                            format!(
+                                "routers `{}` and `{}` have the same rule but different {} \
+                                 middlewares; Wharf serves them as one route, so give them the \
+                                 same middlewares",
+                                first.router,
+                                p.router,
+                                pair.key.split('.').next().unwrap_or("")
+                            ),
+                        );
+                    }
+                    Some(_) => {}
                 }
             }
             fx.hsts |= p.fx.hsts;
@@ -1154,6 +1316,53 @@ fn middleware_effects(m: &Middleware, fx: &mut Effects, pr: &mut Problems) {
     }
 }
 
+/// A middleware's basicauth, ipallowlist and header options as route keys, or
+/// an error per option Wharf cannot honour (the router is then not created).
+fn extra_effects(router: &str, name: &str, x: &MwExtra, fx: &mut Effects, pr: &mut Problems) {
+    for (l, why) in &x.refused {
+        pr.error(
+            l,
+            format!(
+                "router `{router}` uses middleware `{name}`: {why}; the router is not created \
+                 (fail closed)"
+            ),
+        );
+    }
+    let mut add = |key: &str, l: &Label, value: &str, pr: &mut Problems| {
+        if fx.pairs.iter().any(|p| p.key == key) {
+            pr.error(
+                l,
+                format!(
+                    "router `{router}`: `{key}` is set by two of its middlewares; Wharf enforces \
+                     one per route, so merge them into one middleware"
+                ),
+            );
+            return;
+        }
+        fx.pairs.push(Pair::from_label(key, l, value));
+    };
+    if let Some(l) = x.ba_users {
+        add("basicauth.users", l, l.value, pr);
+        // Traefik's default realm.
+        if x.ba_realm.is_none() {
+            add("basicauth.realm", l, "traefik", pr);
+        }
+    }
+    for (key, l) in [
+        ("basicauth.realm", x.ba_realm),
+        ("basicauth.remove_header", x.ba_remove),
+        ("ipallowlist.ranges", x.ip_ranges),
+        ("ipallowlist.depth", x.ip_depth),
+    ] {
+        if let Some(l) = l {
+            add(key, l, l.value, pr);
+        }
+    }
+    for (key, l, value) in &x.headers {
+        add(key, l, value, pr);
+    }
+}
+
 /// Traefik's rateLimit: `average` requests per `period` (default 1s; an average
 /// of 0 is no limit), a bucket of `burst` (default 1, and a smaller one counts as
 /// 1), counted per client address unless `sourceCriterion` names a request
@@ -1655,8 +1864,22 @@ mod tests {
     use wharf_table::Scheme;
 
     use super::*;
-    use crate::labels::tests::{errors, run, run_with, warnings};
+    use crate::labels::tests::{errors, run_with, warnings};
     use crate::labels::{LabelOptions, ServiceRoutes};
+
+    /// Traefik-labelled services as under `exposed_by_default = true`, where a
+    /// rule without `traefik.enable` routes (a rule alone never enables: see
+    /// [`enabled`] and `rules_never_enable_on_their_own`).
+    fn run(labels: &[(&str, &str)], ports: &[u16]) -> ServiceRoutes {
+        run_with(
+            labels,
+            ports,
+            LabelOptions {
+                exposed_by_default: true,
+                ..LabelOptions::default()
+            },
+        )
+    }
     use crate::route::{StickyType, TlsMode};
 
     fn names(r: &ServiceRoutes) -> Vec<&str> {
@@ -2021,7 +2244,8 @@ mod tests {
             &[80, 81],
         );
         assert_eq!(errors(&r)[0].label, "traefik.port");
-        // Unknown segment keys are warnings.
+        // A segment's basic auth is enforced: a plain-text password is refused
+        // (an error, the value redacted), never dropped with a warning.
         let r = run(
             &[
                 ("traefik.a.frontend.rule", "Host:a.org"),
@@ -2029,7 +2253,20 @@ mod tests {
             ],
             &[80],
         );
-        assert_eq!(warnings(&r)[0].label, "traefik.a.frontend.auth.basic");
+        assert!(r.routes.is_empty());
+        let e = errors(&r);
+        assert_eq!(e[0].label, "traefik.a.frontend.auth.basic", "{e:#?}");
+        assert_eq!(e[0].value, crate::labels::REDACTED);
+        assert!(e[0].message.contains("plain text"), "{}", e[0].message);
+        // Unknown segment keys are warnings.
+        let r = run(
+            &[
+                ("traefik.a.frontend.rule", "Host:a.org"),
+                ("traefik.a.frontend.priority", "3"),
+            ],
+            &[80],
+        );
+        assert_eq!(warnings(&r)[0].label, "traefik.a.frontend.priority");
     }
 
     #[test]
@@ -2660,18 +2897,18 @@ mod tests {
 
     #[test]
     fn unsupported_keys_are_warnings_naming_the_key() {
+        // Keys that change no security setting: warnings, the route served.
         let r = run(
             &[
                 ("traefik.http.routers.a.rule", "Host(`a.org`)"),
                 ("traefik.http.routers.a.priority", "10"),
-                ("traefik.http.routers.a.middlewares", "auth,strip@file"),
-                ("traefik.http.middlewares.auth.basicauth.users", "u:p"),
                 (
                     "traefik.http.services.a.loadbalancer.responseforwarding.flushinterval",
                     "1s",
                 ),
                 ("traefik.tcp.routers.db.rule", "HostSNI(`*`)"),
                 ("traefik.frontend.priority", "5"),
+                ("traefik.http.routers.a.middlewares", "r"),
                 ("traefik.http.middlewares.r.redirectscheme.scheme", "http"),
             ],
             &[80],
@@ -2680,21 +2917,222 @@ mod tests {
         let w: Vec<&str> = warnings(&r).iter().map(|p| p.label.as_str()).collect();
         for key in [
             "traefik.http.routers.a.priority",
-            "traefik.http.middlewares.auth.basicauth.users",
             "traefik.http.services.a.loadbalancer.responseforwarding.flushinterval",
             "traefik.tcp.routers.db.rule",
             "traefik.frontend.priority",
             "traefik.http.middlewares.r.redirectscheme.scheme",
-            "traefik.http.routers.a.middlewares",
         ] {
             assert!(w.contains(&key), "{key} missing from {w:?}");
         }
-        let strip = warnings(&r)
-            .into_iter()
-            .find(|p| p.message.contains("strip@file"))
-            .unwrap();
-        assert!(strip.message.contains("not defined"));
         assert_eq!(r.routes.len(), 1);
+    }
+
+    /// The service's errors as (label, value, message).
+    fn refused(labels: &[(&str, &str)]) -> Vec<(String, String, String)> {
+        let r = run(labels, &[80]);
+        assert!(r.routes.is_empty(), "{:#?}", r.routes);
+        errors(&r)
+            .into_iter()
+            .map(|p| (p.label.clone(), p.value.clone(), p.message.clone()))
+            .collect()
+    }
+
+    const BCRYPT: &str = "admin:$2y$05$Tx6oWiW5cBWFUx.zUhnBqeWwzqxeVePcGjEjVO4jNz.sWtV7tPTwm";
+
+    #[test]
+    fn middlewares_wharf_cannot_enforce_are_errors_for_the_router() {
+        let base = [
+            ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
+            ("traefik.http.services.adm.loadbalancer.server.port", "80"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            refused(&v)
+        };
+        // A middleware from another provider, or not defined at all.
+        for m in ["auth@file", "authelia@docker", "nope", "auth@kubernetescrd"] {
+            let e = with(&[("traefik.http.routers.adm.middlewares", m)]);
+            assert_eq!(e.len(), 1, "{e:#?}");
+            assert_eq!(e[0].0, "traefik.http.routers.adm.middlewares");
+            assert!(e[0].2.contains(&format!("middleware `{m}`")), "{}", e[0].2);
+            assert!(e[0].2.contains("router `adm`"), "{}", e[0].2);
+            assert!(e[0].2.contains("fail closed"), "{}", e[0].2);
+        }
+        // Middlewares and options Wharf cannot honour: the option's key is named.
+        for (key, value, needle) in [
+            ("traefik.http.middlewares.m.digestauth.users", "u:r:h", "`digestauth` middleware"),
+            ("traefik.http.middlewares.m.forwardauth.address", "http://authelia", "`forwardauth`"),
+            ("traefik.http.middlewares.m.chain.middlewares", "a,b", "`chain`"),
+            ("traefik.http.middlewares.m.stripprefix.prefixes", "/x", "`stripprefix`"),
+            ("traefik.http.middlewares.m.redirectregex.regex", "^x", "`redirectregex`"),
+            (
+                "traefik.http.middlewares.m.ipallowlist.ipstrategy.excludedips",
+                "10.0.0.1",
+                "ipallowlist option `ipstrategy.excludedips`",
+            ),
+            ("traefik.http.middlewares.m.basicauth.usersfile", "/etc/users", "usersfile"),
+            ("traefik.http.middlewares.m.headers.accesscontrolalloworigin", "*", "headers option"),
+        ] {
+            let e = with(&[("traefik.http.routers.adm.middlewares", "m"), (key, value)]);
+            assert!(
+                e.iter().any(|(l, _, m)| l == key
+                    && m.contains(needle)
+                    && m.contains("router `adm` uses middleware `m`")
+                    && m.contains("not created")),
+                "{key}: {e:#?}"
+            );
+        }
+        // The same middleware unused by any router: a warning, nothing exposed.
+        let r = run(
+            &[
+                ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
+                ("traefik.http.middlewares.m.forwardauth.address", "http://a"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        // v1 auth and whitelist options Wharf cannot enforce.
+        for key in [
+            "traefik.frontend.auth.forward.address",
+            "traefik.frontend.auth.digest.users",
+            "traefik.frontend.whitelist.usexforwardedfor",
+            "traefik.frontend.headers.customrequestheaders",
+        ] {
+            let e = refused(&[("traefik.frontend.rule", "Host:a.org"), (key, "x")]);
+            assert_eq!(e[0].0, key, "{e:#?}");
+        }
+    }
+
+    #[test]
+    fn basicauth_ipallowlist_and_headers_map_from_v2_and_v3() {
+        for kind in ["ipallowlist", "ipwhitelist"] {
+            let src = format!("traefik.http.middlewares.ip.{kind}.sourcerange");
+            let depth = format!("traefik.http.middlewares.ip.{kind}.ipstrategy.depth");
+            let r = run(
+                &[
+                    ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
+                    ("traefik.http.routers.adm.middlewares", "auth@docker,ip,hdr"),
+                    ("traefik.http.middlewares.auth.basicauth.users", BCRYPT),
+                    ("traefik.http.middlewares.auth.basicauth.removeheader", "true"),
+                    (&src, "10.0.0.0/8, 192.168.1.7"),
+                    (&depth, "1"),
+                    (
+                        "traefik.http.middlewares.hdr.headers.customrequestheaders.X-Env",
+                        "prod",
+                    ),
+                    (
+                        "traefik.http.middlewares.hdr.headers.customrequestheaders.X-Drop",
+                        "",
+                    ),
+                    (
+                        "traefik.http.middlewares.hdr.headers.customresponseheaders.Server",
+                        "",
+                    ),
+                    ("traefik.http.middlewares.hdr.headers.framedeny", "true"),
+                ],
+                &[80],
+            );
+            assert!(!r.has_errors(), "{:#?}", r.problems);
+            let s = &r.routes[0];
+            let ba = s.basicauth.as_ref().unwrap();
+            assert_eq!(ba.users[0].0, "admin");
+            assert!(matches!(ba.users[0].1, crate::route::PasswordHash::Bcrypt(_)));
+            assert_eq!(ba.realm, "traefik", "Traefik's default realm");
+            assert!(ba.remove_header);
+            let ip = s.ipallowlist.as_ref().unwrap();
+            assert_eq!(ip.depth, 1);
+            assert_eq!(
+                ip.ranges,
+                vec!["10.0.0.0/8".parse().unwrap(), "192.168.1.7/32".parse().unwrap()]
+            );
+            let h = s.headers.as_ref().unwrap();
+            let req: Vec<_> = h
+                .request
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_ref().map(|v| v.to_str().unwrap())))
+                .collect();
+            assert_eq!(req, [("x-drop", None), ("x-env", Some("prod"))]);
+            let resp: Vec<_> = h
+                .response
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_ref().map(|v| v.to_str().unwrap())))
+                .collect();
+            assert_eq!(resp, [("server", None), ("x-frame-options", Some("DENY"))]);
+        }
+        // Two basicauth middlewares on one router: Wharf enforces one, so an error.
+        let e = refused(&[
+            ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
+            ("traefik.http.routers.adm.middlewares", "a,b"),
+            ("traefik.http.middlewares.a.basicauth.users", BCRYPT),
+            ("traefik.http.middlewares.b.basicauth.users", BCRYPT),
+        ]);
+        assert!(e[0].2.contains("set by two of its middlewares"), "{e:#?}");
+        // A plain-text password or a bad range: errors naming the key; the users'
+        // value is never shown.
+        let e = refused(&[
+            ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
+            ("traefik.http.routers.adm.middlewares", "a"),
+            ("traefik.http.middlewares.a.basicauth.users", "admin:secret"),
+        ]);
+        assert_eq!(e[0].0, "traefik.http.middlewares.a.basicauth.users");
+        assert_eq!(e[0].1, crate::labels::REDACTED);
+        assert!(!e[0].2.contains("secret"), "{}", e[0].2);
+        let e = refused(&[
+            ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
+            ("traefik.http.routers.adm.middlewares", "a"),
+            ("traefik.http.middlewares.a.ipallowlist.sourcerange", "10.0.0.0/33"),
+        ]);
+        assert!(e[0].2.contains("not an address range"), "{e:#?}");
+    }
+
+    #[test]
+    fn v1_basic_auth_and_whitelist_map() {
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.frontend.auth.basic.users", BCRYPT),
+                ("traefik.frontend.auth.basic.removeHeader", "true"),
+                ("traefik.frontend.whiteList.sourceRange", "10.0.0.0/8"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        let s = &r.routes[0];
+        assert!(s.basicauth.as_ref().unwrap().remove_header);
+        assert_eq!(s.ipallowlist.as_ref().unwrap().depth, 0);
+        let r = run(
+            &[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.frontend.auth.basic", BCRYPT),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes[0].basicauth.as_ref().unwrap().users.len(), 1);
+    }
+
+    #[test]
+    fn rules_never_enable_on_their_own() {
+        // exposed_by_default = false: traefik.enable=true (or wharf.enable=true)
+        // is needed, v1 or v2 (security review M5).
+        let strict = LabelOptions {
+            exposed_by_default: false,
+            ..LabelOptions::default()
+        };
+        for rule in [
+            ("traefik.frontend.rule", "Host:a.org"),
+            ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+        ] {
+            let r = run_with(&[rule], &[80], strict);
+            assert!(!r.enabled && r.routes.is_empty() && r.problems.is_empty());
+            let r = run_with(&[rule, ("traefik.enable", "true")], &[80], strict);
+            assert_eq!(r.routes.len(), 1, "{:#?}", r.problems);
+            let r = run_with(&[rule, ("wharf.enable", "true")], &[80], strict);
+            assert_eq!(r.routes.len(), 1, "{:#?}", r.problems);
+            // exposed_by_default = true: the rule routes as it always did.
+            assert_eq!(run(&[rule], &[80]).routes.len(), 1);
+        }
     }
 
     #[test]

@@ -159,35 +159,67 @@ pub fn list(s: &str) -> Vec<String> {
 /// Edit distance counting an adjacent transposition as one edit (optimal string
 /// alignment), for "did you mean" hints on unknown keys: `hots` is one edit from
 /// `host`, as a typist would count it.
+///
+/// Rolling rows (the previous two and the current one: a transposition looks two
+/// rows back), so memory is linear in the shorter input, never quadratic.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
+    let width = b.len() + 1;
+    let mut before: Vec<usize> = vec![0; width];
+    let mut prev: Vec<usize> = (0..width).collect();
+    let mut cur: Vec<usize> = vec![0; width];
     for i in 1..=a.len() {
+        cur[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut v = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
+                v = v.min(before[j - 2] + 1);
             }
-            d[i][j] = v;
+            cur[j] = v;
         }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
     }
-    d[a.len()][b.len()]
+    prev[b.len()]
+}
+
+/// Keys longer than this get no "did you mean" (no known key is near as long,
+/// and the distance costs the product of the lengths).
+pub const SUGGEST_MAX_KEY: usize = 64;
+
+/// The longest label key accepted (bytes); longer is an error before any other
+/// check (security review M7). docs/labels.md documents it.
+pub const MAX_LABEL_KEY: usize = 256;
+/// The longest label value accepted (bytes): room for a few htpasswd lines or a
+/// long rule, not for a megabyte a control plane would parse on every change.
+pub const MAX_LABEL_VALUE: usize = 4096;
+
+/// Whether a label's value (or a file key's) is a secret that problems, logs and
+/// `/api/errors` must not show: basic-auth users, and header values of fields
+/// that carry credentials.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    if k.contains("basicauth") || k.contains("auth.basic") || k.contains("digestauth")
+        || k.contains("auth.digest")
+    {
+        return true;
+    }
+    let last = k.rsplit('.').next().unwrap_or("");
+    let header_key = k.contains("headers.") || k.contains("customrequestheaders")
+        || k.contains("customresponseheaders");
+    header_key
+        && ["authorization", "cookie", "token", "secret", "password", "api-key", "apikey", "key"]
+            .iter()
+            .any(|w| last.contains(w))
 }
 
 /// The closest candidate within an edit distance of 3, if any.
 pub fn suggest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
+        .filter(|_| key.len() <= SUGGEST_MAX_KEY)
         .map(|c| (edit_distance(key, c), c))
         .filter(|(d, _)| *d <= 3)
         .min_by_key(|(d, _)| *d)
@@ -266,5 +298,30 @@ mod tests {
         assert_eq!(edit_distance("hots", "host"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(suggest("hots", ["host", "hsts"]), Some("host"));
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("ca", "abc"), 3);
+        // Long keys: no suggestion, and no quadratic work.
+        let long = "a".repeat(SUGGEST_MAX_KEY + 1);
+        assert_eq!(suggest(&long, [long.as_str()]), None);
+    }
+
+    #[test]
+    fn secret_keys() {
+        for k in [
+            "traefik.http.middlewares.a.basicauth.users",
+            "wharf.basicauth.users",
+            "wharf.routes.x.basicauth",
+            "traefik.frontend.auth.basic.users",
+            "traefik.http.middlewares.h.headers.customrequestheaders.Authorization",
+            "wharf.headers.request.x-api-key",
+            "headers.request.Cookie",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["wharf.host", "wharf.headers.request.x-env", "wharf.ipallowlist"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
     }
 }

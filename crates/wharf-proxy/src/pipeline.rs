@@ -10,6 +10,10 @@
 //! - [`admit`]: checks that need no route (Host, 421 against SNI) and may answer.
 //! - [`route`]: the table lookup, and answers that belong to the route (redirect).
 //! - [`limit`]: the route's rate limit (429 with `Retry-After`).
+//! - gate ([`crate::middleware::gate`]): the route's allow-list (403) and basic
+//!   authentication (401), before any backend is picked (upgrades included).
+//!   The request and response header rules run with the forwarding headers and
+//!   in [`respond`].
 //! - [`affinity`]: the backend a sticky cookie or source binding names.
 //! - [`pick`]: a backend for the route (affinity, balancer, health, `maxconn` and
 //!   its queue).
@@ -149,7 +153,7 @@ pub fn client_ip(conn: &ConnInfo, head: &Head<'_>) -> IpAddr {
 }
 
 /// An `X-Forwarded-For` entry: an address, `v4:port`, `[v6]` or `[v6]:port`.
-fn parse_forwarded_addr(a: &str) -> Option<IpAddr> {
+pub(crate) fn parse_forwarded_addr(a: &str) -> Option<IpAddr> {
     if let Ok(ip) = a.parse() {
         return Some(ip);
     }
@@ -375,6 +379,7 @@ pub fn respond(conn: &ConnInfo, ctx: &Ctx, headers: &mut HeaderMap) {
     if let (Some(sticky), Some(aff)) = (route.policy.sticky.as_deref(), ctx.affinity.as_deref()) {
         affinity::respond(route, sticky, aff, &ctx.backend, conn.tls, headers);
     }
+    crate::middleware::rewrite_response(route, headers);
 }
 
 /// A constant for the chunked re-framing of bodies of unknown length.

@@ -7,6 +7,7 @@ use http::HeaderValue;
 use crate::backend::{BackendDef, BackendSet, Balance};
 use crate::health::HealthCheck;
 use crate::limit::{MaxConn, RouteState};
+use crate::middleware::{BasicAuth, HeaderRules, IpAllowList};
 use crate::ratelimit::RateLimit;
 use crate::sticky::StickyPolicy;
 
@@ -64,6 +65,12 @@ pub struct Policy {
     /// whose ejections then end after a cool-down.
     pub healthcheck: Option<Arc<HealthCheck>>,
     pub maxconn: Option<MaxConn>,
+    /// `ipallowlist`: answered 403 unless the client is in a range.
+    pub ipallowlist: Option<Arc<IpAllowList>>,
+    /// `basicauth`: answered 401 without valid credentials.
+    pub basicauth: Option<Arc<BasicAuth>>,
+    /// `headers`: request and response fields set or removed.
+    pub headers: Option<Arc<HeaderRules>>,
 }
 
 /// How a route's backends are reached over TLS: the rustls client policy (roots
