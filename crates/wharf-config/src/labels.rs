@@ -183,6 +183,13 @@ impl Problems<'_> {
             service: self.service.to_string(),
             label: label.to_string(),
             value: value.to_string(),
+        // Secrets (basic-auth users, credential headers) are named, never shown:
+        // problems reach the log, /api/errors and `wharf check`.
+        let value = if values::is_secret_key(label) && !value.is_empty() {
+            REDACTED
+        } else {
+            value
+        };
             message,
             severity,
         });
@@ -201,6 +208,9 @@ impl Problems<'_> {
 /// Route keys that are not labels: a labelled route is named after its service and
 /// gets its backends from Docker.
 const NOT_LABELS: &[&str] = &["name", "upstream"];
+
+/// What a problem shows instead of the value of a secret-bearing label.
+pub const REDACTED: &str = "<redacted>";
 
 /// File key → label spelling: `https_redirect` → `https-redirect`.
 fn label_spelling(file_key: &str) -> String {
@@ -225,6 +235,10 @@ fn label_candidates() -> Vec<String> {
         ]
         .map(String::from),
     );
+            "ipallowlist",
+            "basicauth",
+            "headers.request.<name>",
+            "headers.response.<name>",
     v
 }
 
@@ -261,6 +275,7 @@ pub(crate) fn service_routes_with(
     let mut traefik_labels = Vec::new();
     for (k, v) in input.labels {
         let key = k.trim().to_ascii_lowercase();
+    let mut oversize: Vec<(String, String)> = Vec::new();
         let is_wharf = key.starts_with("wharf.");
         let is_traefik = opts.traefik_labels && key.starts_with("traefik.");
         if !is_wharf && !is_traefik {
@@ -270,6 +285,25 @@ pub(crate) fn service_routes_with(
             key: key.clone(),
             written: k.as_str(),
             value: v.as_str(),
+        // Caps before anything else looks at the label (review M7): a huge key or
+        // value is refused whole, and shown cut short.
+        if k.len() > values::MAX_LABEL_KEY || v.len() > values::MAX_LABEL_VALUE {
+            let cut: String = k.chars().take(64).collect();
+            let (what, len, max) = if k.len() > values::MAX_LABEL_KEY {
+                ("key", k.len(), values::MAX_LABEL_KEY)
+            } else {
+                ("value", v.len(), values::MAX_LABEL_VALUE)
+            };
+            oversize.push((
+                if cut.len() < k.len() { format!("{cut}...") } else { cut },
+                format!(
+                    "the label's {what} is {len} bytes, more than the {max} bytes Wharf accepts \
+                     (docs/labels.md, \"Limits\"); the label is ignored and the service's new \
+                     labels are refused"
+                ),
+            ));
+            continue;
+        }
         };
         if let Some(first) = seen.get(&key) {
             dups.push((l, format!("set twice (also as `{first}`)")));
@@ -315,6 +349,9 @@ pub(crate) fn service_routes_with(
     // wharf.* keys: service level and wharf.routes.<name>.<key>.
     let mut service_pairs: Vec<Pair> = Vec::new();
     let mut named: BTreeMap<String, (String, Vec<Pair>)> = BTreeMap::new();
+    for (label, m) in oversize {
+        pr.push(Severity::Error, &label, "", m);
+    }
     let mut any_wharf_key = false;
     for l in &wharf {
         let rest = &l.key["wharf.".len()..];
@@ -556,7 +593,14 @@ fn add_pair(
     prefix: &str,
     pr: &mut Problems,
 ) {
-    let file = key.replace('-', "_");
+    // A header rule's name keeps its `-` (`headers.request.x-env`).
+    let file = match route::HEADER_KEY_PREFIXES
+        .iter()
+        .find(|p| key.starts_with(&p.replace('_', "-")) || key.starts_with(*p))
+    {
+        Some(p) => format!("{p}{}", &key[p.len()..]),
+        None => key.replace('-', "_"),
+    };
     let canon = group_alias(&file);
     if canon == "upstream" {
         pr.error(
@@ -564,6 +608,9 @@ fn add_pair(
             "not a label: a labelled service's backends are its Docker tasks (pick the port \
              with wharf.port); static and dns: upstreams belong in [[routes]] of the config file",
         );
+    let is_header_rule = route::HEADER_KEY_PREFIXES
+        .iter()
+        .any(|p| canon.starts_with(p) && canon.len() > p.len());
         return;
     }
     if canon == "name" {
@@ -577,7 +624,7 @@ fn add_pair(
     if canon == "enable" && !in_named_route {
         return; // handled by the caller
     }
-    if !ROUTE_KEYS.contains(&canon) || NOT_LABELS.contains(&canon) {
+    if !is_header_rule && (!ROUTE_KEYS.contains(&canon) || NOT_LABELS.contains(&canon)) {
         let hint = if let Some(r) = key.strip_prefix("route.") {
             format!("; did you mean `wharf.routes.{r}`?")
         } else {
@@ -1139,10 +1186,124 @@ pub(crate) mod tests {
 
     #[test]
     fn hostile_values_are_errors_not_panics() {
-        let long = "a".repeat(10_000);
+        // Long, but under the value cap (values::MAX_LABEL_VALUE).
+        let long = "a".repeat(4_000);
         let r = run(
             &[
                 ("wharf.enable", "true"),
+    const BCRYPT: &str = "u1:$2y$05$Tx6oWiW5cBWFUx.zUhnBqeWwzqxeVePcGjEjVO4jNz.sWtV7tPTwm";
+    const SHA: &str = "u2:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=";
+    const APR1: &str = "u3:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/";
+
+    #[test]
+    fn middleware_labels_service_level_and_per_route() {
+        let users = format!("{BCRYPT},{SHA}, {APR1}");
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.example.org"),
+                ("wharf.ipallowlist", "10.0.0.0/8,192.168.0.0/16,::ffff:172.16.0.0/108"),
+                ("wharf.ipallowlist.depth", "1"),
+                ("wharf.basicauth.users", &users),
+                ("wharf.basicauth.realm", "staff"),
+                ("wharf.basicauth.remove-header", "true"),
+                ("wharf.headers.request.X-Env", "prod"),
+                ("wharf.headers.response.X-Frame-Options", "DENY"),
+                ("wharf.headers.response.Server", ""),
+                ("wharf.routes.api.host", "api.example.org"),
+                ("wharf.routes.api.headers.request.X-Api", "1"),
+            ],
+            &[80],
+        );
+        assert!(!r.has_errors(), "{:#?}", r.problems);
+        assert_eq!(r.routes.len(), 2);
+        let s = &r.routes[0];
+        let ip = s.ipallowlist.as_ref().unwrap();
+        assert_eq!(ip.depth, 1);
+        // The mapped range is canonical IPv4.
+        assert_eq!(ip.ranges[2], "172.16.0.0/12".parse().unwrap());
+        let ba = s.basicauth.as_ref().unwrap();
+        let names: Vec<&str> = ba.users.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(names, ["u1", "u2", "u3"]);
+        assert!(matches!(ba.users[1].1, route::PasswordHash::Sha1(_)));
+        assert!(matches!(ba.users[2].1, route::PasswordHash::Apr1 { .. }));
+        assert_eq!(ba.realm, "staff");
+        assert!(ba.remove_header);
+        assert!(!format!("{ba:?}").contains('$'), "no hash in Debug");
+        let h = s.headers.as_ref().unwrap();
+        assert_eq!(h.request[0].0.as_str(), "x-env");
+        assert_eq!(h.response.len(), 2);
+        // The named route inherits and adds.
+        let api = &r.routes[1];
+        assert!(api.basicauth.is_some());
+        let names: Vec<&str> = api.headers.as_ref().unwrap().request.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-env", "x-api"]);
+    }
+
+    #[test]
+    fn middleware_label_errors() {
+        for (key, value, needle) in [
+            ("wharf.ipallowlist", "10.0.0.0/40", "not an address range"),
+            ("wharf.ipallowlist", " , ", "no address range"),
+            ("wharf.basicauth.users", "admin:secret", "plain text"),
+            ("wharf.basicauth.users", "admin:{SHA}abc", "not base64 of 20 bytes"),
+            ("wharf.basicauth.users", "admin:$2y$05$short", "bcrypt hash is malformed"),
+            ("wharf.basicauth.users", "justaname", "not `user:hash`"),
+            ("wharf.headers.request.Bad Name", "x", "not a header name"),
+            ("wharf.headers.request.X-A", "a\u{7}b", "control character"),
+            ("wharf.headers.request.Content-Length", "5", "framing or hop-by-hop"),
+            ("wharf.headers.response.Transfer-Encoding", "chunked", "framing"),
+        ] {
+            let e = one_error(&[(key, value)]);
+            assert_eq!(e.label, key);
+            assert!(e.message.contains(needle), "{key}={value}: {}", e.message);
+            if key.contains("basicauth.users") {
+                assert_eq!(e.value, REDACTED);
+                assert!(!e.message.contains("secret"));
+            }
+        }
+        let e = one_error(&[("wharf.basicauth.users", BCRYPT), ("wharf.basicauth.realm", "a\"b")]);
+        assert!(e.message.contains("not a realm"), "{}", e.message);
+        let e = one_error(&[("wharf.basicauth.realm", "x")]);
+        assert!(e.message.contains("without `basicauth.users`"), "{}", e.message);
+        let e = one_error(&[("wharf.ipallowlist.depth", "1")]);
+        assert!(e.message.contains("without `ipallowlist`"), "{}", e.message);
+        // A credential header's value is redacted too.
+        let e = one_error(&[("wharf.headers.request.Authorization", "Bearer \u{1}x")]);
+        assert_eq!(e.value, REDACTED);
+    }
+
+    #[test]
+    fn label_caps_come_before_anything_else() {
+        let key = format!("wharf.{}", "a".repeat(2_000_000));
+        let started = std::time::Instant::now();
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.host", "a.org"), (&key, "1")],
+            &[80],
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].label.len() < 80, "the key is cut short");
+        assert!(e[0].message.contains("more than the 256 bytes"), "{}", e[0].message);
+        let big = "x".repeat(values::MAX_LABEL_VALUE + 1);
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.host", "a.org"), ("wharf.path", &big)],
+            &[80],
+        );
+        let e = errors(&r);
+        assert_eq!(e[0].label, "wharf.path");
+        assert_eq!(e[0].value, "");
+        assert!(e[0].message.contains("4096 bytes"), "{}", e[0].message);
+        // At the caps: accepted (and no suggestion work for a long unknown key).
+        let key = format!("wharf.{}", "b".repeat(values::MAX_LABEL_KEY - 6));
+        let r = run(
+            &[("wharf.enable", "true"), ("wharf.host", "a.org"), (&key, "1")],
+            &[80],
+        );
+        assert_eq!(errors(&r)[0].message, "unknown label");
+    }
+
                 ("wharf.host", &long),
                 ("wharf.path", "/\u{0}"),
                 ("wharf.ratelimit", "99999999999/s"),

@@ -755,6 +755,15 @@ mod tests {
 
     fn workload(name: &str, labels: &[(&str, &str)], ips: &[(&str, [u8; 4], bool)]) -> Workload {
         Workload {
+            ipallowlist: r.ipallowlist.clone().map(Arc::new),
+            basicauth: r.basicauth.as_ref().map(|b| {
+                Arc::new(wharf_table::BasicAuth::new(
+                    b.users.clone(),
+                    &b.realm,
+                    b.remove_header,
+                ))
+            }),
+            headers: r.headers.clone().map(Arc::new),
             kind: wharf_docker::Kind::Service,
             id: format!("id-{name}"),
             name: name.into(),

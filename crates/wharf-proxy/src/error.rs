@@ -23,6 +23,11 @@ pub enum ProxyError {
     QueueTimeout,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the client address is not in the route's allow-list")]
+    Forbidden,
+    /// Missing or wrong basic credentials; carries the route's challenge.
+    #[error("missing or wrong credentials")]
+    Unauthorized(HeaderValue),
     #[error("backend scheme `{0}` is not supported by this build")]
     UnsupportedScheme(&'static str),
     #[error("could not connect to the backend: {0}")]
@@ -48,6 +53,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -67,6 +74,8 @@ impl ProxyError {
             ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway\n"
             }
+            ProxyError::Forbidden => "403 Forbidden\n",
+            ProxyError::Unauthorized(_) => "401 Unauthorized\n",
             ProxyError::Timeout => "504 Gateway Timeout\n",
         }
     }
@@ -82,6 +91,10 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after_secs } => {
                 h.insert(
                     header::RETRY_AFTER,
+            // RFC 9110 §11.6.1: a 401 carries the challenge.
+            ProxyError::Unauthorized(challenge) => {
+                h.insert(header::WWW_AUTHENTICATE, challenge);
+            }
                     HeaderValue::from(retry_after_secs.max(1)),
                 );
             }

@@ -228,6 +228,8 @@ impl Forwarder {
             affinity,
         };
 
+        // gate: allow-list and basic auth (h1, h2 and upgrades alike)
+        crate::middleware::gate(conn, &head, &route).await?;
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -255,6 +257,7 @@ impl Forwarder {
                 has_body,
                 std::time::Instant::now(),
                 self.with_timeout(sent).await,
+        crate::middleware::rewrite_request(&ctx.route, &mut parts.headers);
             )?;
             return Ok(self.finish(resp, ctx, None, conn));
         }

@@ -15,6 +15,7 @@ mod forward;
 mod headers;
 mod listener;
 mod pipeline;
+mod middleware;
 mod pool;
 pub mod proxy_protocol;
 

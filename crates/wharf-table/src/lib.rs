@@ -19,6 +19,7 @@ mod host;
 mod limit;
 pub mod metrics;
 pub mod ratelimit;
+pub mod middleware;
 mod route;
 pub mod sticky;
 mod table;
@@ -32,6 +33,8 @@ pub use health::{
 };
 pub use host::normalize_host;
 pub use limit::{MaxConn, QueueTicket, RouteState};
+pub use path::{path_is_clean, prefix_matches};
+pub use middleware::{AuthCache, BasicAuth, HeaderRules, IpAllowList, PasswordHash};
 pub use ratelimit::{RateKey, RateLimit};
 pub use route::{BackendTls, EntrypointMask, Policy, Route, RouteDef};
 pub use sticky::{CookieSticky, StickyKey, StickyPolicy, Token};
