@@ -33,7 +33,6 @@ pub use health::{
 };
 pub use host::normalize_host;
 pub use limit::{MaxConn, QueueTicket, RouteState};
-pub use path::{path_is_clean, prefix_matches};
 pub use middleware::{AuthCache, BasicAuth, HeaderRules, IpAllowList, PasswordHash};
 pub use ratelimit::{RateKey, RateLimit};
 pub use route::{BackendTls, EntrypointMask, Policy, Route, RouteDef};
