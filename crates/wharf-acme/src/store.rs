@@ -9,6 +9,7 @@
 //! DIR/certs/<first-name>-<sha256(names)[..12]>.json  {"names": [..], "chain_pem": .., "key_pem": ..}, 0600
 //! DIR/challenges/<token>                             HTTP-01 key authorizations while an order runs
 //! DIR/locks/<cert id>.lock                           per-certificate order lock: "<holder> <expiry unix>"
+//! DIR/owners.json                                    host ownership record (wharf-control `Claims`)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -51,10 +52,30 @@ pub trait Store: Send + Sync + 'static {
     async fn put_challenge(&self, token: &str, key_authorization: &str) -> Result<(), AcmeError>;
     async fn get_challenge(&self, token: &str) -> Result<Option<String>, AcmeError>;
     async fn remove_challenge(&self, token: &str) -> Result<(), AcmeError>;
+    /// Every HTTP-01 token in the store with its key authorization, so that a
+    /// replica answers any replica's challenge from memory (refreshed
+    /// periodically, never per request); `None`: this store cannot list.
+    async fn list_challenges(&self) -> Result<Option<Vec<(String, String)>>, AcmeError> {
+        Ok(None)
+    }
     /// Take the exclusive order lock for a certificate for `lease`; `false` while another holder's
     /// lease runs. An expired lease is broken.
     async fn try_lock(&self, id: &str, holder: &str, lease: Duration) -> Result<bool, AcmeError>;
     async fn unlock(&self, id: &str, holder: &str) -> Result<(), AcmeError>;
+    /// The host ownership record (JSON, opaque here): which owner holds each host
+    /// labels claim, kept beside the certificates so it survives restarts and is
+    /// shared by replicas (docs/discovery.md, "Host ownership").
+    async fn load_owners(&self) -> Result<Option<String>, AcmeError>;
+    async fn save_owners(&self, json: &str) -> Result<(), AcmeError>;
+}
+
+/// The store named by `[acme] storage`, for callers other than the ACME manager
+/// (the ownership record is kept there whether or not ACME runs).
+pub fn open(storage: &wharf_config::Storage) -> Result<std::sync::Arc<dyn Store>, AcmeError> {
+    Ok(match storage {
+        wharf_config::Storage::File(dir) => std::sync::Arc::new(FileStore::new(dir.clone())),
+        wharf_config::Storage::Swarm => std::sync::Arc::new(crate::SwarmStore::connect_default()?),
+    })
 }
 
 /// Lowercased, deduplicated, sorted: the identity of a certificate.
@@ -251,6 +272,16 @@ impl Store for FileStore {
         }
     }
 
+    async fn load_owners(&self) -> Result<Option<String>, AcmeError> {
+        Ok(read_opt(&self.sub("owners.json"))
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    async fn save_owners(&self, json: &str) -> Result<(), AcmeError> {
+        write_atomic(&self.sub("owners.json"), json.as_bytes().to_vec(), false).await
+    }
+
     async fn save_cert(&self, cert: &StoredCert) -> Result<(), AcmeError> {
         let names = canonical_names(&cert.names);
         let p = self.sub("certs").join(format!("{}.json", cert_id(&names)));
@@ -278,6 +309,27 @@ impl Store for FileStore {
         Ok(read_opt(&self.sub("challenges").join(token))
             .await?
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    async fn list_challenges(&self) -> Result<Option<Vec<(String, String)>>, AcmeError> {
+        let mut out = Vec::new();
+        let mut dir = match tokio::fs::read_dir(self.sub("challenges")).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(out)),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(e) = dir.next_entry().await? {
+            let Some(token) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !valid_token(&token) {
+                continue;
+            }
+            if let Some(b) = read_opt(&e.path()).await? {
+                out.push((token, String::from_utf8_lossy(&b).into_owned()));
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn remove_challenge(&self, token: &str) -> Result<(), AcmeError> {

@@ -250,6 +250,23 @@ impl Store for SwarmStore {
         self.put("account", &key, json.as_bytes(), &[]).await
     }
 
+    async fn load_owners(&self) -> Result<Option<String>, AcmeError> {
+        match self.newest("owners", Some("hosts")).await?.into_iter().next() {
+            Some((_, _, c)) => Self::data(&c)
+                .map(|d| Some(String::from_utf8_lossy(&d).into_owned()))
+                .map_err(|e| AcmeError::Corrupt {
+                    entry: Self::config_name(&c),
+                    reason: e,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_owners(&self, json: &str) -> Result<(), AcmeError> {
+        // A new config version, then the old ones go: atomic for readers.
+        self.put("owners", "hosts", json.as_bytes(), &[]).await
+    }
+
     async fn load_certs(&self) -> Result<Vec<Result<StoredCert, AcmeError>>, AcmeError> {
         Ok(self
             .newest("cert", None)
@@ -306,6 +323,19 @@ impl Store for SwarmStore {
             .next()
             .and_then(|(_, _, c)| Self::data(&c).ok())
             .map(|d| String::from_utf8_lossy(&d).into_owned()))
+    }
+
+    async fn list_challenges(&self) -> Result<Option<Vec<(String, String)>>, AcmeError> {
+        Ok(Some(
+            self.newest("challenge", None)
+                .await?
+                .into_iter()
+                .filter_map(|(token, _, c)| {
+                    let d = Self::data(&c).ok()?;
+                    Some((token, String::from_utf8_lossy(&d).into_owned()))
+                })
+                .collect(),
+        ))
     }
 
     async fn remove_challenge(&self, token: &str) -> Result<(), AcmeError> {

@@ -300,6 +300,7 @@ async fn dead_ca_fails_visibly_backs_off_and_keeps_the_certificate() {
         ca_roots: vec![],
         storage: wharf_config::Storage::File(store_dir.path().to_owned()),
         dns: None,
+        max_names: 500,
     };
     let sink = Arc::new(RecordingSink::default());
     let m = AcmeManager::new(cfg, sink.clone(), fast_policy()).unwrap();
@@ -409,6 +410,7 @@ async fn wildcard_needs_dns01() {
         ca_roots: vec![],
         storage: wharf_config::Storage::File(dir.path().to_owned()),
         dns: None,
+        max_names: 500,
     };
     let m = AcmeManager::new(cfg, Arc::new(RecordingSink::default()), Policy::default()).unwrap();
     let errs = m.set_names(vec![

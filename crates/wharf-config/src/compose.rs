@@ -262,10 +262,66 @@ pub(crate) fn overlap(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool 
     }
 }
 
+/// What `[docker]` lets labels claim, for [`check_with`].
+#[derive(Debug, Clone, Default)]
+pub struct HostRules {
+    pub allowed_domains: Vec<String>,
+    pub allow_wildcards: bool,
+}
+
 /// Checks compose files `(origin, text)` together, as one Wharf would see their
 /// services: each service's labels, then host and path claims across all of them.
 pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
+    check_with(files, opts, &HostRules::default())
+}
+
+/// Why a label may not claim `host` under `rules`, as Wharf refuses it at run
+/// time (docs/discovery.md, "Host ownership").
+pub fn host_refusal(host: &str, rules: &HostRules) -> Option<String> {
+    let wildcard = host == "*" || host.starts_with("*.");
+    if wildcard && !rules.allow_wildcards {
+        return Some(if host == "*" {
+            "`*` (every host; a Traefik rule without Host() means it too) is refused from \
+             labels; name the hosts, or set [docker] allow_wildcards = true"
+                .to_string()
+        } else {
+            format!(
+                "the wildcard `{host}` is refused from labels; name the hosts, or set [docker] \
+                 allow_wildcards = true"
+            )
+        });
+    }
+    let allowed = rules.allowed_domains.is_empty()
+        || rules
+            .allowed_domains
+            .iter()
+            .any(|a| match a.strip_prefix("*.") {
+                Some(suffix) => host
+                    .strip_suffix(suffix)
+                    .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+                None => host == a,
+            });
+    (!allowed).then(|| {
+        format!(
+            "`{host}` is not within [docker] allowed_domains ({})",
+            rules.allowed_domains.join(", ")
+        )
+    })
+}
+
+/// [`check`] under the config's `[docker]` host rules. Each file is one owner
+/// (a stack or compose project): a host belongs to the first file that claims
+/// it, and another file's service may route no path under it, unless the owner's
+/// services set `wharf.allow-paths-from` naming the other file's project
+/// (`compose:<project>` or `stack:<name>`, or `*`).
+pub fn check_with(
+    files: &[(String, String)],
+    opts: &LabelOptions,
+    rules: &HostRules,
+) -> CheckReport {
     let mut report = CheckReport::default();
+    // host → (file, the owners it lets in).
+    let mut owners: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     // (host, path) → (file, service, entrypoints) of each claim kept.
     let mut claims: BTreeMap<(String, String), Vec<Claim>> = BTreeMap::new();
     for (origin, text) in files {
@@ -298,8 +354,41 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
             if !r.has_errors() {
                 let mut mine = Vec::new();
                 let mut conflict = false;
+                let project = project_of(origin);
+                let allow: Vec<String> = svc
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("wharf.allow-paths-from"))
+                    .flat_map(|(_, v)| crate::values::list(v))
+                    .collect();
                 for (route, (label, value)) in r.routes.iter().zip(&r.host_labels) {
                     for host in &route.hosts {
+                        let refusal = host_refusal(host, rules).or_else(|| {
+                            let (f, allowed) = owners.get(host)?;
+                            let guest = allowed.iter().any(|a| {
+                                a == "*"
+                                    || *a == format!("compose:{project}")
+                                    || *a == format!("stack:{project}")
+                            });
+                            (f != origin && !guest).then(|| {
+                                format!(
+                                    "host `{host}` belongs to {f}, which claims it first; another \
+                                     owner may not route any path under it unless {f}'s services \
+                                     set wharf.allow-paths-from=compose:{project}"
+                                )
+                            })
+                        });
+                        if let Some(message) = refusal {
+                            conflict = true;
+                            problems.push(LabelProblem {
+                                service: svc.name.clone(),
+                                label: label.clone(),
+                                value: value.clone(),
+                                message,
+                                severity: Severity::Error,
+                            });
+                            continue;
+                        }
                         let key = (host.clone(), route.path.clone());
                         let eps = &route.entrypoints;
                         let first = claims
@@ -330,6 +419,14 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
                 }
                 // A rejected service claims nothing: the first claimant keeps its hosts.
                 if !conflict {
+                    for ((host, _), _) in &mine {
+                        let entry = owners
+                            .entry(host.clone())
+                            .or_insert_with(|| (origin.clone(), Vec::new()));
+                        if entry.0 == *origin {
+                            entry.1.extend(allow.iter().cloned());
+                        }
+                    }
                     for (key, entrypoints) in mine {
                         claims.entry(key).or_default().push(Claim {
                             file: origin.clone(),
@@ -357,6 +454,18 @@ pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
         }
     }
     report
+}
+
+/// The project name compose gives a file's services: its directory's name.
+fn project_of(origin: &str) -> String {
+    std::path::Path::new(origin)
+        .canonicalize()
+        .ok()
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .and_then(std::path::Path::file_name)
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| origin.to_string())
 }
 
 #[cfg(test)]

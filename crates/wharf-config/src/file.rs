@@ -97,6 +97,7 @@ pub struct FileAcme {
     pub ca_roots: Option<Vec<String>>,
     pub storage: Option<String>,
     pub dns: Option<FileAcmeDns>,
+    pub max_names: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +118,8 @@ pub struct FileDocker {
     pub exposed_by_default: Option<bool>,
     pub traefik_labels: Option<bool>,
     pub poll_interval: Option<String>,
+    pub allowed_domains: Option<Vec<String>>,
+    pub allow_wildcards: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +173,7 @@ pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("acme", "challenge", Kind::Str),
     ("acme", "ca_roots", Kind::List),
     ("acme", "storage", Kind::Str),
+    ("acme", "max_names", Kind::Int),
     ("acme.dns", "server", Kind::Str),
     ("acme.dns", "zone", Kind::Str),
     ("acme.dns", "key_name", Kind::Str),
@@ -180,6 +184,8 @@ pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("docker", "exposed_by_default", Kind::Bool),
     ("docker", "traefik_labels", Kind::Bool),
     ("docker", "poll_interval", Kind::Str),
+    ("docker", "allowed_domains", Kind::List),
+    ("docker", "allow_wildcards", Kind::Bool),
     ("dns", "nameservers", Kind::List),
     ("dns", "refresh", Kind::Str),
     ("dns", "hold_valid", Kind::Str),

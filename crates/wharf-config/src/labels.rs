@@ -86,6 +86,10 @@ impl fmt::Display for LabelProblem {
     }
 }
 
+/// `wharf.allow-paths-from=<owner>,...`: other owners that may add paths under
+/// this owner's hosts (without the `wharf.` prefix).
+pub const OWNER_LABEL: &str = "allow-paths-from";
+
 /// What one service's labels declare.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRoutes {
@@ -355,7 +359,9 @@ pub(crate) fn service_routes_with(
     let mut any_wharf_key = false;
     for l in &wharf {
         let rest = &l.key["wharf.".len()..];
-        if rest == "enable" {
+        // `allow-paths-from` is about the host's owner, not a route: the control
+        // plane reads it (docs/discovery.md, "Host ownership").
+        if rest == "enable" || rest == OWNER_LABEL {
             continue;
         }
         any_wharf_key = true;

@@ -159,6 +159,8 @@ pub struct AcmeConfig {
     pub ca_roots: Vec<PathBuf>,
     pub storage: Storage,
     pub dns: Option<AcmeDns>,
+    /// Names ordered for label routes at most (file routes are not counted).
+    pub max_names: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +181,10 @@ pub struct DockerConfig {
     /// How often swarm tasks are listed (task changes on other nodes emit no
     /// local event).
     pub poll_interval: Duration,
+    /// Host patterns labels may claim (`example.org`, `*.example.org`); empty: any.
+    pub allowed_domains: Vec<String>,
+    /// Whether labels may claim `*` or `*.domain`.
+    pub allow_wildcards: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,6 +394,23 @@ fn admin_hosts(ck: &mut Checker<'_>, list: &[String]) -> Vec<String> {
                 &format!("admin.hosts[{i}]"),
                 format!("{e}; write the name without scheme or port"),
             ),
+        }
+    }
+    out
+}
+
+/// `[docker] allowed_domains`: `example.org` or `*.example.org` (a bare `*`
+/// would allow anything: leave the list empty for that).
+fn allowed_domains(ck: &mut Checker<'_>, list: Vec<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        match values::host_pattern(d) {
+            Ok(h) if h == "*" => ck.fail(
+                &format!("docker.allowed_domains[{i}]"),
+                "`*` allows every host; leave the list empty for that",
+            ),
+            Ok(h) => out.push(h),
+            Err(e) => ck.fail(&format!("docker.allowed_domains[{i}]"), e),
         }
     }
     out
@@ -774,6 +797,7 @@ pub(crate) fn parse(
             .collect(),
         storage,
         dns: dns01,
+        max_names: fa.max_names.unwrap_or(500),
     };
 
     let fd = file.docker.unwrap_or_default();
@@ -802,6 +826,8 @@ pub(crate) fn parse(
             fd.poll_interval.as_ref(),
             Duration::from_secs(1),
         ),
+        allowed_domains: allowed_domains(&mut ck, fd.allowed_domains.unwrap_or_default()),
+        allow_wildcards: fd.allow_wildcards.unwrap_or(false),
     };
 
     let fdns = file.dns.unwrap_or_default();

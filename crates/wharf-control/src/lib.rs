@@ -7,6 +7,9 @@
 //! every swap. It never runs on the request path: readers only `load()` the table.
 
 mod backend_tls;
+pub mod owners;
+
+pub use owners::{Claim, Claims, CLAIM_EXPIRY};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -143,6 +146,8 @@ pub struct Control {
     sticky_secret: Mutex<Option<Option<String>>>,
     /// rustls client configs of `https` routes, by settings and file stamps.
     tls: backend_tls::TlsPolicies,
+    /// Who owns each label host (persisted by the caller: [`Control::claims`]).
+    claims: Mutex<Claims>,
 }
 
 /// The control plane's own metrics (SPEC "Metrics").
@@ -151,6 +156,8 @@ pub struct ControlMetrics {
     pub reloads: prometheus::IntCounterVec,
     pub errors: prometheus::IntGaugeVec,
     pub routes: prometheus::IntGauge,
+    /// Host names from labels past `[acme] max_names` (no certificate ordered).
+    pub acme_names_capped: prometheus::IntGauge,
 }
 
 impl ControlMetrics {
@@ -170,6 +177,11 @@ impl ControlMetrics {
             &["provider"],
         )?;
         let routes = prometheus::IntGauge::new("wharf_routes", "Routes in the current table.")?;
+        let acme_names_capped = prometheus::IntGauge::new(
+            "wharf_acme_names_capped",
+            "Host names from labels past [acme] max_names, for which no certificate is ordered.",
+        )?;
+        registry.register(Box::new(acme_names_capped.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(routes.clone()))?;
@@ -177,6 +189,7 @@ impl ControlMetrics {
             reloads,
             errors,
             routes,
+            acme_names_capped,
         })
     }
 }
@@ -198,7 +211,25 @@ impl Control {
             parsed: Mutex::new(ParseCache::default()),
             sticky_secret: Mutex::new(None),
             tls: backend_tls::TlsPolicies::default(),
+            claims: Mutex::new(Claims::default()),
         }
+    }
+
+    /// The host ownership record as it stands, for the caller to persist.
+    pub fn claims(&self) -> Claims {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Restores the ownership record read at start (before the first apply
+    /// with Docker), so owners survive a restart.
+    pub fn load_claims(&self, claims: Claims) {
+        *self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = claims;
     }
 
     /// Says once (per key) that cookie tokens come from a random key when a
@@ -274,7 +305,31 @@ impl Control {
             ));
         }
         if let Some(snap) = inputs.docker {
-            self.docker_defs(config, snap, inputs.dns, &mut defs, &mut report);
+            let first_label = defs.len();
+            let mut metas = Vec::new();
+            self.docker_defs(config, snap, inputs.dns, &mut defs, &mut metas, &mut report);
+            owners::merge_backend_groups(&mut defs, &mut metas, first_label);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut claims = self
+                .claims
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            owners::settle(
+                &mut defs,
+                &mut metas,
+                first_label,
+                &mut claims,
+                &owners::Rules {
+                    hosts: &wharf_config::compose::HostRules {
+                        allowed_domains: config.docker.allowed_domains.clone(),
+                        allow_wildcards: config.docker.allow_wildcards,
+                    },
+                    now,
+                },
+                &mut report,
+            );
         }
 
         let mut published = self
@@ -325,6 +380,7 @@ impl Control {
         snap: &Snapshot,
         dns: &BTreeMap<String, Vec<IpAddr>>,
         defs: &mut Vec<RouteDef>,
+        metas: &mut Vec<owners::Meta>,
         report: &mut ApplyReport,
     ) {
         let opts = LabelOptions {
@@ -418,17 +474,52 @@ impl Control {
                 }
                 declared
             };
-            for r in &good.routes {
+            let owner = owner_of(w, opts.traefik_labels);
+            let allow: Vec<String> = w
+                .labels
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(owners::ALLOW_LABEL))
+                .flat_map(|(_, v)| wharf_config::values::list(v))
+                .collect();
+            let backend_group = opts
+                .traefik_labels
+                .then(|| w.labels.get("traefik.backend").cloned())
+                .flatten();
+            for (i, r) in good.routes.iter().enumerate() {
                 report.not_enforced.extend(r.not_enforced());
                 let mut def = route_def(config, r, "docker", dns, &self.tls, report);
                 def.name = format!("{}@docker", r.name).into();
                 def.backends = workload_backends(config, w, r, dns, report);
                 defs.push(def);
+                metas.push(owners::Meta {
+                    owner: owner.clone(),
+                    service: format!("{} {}", w.kind.as_str(), w.name),
+                    host_label: good.host_labels.get(i).map(|(l, v)| format!("{l}={v}")),
+                    allow: allow.clone(),
+                    backend_group: backend_group.clone(),
+                });
             }
         }
         last_good.retain(|id, _| seen.contains(id.as_str()));
         parsed.retain(|id, _| seen.contains(id.as_str()));
     }
+}
+
+/// The owner of a workload's hosts: its stack or compose project, its Traefik v1
+/// backend group, else the service or container itself (docs/discovery.md,
+/// "Host ownership").
+fn owner_of(w: &Workload, traefik_labels: bool) -> String {
+    let label = |k: &str| w.labels.get(k).filter(|v| !v.is_empty());
+    if let Some(ns) = label("com.docker.stack.namespace") {
+        return format!("stack:{ns}");
+    }
+    if let Some(p) = label("com.docker.compose.project") {
+        return format!("compose:{p}");
+    }
+    if let Some(b) = label("traefik.backend").filter(|_| traefik_labels) {
+        return format!("backend:{b}");
+    }
+    format!("{}:{}", w.kind.as_str(), w.name)
 }
 
 /// The backends of one route of a workload: its endpoints' addresses on the
@@ -664,6 +755,15 @@ fn route_def(
             }),
             maxconn: r.maxconn,
             backend_tls,
+            ipallowlist: r.ipallowlist.clone().map(Arc::new),
+            basicauth: r.basicauth.as_ref().map(|b| {
+                Arc::new(wharf_table::BasicAuth::new(
+                    b.users.clone(),
+                    &b.realm,
+                    b.remove_header,
+                ))
+            }),
+            headers: r.headers.clone().map(Arc::new),
         },
     }
 }
@@ -755,15 +855,6 @@ mod tests {
 
     fn workload(name: &str, labels: &[(&str, &str)], ips: &[(&str, [u8; 4], bool)]) -> Workload {
         Workload {
-            ipallowlist: r.ipallowlist.clone().map(Arc::new),
-            basicauth: r.basicauth.as_ref().map(|b| {
-                Arc::new(wharf_table::BasicAuth::new(
-                    b.users.clone(),
-                    &b.realm,
-                    b.remove_header,
-                ))
-            }),
-            headers: r.headers.clone().map(Arc::new),
             kind: wharf_docker::Kind::Service,
             id: format!("id-{name}"),
             name: name.into(),
@@ -900,13 +991,15 @@ mod tests {
             t.find("o.test", "/", 0).unwrap().backends.all()[0].addr,
             "10.1.0.2:80".parse().unwrap()
         );
+        // Another owner: refused, naming the owner that keeps the host.
         let conflict = r
             .problems
             .iter()
-            .find(|p| p.message.contains("claimed by"))
+            .find(|p| p.message.contains("claimed it first"))
             .unwrap();
         assert!(
-            conflict.message.contains("first@docker") && conflict.message.contains("second@docker")
+            conflict.message.contains("service:first")
+                && conflict.message.contains("second@docker")
         );
         assert!(r
             .problems
@@ -954,5 +1047,284 @@ mod tests {
             t.find("legacy.test", "/", 0).unwrap().backends.all()[0].addr,
             "192.0.2.1:8080".parse().unwrap()
         );
+    }
+
+    fn owned(name: &str, created: &str, labels: &[(&str, &str)], ip: [u8; 4]) -> Workload {
+        let mut w = workload(name, labels, &[("pub", ip, false)]);
+        w.created = created.into();
+        w
+    }
+
+    fn refusals(r: &ApplyReport) -> Vec<&Problem> {
+        r.problems.iter().filter(|p| p.error).collect()
+    }
+
+    #[test]
+    fn another_owner_cannot_take_a_path_under_a_host_unless_allowed() {
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\n");
+        let shop = owned(
+            "shop",
+            "1",
+            &[ON, ("wharf.host", "shop.test")],
+            [10, 0, 0, 2],
+        );
+        let evil = owned(
+            "evil",
+            "2",
+            &[ON, ("wharf.host", "shop.test"), ("wharf.path", "/login")],
+            [10, 0, 0, 3],
+        );
+        let r = apply_docker(&c, &cfg, vec![shop.clone(), evil.clone()]);
+        let e = refusals(&r);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].service.as_deref(), Some("service evil"));
+        assert_eq!(e[0].label.as_deref(), Some("wharf.host=shop.test"));
+        assert!(
+            e[0].message.contains("belongs to `service:shop`"),
+            "{}",
+            e[0].message
+        );
+        let t = c.table().load();
+        assert_eq!(
+            &*t.find("shop.test", "/login", 0).unwrap().name,
+            "shop@docker"
+        );
+        assert_eq!(t.len(), 1, "the refused route is gone");
+
+        // The owner lets it in: a longer path is fine, the owner's own path is not.
+        let mut shop2 = shop.clone();
+        shop2
+            .labels
+            .insert("wharf.allow-paths-from".into(), "service:evil".into());
+        let mut evil_root = evil.clone();
+        evil_root.labels.remove("wharf.path");
+        let r = apply_docker(&c, &cfg, vec![shop2.clone(), evil.clone()]);
+        assert!(refusals(&r).is_empty(), "{:?}", r.problems);
+        let t = c.table().load();
+        assert_eq!(
+            &*t.find("shop.test", "/login", 0).unwrap().name,
+            "evil@docker"
+        );
+        assert_eq!(&*t.find("shop.test", "/", 0).unwrap().name, "shop@docker");
+        let r = apply_docker(&c, &cfg, vec![shop2, evil_root]);
+        assert_eq!(refusals(&r).len(), 1, "{:?}", r.problems);
+        assert_eq!(
+            &*c.table().load().find("shop.test", "/", 0).unwrap().name,
+            "shop@docker"
+        );
+    }
+
+    #[test]
+    fn services_of_one_stack_share_hosts_and_file_routes_always_win() {
+        let c = Control::new();
+        let cfg = config(
+            "[docker]\nnetwork = \"pub\"\n[[routes]]\nname = \"ops\"\nhost = \"shop.test\"\n\
+             path = \"/ops\"\nupstream = \"static:127.0.0.1:1\"\n",
+        );
+        let stack = ("com.docker.stack.namespace", "shop");
+        let web = owned(
+            "shop_web",
+            "1",
+            &[ON, stack, ("wharf.host", "shop.test")],
+            [10, 0, 0, 2],
+        );
+        let api = owned(
+            "shop_api",
+            "2",
+            &[
+                ON,
+                stack,
+                ("wharf.host", "shop.test"),
+                ("wharf.path", "/api"),
+            ],
+            [10, 0, 0, 3],
+        );
+        let ops = owned(
+            "shop_ops",
+            "3",
+            &[
+                ON,
+                stack,
+                ("wharf.host", "shop.test"),
+                ("wharf.path", "/ops"),
+            ],
+            [10, 0, 0, 4],
+        );
+        let r = apply_docker(&c, &cfg, vec![web, api, ops]);
+        let e = refusals(&r);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].message.contains("config file's route `ops`"),
+            "{}",
+            e[0].message
+        );
+        let t = c.table().load();
+        assert_eq!(
+            &*t.find("shop.test", "/api/x", 0).unwrap().name,
+            "shop_api@docker"
+        );
+        assert_eq!(&*t.find("shop.test", "/ops", 0).unwrap().name, "ops");
+        assert_eq!(
+            &*t.find("shop.test", "/", 0).unwrap().name,
+            "shop_web@docker"
+        );
+    }
+
+    #[test]
+    fn wildcards_and_hosts_outside_allowed_domains_are_refused() {
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\nallowed_domains = [\"example.org\", \"*.apps.example.org\"]\n");
+        let ws = vec![
+            owned("star", "1", &[ON, ("wharf.host", "*")], [10, 0, 0, 2]),
+            owned(
+                "wild",
+                "2",
+                &[ON, ("wharf.host", "*.apps.example.org")],
+                [10, 0, 0, 3],
+            ),
+            owned(
+                "ok",
+                "3",
+                &[ON, ("wharf.host", "a.apps.example.org,example.org")],
+                [10, 0, 0, 4],
+            ),
+            owned(
+                "out",
+                "4",
+                &[ON, ("wharf.host", "bank.test,b.apps.example.org")],
+                [10, 0, 0, 5],
+            ),
+            // A Traefik v2 rule with no Host() is `*`.
+            owned(
+                "tr",
+                "5",
+                &[
+                    ("traefik.enable", "true"),
+                    ("traefik.http.routers.r.rule", "PathPrefix(`/x`)"),
+                ],
+                [10, 0, 0, 6],
+            ),
+        ];
+        let r = apply_docker(&c, &cfg, ws.clone());
+        let e = refusals(&r);
+        let who: Vec<&str> = e.iter().filter_map(|p| p.service.as_deref()).collect();
+        assert_eq!(
+            who,
+            ["service star", "service wild", "service out", "service tr"],
+            "{e:?}"
+        );
+        assert!(e[0].message.contains("allow_wildcards"));
+        assert!(e[2].message.contains("allowed_domains"));
+        assert!(e[3]
+            .label
+            .as_deref()
+            .unwrap()
+            .starts_with("traefik.http.routers.r.rule"));
+        let t = c.table().load();
+        assert!(t.find("other.test", "/", 0).is_none());
+        assert!(t.find("bank.test", "/", 0).is_none());
+        assert_eq!(
+            &*t.find("b.apps.example.org", "/", 0).unwrap().name,
+            "out@docker"
+        );
+        assert_eq!(&*t.find("example.org", "/", 0).unwrap().name, "ok@docker");
+
+        let open = config("[docker]\nnetwork = \"pub\"\nallow_wildcards = true\n");
+        let r = apply_docker(&c, &open, ws);
+        // Allowed now, `*` is a host like any other: `star` claimed it first.
+        let e = refusals(&r);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("belongs to `service:star`"));
+        assert_eq!(
+            &*c.table().load().find("other.test", "/", 0).unwrap().name,
+            "star@docker"
+        );
+    }
+
+    #[test]
+    fn the_remembered_owner_wins_over_an_older_squatter_after_a_restart() {
+        let cfg = config("[docker]\nnetwork = \"pub\"\n");
+        let shop = |created: &str| {
+            owned(
+                "shop",
+                created,
+                &[ON, ("wharf.host", "shop.test")],
+                [10, 0, 0, 2],
+            )
+        };
+        let evil = owned(
+            "evil",
+            "1",
+            &[ON, ("wharf.host", "shop.test")],
+            [10, 0, 0, 9],
+        );
+        let first = Control::new();
+        apply_docker(&first, &cfg, vec![shop("5")]);
+        let record = first.claims().to_json();
+        assert!(record.contains("service:shop"), "{record}");
+
+        // Restart: the squatter is older than the redeployed owner.
+        let second = Control::new();
+        second.load_claims(Claims::from_json(&record).unwrap());
+        let r = apply_docker(&second, &cfg, vec![evil.clone(), shop("9")]);
+        assert_eq!(refusals(&r).len(), 1, "{:?}", r.problems);
+        assert_eq!(
+            &*second
+                .table()
+                .load()
+                .find("shop.test", "/", 0)
+                .unwrap()
+                .name,
+            "shop@docker"
+        );
+        // While the owner is away the host stays reserved.
+        let r = apply_docker(&second, &cfg, vec![evil.clone()]);
+        assert!(refusals(&r)[0].message.contains("gone"), "{:?}", r.problems);
+        assert!(second.table().load().is_empty());
+        assert!(second.claims().hosts["shop.test"].gone_since.is_some());
+        // Without the record, creation time decides: the squatter would win.
+        let fresh = Control::new();
+        apply_docker(&fresh, &cfg, vec![evil, shop("9")]);
+        assert_eq!(
+            &*fresh.table().load().find("shop.test", "/", 0).unwrap().name,
+            "evil@docker"
+        );
+    }
+
+    #[test]
+    fn traefik_backend_groups_merge_their_servers() {
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\n");
+        let v1 = |name: &str, ip: [u8; 4]| {
+            let mut w = owned(
+                name,
+                name,
+                &[
+                    ("traefik.enable", "true"),
+                    ("traefik.frontend.rule", "Host:legacy.test"),
+                    ("traefik.backend", "legacy"),
+                    ("traefik.port", "80"),
+                ],
+                ip,
+            );
+            w.kind = wharf_docker::Kind::Container;
+            w
+        };
+        let r = apply_docker(
+            &c,
+            &cfg,
+            vec![v1("a", [10, 0, 0, 2]), v1("b", [10, 0, 0, 3])],
+        );
+        assert!(refusals(&r).is_empty(), "{:?}", r.problems);
+        let t = c.table().load();
+        assert_eq!(t.len(), 1);
+        let addrs: Vec<String> = t.routes()[0]
+            .backends
+            .all()
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.2:80", "10.0.0.3:80"]);
     }
 }

@@ -273,11 +273,12 @@ impl Lister<'_> {
             workloads.extend(self.services(&containers).await?);
         }
         if self.containers {
-            workloads.extend(
+            workloads.extend(group_compose(
                 containers
                     .iter()
-                    .filter_map(|c| container_workload(c, self.include_unlabelled)),
-            );
+                    .filter_map(|c| container_workload(c, self.include_unlabelled))
+                    .collect(),
+            ));
         }
         workloads.sort_by(|a, b| (&a.created, a.kind, &a.name).cmp(&(&b.created, b.kind, &b.name)));
         Ok(Snapshot { workloads })
@@ -598,6 +599,56 @@ fn container_unhealthy(c: &ContainerSummary) -> bool {
         .is_some_and(|s| s.contains("(unhealthy)"))
 }
 
+/// Containers of one compose project and service (`docker compose up --scale
+/// web=3`) are one workload, as a swarm service's tasks are: one route, every
+/// replica a backend. Each keeps its container name as its identity (compose
+/// names it `project-service-N`, and a recreated replica takes the name back),
+/// so sticky tokens stay stable per replica. The newest replica's labels speak
+/// for the group (after `up` with changed labels they are the current ones);
+/// the oldest creation time is the group's.
+fn group_compose(workloads: Vec<Workload>) -> Vec<Workload> {
+    let mut out: Vec<Workload> = Vec::with_capacity(workloads.len());
+    let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for w in workloads {
+        let key = match (
+            w.labels.get("com.docker.compose.project"),
+            w.labels.get("com.docker.compose.service"),
+        ) {
+            (Some(p), Some(s)) if w.kind == Kind::Container && !p.is_empty() && !s.is_empty() => {
+                (p.clone(), s.clone())
+            }
+            _ => {
+                out.push(w);
+                continue;
+            }
+        };
+        match groups.get(&key) {
+            None => {
+                groups.insert(key.clone(), out.len());
+                out.push(Workload {
+                    id: format!("compose:{}/{}", key.0, key.1),
+                    name: format!("{}-{}", key.0, key.1),
+                    ..w
+                });
+            }
+            Some(&i) => {
+                let g = &mut out[i];
+                if w.created > g.created {
+                    g.labels = w.labels;
+                } else {
+                    g.created = w.created;
+                }
+                g.exposed_ports.extend(w.exposed_ports);
+                g.exposed_ports.sort_unstable();
+                g.exposed_ports.dedup();
+                g.endpoints.extend(w.endpoints);
+                g.endpoints.sort_by(|a, b| a.identity.cmp(&b.identity));
+            }
+        }
+    }
+    out
+}
+
 fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<Workload> {
     let labels = c.labels.as_ref();
     // Task containers are routed through their service.
@@ -663,6 +714,69 @@ mod tests {
             "an older container sorts before a newer service"
         );
         assert!(created_key(None) > svc);
+    }
+
+    fn container(name: &str, created: &str, labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            kind: Kind::Container,
+            id: format!("id-{name}"),
+            name: name.into(),
+            created: created.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            exposed_ports: vec![80],
+            dnsrr: false,
+            endpoints: vec![Endpoint {
+                id: format!("id-{name}"),
+                addrs: BTreeMap::new(),
+                draining: false,
+                identity: name.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn compose_replicas_are_one_workload() {
+        let web = |n: &str, created: &str, host: &str| {
+            container(
+                n,
+                created,
+                &[
+                    ("com.docker.compose.project", "shop"),
+                    ("com.docker.compose.service", "web"),
+                    ("wharf.host", host),
+                ],
+            )
+        };
+        let out = group_compose(vec![
+            web("shop-web-2", "2", "old.test"),
+            container("lone", "3", &[("wharf.host", "l.test")]),
+            web("shop-web-1", "1", "old.test"),
+            web("shop-web-3", "4", "new.test"),
+            container(
+                "shop-db-1",
+                "5",
+                &[
+                    ("com.docker.compose.project", "shop"),
+                    ("com.docker.compose.service", "db"),
+                ],
+            ),
+        ]);
+        assert_eq!(out.len(), 3);
+        let g = &out[0];
+        assert_eq!(g.id, "compose:shop/web");
+        assert_eq!(g.name, "shop-web");
+        assert_eq!(g.created, "1");
+        assert_eq!(
+            g.labels["wharf.host"], "new.test",
+            "the newest replica's labels"
+        );
+        let ids: Vec<&str> = g.endpoints.iter().map(|e| e.identity.as_str()).collect();
+        assert_eq!(ids, ["shop-web-1", "shop-web-2", "shop-web-3"]);
+        assert_eq!(out[1].name, "lone");
+        assert_eq!(out[2].id, "compose:shop/db");
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn load_config(path: Option<&Path>) -> Result<wharf_config::Config, wharf_config
 fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     let mut opts = wharf_config::LabelOptions::default();
+    let mut rules = wharf_config::compose::HostRules::default();
     match load_config(config) {
         Ok(cfg) => {
             let files: Vec<_> = cfg
@@ -162,6 +163,10 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
                 exposed_by_default: cfg.docker.exposed_by_default,
                 traefik_labels: cfg.docker.traefik_labels,
             };
+            rules = wharf_config::compose::HostRules {
+                allowed_domains: cfg.docker.allowed_domains.clone(),
+                allow_wildcards: cfg.docker.allow_wildcards,
+            };
         }
         Err(e) => {
             for line in e.to_string().lines() {
@@ -188,7 +193,7 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    let report = wharf_config::compose::check(&files, &opts);
+    let report = wharf_config::compose::check_with(&files, &opts, &rules);
     for line in &report.lines {
         println!("{}: {}", line.severity, line.text);
     }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use wharf_acme::AcmeManager;
 use wharf_admin::ConfigProblem;
 use wharf_config::{Config, DockerMode};
-use wharf_control::{Control, ControlMetrics, Inputs, Problem};
+use wharf_control::{Claims, Control, ControlMetrics, Inputs, Problem};
 use wharf_dns::{DnsProvider, DnsSettings};
 use wharf_docker::{DockerProvider, DockerSettings, ProviderState, Snapshot};
 use wharf_tls::{CertSource, CertStore};
@@ -39,10 +39,17 @@ pub struct Reconciler {
     /// problems ACME reported about them.
     acme_names: Vec<Vec<String>>,
     acme_problems: Vec<Problem>,
+    /// Label names past `[acme] max_names`: how many, and the problem saying so.
+    capped_names: usize,
+    acme_cap_problem: Option<Problem>,
     /// Messages logged already, so each is logged once while it lasts.
     logged: HashSet<String>,
     /// Bumped after every table swap (the health checker reconciles on it).
     swaps: tokio::sync::watch::Sender<u64>,
+    /// The ownership record to write (JSON), for the task that persists it; and
+    /// what was last handed to it.
+    owners_tx: Option<tokio::sync::watch::Sender<String>>,
+    owners_sent: Option<Claims>,
 }
 
 /// Starts the Docker provider unless the config turns it off. In `auto` mode a
@@ -141,8 +148,68 @@ impl Reconciler {
             acme,
             acme_names: Vec::new(),
             acme_problems: Vec::new(),
+            capped_names: 0,
+            acme_cap_problem: None,
             logged: HashSet::new(),
             swaps: tokio::sync::watch::Sender::new(0),
+            owners_tx: None,
+            owners_sent: None,
+        }
+    }
+
+    /// Restores the host ownership record from the certificate storage and keeps
+    /// it there (written atomically by the store) whenever it changes, so owners
+    /// survive restarts and a redeployed owner keeps its hosts. Only with Docker:
+    /// file routes need no record. A record that cannot be read is logged and
+    /// started afresh (first claims are then decided by creation time again).
+    pub async fn persist_owners(&mut self, cancel: &CancellationToken) {
+        if self.docker.is_none() {
+            return;
+        }
+        let store = match wharf_acme::store::open(&self.config.acme.storage) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("host ownership: storage unavailable, claims are not remembered across restarts: {e}");
+                return;
+            }
+        };
+        match store.load_owners().await {
+            Ok(Some(text)) => match Claims::from_json(&text) {
+                Ok(c) => {
+                    info!(hosts = c.hosts.len(), "host ownership: record restored");
+                    self.owners_sent = Some(c.clone());
+                    self.control.load_claims(c);
+                }
+                Err(e) => warn!("host ownership: ignoring the stored record: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!("host ownership: cannot read the stored record: {e}"),
+        }
+        let (tx, mut rx) = tokio::sync::watch::channel(String::new());
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+                let json = rx.borrow_and_update().clone();
+                if let Err(e) = store.save_owners(&json).await {
+                    warn!("host ownership: the record was not stored: {e}");
+                }
+            }
+        });
+        self.owners_tx = Some(tx);
+    }
+
+    fn send_owners(&mut self) {
+        let Some(tx) = &self.owners_tx else {
+            return;
+        };
+        let claims = self.control.claims();
+        if self.owners_sent.as_ref() != Some(&claims) {
+            tx.send_replace(claims.to_json());
+            self.owners_sent = Some(claims);
         }
     }
 
@@ -246,9 +313,14 @@ impl Reconciler {
                 p.set_names(self.dns_names.clone());
             }
         }
+        self.send_owners();
         self.certificates();
         let mut problems = report.problems;
         problems.extend(self.acme_problems.iter().cloned());
+        problems.extend(self.acme_cap_problem.iter().cloned());
+        self.metrics
+            .acme_names_capped
+            .set(i64::try_from(self.capped_names).unwrap_or(i64::MAX));
         for provider in reloaded {
             self.metrics
                 .reloads
@@ -336,11 +408,19 @@ impl Reconciler {
 
     /// Every host of a route with `tls = acme` gets a certificate: a self-signed
     /// one at once, then ACME's (unless a `[[tls.certificates]]` file covers it).
+    /// Only hosts the table serves: a label host refused or lost in a conflict
+    /// was dropped from its route before compiling (review M8). Names from
+    /// labels are capped at `[acme] max_names` (file routes do not count); the
+    /// names past it, in route order (oldest workloads first), get none.
     fn certificates(&mut self) {
         let table = self.control.table().load();
         let mut wanted: Vec<Vec<String>> = Vec::new();
+        let mut label_names: HashSet<String> = HashSet::new();
+        let mut capped: Vec<String> = Vec::new();
+        let max = self.config.acme.max_names;
         for r in table.routes().iter().filter(|r| r.policy.tls) {
-            let names: Vec<String> = r
+            let from_labels = &*r.source == "docker";
+            let mut names: Vec<String> = r
                 .hosts
                 .iter()
                 .filter(|h| h.as_str() != "*")
@@ -352,13 +432,47 @@ impl Reconciler {
                 })
                 .cloned()
                 .collect();
+            if from_labels {
+                names.retain(|n| {
+                    if label_names.contains(n) || label_names.len() < max {
+                        label_names.insert(n.clone());
+                        true
+                    } else {
+                        if !capped.contains(n) {
+                            capped.push(n.clone());
+                        }
+                        false
+                    }
+                });
+            }
             if !names.is_empty() && !wanted.contains(&names) {
                 wanted.push(names);
             }
         }
+        self.capped_names = capped.len();
+        let capped_problem = (!capped.is_empty()).then(|| Problem {
+            source: "acme",
+            service: None,
+            label: Some("acme.max_names".into()),
+            message: format!(
+                "{} host name(s) from labels are past [acme] max_names = {max} and get no \
+                 certificate (the default one is served): {}{}",
+                capped.len(),
+                capped
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if capped.len() > 5 { ", ..." } else { "" }
+            ),
+            error: true,
+        });
         if wanted == self.acme_names {
+            self.acme_cap_problem = capped_problem;
             return;
         }
+        self.acme_cap_problem = capped_problem;
         let flat: Vec<String> = wanted.iter().flatten().cloned().collect();
         // Placeholders of hosts no route wants any more go.
         self.certs.remove_where(|c| {

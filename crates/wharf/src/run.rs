@@ -149,7 +149,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Routes (and with them ACME orders) only now: the CA may validate an HTTP-01 or
     // TLS-ALPN-01 challenge as soon as the order starts, and the sockets must exist
-    // by then (connections queue until the listeners serve).
+    // by then (connections queue until the listeners serve). Host owners are
+    // restored first, so a squatter cannot win the first apply after a restart.
+    rec.persist_owners(&cancel).await;
     rec.apply();
     // Active health checks, from the first published table on; the reconciler
     // signals every later swap.
