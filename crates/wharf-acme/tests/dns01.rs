@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pebble::*;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use wharf_acme::{AcmeCertState, AcmeManager, Policy};
 use wharf_config::{AcmeDns, Challenge};
 
@@ -20,7 +20,7 @@ struct Named {
     _dir: tempfile::TempDir,
     addr: SocketAddr,
     secret: String,
-    _child: Child,
+    _child: Proc,
 }
 
 async fn start_named() -> Named {
@@ -61,9 +61,13 @@ async fn start_named() -> Named {
     );
     let conf_path = dir.path().join("named.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let mut cmd = Command::new("named");
-    cmd.arg("-g").arg("-n").arg("1").arg("-c").arg(&conf_path);
-    let child = spawn_ready(cmd, "running", "named").await;
+    let child = Proc::spawn(
+        std::process::Command::new("named")
+            .args(["-g", "-n", "1", "-c"])
+            .arg(&conf_path),
+        "running",
+        "named",
+    );
     Named {
         _dir: dir,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -74,7 +78,7 @@ async fn start_named() -> Named {
 
 /// A recursive resolver (what a CA validates through) that forwards both test zones to the
 /// authoritative server and keeps nothing cached for long, so each order sees fresh records.
-async fn start_resolver(auth: &Named) -> (tempfile::TempDir, SocketAddr, Child) {
+async fn start_resolver(auth: &Named) -> (tempfile::TempDir, SocketAddr, Proc) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let port = free_udp_port();
@@ -91,9 +95,13 @@ async fn start_resolver(auth: &Named) -> (tempfile::TempDir, SocketAddr, Child) 
     );
     let conf_path = dir.path().join("named.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let mut cmd = Command::new("named");
-    cmd.arg("-g").arg("-n").arg("1").arg("-c").arg(&conf_path);
-    let child = spawn_ready(cmd, "running", "named (resolver)").await;
+    let child = Proc::spawn(
+        std::process::Command::new("named")
+            .args(["-g", "-n", "1", "-c"])
+            .arg(&conf_path),
+        "running",
+        "named (resolver)",
+    );
     (dir, SocketAddr::from(([127, 0, 0, 1], port)), child)
 }
 

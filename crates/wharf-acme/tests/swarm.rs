@@ -5,7 +5,6 @@
 
 mod pebble;
 
-use std::process::Command as StdCommand;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,87 +12,12 @@ use pebble::*;
 use tokio::net::TcpListener;
 use wharf_acme::{AcmeCertState, AcmeManager, Policy, SwarmStore};
 use wharf_config::Challenge;
+use wharf_testkit::docker::{docker, try_docker, Swarm};
 
-/// Puts the swarm back as found: leaves it only if this test initialised it.
-struct SwarmGuard {
-    initialised: bool,
-}
-
-/// Tests of this binary run in parallel: the first user puts the engine in swarm
-/// mode if it is not, the last one out takes it out again (only if it was put in).
-static SWARM_USERS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
-/// `docker swarm init` creates `docker_gwbridge` and `leave` keeps it: removed again
-/// when it did not exist before.
-static GWBRIDGE_NEW: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-
-impl SwarmGuard {
-    fn ensure() -> SwarmGuard {
-        require("docker");
-        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
-        if users.0 == 0 {
-            let state = docker(&[
-                "info",
-                "--format",
-                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-            ]);
-            match state.trim() {
-                "active true" => users.1 = false,
-                s if s.starts_with("inactive") => {
-                    *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) =
-                        !StdCommand::new("docker")
-                            .args(["network", "inspect", "docker_gwbridge"])
-                            .output()
-                            .is_ok_and(|o| o.status.success());
-                    docker(&[
-                        "swarm",
-                        "init",
-                        "--advertise-addr",
-                        "127.0.0.1",
-                        "--listen-addr",
-                        "127.0.0.1:2377",
-                    ]);
-                    users.1 = true;
-                }
-                s => {
-                    panic!(
-                        "this Docker Engine is in swarm state `{s}`; swarm storage needs a manager"
-                    )
-                }
-            }
-        }
-        users.0 += 1;
-        SwarmGuard {
-            initialised: users.1,
-        }
-    }
-}
-
-impl Drop for SwarmGuard {
-    fn drop(&mut self) {
-        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
-        users.0 -= 1;
-        if users.0 == 0 && self.initialised {
-            users.1 = false;
-            let _ = StdCommand::new("docker")
-                .args(["swarm", "leave", "--force"])
-                .output();
-            if *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) {
-                let _ = StdCommand::new("docker")
-                    .args(["network", "rm", "docker_gwbridge"])
-                    .output();
-            }
-        }
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = StdCommand::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Swarm mode for this test, put back as found after the last test of this binary.
+fn swarm() -> Swarm {
+    require("docker");
+    Swarm::join().unwrap_or_else(|e| panic!("swarm storage needs a swarm manager: {e}"))
 }
 
 /// Removes every config carrying this test's store label, also when the test fails.
@@ -101,20 +25,10 @@ struct ConfigsGuard(String);
 
 impl Drop for ConfigsGuard {
     fn drop(&mut self) {
-        if let Ok(out) = StdCommand::new("docker")
-            .args([
-                "config",
-                "ls",
-                "-q",
-                "--filter",
-                &format!("label=wharf.acme.store={}", self.0),
-            ])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = StdCommand::new("docker")
-                    .args(["config", "rm", id])
-                    .output();
+        let label = format!("label=wharf.acme.store={}", self.0);
+        if let Ok(out) = try_docker(&["config", "ls", "-q", "--filter", &label]) {
+            for id in out.split_whitespace() {
+                let _ = try_docker(&["config", "rm", id]);
             }
         }
     }
@@ -138,7 +52,7 @@ fn configs(prefix: &str, kind: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_order_both_publish() {
-    let _swarm = SwarmGuard::ensure();
+    let _swarm = swarm();
     let prefix = format!("wharf-acme-test-{:08x}", fastrand::u32(..));
     let _configs = ConfigsGuard(prefix.clone());
 
@@ -220,7 +134,7 @@ async fn two_replicas_one_order_both_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_lock_is_exclusive_and_expired_lease_is_broken() {
     use wharf_acme::Store;
-    let _swarm = SwarmGuard::ensure();
+    let _swarm = swarm();
     let prefix = format!("wharf-acme-test-{:08x}", fastrand::u32(..));
     let _configs = ConfigsGuard(prefix.clone());
     let s = SwarmStore::new(bollard::Docker::connect_with_defaults().unwrap(), &prefix);
