@@ -271,6 +271,7 @@ impl Pebble {
             ca_roots: vec![self.https_ca.clone()],
             storage: Storage::File(storage),
             dns,
+            max_names: 500,
         }
     }
 
