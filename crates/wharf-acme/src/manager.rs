@@ -120,6 +120,11 @@ struct Inner {
     http: Mutex<Option<Arc<AcmeHttp>>>,
     account: tokio::sync::Mutex<Option<Account>>,
     http01: Mutex<HashMap<String, String>>,
+    /// HTTP-01 tokens of every replica's running orders, as the store listed
+    /// them last (see [`AcmeManager::http01`]).
+    cluster_http01: Mutex<HashMap<String, String>>,
+    /// A miss asks for an early refresh of `cluster_http01`.
+    http01_miss: Notify,
     entries: Mutex<HashMap<Vec<String>, Entry>>,
     /// Certificates loaded from the store at start, before `set_names` names them.
     loaded: Mutex<HashMap<Vec<String>, Held>>,
@@ -223,6 +228,8 @@ impl AcmeManager {
                 http: Mutex::new(None),
                 account: tokio::sync::Mutex::new(None),
                 http01: Mutex::new(HashMap::new()),
+                cluster_http01: Mutex::new(HashMap::new()),
+                http01_miss: Notify::new(),
                 entries: Mutex::new(HashMap::new()),
                 loaded: Mutex::new(HashMap::new()),
                 sem,
@@ -276,6 +283,10 @@ impl AcmeManager {
         if !self.inner.started.swap(true, Ordering::SeqCst) {
             let inner = self.inner.clone();
             tokio::spawn(async move { inner.run().await });
+            if self.inner.cfg.challenge == Challenge::Http01 {
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.refresh_http01().await });
+            }
         }
         Ok(ignored)
     }
@@ -391,26 +402,64 @@ impl AcmeManager {
     }
 
     /// HTTP-01: the key authorization for `token` (served as the body of
-    /// `GET /.well-known/acme-challenge/<token>`), from this replica's running orders or, with a
-    /// shared store, from another replica's.
+    /// `GET /.well-known/acme-challenge/<token>`), from this replica's running
+    /// orders or from the tokens of every replica's orders as the store last
+    /// listed them. Memory only: a request never reaches the store (a Docker
+    /// API call with swarm storage, a file read with file storage), whatever
+    /// anyone sends; a miss only asks the refresh loop to list again, at most
+    /// every [`HTTP01_MIN_REFRESH`]. Nothing is answered unless the challenge
+    /// is `http-01`.
     pub async fn http01(&self, token: &str) -> Option<String> {
+        self.http01_now(token)
+    }
+
+    fn http01_now(&self, token: &str) -> Option<String> {
+        if self.inner.cfg.challenge != Challenge::Http01 || !crate::store::valid_token(token) {
+            return None;
+        }
         if let Some(k) = lock(&self.inner.http01).get(token) {
             return Some(k.clone());
         }
-        if !crate::store::valid_token(token) {
-            return None;
+        if let Some(k) = lock(&self.inner.cluster_http01).get(token) {
+            return Some(k.clone());
         }
-        match self.inner.store.get_challenge(token).await {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(error = %e, "ACME: reading HTTP-01 token from storage");
-                None
-            }
-        }
+        self.inner.http01_miss.notify_one();
+        None
     }
 }
 
+/// How often the HTTP-01 tokens of other replicas' orders are listed from the
+/// store, and how soon after a miss it may list again (a flood of misses
+/// costs one listing per this long, not one store call per request).
+const HTTP01_REFRESH: Duration = Duration::from_secs(2);
+const HTTP01_MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// With a shared store, the replica that orders waits this long after writing
+/// its HTTP-01 token before the CA may validate, so every replica has listed it.
+const HTTP01_SPREAD: Duration = Duration::from_millis(2_500);
+
 impl Inner {
+    /// Lists the store's HTTP-01 tokens every [`HTTP01_REFRESH`], or sooner
+    /// after a miss (never more often than [`HTTP01_MIN_REFRESH`]).
+    async fn refresh_http01(self: Arc<Self>) {
+        loop {
+            match self.store.list_challenges().await {
+                Ok(Some(list)) => *lock(&self.cluster_http01) = list.into_iter().collect(),
+                Ok(None) => return,
+                Err(e) => warn!(error = %e, "ACME: listing HTTP-01 tokens from storage"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(HTTP01_MIN_REFRESH) => {}
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(HTTP01_REFRESH - HTTP01_MIN_REFRESH) => {}
+                _ = self.http01_miss.notified() => {}
+            }
+        }
+    }
+
     fn check_directory(&self, c: StoredCert) -> Result<StoredCert, AcmeError> {
         if c.directory.is_empty() || c.directory == self.cfg.directory {
             Ok(c)
@@ -640,6 +689,9 @@ impl Inner {
                     lock(&self.http01).insert(token.clone(), ka.as_str().to_owned());
                     cleanup.tokens.push(token.clone());
                     self.store.put_challenge(&token, ka.as_str()).await?;
+                    if matches!(self.cfg.storage, wharf_config::Storage::Swarm) {
+                        tokio::time::sleep(HTTP01_SPREAD).await;
+                    }
                 }
                 ChallengeType::TlsAlpn01 => {
                     let (cert, key) = crate::alpn::challenge_cert(&ident, ka.digest().as_ref())?;
@@ -865,5 +917,125 @@ mod tests {
             assert!(r <= Duration::from_secs(60 * 86400));
             assert!(r >= Duration::from_secs(57 * 86400));
         }
+    }
+
+    /// A file store that counts the reads a request could cause.
+    struct Counting {
+        inner: FileStore,
+        gets: std::sync::atomic::AtomicUsize,
+        lists: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Counting {
+        async fn load_account(&self, d: &str) -> Result<Option<String>, AcmeError> {
+            self.inner.load_account(d).await
+        }
+        async fn save_account(&self, d: &str, c: &str) -> Result<(), AcmeError> {
+            self.inner.save_account(d, c).await
+        }
+        async fn load_certs(&self) -> Result<Vec<Result<StoredCert, AcmeError>>, AcmeError> {
+            self.inner.load_certs().await
+        }
+        async fn load_cert(&self, n: &[String]) -> Result<Option<StoredCert>, AcmeError> {
+            self.inner.load_cert(n).await
+        }
+        async fn save_cert(&self, c: &StoredCert) -> Result<(), AcmeError> {
+            self.inner.save_cert(c).await
+        }
+        async fn put_challenge(&self, t: &str, k: &str) -> Result<(), AcmeError> {
+            self.inner.put_challenge(t, k).await
+        }
+        async fn get_challenge(&self, t: &str) -> Result<Option<String>, AcmeError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_challenge(t).await
+        }
+        async fn list_challenges(&self) -> Result<Option<Vec<(String, String)>>, AcmeError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_challenges().await
+        }
+        async fn remove_challenge(&self, t: &str) -> Result<(), AcmeError> {
+            self.inner.remove_challenge(t).await
+        }
+        async fn try_lock(&self, id: &str, h: &str, l: Duration) -> Result<bool, AcmeError> {
+            self.inner.try_lock(id, h, l).await
+        }
+        async fn unlock(&self, id: &str, h: &str) -> Result<(), AcmeError> {
+            self.inner.unlock(id, h).await
+        }
+        async fn load_owners(&self) -> Result<Option<String>, AcmeError> {
+            self.inner.load_owners().await
+        }
+        async fn save_owners(&self, json: &str) -> Result<(), AcmeError> {
+            self.inner.save_owners(json).await
+        }
+    }
+
+    struct NoSink;
+    impl CertSink for NoSink {
+        fn publish(&self, _: &[String], _: &str, _: &str) {}
+        fn set_alpn_challenge(&self, _: &str, _: Option<(Vec<u8>, Vec<u8>)>) {}
+    }
+
+    fn manager(challenge: &str) -> (AcmeManager, Arc<Counting>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("wharf-http01-{:016x}", fastrand::u64(..)));
+        let text = format!(
+            "[acme]\nemail = \"ops@example.org\"\nchallenge = \"{challenge}\"\nstorage = \"file:{}\"\n",
+            dir.display()
+        );
+        let cfg = wharf_config::parse(&text, "test", Vec::new()).unwrap().acme;
+        let store = Arc::new(Counting {
+            inner: FileStore::new(dir.clone()),
+            gets: Default::default(),
+            lists: Default::default(),
+        });
+        let m = AcmeManager::with_store(cfg, Arc::new(NoSink), store.clone(), Policy::default())
+            .unwrap();
+        (m, store, dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http01_is_answered_from_memory_and_a_miss_never_reads_the_store() {
+        let (m, store, dir) = manager("http-01");
+        // Another replica's token, in the shared store.
+        store
+            .inner
+            .put_challenge("other-replica_TOKEN", "ka.other")
+            .await
+            .unwrap();
+        m.start().await.unwrap();
+        // The refresh loop lists once at start.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            m.http01("other-replica_TOKEN").await.as_deref(),
+            Some("ka.other")
+        );
+        let lists = store.lists.load(Ordering::SeqCst);
+        // A flood of misses: no store read per request, at most one listing per
+        // HTTP01_MIN_REFRESH.
+        for i in 0..10_000 {
+            assert_eq!(m.http01(&format!("missing{i}")).await, None);
+            assert_eq!(m.http01("../../etc/passwd").await, None);
+        }
+        assert_eq!(store.gets.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let listed = store.lists.load(Ordering::SeqCst) - lists;
+        assert!(listed <= 10, "{listed} listings in 10 s");
+        m.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http01_answers_nothing_unless_the_challenge_is_http01() {
+        let (m, store, dir) = manager("tls-alpn-01");
+        store.inner.put_challenge("tok", "ka").await.unwrap();
+        lock(&m.inner.http01).insert("tok".into(), "ka".into());
+        m.start().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(m.http01("tok").await, None);
+        assert_eq!(store.gets.load(Ordering::SeqCst), 0);
+        assert_eq!(store.lists.load(Ordering::SeqCst), 0);
+        m.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -37,6 +37,11 @@ pub struct FileEntrypoint {
     pub header_read_timeout: Option<String>,
     pub max_header_size: Option<usize>,
     pub max_headers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<String>,
+    pub max_connection_age: Option<String>,
+    pub client_timeout: Option<String>,
+    pub tunnel_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +68,7 @@ pub struct FileAdmin {
 pub struct FileRuntime {
     pub worker_threads: Option<usize>,
     pub shutdown_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +170,7 @@ pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("admin", "max_connections", Kind::Int),
     ("runtime", "worker_threads", Kind::Int),
     ("runtime", "shutdown_timeout", Kind::Str),
+    ("runtime", "max_connections", Kind::Int),
     ("upstream", "connect_timeout", Kind::Str),
     ("upstream", "response_timeout", Kind::Str),
     ("upstream", "idle_timeout", Kind::Str),
@@ -205,4 +212,9 @@ pub const ENTRYPOINT_KEYS: &[(&str, Kind)] = &[
     ("header_read_timeout", Kind::Str),
     ("max_header_size", Kind::Int),
     ("max_headers", Kind::Int),
+    ("max_connections", Kind::Int),
+    ("idle_timeout", Kind::Str),
+    ("max_connection_age", Kind::Str),
+    ("client_timeout", Kind::Str),
+    ("tunnel_timeout", Kind::Str),
 ];

@@ -53,6 +53,23 @@ pub struct Entrypoint {
     pub max_header_size: usize,
     /// Most header fields accepted; more gets 431.
     pub max_headers: usize,
+    /// Client connections served at once (0: unlimited, bounded by
+    /// `[runtime] max_connections`); past it, new connections wait in the
+    /// kernel's backlog.
+    pub max_connections: usize,
+    /// A connection on which no request starts for this long is closed
+    /// (HTTP/2: GOAWAY; HTTP/1.1 is also bounded by `header_read_timeout`).
+    pub idle_timeout: Duration,
+    /// A connection is closed gracefully (GOAWAY, `Connection: close`) after
+    /// this long; zero: never.
+    pub max_connection_age: Duration,
+    /// A write to the client that makes no progress for this long (a client
+    /// not reading), or a request body that stalls this long, ends the
+    /// request (HAProxy `timeout client`).
+    pub client_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this long
+    /// is closed (HAProxy `timeout tunnel`).
+    pub tunnel_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +116,9 @@ pub struct RuntimeConfig {
     /// 0 = one per CPU.
     pub worker_threads: usize,
     pub shutdown_timeout: Duration,
+    /// Client connections served at once over all entrypoints; 0: derived
+    /// from the raised `RLIMIT_NOFILE` at start (see `docs/config.md`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -597,6 +617,33 @@ pub(crate) fn parse(
         if !(8..=10_000).contains(&max_headers) {
             ck.fail(&k("max_headers"), "must be between 8 and 10000");
         }
+        let max_connections = ep.max_connections.unwrap_or(0);
+        if max_connections > 10_000_000 {
+            ck.fail(&k("max_connections"), "at most 10000000 (0: unlimited)");
+        }
+        let idle_timeout = ck.duration(
+            &k("idle_timeout"),
+            ep.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        );
+        let max_connection_age = match ep.max_connection_age.as_deref().map(values::duration) {
+            None => Duration::from_secs(3600),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                ck.fail(&k("max_connection_age"), e);
+                Duration::ZERO
+            }
+        };
+        let client_timeout = ck.duration(
+            &k("client_timeout"),
+            ep.client_timeout.as_ref(),
+            Duration::from_secs(60),
+        );
+        let tunnel_timeout = ck.duration(
+            &k("tunnel_timeout"),
+            ep.tunnel_timeout.as_ref(),
+            Duration::from_secs(3600),
+        );
         entrypoints.push(Entrypoint {
             name: name.clone(),
             address,
@@ -608,6 +655,11 @@ pub(crate) fn parse(
             header_read_timeout,
             max_header_size,
             max_headers,
+            max_connections,
+            idle_timeout,
+            max_connection_age,
+            client_timeout,
+            tunnel_timeout,
         });
     }
     for (i, a) in entrypoints.iter().enumerate() {
@@ -684,6 +736,7 @@ pub(crate) fn parse(
                 Duration::from_secs(30)
             }
         },
+        max_connections: rt.max_connections.unwrap_or(0),
     };
     if runtime.worker_threads > 1024 {
         ck.fail("runtime.worker_threads", "at most 1024");
@@ -704,7 +757,10 @@ pub(crate) fn parse(
         idle_timeout: ck.duration(
             "upstream.idle_timeout",
             up.idle_timeout.as_ref(),
-            Duration::from_secs(90),
+            // Below the shortest common backend keep-alive (Node.js and Apache
+            // close idle connections after 5 s), so a pooled connection is
+            // dropped here before the backend closes it under a request.
+            Duration::from_secs(4),
         ),
         max_idle_per_backend: up.max_idle_per_backend.unwrap_or(256),
     };

@@ -997,6 +997,8 @@ mod tests {
             sni: None,
             tls_version: tls,
             redirect_https: false,
+            client_timeout: Duration::from_secs(60),
+            tunnel_timeout: Duration::from_secs(60),
             client: "192.0.2.7:5000".parse().unwrap(),
             info: ClientInfo {
                 ip: HeaderValue::from_static("192.0.2.7"),

@@ -32,15 +32,79 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::PROXY_AUTHORIZATION,
 ];
 
+static X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
+static FRONT_END_HTTPS: HeaderName = HeaderName::from_static("front-end-https");
+static X_URL_SCHEME: HeaderName = HeaderName::from_static("x-url-scheme");
+static X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+static X_REWRITE_URL: HeaderName = HeaderName::from_static("x-rewrite-url");
+static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
+static X_CLIENT_IP: HeaderName = HeaderName::from_static("x-client-ip");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// Forwarding fields only a trusted peer may set; from anyone else they are
-/// removed so an application cannot be told a forged scheme, port or address
-/// (RFC 7239 `Forwarded` included).
-static UNTRUSTED_DROP: [&HeaderName; 4] = [
+/// removed so an application cannot be told a forged scheme, port, address or
+/// URL (RFC 7239 `Forwarded` included; `X-Original-URL`/`X-Rewrite-URL` are
+/// read by IIS and Symfony as the request's real path, past any route).
+static UNTRUSTED_DROP: [&HeaderName; 12] = [
     &FORWARDED,
     &X_FORWARDED_PORT,
     &X_FORWARDED_PREFIX,
     &X_FORWARDED_SERVER,
+    &X_FORWARDED_SSL,
+    &FRONT_END_HTTPS,
+    &X_URL_SCHEME,
+    &X_FORWARDED_SCHEME,
+    &X_ORIGINAL_URL,
+    &X_REWRITE_URL,
+    &TRUE_CLIENT_IP,
+    &X_CLIENT_IP,
 ];
+
+/// Is `name`, with `_` read as `-`, a forwarding field (CGI, PHP and WSGI map
+/// both spellings to one `HTTP_X_FORWARDED_FOR` variable, so an underscore
+/// spelling would stand in for the field Wharf sets)?
+fn forwarding_alias(name: &str) -> bool {
+    const NAMES: [&str; 16] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-ssl",
+        "front-end-https",
+        "x-url-scheme",
+        "x-forwarded-scheme",
+        "x-original-url",
+        "x-rewrite-url",
+        "true-client-ip",
+        "x-client-ip",
+    ];
+    NAMES.iter().any(|n| {
+        n.len() == name.len()
+            && n.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+    })
+}
+
+/// An `Upgrade: h2c` request (RFC 7540 §3.2, removed by RFC 9113): never
+/// tunnelled, so its `Upgrade` and `HTTP2-Settings` fields are dropped and
+/// `true` returned.
+pub fn is_h2c_upgrade(headers: &mut HeaderMap) -> bool {
+    let h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| connection_lists(v, "h2c"));
+    if h2c {
+        headers.remove(header::UPGRADE);
+        headers.remove(&HTTP2_SETTINGS);
+    }
+    h2c
+}
 
 /// Joins the `Cookie` fields an HTTP/2 client sends separately into one, as
 /// RFC 9113 §8.2.3 requires before forwarding over HTTP/1.1.
@@ -155,6 +219,16 @@ pub struct ClientInfo {
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &HeaderValue) {
     if !client.trusted {
         remove_any(headers, &UNTRUSTED_DROP);
+        if headers.keys().any(|k| k.as_str().contains('_')) {
+            let aliases: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().contains('_') && forwarding_alias(k.as_str()))
+                .cloned()
+                .collect();
+            for name in aliases {
+                headers.remove(&name);
+            }
+        }
     }
     let xff = if client.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
@@ -304,5 +378,61 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_set_scheme_url_or_address_fields() {
+        let spoofed = [
+            ("x-forwarded-ssl", "on"),
+            ("front-end-https", "on"),
+            ("x-url-scheme", "https"),
+            ("x-forwarded-scheme", "https"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("true-client-ip", "127.0.0.1"),
+            ("x-client-ip", "127.0.0.1"),
+            ("x_forwarded_for", "127.0.0.1"),
+            ("x_real_ip", "127.0.0.1"),
+            ("X_Forwarded_Proto", "https"),
+            ("x-forwarded_host", "admin.internal"),
+            ("x_custom_header", "kept"),
+        ];
+        let host = HeaderValue::from_static("app.test");
+        let untrusted = ClientInfo {
+            ip: HeaderValue::from_static("192.0.2.1"),
+            trusted: false,
+            proto: HTTP,
+        };
+        let mut h = map(&spoofed);
+        set_forwarded(&mut h, &untrusted, &host);
+        for (name, _) in &spoofed[..12] {
+            assert!(!h.contains_key(&name.to_ascii_lowercase()), "{name} kept");
+        }
+        assert_eq!(h["x_custom_header"], "kept");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        // A trusted peer keeps them.
+        let trusted = ClientInfo {
+            trusted: true,
+            ..untrusted
+        };
+        let mut h = map(&spoofed);
+        set_forwarded(&mut h, &trusted, &host);
+        assert_eq!(h["x-original-url"], "/admin");
+    }
+
+    #[test]
+    fn h2c_upgrade_is_dropped_not_tunnelled() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ]);
+        assert!(is_upgrade(&h));
+        assert!(is_h2c_upgrade(&mut h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut ws = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        assert!(!is_h2c_upgrade(&mut ws));
+        assert!(ws.contains_key("upgrade"));
     }
 }

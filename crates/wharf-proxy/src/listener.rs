@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::forward::{ConnInfo, Forwarder};
 use crate::headers::{self, ClientInfo};
+use crate::idle::Inactivity;
 use crate::proxy_protocol::{self, Prefixed};
 use crate::ListenerSettings;
 
@@ -110,7 +111,16 @@ impl Entrypoint {
             h2: builder(s).http2_only(),
         });
         let tls = self.tls.clone().map(TlsAcceptor::from);
+        let own_slots = (s.max_connections > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(s.max_connections)));
+        let mut cap_logged: Option<tokio::time::Instant> = None;
         loop {
+            // Slots first, then accept (HAProxy's maxconn): at the cap, new
+            // connections wait in the kernel's backlog and cost nothing here.
+            let slots = tokio::select! {
+                _ = cancel.cancelled() => break,
+                slots = take_slots(own_slots.as_ref(), s.global_slots.as_ref(), s, &mut cap_logged) => slots,
+            };
             let (stream, peer) = tokio::select! {
                 _ = cancel.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
@@ -132,18 +142,99 @@ impl Entrypoint {
                 tls: tls.clone(),
                 cancel: cancel.clone(),
             };
-            tracker.spawn(conn.run(stream, peer));
+            tracker.spawn(async move {
+                conn.run(stream, peer).await;
+                drop(slots);
+            });
         }
         debug!(entrypoint = %s.name, "stopped accepting");
     }
+}
+
+/// A connection's slots under the entrypoint's and the process's caps.
+type Slots = (
+    Option<tokio::sync::OwnedSemaphorePermit>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+/// How often reaching a connection cap is logged, at most.
+const CAP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes a slot under each cap, waiting when one is full; a wait is counted
+/// and logged (at most every [`CAP_LOG_EVERY`]).
+async fn take_slots(
+    own: Option<&Arc<tokio::sync::Semaphore>>,
+    global: Option<&Arc<tokio::sync::Semaphore>>,
+    s: &ListenerSettings,
+    logged: &mut Option<tokio::time::Instant>,
+) -> Slots {
+    async fn one(
+        sem: Option<&Arc<tokio::sync::Semaphore>>,
+        s: &ListenerSettings,
+        which: &str,
+        logged: &mut Option<tokio::time::Instant>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = sem?;
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        s.at_cap.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        if logged.is_none_or(|t| now.duration_since(t) >= CAP_LOG_EVERY) {
+            *logged = Some(now);
+            warn!(
+                entrypoint = %s.name,
+                cap = which,
+                "connection cap reached: new connections wait in the kernel backlog \
+                 (logged at most every 10s)"
+            );
+        }
+        // Never closed, so this only fails if the semaphore were.
+        sem.clone().acquire_owned().await.ok()
+    }
+    let own = one(own, s, "entrypoints.max_connections", logged).await;
+    let global = one(global, s, "runtime.max_connections", logged).await;
+    (own, global)
 }
 
 /// Per-connection state shared with the request futures.
 struct Shared {
     fwd: Arc<Forwarder>,
     info: ConnInfo,
-    /// A request has started on this connection.
-    started: AtomicBool,
+    /// Requests started on this connection.
+    started: AtomicU32,
+    /// Requests whose handling is under way (until the response head).
+    in_flight: AtomicU32,
+    /// Requests cancelled by the client before their response head (HTTP/2
+    /// RST_STREAM); too many of them close the connection.
+    early_resets: AtomicU32,
+    /// Woken when `early_resets` crosses the limit.
+    abuse: tokio::sync::Notify,
+}
+
+/// A connection where at least this many requests, and at least half of all
+/// its requests, were reset by the client before their response head is
+/// closed (Envoy's premature-reset rule; HTTP/2 "rapid reset", CVE-2023-44487):
+/// each such request may have cost a backend connection.
+const EARLY_RESETS_MAX: u32 = 64;
+
+/// Counts a request as in flight; dropped before [`Stream::done`], it was reset.
+struct Stream(Arc<Shared>, bool);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.1 {
+            return;
+        }
+        let resets = s.early_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        if resets >= EARLY_RESETS_MAX
+            && resets.saturating_mul(2) >= s.started.load(Ordering::Relaxed)
+        {
+            s.abuse.notify_one();
+        }
+    }
 }
 
 struct Conn {
@@ -261,6 +352,8 @@ impl Conn {
             sni: tls.as_ref().and_then(|n| n.sni.clone()),
             tls_version: tls.as_ref().and_then(|n| n.version),
             redirect_https: s.redirect_https,
+            client_timeout: s.client_timeout,
+            tunnel_timeout: s.tunnel_timeout,
             client: SocketAddr::new(ip, client.port()),
             info: ClientInfo {
                 // An IP address always renders as a valid header value.
@@ -279,16 +372,25 @@ impl Conn {
         let shared = Arc::new(Shared {
             fwd: self.fwd,
             info,
-            started: AtomicBool::new(false),
+            started: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            early_resets: AtomicU32::new(0),
+            abuse: tokio::sync::Notify::new(),
         });
         let for_svc = shared.clone();
         let svc = service_fn(move |req| {
             let c = for_svc.clone();
-            if !c.started.load(Ordering::Relaxed) {
-                c.started.store(true, Ordering::Relaxed);
+            c.started.fetch_add(1, Ordering::Relaxed);
+            c.in_flight.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let mut stream = Stream(c, false);
+                let c = &stream.0;
+                let resp = c.fwd.handle(&c.info, req).await;
+                stream.1 = true;
+                Ok::<_, Infallible>(resp)
             }
-            async move { Ok::<_, Infallible>(c.fwd.handle(&c.info, req).await) }
         });
+        let io = Inactivity::writes(io, s.client_timeout);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         // hyper's head timer starts only once it knows the protocol; a peer that
@@ -297,15 +399,57 @@ impl Conn {
         let first = tokio::time::sleep(s.header_read_timeout);
         tokio::pin!(first);
         let mut waiting_first = true;
+        // hyper has no idle timer for HTTP/2 (and PINGs keep a connection
+        // alive): a connection on which no request started for `idle_timeout`
+        // is closed gracefully (GOAWAY), checked every quarter of it.
+        let idle_tick = s.idle_timeout / 4;
+        let idle = tokio::time::sleep(idle_tick);
+        tokio::pin!(idle);
+        let (mut seen, mut quiet_ticks) = (0u32, 0u8);
+        // `max_connection_age`: a graceful close, so clients spread over
+        // replicas again and a long-lived connection cannot pin one forever.
+        let age = tokio::time::sleep(s.max_connection_age);
+        tokio::pin!(age);
+        let mut closing = false;
         let result = loop {
             tokio::select! {
                 r = conn.as_mut() => break r,
                 _ = &mut first, if waiting_first => {
                     waiting_first = false;
-                    if !shared.started.load(Ordering::Relaxed) {
+                    if shared.started.load(Ordering::Relaxed) == 0 {
                         debug!(%client, "no request within header_read_timeout; closing");
                         return;
                     }
+                }
+                _ = &mut idle, if !closing => {
+                    let now = shared.started.load(Ordering::Relaxed);
+                    if now != seen || shared.in_flight.load(Ordering::Relaxed) > 0 {
+                        (seen, quiet_ticks) = (now, 0);
+                    } else {
+                        quiet_ticks += 1;
+                    }
+                    if quiet_ticks >= 4 {
+                        debug!(%client, "idle_timeout; closing");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_tick);
+                    }
+                }
+                _ = &mut age, if !closing && !s.max_connection_age.is_zero() => {
+                    debug!(%client, "max_connection_age; closing");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = shared.abuse.notified() => {
+                    warn!(
+                        %client,
+                        entrypoint = %s.name,
+                        resets = shared.early_resets.load(Ordering::Relaxed),
+                        requests = shared.started.load(Ordering::Relaxed),
+                        "closing a connection whose client reset most requests before their response"
+                    );
+                    return;
                 }
                 _ = self.cancel.cancelled() => {
                     // Finish the request in flight, then close (drain).

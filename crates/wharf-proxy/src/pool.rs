@@ -29,10 +29,11 @@ use tracing::{debug, warn};
 use wharf_table::BackendTls;
 
 use crate::error::ProxyError;
+use crate::idle::TimedBody;
 
 /// A request body to a backend: the client's, or none. A request without a body
 /// is sent with `Empty`, so a copy of its head can be sent again on a retry.
-pub type ReqBody = Either<Incoming, Empty<Bytes>>;
+pub type ReqBody = Either<TimedBody<Incoming>, Empty<Bytes>>;
 
 /// A connection's sending half: HTTP/1.1 (one request at a time, pooled) or
 /// HTTP/2 (multiplexed, shared), as ALPN decided.
@@ -42,22 +43,8 @@ pub enum Tx {
 }
 
 impl Tx {
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Tx::H1(t) => t.is_closed(),
-            Tx::H2(t) => t.is_closed(),
-        }
-    }
-
     pub fn is_h2(&self) -> bool {
         matches!(self, Tx::H2(_))
-    }
-
-    async fn ready(&mut self) -> bool {
-        match self {
-            Tx::H1(t) => t.is_ready() || t.ready().await.is_ok(),
-            Tx::H2(t) => t.is_ready() || t.ready().await.is_ok(),
-        }
     }
 
     /// Sends a request shaped for this connection's protocol; when none of it
@@ -105,15 +92,37 @@ pub struct H1Pool {
 /// Every this many releases, closed and expired idle entries are swept.
 const SWEEP_EVERY: u32 = 4096;
 
-/// A connection checked out of the pool; [`H1Pool::release`] puts it back.
+/// A connection checked out of the pool. Dropped, it goes back to the idle
+/// list when its exchange is complete ([`Pooled::release`]: the response read
+/// to its end) or when no request was handed to it (the client reset the
+/// request before it was written: HTTP/2 rapid reset must not cost a backend
+/// connection each time); dropped mid-exchange, it closes.
 pub struct Pooled {
-    pub tx: Tx,
+    tx: Option<Tx>,
     key: Key,
     pool: Arc<H1Pool>,
     /// Reused from the idle list (a failure before sending may be retried on a
     /// fresh connection).
     pub reused: bool,
+    /// Reused after at least [`STALE_RISK`] idle: the backend may have closed
+    /// it just as the request went out, so a safe request keeps a copy.
+    pub stale_risk: bool,
+    /// A request was handed to the connection.
+    dispatched: bool,
+    /// The response was read to its end.
+    finished: bool,
 }
+
+/// An idle connection reused after this long may have been closed by the
+/// backend meanwhile (RFC 9112 §9.3.1).
+const STALE_RISK: Duration = Duration::from_secs(1);
+
+/// How long a connection released at the end of its response may take to
+/// want the next request (the request body still being written, or hyper's
+/// dispatcher not yet past the response) before it is closed instead of
+/// pooled. An early response (404, 413) to a body the client is still
+/// uploading would otherwise hand a busy connection to the next request.
+const READY_WAIT: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another request panicked mid-push; the map
@@ -169,15 +178,15 @@ impl H1Pool {
             }
         }
         while let Some(c) = self.pop(key) {
-            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout {
+            let idle = c.since.elapsed();
+            // Only connections that wanted a request are pooled, so one that
+            // does not now is closed or broken: skipped, never waited for.
+            if c.tx.is_closed() || !c.tx.is_ready() || idle >= self.idle_timeout {
                 continue;
             }
-            // Released at the end of the body, the connection may need a moment
-            // to finish the exchange before it wants the next request.
-            let mut tx = Tx::H1(c.tx);
-            if tx.ready().await {
-                return Ok(self.pooled(tx, key, true));
-            }
+            let mut p = self.pooled(Tx::H1(c.tx), key, true);
+            p.stale_risk = idle >= STALE_RISK;
+            return Ok(p);
         }
         // Boxed: the connect future (TCP, TLS and HTTP/2 handshakes) is large
         // and needed only when no pooled connection is; inline it would be
@@ -208,10 +217,13 @@ impl H1Pool {
 
     fn pooled(self: &Arc<Self>, tx: Tx, key: Key, reused: bool) -> Pooled {
         Pooled {
-            tx,
+            tx: Some(tx),
             key,
             pool: self.clone(),
             reused,
+            stale_risk: false,
+            dispatched: false,
+            finished: false,
         }
     }
 
@@ -331,11 +343,30 @@ impl H1Pool {
         lock(&self.connecting).retain(|_, g| Arc::strong_count(g) > 1);
     }
 
-    fn release(&self, conn: Pooled) {
-        let Tx::H1(tx) = conn.tx else {
-            // HTTP/2: shared, never checked out exclusively.
+    /// Puts an HTTP/1.1 connection back on its idle list once it wants the
+    /// next request: at once when it does, else after waiting up to
+    /// [`READY_WAIT`] off the request path; one that does not by then is
+    /// closed.
+    fn put_back(self: &Arc<Self>, key: Key, mut tx: http1::SendRequest<ReqBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        if tx.is_ready() {
+            self.push(key, tx);
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let pool = self.clone();
+        rt.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, tx.ready()).await {
+                pool.push(key, tx);
+            }
+        });
+    }
+
+    fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
         if self
             .releases
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -344,11 +375,8 @@ impl H1Pool {
         {
             self.sweep();
         }
-        if tx.is_closed() {
-            return;
-        }
         let mut idle = lock(&self.idle);
-        let list = idle.entry(conn.key).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() >= self.max_idle {
             // Keep the most recently used; the oldest is likeliest to be closed.
             list.remove(0);
@@ -357,6 +385,12 @@ impl H1Pool {
             tx,
             since: Instant::now(),
         });
+    }
+
+    /// Idle connections pooled for `addr` (tests).
+    #[cfg(test)]
+    fn idle_count(&self, addr: SocketAddr) -> usize {
+        lock(&self.idle).get(&(addr, 0)).map_or(0, Vec::len)
     }
 }
 
@@ -388,10 +422,124 @@ where
 }
 
 impl Pooled {
-    /// Returns the connection to the pool (call when the response has been read to
-    /// its end).
-    pub fn release(self) {
-        let pool = self.pool.clone();
-        pool.release(self);
+    /// The connection's sending half (present until dropped).
+    fn tx(&mut self) -> &mut Tx {
+        // Invariant: `tx` is taken only in `drop`.
+        self.tx
+            .as_mut()
+            .expect("a Pooled holds its connection until dropped")
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.tx.as_ref().is_some_and(Tx::is_h2)
+    }
+
+    /// Sends a request (see [`Tx::try_send_request`]); from here on the
+    /// connection is mid-exchange until [`Pooled::release`].
+    pub async fn try_send_request(
+        &mut self,
+        req: hyper::Request<ReqBody>,
+    ) -> Result<hyper::Response<Incoming>, hyper::client::conn::TrySendError<hyper::Request<ReqBody>>>
+    {
+        self.dispatched = true;
+        let r = self.tx().try_send_request(req).await;
+        if let Err(e) = &r {
+            if e.message().is_some() {
+                // Refused before any of it was written: still unused.
+                self.dispatched = false;
+            }
+        }
+        r
+    }
+
+    /// The response has been read to its end: the connection may be reused.
+    pub fn release(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.dispatched && !self.finished {
+            // Mid-exchange (a half-read response, a cancelled request): the
+            // connection closes with its sending half.
+            return;
+        }
+        // HTTP/2: shared, never checked out exclusively.
+        if let Some(Tx::H1(tx)) = self.tx.take() {
+            self.pool.put_back(self.key, tx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A backend that counts connections and answers every request head with
+    /// an empty 200 (ignoring any body).
+    async fn backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut seen = Vec::new();
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..i + 4);
+                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if s.write_all(resp).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn an_unsent_checkout_goes_back_to_the_pool() {
+        let (addr, conns) = backend().await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(4), 8);
+        // One full exchange pools the connection.
+        let mut p = pool.checkout(addr, None).await.unwrap();
+        let req = hyper::Request::get("/")
+            .header("host", "x")
+            .body(Either::Right(Empty::new()))
+            .unwrap();
+        let resp = p.try_send_request(req).await.unwrap();
+        assert!(http_body::Body::is_end_stream(resp.body()));
+        p.release();
+        tokio::task::yield_now().await;
+        let settle = tokio::time::Instant::now();
+        while pool.idle_count(addr) == 0 && settle.elapsed() < Duration::from_secs(2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.idle_count(addr), 1);
+        // Checked out and dropped before a request was written (a client
+        // reset): back in the pool, no new connection.
+        for _ in 0..100 {
+            let p = pool.checkout(addr, None).await.unwrap();
+            assert!(p.reused);
+            drop(p);
+        }
+        assert_eq!(pool.idle_count(addr), 1);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -11,12 +11,18 @@ use std::borrow::Cow;
 /// spaces, an unbalanced IPv6 literal), which the proxy answers with 400.
 pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal: keep the brackets, drop any port after them.
+        // IPv6 literal: keep the brackets, drop any port after them; nothing
+        // else may follow the `]`.
         let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !after.is_empty() && !is_port(after.strip_prefix(':')?) {
+            return None;
+        }
         &raw[..end + 2]
     } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+        // At most one `:` outside brackets, and a port after it.
+        match raw.split_once(':') {
+            Some((h, port)) if is_port(port) => h,
             Some(_) => return None,
             None => raw,
         }
@@ -38,6 +44,11 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     } else {
         Cow::Borrowed(host)
     })
+}
+
+fn is_port(p: &str) -> bool {
+    // RFC 3986 §3.2.3: `port = *DIGIT`, so an empty port is allowed.
+    p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -63,5 +74,13 @@ mod tests {
         assert!(normalize_host("[::1").is_none());
         assert!(normalize_host("host:port").is_none());
         assert!(normalize_host(&"a".repeat(300)).is_none());
+        // Junk after the IPv6 literal, more than one `:` outside brackets, an
+        // overlong port.
+        assert!(normalize_host("[::1]junk").is_none());
+        assert!(normalize_host("[::1]:80x").is_none());
+        assert!(normalize_host("[::1]]").is_none());
+        assert!(normalize_host("a:b:80").is_none());
+        assert!(normalize_host("a::80").is_none());
+        assert!(normalize_host("example.org:123456").is_none());
     }
 }

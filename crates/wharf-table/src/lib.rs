@@ -17,6 +17,7 @@ mod backend;
 mod health;
 mod host;
 mod limit;
+mod path;
 pub mod metrics;
 pub mod ratelimit;
 pub mod middleware;
@@ -32,6 +33,7 @@ pub use health::{
     PASSIVE_FAILURES,
 };
 pub use host::normalize_host;
+pub use path::{path_is_clean, prefix_matches};
 pub use limit::{MaxConn, QueueTicket, RouteState};
 pub use middleware::{AuthCache, BasicAuth, HeaderRules, IpAllowList, PasswordHash};
 pub use ratelimit::{RateKey, RateLimit};

@@ -123,13 +123,14 @@ impl Table {
 
     /// Finds the route for a normalised host and a path on entrypoint `ep`: exact
     /// host first, then `*.suffix`, then `*`; within each, the longest path prefix
-    /// served on that entrypoint.
+    /// served on that entrypoint, matched on segment boundaries (`/api` is not a
+    /// prefix of `/apix`; see `path.rs`).
     #[inline]
     pub fn find(&self, host: &str, path: &str, ep: usize) -> Option<&Arc<Route>> {
         let pick = |routes: &'_ [Arc<Route>]| -> Option<usize> {
-            routes
-                .iter()
-                .position(|r| r.entrypoints.contains(ep) && path.starts_with(r.path.as_str()))
+            routes.iter().position(|r| {
+                r.entrypoints.contains(ep) && crate::path::prefix_matches(&r.path, path)
+            })
         };
         if let Some(rs) = self.exact.get(host) {
             if let Some(i) = pick(rs) {

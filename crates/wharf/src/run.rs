@@ -36,7 +36,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     runtime.block_on(serve(cfg))
 }
 
-fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
+fn listener_settings(
+    ep: &wharf_config::Entrypoint,
+    global_slots: &Arc<tokio::sync::Semaphore>,
+) -> ListenerSettings {
     ListenerSettings {
         name: ep.name.clone(),
         address: ep.address,
@@ -49,7 +52,54 @@ fn listener_settings(ep: &wharf_config::Entrypoint) -> ListenerSettings {
         max_header_size: ep.max_header_size,
         max_headers: ep.max_headers,
         open: Arc::default(),
+        max_connections: ep.max_connections,
+        global_slots: Some(global_slots.clone()),
+        at_cap: Arc::default(),
+        idle_timeout: ep.idle_timeout,
+        max_connection_age: ep.max_connection_age,
+        client_timeout: ep.client_timeout,
+        tunnel_timeout: ep.tunnel_timeout,
     }
+}
+
+/// File descriptors kept back from the derived connection cap: upstream
+/// connections beyond one per client, the Docker and ACME clients, the
+/// listeners, the access log, the certificate files.
+const FD_RESERVE: u64 = 1024;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (systemd and Docker
+/// often start processes at 1024) and returns the connection cap: the
+/// configured `[runtime] max_connections`, or, when that is 0, half of what
+/// the raised limit leaves after [`FD_RESERVE`] (each client connection may
+/// hold an upstream one), as HAProxy derives its maxconn from the limit.
+fn connection_cap(configured: usize) -> usize {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
+            (1024, 1024)
+        }
+    };
+    let raised = match rlimit::Resource::NOFILE.set(hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the RLIMIT_NOFILE soft limit");
+            soft
+        }
+    };
+    let derived = usize::try_from(raised.saturating_sub(FD_RESERVE) / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 1 << 24);
+    let cap = if configured == 0 { derived } else { configured };
+    tracing::info!(
+        soft_was = soft,
+        soft = raised,
+        hard,
+        max_connections = cap,
+        derived = configured == 0,
+        "file descriptor limit"
+    );
+    cap
 }
 
 /// `[[tls.certificates]]` as the store takes them.
@@ -131,6 +181,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Bind every entrypoint before serving any: a port that is taken stops the
     // start, and redirects need the port the first TLS entrypoint really got.
     let mut bound = Vec::new();
+    let global_slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(
+        cfg.runtime.max_connections,
+    )));
     for (index, ep) in cfg.entrypoints.iter().enumerate() {
         let listener = wharf_proxy::bind(ep.address).with_context(|| {
             format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
@@ -142,7 +195,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         };
         bound.push(Entrypoint {
             index,
-            settings: Arc::new(listener_settings(ep)),
+            settings: Arc::new(listener_settings(ep, &global_slots)),
             listener,
             tls,
         });
