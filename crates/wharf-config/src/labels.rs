@@ -16,13 +16,43 @@ use std::fmt;
 use crate::route::{self, group_alias, FileCheck, RouteSpec, ROUTE_KEYS};
 use crate::{traefik, values};
 
-/// The `[docker]` settings that change how labels are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The settings that change how labels are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelOptions {
     /// `docker.exposed_by_default`: a service with no `wharf.enable` is exposed.
     pub exposed_by_default: bool,
     /// `docker.traefik_labels`: also read `traefik.*` labels.
     pub traefik_labels: bool,
+    /// The configured entrypoints as (name, tls), in configuration order. An
+    /// entrypoint a label names must be one of them, or an alias of Traefik's
+    /// usual names (see [`resolve_entrypoint`]). Empty: names are not checked
+    /// (no configuration at hand).
+    pub entrypoints: std::sync::Arc<[(String, bool)]>,
+}
+
+/// Traefik's usual entrypoint names, when no entrypoint has that name: v1's
+/// `http` and v2's `web` mean the first plain entrypoint, `https` and
+/// `websecure` the first TLS one (docs/labels.md, "Entrypoints").
+pub fn resolve_entrypoint(name: &str, eps: &[(String, bool)]) -> Result<String, String> {
+    if eps.iter().any(|(n, _)| n == name) {
+        return Ok(name.to_string());
+    }
+    let tls = match name.to_ascii_lowercase().as_str() {
+        "http" | "web" => Some(false),
+        "https" | "websecure" => Some(true),
+        _ => None,
+    };
+    if let Some((n, _)) = tls.and_then(|t| eps.iter().find(|(_, tls)| *tls == t)) {
+        return Ok(n.clone());
+    }
+    let names: Vec<&str> = eps.iter().map(|(n, _)| n.as_str()).collect();
+    let hint = values::suggest(name, names.iter().copied())
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    Err(format!(
+        "no entrypoint named `{name}` (configured: {}){hint}",
+        names.join(", ")
+    ))
 }
 
 impl Default for LabelOptions {
@@ -31,6 +61,7 @@ impl Default for LabelOptions {
         LabelOptions {
             exposed_by_default: false,
             traefik_labels: true,
+            entrypoints: std::sync::Arc::from(Vec::new()),
         }
     }
 }
@@ -183,10 +214,6 @@ pub(crate) struct Problems<'a> {
 
 impl Problems<'_> {
     pub fn push(&mut self, severity: Severity, label: &str, value: &str, message: String) {
-        self.list.push(LabelProblem {
-            service: self.service.to_string(),
-            label: label.to_string(),
-            value: value.to_string(),
         // Secrets (basic-auth users, credential headers) are named, never shown:
         // problems reach the log, /api/errors and `wharf check`.
         let value = if values::is_secret_key(label) && !value.is_empty() {
@@ -194,6 +221,10 @@ impl Problems<'_> {
         } else {
             value
         };
+        self.list.push(LabelProblem {
+            service: self.service.to_string(),
+            label: label.to_string(),
+            value: value.to_string(),
             message,
             severity,
         });
@@ -209,12 +240,12 @@ impl Problems<'_> {
     }
 }
 
+/// What a problem shows instead of the value of a secret-bearing label.
+pub const REDACTED: &str = "<redacted>";
+
 /// Route keys that are not labels: a labelled route is named after its service and
 /// gets its backends from Docker.
 const NOT_LABELS: &[&str] = &["name", "upstream"];
-
-/// What a problem shows instead of the value of a secret-bearing label.
-pub const REDACTED: &str = "<redacted>";
 
 /// File key → label spelling: `https_redirect` → `https-redirect`.
 fn label_spelling(file_key: &str) -> String {
@@ -235,14 +266,14 @@ fn label_candidates() -> Vec<String> {
             "hsts",
             "ratelimit",
             "maxconn",
-            "routes.<name>.host",
-        ]
-        .map(String::from),
-    );
             "ipallowlist",
             "basicauth",
             "headers.request.<name>",
             "headers.response.<name>",
+            "routes.<name>.host",
+        ]
+        .map(String::from),
+    );
     v
 }
 
@@ -275,20 +306,16 @@ pub(crate) fn service_routes_with(
     // (once the service is known to be enabled).
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut dups = Vec::new();
+    let mut oversize: Vec<(String, String)> = Vec::new();
     let mut wharf = Vec::new();
     let mut traefik_labels = Vec::new();
     for (k, v) in input.labels {
         let key = k.trim().to_ascii_lowercase();
-    let mut oversize: Vec<(String, String)> = Vec::new();
         let is_wharf = key.starts_with("wharf.");
         let is_traefik = opts.traefik_labels && key.starts_with("traefik.");
         if !is_wharf && !is_traefik {
             continue;
         }
-        let l = Label {
-            key: key.clone(),
-            written: k.as_str(),
-            value: v.as_str(),
         // Caps before anything else looks at the label (review M7): a huge key or
         // value is refused whole, and shown cut short.
         if k.len() > values::MAX_LABEL_KEY || v.len() > values::MAX_LABEL_VALUE {
@@ -308,6 +335,10 @@ pub(crate) fn service_routes_with(
             ));
             continue;
         }
+        let l = Label {
+            key: key.clone(),
+            written: k.as_str(),
+            value: v.as_str(),
         };
         if let Some(first) = seen.get(&key) {
             dups.push((l, format!("set twice (also as `{first}`)")));
@@ -349,13 +380,13 @@ pub(crate) fn service_routes_with(
     for (l, m) in &dups {
         pr.error(l, m.clone());
     }
+    for (label, m) in oversize {
+        pr.push(Severity::Error, &label, "", m);
+    }
 
     // wharf.* keys: service level and wharf.routes.<name>.<key>.
     let mut service_pairs: Vec<Pair> = Vec::new();
     let mut named: BTreeMap<String, (String, Vec<Pair>)> = BTreeMap::new();
-    for (label, m) in oversize {
-        pr.push(Severity::Error, &label, "", m);
-    }
     let mut any_wharf_key = false;
     for l in &wharf {
         let rest = &l.key["wharf.".len()..];
@@ -471,7 +502,28 @@ pub(crate) fn service_routes_with(
 
     let mut routes: Vec<(RouteSpec, (String, String))> = Vec::new();
     let mut port_reported = false;
-    for d in drafts {
+    for mut d in drafts {
+        // Entrypoint names: configured ones, or Traefik's usual aliases.
+        if !opts.entrypoints.is_empty() {
+            let mut bad = false;
+            for p in d.pairs.iter_mut().filter(|p| p.key == "entrypoints") {
+                let mut names = Vec::new();
+                for e in values::list(&p.value) {
+                    match resolve_entrypoint(&e, &opts.entrypoints) {
+                        Ok(n) if names.contains(&n) => {}
+                        Ok(n) => names.push(n),
+                        Err(m) => {
+                            pr.push(Severity::Error, &p.label, &p.shown, m);
+                            bad = true;
+                        }
+                    }
+                }
+                p.value = names.join(",");
+            }
+            if bad {
+                continue;
+            }
+        }
         let kv: Vec<(String, String)> = d
             .pairs
             .iter()
@@ -608,15 +660,15 @@ fn add_pair(
         None => key.replace('-', "_"),
     };
     let canon = group_alias(&file);
+    let is_header_rule = route::HEADER_KEY_PREFIXES
+        .iter()
+        .any(|p| canon.starts_with(p) && canon.len() > p.len());
     if canon == "upstream" {
         pr.error(
             l,
             "not a label: a labelled service's backends are its Docker tasks (pick the port \
              with wharf.port); static and dns: upstreams belong in [[routes]] of the config file",
         );
-    let is_header_rule = route::HEADER_KEY_PREFIXES
-        .iter()
-        .any(|p| canon.starts_with(p) && canon.len() > p.len());
         return;
     }
     if canon == "name" {
@@ -1129,25 +1181,26 @@ pub(crate) mod tests {
         let exposed = LabelOptions {
             exposed_by_default: true,
             traefik_labels: true,
+            ..LabelOptions::default()
         };
-        let r = run_with(&[("wharf.host", "a.example.org")], &[80], exposed);
+        let r = run_with(&[("wharf.host", "a.example.org")], &[80], exposed.clone());
         assert!(r.enabled);
         assert_eq!(only_route(&r).hosts, vec!["a.example.org"]);
         let r = run_with(
             &[("wharf.enable", "false"), ("wharf.host", "a.example.org")],
             &[80],
-            exposed,
+            exposed.clone(),
         );
         assert!(!r.enabled && r.routes.is_empty());
         // A service with no labels at all (a database) is only a warning.
-        let r = run_with(&[], &[5432], exposed);
+        let r = run_with(&[], &[5432], exposed.clone());
         assert!(!r.has_errors());
         assert_eq!(warnings(&r)[0].label, "wharf.host");
         // But an explicitly enabled service without a host is an error.
         let r = run(&[("wharf.enable", "true")], &[80]);
         assert_eq!(errors(&r)[0].label, "wharf.host");
         assert!(errors(&r)[0].message.starts_with("required"));
-        let r = run_with(&[("wharf.port", "80")], &[80], exposed);
+        let r = run_with(&[("wharf.port", "80")], &[80], exposed.clone());
         assert_eq!(errors(&r)[0].label, "wharf.host");
     }
 
@@ -1190,13 +1243,6 @@ pub(crate) mod tests {
         assert!(r.routes.is_empty());
     }
 
-    #[test]
-    fn hostile_values_are_errors_not_panics() {
-        // Long, but under the value cap (values::MAX_LABEL_VALUE).
-        let long = "a".repeat(4_000);
-        let r = run(
-            &[
-                ("wharf.enable", "true"),
     const BCRYPT: &str = "u1:$2y$05$Tx6oWiW5cBWFUx.zUhnBqeWwzqxeVePcGjEjVO4jNz.sWtV7tPTwm";
     const SHA: &str = "u2:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=";
     const APR1: &str = "u3:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/";
@@ -1310,6 +1356,13 @@ pub(crate) mod tests {
         assert_eq!(errors(&r)[0].message, "unknown label");
     }
 
+    #[test]
+    fn hostile_values_are_errors_not_panics() {
+        // Long, but under the value cap (values::MAX_LABEL_VALUE).
+        let long = "a".repeat(4_000);
+        let r = run(
+            &[
+                ("wharf.enable", "true"),
                 ("wharf.host", &long),
                 ("wharf.path", "/\u{0}"),
                 ("wharf.ratelimit", "99999999999/s"),

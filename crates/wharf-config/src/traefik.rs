@@ -3113,6 +3113,79 @@ mod tests {
     }
 
     #[test]
+    fn entrypoint_names_must_exist_or_be_traefiks_usual_aliases() {
+        let opts = |eps: &[(&str, bool)]| LabelOptions {
+            exposed_by_default: true,
+            entrypoints: eps.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+            ..LabelOptions::default()
+        };
+        let ours = opts(&[("plain", false), ("secure", true), ("admin-tls", true)]);
+        let eps = |labels: &[(&str, &str)]| {
+            let r = run_with(labels, &[80], ours.clone());
+            assert!(!r.has_errors(), "{:#?}", r.problems);
+            r.routes[0].entrypoints.clone().unwrap()
+        };
+        // v1 http/https, v2 web/websecure: the first plain and first TLS ones.
+        assert_eq!(
+            eps(&[
+                ("traefik.frontend.rule", "Host:a.org"),
+                ("traefik.frontend.entryPoints", "http,https"),
+            ]),
+            ["plain", "secure"]
+        );
+        assert_eq!(
+            eps(&[
+                ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                ("traefik.http.routers.a.entrypoints", "websecure"),
+            ]),
+            ["secure"]
+        );
+        assert_eq!(
+            eps(&[("wharf.host", "a.org"), ("wharf.entrypoints", "admin-tls,web")]),
+            ["admin-tls", "plain"]
+        );
+        // A name that is neither: an error with a hint, on the label as written.
+        for (key, labels) in [
+            (
+                "wharf.entrypoints",
+                vec![("wharf.host", "a.org"), ("wharf.entrypoints", "secur")],
+            ),
+            (
+                "traefik.http.routers.a.entrypoints",
+                vec![
+                    ("traefik.http.routers.a.rule", "Host(`a.org`)"),
+                    ("traefik.http.routers.a.entrypoints", "secur"),
+                ],
+            ),
+            (
+                "traefik.frontend.entryPoints",
+                vec![
+                    ("traefik.frontend.rule", "Host:a.org"),
+                    ("traefik.frontend.entryPoints", "secur"),
+                ],
+            ),
+        ] {
+            let r = run_with(&labels, &[80], ours.clone());
+            assert!(r.routes.is_empty());
+            let e = errors(&r);
+            assert_eq!(e[0].label, key, "{e:#?}");
+            assert_eq!(
+                e[0].message,
+                "no entrypoint named `secur` (configured: plain, secure, admin-tls); did you \
+                 mean `secure`?"
+            );
+        }
+        // An alias with no entrypoint of that kind is an error too.
+        let plain_only = opts(&[("plain", false)]);
+        let r = run_with(
+            &[("wharf.host", "a.org"), ("wharf.entrypoints", "https")],
+            &[80],
+            plain_only,
+        );
+        assert!(errors(&r)[0].message.contains("no entrypoint named `https`"));
+    }
+
+    #[test]
     fn rules_never_enable_on_their_own() {
         // exposed_by_default = false: traefik.enable=true (or wharf.enable=true)
         // is needed, v1 or v2 (security review M5).
@@ -3124,11 +3197,11 @@ mod tests {
             ("traefik.frontend.rule", "Host:a.org"),
             ("traefik.http.routers.a.rule", "Host(`a.org`)"),
         ] {
-            let r = run_with(&[rule], &[80], strict);
+            let r = run_with(&[rule], &[80], strict.clone());
             assert!(!r.enabled && r.routes.is_empty() && r.problems.is_empty());
-            let r = run_with(&[rule, ("traefik.enable", "true")], &[80], strict);
+            let r = run_with(&[rule, ("traefik.enable", "true")], &[80], strict.clone());
             assert_eq!(r.routes.len(), 1, "{:#?}", r.problems);
-            let r = run_with(&[rule, ("wharf.enable", "true")], &[80], strict);
+            let r = run_with(&[rule, ("wharf.enable", "true")], &[80], strict.clone());
             assert_eq!(r.routes.len(), 1, "{:#?}", r.problems);
             // exposed_by_default = true: the rule routes as it always did.
             assert_eq!(run(&[rule], &[80]).routes.len(), 1);
@@ -3213,6 +3286,7 @@ mod tests {
         let off = LabelOptions {
             exposed_by_default: false,
             traefik_labels: false,
+            ..LabelOptions::default()
         };
         let r = run_with(
             &[("traefik.http.routers.a.rule", "Host(`a.org`)")],

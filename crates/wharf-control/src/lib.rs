@@ -386,6 +386,11 @@ impl Control {
         let opts = LabelOptions {
             exposed_by_default: config.docker.exposed_by_default,
             traefik_labels: config.docker.traefik_labels,
+            entrypoints: config
+                .entrypoints
+                .iter()
+                .map(|e| (e.name.clone(), e.tls))
+                .collect(),
         };
         let mut last_good = self
             .last_good
@@ -395,8 +400,8 @@ impl Control {
             .parsed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if parsed.opts != Some(opts) {
-            parsed.opts = Some(opts);
+        if parsed.opts.as_ref() != Some(&opts) {
+            parsed.opts = Some(opts.clone());
             parsed.by_id.clear();
         }
         let parsed = &mut parsed.by_id;

@@ -11,8 +11,6 @@ use crate::body::ProxyBody;
 pub enum ProxyError {
     #[error("missing or malformed Host")]
     BadHost,
-    #[error("a path Wharf does not route (dot segment, encoded slash; docs/security.md)")]
-    BadPath,
     #[error("no route for this host and path")]
     NoRoute,
     #[error("the host does not match the TLS server name")]
@@ -23,13 +21,13 @@ pub enum ProxyError {
     QueueFull,
     #[error("every backend stayed at maxconn for the queue timeout")]
     QueueTimeout,
-    #[error("rate limit exceeded")]
-    RateLimited { retry_after_secs: u64 },
     #[error("the client address is not in the route's allow-list")]
     Forbidden,
     /// Missing or wrong basic credentials; carries the route's challenge.
     #[error("missing or wrong credentials")]
     Unauthorized(HeaderValue),
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_secs: u64 },
     #[error("backend scheme `{0}` is not supported by this build")]
     UnsupportedScheme(&'static str),
     #[error("could not connect to the backend: {0}")]
@@ -46,17 +44,17 @@ impl ProxyError {
     /// The status for a cause: the only place the mapping lives.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadHost | ProxyError::BadPath => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoHealthyBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
-                StatusCode::BAD_GATEWAY
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -66,7 +64,6 @@ impl ProxyError {
     fn body(&self) -> &'static str {
         match self {
             ProxyError::BadHost => "400 Bad Request: missing or malformed Host\n",
-            ProxyError::BadPath => "400 Bad Request: malformed path\n",
             ProxyError::NoRoute => "404 Not Found: no route for this host\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
             ProxyError::NoHealthyBackend => "503 Service Unavailable: no healthy backend\n",
@@ -74,11 +71,11 @@ impl ProxyError {
                 "503 Service Unavailable: every backend is busy\n"
             }
             ProxyError::RateLimited { .. } => "429 Too Many Requests\n",
+            ProxyError::Forbidden => "403 Forbidden\n",
+            ProxyError::Unauthorized(_) => "401 Unauthorized\n",
             ProxyError::UnsupportedScheme(_) | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 "502 Bad Gateway\n"
             }
-            ProxyError::Forbidden => "403 Forbidden\n",
-            ProxyError::Unauthorized(_) => "401 Unauthorized\n",
             ProxyError::Timeout => "504 Gateway Timeout\n",
         }
     }
@@ -91,13 +88,13 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, TEXT);
         match self {
-            ProxyError::RateLimited { retry_after_secs } => {
-                h.insert(
-                    header::RETRY_AFTER,
             // RFC 9110 §11.6.1: a 401 carries the challenge.
             ProxyError::Unauthorized(challenge) => {
                 h.insert(header::WWW_AUTHENTICATE, challenge);
             }
+            ProxyError::RateLimited { retry_after_secs } => {
+                h.insert(
+                    header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs.max(1)),
                 );
             }

@@ -118,9 +118,8 @@ async fn authorized(auth: &BasicAuth, headers: &HeaderMap) -> bool {
 /// Concurrent bcrypt verifications at most: one per CPU.
 fn bcrypt_slots() -> &'static Semaphore {
     static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
-        Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    })
+    SLOTS
+        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
 }
 
 /// `Basic base64(user:password)` (RFC 7617 §2): the user and password.
@@ -147,9 +146,10 @@ pub fn verify(hash: &PasswordHash, password: &str) -> bool {
             let got: [u8; 20] = Sha1::digest(password.as_bytes()).into();
             constant_time_eq(&got, want)
         }
-        PasswordHash::Apr1 { salt, hash } => {
-            constant_time_eq(apr1(password.as_bytes(), salt.as_bytes()).as_bytes(), hash.as_bytes())
-        }
+        PasswordHash::Apr1 { salt, hash } => constant_time_eq(
+            apr1(password.as_bytes(), salt.as_bytes()).as_bytes(),
+            hash.as_bytes(),
+        ),
     }
 }
 
@@ -257,7 +257,7 @@ mod tests {
     fn apr1_known_vectors() {
         // `openssl passwd -apr1 -salt ...` output.
         assert_eq!(apr1(b"password", b"xxxxxxxx"), "dxHfLAsjHkDRmG83UXe8K0");
-        assert_eq!(apr1(b"myPassword", b"r31.....") , "HqJZimcKQFAMYayBlzkrA/");
+        assert_eq!(apr1(b"myPassword", b"r31....."), "HqJZimcKQFAMYayBlzkrA/");
     }
 
     #[test]
@@ -286,7 +286,10 @@ mod tests {
     fn depth_reads_forwarded_for_from_trusted_peers_only() {
         let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 2.2.2.2"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+        );
         h.append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
         let ip = |d, t| client_for(d, t, peer, &h).map(|i| i.to_string());
         assert_eq!(ip(0, true).as_deref(), Some("10.0.0.2"));
@@ -297,7 +300,9 @@ mod tests {
         assert_eq!(ip(2, false).as_deref(), Some("10.0.0.2"), "untrusted peer");
         let mapped: SocketAddr = "[::ffff:10.0.0.9]:1".parse().unwrap();
         assert_eq!(
-            client_for(0, false, mapped, &h).map(|i| i.to_string()).as_deref(),
+            client_for(0, false, mapped, &h)
+                .map(|i| i.to_string())
+                .as_deref(),
             Some("10.0.0.9")
         );
     }

@@ -162,6 +162,11 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
             opts = wharf_config::LabelOptions {
                 exposed_by_default: cfg.docker.exposed_by_default,
                 traefik_labels: cfg.docker.traefik_labels,
+                entrypoints: cfg
+                    .entrypoints
+                    .iter()
+                    .map(|e| (e.name.clone(), e.tls))
+                    .collect(),
             };
             rules = wharf_config::compose::HostRules {
                 allowed_domains: cfg.docker.allowed_domains.clone(),
