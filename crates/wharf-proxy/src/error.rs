@@ -11,6 +11,8 @@ use crate::body::ProxyBody;
 pub enum ProxyError {
     #[error("missing or malformed Host")]
     BadHost,
+    #[error("a path Wharf does not route (dot segment, encoded slash; docs/security.md)")]
+    BadPath,
     #[error("no route for this host and path")]
     NoRoute,
     #[error("the host does not match the TLS server name")]
@@ -44,7 +46,7 @@ impl ProxyError {
     /// The status for a cause: the only place the mapping lives.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost | ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoHealthyBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
@@ -64,6 +66,7 @@ impl ProxyError {
     fn body(&self) -> &'static str {
         match self {
             ProxyError::BadHost => "400 Bad Request: missing or malformed Host\n",
+            ProxyError::BadPath => "400 Bad Request: malformed path\n",
             ProxyError::NoRoute => "404 Not Found: no route for this host\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
             ProxyError::NoHealthyBackend => "503 Service Unavailable: no healthy backend\n",

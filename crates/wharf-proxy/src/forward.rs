@@ -17,13 +17,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 use wharf_table::metrics::{method_index, RouteMetrics};
-use wharf_table::{normalize_host, Backend, Route, Scheme};
+use wharf_table::{normalize_host, path_is_clean, Backend, Route, Scheme};
 
 use crate::access::{AccessSender, Pending};
 use crate::affinity;
 use crate::body::{full, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
+use crate::idle::{Inactivity, TimedBody};
 use crate::pipeline::{self, Ctx, Failure, Head, Routed, ACME_CHALLENGE, CHUNKED};
 use crate::pool::{H1Pool, Pooled, ReqBody};
 use crate::{Http01Responder, SharedTable, UpstreamSettings};
@@ -68,6 +69,9 @@ pub struct ConnInfo {
     /// The TLS version the connection negotiated (`TLSv1.3`), for the access log.
     pub tls_version: Option<&'static str>,
     pub redirect_https: bool,
+    /// The entrypoint's inactivity timeouts (request bodies, tunnels).
+    pub client_timeout: Duration,
+    pub tunnel_timeout: Duration,
     pub client: SocketAddr,
     pub info: ClientInfo,
 }
@@ -176,6 +180,11 @@ impl Forwarder {
         seen: &mut Seen,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // RFC 9112 §3.2: the Host field; an HTTP/2 request carries :authority.
+        // Two Host fields are a 400 (§3.2): a backend might read the other one.
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        if hosts.next().is_some() && hosts.next().is_some() {
+            return Err(ProxyError::BadHost);
+        }
         let host_value = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
             None => req
@@ -186,6 +195,11 @@ impl Forwarder {
         };
         let raw = host_value.to_str().map_err(|_| ProxyError::BadHost)?;
         let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
+        // Routed and forwarded byte for byte, so only a path every backend
+        // reads as Wharf does (`wharf_table::path_is_clean`).
+        if !path_is_clean(req.uri().path(), req.method() == http::Method::OPTIONS) {
+            return Err(ProxyError::BadPath);
+        }
         let has_body = !req.body().is_end_stream();
         let head = Head {
             method: req.method(),
@@ -230,7 +244,12 @@ impl Forwarder {
             affinity,
         };
 
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        // `Upgrade: h2c` is not tunnelled (an h2c tunnel would carry requests
+        // past routing, "h2c smuggling"): the request goes on as a plain one,
+        // its upgrade fields dropped with the other hop-by-hop ones.
+        let upgrade = req.version() == Version::HTTP_11
+            && headers::is_upgrade(req.headers())
+            && !headers::is_h2c_upgrade(req.headers_mut());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -299,6 +318,7 @@ impl Forwarder {
                     parts.uri = origin_uri(path)?;
                     // Boxed: a TLS connect future is large, and this path is rare; inline it
                     // would grow (and memcpy) every request's future.
+                    let body = TimedBody::new(body, conn.client_timeout);
                     let sent = Box::pin(self.upgrade_tls(ctx.backend.addr, tls, parts, body));
                     let at = std::time::Instant::now();
                     let r = match tokio::time::timeout(self.response_timeout, sent).await {
@@ -315,11 +335,15 @@ impl Forwarder {
                 // Affinity applies to the upgrade request too (WebSocket).
                 pipeline::respond(conn, &ctx, &mut parts.headers);
                 let guard = ctx.guard;
+                let tunnel_timeout = conn.tunnel_timeout;
                 self.tunnels.spawn(async move {
                     let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
                         return;
                     };
-                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                    // Every byte of the tunnel passes the client side, so its
+                    // inactivity timer sees both directions.
+                    let mut c = Inactivity::both(TokioIo::new(c), tunnel_timeout);
+                    let mut b = TokioIo::new(b);
                     let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
                     drop(guard);
                 });
@@ -336,7 +360,7 @@ impl Forwarder {
         // fails after it was written. One with a body goes out once, unless it
         // never left Wharf.
         let body = if has_body {
-            Either::Left(body)
+            Either::Left(TimedBody::new(body, conn.client_timeout))
         } else {
             Either::Right(Empty::new())
         };
@@ -355,7 +379,7 @@ impl Forwarder {
                 Scheme::Https => ctx.route.policy.backend_tls.as_deref(),
                 _ => None,
             };
-            let sent = self.send_pooled(ctx.backend.addr, tls, req, copy.as_ref());
+            let sent = self.send_pooled(ctx.backend.addr, tls, req, copy.as_ref(), safe);
             let sent_at = std::time::Instant::now();
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((resp, pooled))) => {
@@ -433,7 +457,7 @@ impl Forwarder {
         addr: SocketAddr,
         tls: &wharf_table::BackendTls,
         parts: http::request::Parts,
-        body: Incoming,
+        body: TimedBody<Incoming>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut tx = self.pool.connect_upgrade(addr, tls).await?;
         tx.send_request(Request::from_parts(parts, Either::Left(body)))
@@ -464,6 +488,7 @@ impl Forwarder {
         tls: Option<&wharf_table::BackendTls>,
         mut req: Request<ReqBody>,
         copy: Option<&http::request::Parts>,
+        safe: bool,
     ) -> Result<(Response<Incoming>, Pooled), SendFailure> {
         let connect_failed = |error: ProxyError, req| SendFailure {
             failure: Failure::Connect,
@@ -474,19 +499,39 @@ impl Forwarder {
             Ok(p) => p,
             Err(e) => return Err(connect_failed(e, req)),
         };
-        shape_for(&mut req, pooled.tx.is_h2());
-        let mut e = match pooled.tx.try_send_request(req).await {
+        shape_for(&mut req, pooled.is_h2());
+        // A connection idle for a while may have been closed by the backend
+        // just as this request goes out (RFC 9112 §9.3.1): a safe request keeps
+        // a copy of its head then, to go once more on a fresh connection.
+        let stale_copy = (safe && copy.is_none() && pooled.stale_risk).then(|| {
+            let mut p = Request::new(()).into_parts().0;
+            p.method = req.method().clone();
+            p.uri = req.uri().clone();
+            p.version = req.version();
+            p.headers = req.headers().clone();
+            p
+        });
+        let mut e = match pooled.try_send_request(req).await {
             Ok(resp) => return Ok((resp, pooled)),
             Err(e) => e,
         };
         if pooled.reused {
-            if let Some(mut req) = e.take_message() {
+            let unsent = e.take_message();
+            let err = e.error();
+            let closed = !(pooled.is_h2() || err.is_parse() || err.is_user() || err.is_timeout());
+            let again = unsent.or_else(|| {
+                closed
+                    .then(|| copy.or(stale_copy.as_ref()))
+                    .flatten()
+                    .map(|p| Request::from_parts(copy_head(p), Either::Right(Empty::new())))
+            });
+            if let Some(mut req) = again {
                 pooled = match Box::pin(self.pool.connect(addr, tls)).await {
                     Ok(p) => p,
                     Err(err) => return Err(connect_failed(err, req)),
                 };
-                shape_for(&mut req, pooled.tx.is_h2());
-                e = match pooled.tx.try_send_request(req).await {
+                shape_for(&mut req, pooled.is_h2());
+                e = match pooled.try_send_request(req).await {
                     Ok(resp) => return Ok((resp, pooled)),
                     Err(e) => e,
                 };
@@ -498,7 +543,7 @@ impl Forwarder {
         // `keepalive_requests`) did not process the streams it refused (RFC 9113
         // §8.1.4): the request goes once more on a fresh connection, when it is
         // still at hand or a copy of a body-less one is.
-        if pooled.tx.is_h2() && remote_goaway(&error) {
+        if pooled.is_h2() && remote_goaway(&error) {
             self.pool.forget_h2(addr, tls);
             let again = unsent.take().or_else(|| {
                 copy.map(|p| Request::from_parts(copy_head(p), Either::Right(Empty::new())))
@@ -506,8 +551,8 @@ impl Forwarder {
             if let Some(mut req) = again {
                 match Box::pin(self.pool.connect(addr, tls)).await {
                     Ok(mut fresh) => {
-                        shape_for(&mut req, fresh.tx.is_h2());
-                        match fresh.tx.try_send_request(req).await {
+                        shape_for(&mut req, fresh.is_h2());
+                        match fresh.try_send_request(req).await {
                             Ok(resp) => return Ok((resp, fresh)),
                             Err(mut e2) => {
                                 let unsent = e2.take_message();
@@ -552,6 +597,11 @@ impl Forwarder {
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
+        // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored, and
+        // must not travel on next to a re-framed body.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(&mut parts.headers, false);
         pipeline::respond(conn, &ctx, &mut parts.headers);
         Response::from_parts(

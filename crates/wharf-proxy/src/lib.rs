@@ -13,6 +13,7 @@ mod body;
 mod error;
 mod forward;
 mod headers;
+mod idle;
 mod listener;
 mod middleware;
 mod pipeline;
@@ -50,6 +51,21 @@ pub struct ListenerSettings {
     pub max_headers: usize,
     /// Connections open now, by protocol (`wharf_open_connections`).
     pub open: Arc<OpenConnections>,
+    /// This entrypoint's connection cap (0: none) and the process-wide slots
+    /// shared by every entrypoint (`[runtime] max_connections`); a connection
+    /// is accepted only with a slot of each.
+    pub max_connections: usize,
+    pub global_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Times a connection had to wait in the backlog for a slot.
+    pub at_cap: Arc<std::sync::atomic::AtomicU64>,
+    /// No request started for this long: close (GOAWAY on HTTP/2).
+    pub idle_timeout: Duration,
+    /// Close gracefully after this long (zero: never).
+    pub max_connection_age: Duration,
+    /// A write to the client, or a request body, stalled this long ends it.
+    pub client_timeout: Duration,
+    /// An upgraded connection silent both ways this long is closed.
+    pub tunnel_timeout: Duration,
 }
 
 /// Open client connections of one entrypoint, by protocol: `http` (plain:
