@@ -363,8 +363,23 @@ pub fn check_with(
                     .collect();
                 for (route, (label, value)) in r.routes.iter().zip(&r.host_labels) {
                     for host in &route.hosts {
-                        let refusal = host_refusal(host, rules).or_else(|| {
-                            let (f, allowed) = owners.get(host)?;
+                        let refused = |message: String, problems: &mut Vec<LabelProblem>| {
+                            problems.push(LabelProblem {
+                                service: svc.name.clone(),
+                                label: label.clone(),
+                                value: value.clone(),
+                                message,
+                                severity: Severity::Error,
+                            })
+                        };
+                        if let Some(message) = host_refusal(host, rules) {
+                            conflict = true;
+                            refused(message, &mut problems);
+                            continue;
+                        }
+                        // Another file (owner) may not route any path under a host
+                        // an earlier file holds, unless that owner lets it in.
+                        let squat = owners.get(host).and_then(|(f, allowed)| {
                             let guest = allowed.iter().any(|a| {
                                 a == "*"
                                     || *a == format!("compose:{project}")
@@ -378,17 +393,6 @@ pub fn check_with(
                                 )
                             })
                         });
-                        if let Some(message) = refusal {
-                            conflict = true;
-                            problems.push(LabelProblem {
-                                service: svc.name.clone(),
-                                label: label.clone(),
-                                value: value.clone(),
-                                message,
-                                severity: Severity::Error,
-                            });
-                            continue;
-                        }
                         let key = (host.clone(), route.path.clone());
                         let eps = &route.entrypoints;
                         let first = claims
@@ -413,7 +417,13 @@ pub fn check_with(
                                     severity: Severity::Error,
                                 })
                             }
-                            None => mine.push((key, eps.clone())),
+                            None => match squat {
+                                Some(message) => {
+                                    conflict = true;
+                                    refused(message, &mut problems);
+                                }
+                                None => mine.push((key, eps.clone())),
+                            },
                         }
                     }
                 }
