@@ -842,6 +842,8 @@ fn traefik_labelled_https_container_is_reached_over_tls() {
             "-v",
             &format!("{}:/cfg:ro", cfg.display()),
             "--label",
+            "traefik.enable=true",
+            "--label",
             &format!("traefik.http.routers.r.rule=Host(`{host}`)"),
             "--label",
             "traefik.http.services.s.loadbalancer.server.port=8443",
