@@ -402,6 +402,22 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn owners_record_round_trips_and_replaces_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("acme"));
+        assert_eq!(s.load_owners().await.unwrap(), None);
+        s.save_owners("{\"v\":1}").await.unwrap();
+        s.save_owners("{\"v\":2}").await.unwrap();
+        assert_eq!(s.load_owners().await.unwrap().as_deref(), Some("{\"v\":2}"));
+        // Only the record: no temporary file is left beside it.
+        let entries: Vec<_> = std::fs::read_dir(dir.path().join("acme"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(entries, ["owners.json"]);
+    }
+
+    #[tokio::test]
     async fn file_lock_is_exclusive_and_expired_lease_is_broken() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path());

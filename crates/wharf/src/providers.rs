@@ -414,13 +414,11 @@ impl Reconciler {
     /// names past it, in route order (oldest workloads first), get none.
     fn certificates(&mut self) {
         let table = self.control.table().load();
-        let mut wanted: Vec<Vec<String>> = Vec::new();
-        let mut label_names: HashSet<String> = HashSet::new();
-        let mut capped: Vec<String> = Vec::new();
         let max = self.config.acme.max_names;
+        let mut lists: Vec<(bool, Vec<String>)> = Vec::new();
         for r in table.routes().iter().filter(|r| r.policy.tls) {
             let from_labels = &*r.source == "docker";
-            let mut names: Vec<String> = r
+            let names: Vec<String> = r
                 .hosts
                 .iter()
                 .filter(|h| h.as_str() != "*")
@@ -432,23 +430,9 @@ impl Reconciler {
                 })
                 .cloned()
                 .collect();
-            if from_labels {
-                names.retain(|n| {
-                    if label_names.contains(n) || label_names.len() < max {
-                        label_names.insert(n.clone());
-                        true
-                    } else {
-                        if !capped.contains(n) {
-                            capped.push(n.clone());
-                        }
-                        false
-                    }
-                });
-            }
-            if !names.is_empty() && !wanted.contains(&names) {
-                wanted.push(names);
-            }
+            lists.push((from_labels, names));
         }
+        let (wanted, capped) = cap_label_names(lists, max);
         self.capped_names = capped.len();
         let capped_problem = (!capped.is_empty()).then(|| Problem {
             source: "acme",
@@ -495,5 +479,69 @@ impl Reconciler {
                 .collect();
         }
         self.acme_names = wanted;
+    }
+}
+
+/// The certificates to order, one per route's name list (`(from labels, names)`
+/// in table order), with names from labels past `max` left out; and those names.
+/// A name a file route or an earlier label route already counted costs nothing.
+fn cap_label_names(lists: Vec<(bool, Vec<String>)>, max: usize) -> (Vec<Vec<String>>, Vec<String>) {
+    let mut wanted: Vec<Vec<String>> = Vec::new();
+    let mut label_names: HashSet<String> = HashSet::new();
+    let mut capped: Vec<String> = Vec::new();
+    for (from_labels, mut names) in lists {
+        if from_labels {
+            names.retain(|n| {
+                if label_names.contains(n) || label_names.len() < max {
+                    label_names.insert(n.clone());
+                    true
+                } else {
+                    if !capped.contains(n) {
+                        capped.push(n.clone());
+                    }
+                    false
+                }
+            });
+        }
+        if !names.is_empty() && !wanted.contains(&names) {
+            wanted.push(names);
+        }
+    }
+    (wanted, capped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn label_names_are_capped_and_file_names_are_not() {
+        let (wanted, capped) = cap_label_names(
+            vec![
+                (false, names(&["f1.test", "f2.test", "f3.test"])),
+                (true, names(&["a.test", "b.test"])),
+                (true, names(&["a.test"])),
+                (true, names(&["c.test", "d.test"])),
+                (false, names(&["f4.test"])),
+            ],
+            3,
+        );
+        assert_eq!(
+            wanted,
+            vec![
+                names(&["f1.test", "f2.test", "f3.test"]),
+                names(&["a.test", "b.test"]),
+                names(&["a.test"]),
+                names(&["c.test"]),
+                names(&["f4.test"]),
+            ]
+        );
+        assert_eq!(capped, names(&["d.test"]));
+        let (_, none) = cap_label_names(vec![(true, names(&["a.test"]))], 0);
+        assert_eq!(none, names(&["a.test"]));
     }
 }
