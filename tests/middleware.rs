@@ -3,6 +3,8 @@
 //! HTTP/1.1, HTTP/2 (h2c prior knowledge) and an upgrade. Every port is chosen
 //! by the kernel.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;
