@@ -634,4 +634,60 @@ services:
             r.lines
         );
     }
+
+    #[test]
+    fn host_rules_from_the_config_and_its_environment() {
+        let env = [
+            ("WHARF_DOCKER_ALLOWED_DOMAINS", "Example.org,*.example.org."),
+            ("WHARF_DOCKER_ALLOW_WILDCARDS", "true"),
+            ("WHARF_ACME_MAX_NAMES", "7"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = crate::parse("", "t", env.into_iter()).unwrap();
+        assert_eq!(cfg.docker.allowed_domains, ["example.org", "*.example.org"]);
+        assert!(cfg.docker.allow_wildcards);
+        assert_eq!(cfg.acme.max_names, 7);
+        let defaults = crate::parse("", "t", std::iter::empty()).unwrap();
+        assert!(!defaults.docker.allow_wildcards);
+        assert_eq!(defaults.acme.max_names, 500);
+        let bad = crate::parse(
+            "[docker]\nallowed_domains = [\"ok.org\", \"*\", \"a b\"]\n",
+            "t",
+            std::iter::empty(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("docker.allowed_domains[1]"), "{bad}");
+        assert!(bad.contains("docker.allowed_domains[2]"), "{bad}");
+
+        let rules = HostRules {
+            allowed_domains: cfg.docker.allowed_domains.clone(),
+            allow_wildcards: false,
+        };
+        assert!(host_refusal("*", &rules)
+            .unwrap()
+            .contains("allow_wildcards"));
+        assert!(host_refusal("*.example.org", &rules).is_some());
+        assert!(host_refusal("example.org", &rules).is_none());
+        assert!(host_refusal("a.b.example.org", &rules).is_none());
+        assert!(host_refusal("badexample.org", &rules)
+            .unwrap()
+            .contains("allowed_domains"));
+        let open = HostRules {
+            allow_wildcards: true,
+            ..rules
+        };
+        assert!(host_refusal("*.example.org", &open).is_none());
+        assert!(host_refusal("*", &open)
+            .unwrap()
+            .contains("allowed_domains"));
+        assert!(host_refusal(
+            "*",
+            &HostRules {
+                allow_wildcards: true,
+                ..HostRules::default()
+            }
+        )
+        .is_none());
+    }
 }

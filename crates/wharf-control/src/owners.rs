@@ -225,8 +225,14 @@ pub fn settle(
                                 expiry / 3600
                             )
                         };
+                        let held_by = labelled
+                            .iter()
+                            .zip(metas.iter())
+                            .find(|(x, xm)| xm.owner == o && x.hosts.contains(host))
+                            .map(|(x, _)| format!(" (route `{}`)", x.name))
+                            .unwrap_or_default();
                         Some(format!(
-                            "host `{host}` belongs to `{o}`, which claimed it first{gone}; \
+                            "host `{host}` belongs to `{o}`{held_by}, which claimed it first{gone}; \
                              another owner (`{}`) may not route any path under it unless `{o}` \
                              sets {ALLOW_LABEL}={}",
                             m.owner, m.owner
