@@ -137,12 +137,17 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
         );
     }
 
-    // 4. The first claimant stops: the host moves to the other container.
+    // 4. The first claimant stops: the host stays reserved for its owner
+    //    (docs/discovery.md, "Host ownership"), so the other container does not
+    //    inherit it; the error says so.
     docker(&["rm", "-f", &a]);
     poll_until(web, &host, "/cgi-bin/id", Duration::from_secs(10), |r| {
         r.text().trim() == "backend-b"
     })
     .unwrap();
+    wait_until("the reservation in /api/errors", Duration::from_secs(10), || {
+        errors_mention(&w, "it is gone now")
+    });
 
     // The swap was logged as a one-line diff.
     assert!(w.logs().iter().any(|l| l["message"]
