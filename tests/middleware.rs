@@ -321,7 +321,7 @@ fn header_rules_set_and_remove_on_requests_and_responses() {
 }
 
 #[test]
-fn a_bad_middleware_key_in_the_file_is_refused_at_start() {
+fn a_bad_middleware_key_in_the_file_is_refused_by_check_and_at_start() {
     let a = Backend::start("a");
     for (extra, needle) in [
         (
@@ -338,8 +338,25 @@ fn a_bad_middleware_key_in_the_file_is_refused_at_start() {
         ),
     ] {
         let cfg = base_config() + &route("x.test", "/", &[a.addr], extra);
-        let e = Wharf::try_start(&cfg).err().unwrap_or_default();
-        assert!(e.contains(needle), "{extra}: {e}");
-        assert!(!e.contains("plaintext"), "the secret is not echoed: {e}");
+        let dir = TempDir::new("mw-check");
+        let path = dir.0.join("wharf.toml");
+        std::fs::write(&path, &cfg).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("WHARF_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra}: {text}");
+        assert!(text.contains(needle), "{extra}: {text}");
+        assert!(
+            !text.contains("plaintext"),
+            "the secret is not echoed: {text}"
+        );
+        // `wharf run` refuses it too (exit 2, before binding anything).
+        assert!(Wharf::try_start(&cfg).is_err(), "{extra}");
     }
 }
