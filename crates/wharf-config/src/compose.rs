@@ -643,7 +643,7 @@ services:
             ("WHARF_ACME_MAX_NAMES", "7"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
-        let cfg = crate::parse("", "t", env.into_iter()).unwrap();
+        let cfg = crate::parse("", "t", env).unwrap();
         assert_eq!(cfg.docker.allowed_domains, ["example.org", "*.example.org"]);
         assert!(cfg.docker.allow_wildcards);
         assert_eq!(cfg.acme.max_names, 7);
