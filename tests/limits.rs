@@ -2,6 +2,8 @@
 //! (security review H3, M1, M2, M3 and the L findings on hosts and headers):
 //! the real binary, real sockets, every port chosen by the kernel.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read, Write};
