@@ -203,3 +203,38 @@ fn yaml_errors_and_missing_files() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("nope.yml: cannot read"), "{text}");
 }
+
+/// Host ownership (docs/discovery.md): another file's service may take no path
+/// under a host an earlier file holds, `*` is refused without
+/// `allow_wildcards`, and hosts outside `allowed_domains` are refused, each as an
+/// error naming the service and label.
+#[test]
+fn ownership_refusals_are_errors() {
+    let dir = TempDir::new("check-owners");
+    let a = write(
+        &dir,
+        "a.yml",
+        "services:\n  shop:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: shop.example.org}\n",
+    );
+    let b = write(
+        &dir,
+        "b.yml",
+        "services:\n  login:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: shop.example.org, wharf.path: /login}\n  star:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: \"*\"}\n  out:\n    expose: [80]\n    labels: {wharf.enable: true, wharf.host: bank.test}\n",
+    );
+    let cfg = "[docker]\nallowed_domains = [\"example.org\", \"*.example.org\"]\n";
+    let (code, text) = check(&dir, Some(cfg), &[&a, &b]);
+    assert_eq!(code, Some(1), "{text}");
+    let line = |service: &str, needle: &str| {
+        text.lines().any(|l| {
+            l.starts_with("error:") && l.contains(&format!("service {service}")) && l.contains(needle)
+        })
+    };
+    assert!(line("login", "belongs to"), "{text}");
+    assert!(line("star", "allow_wildcards"), "{text}");
+    assert!(line("out", "allowed_domains"), "{text}");
+    assert!(!line("shop", ""), "{text}");
+    // A bad pattern is an error on its key.
+    let (code, text) = check(&dir, Some("[docker]\nallowed_domains = [\"exa mple.org\"]\n"), &[&a]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("docker.allowed_domains[0]"), "{text}");
+}

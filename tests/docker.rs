@@ -707,6 +707,211 @@ fn cluster_rate_limit_is_shared_by_compose_replicas() {
     );
 }
 
+/// `docker-compose` (v1) or `docker compose` (v2), whichever this machine has.
+fn compose_command() -> Option<Vec<String>> {
+    let works = |cmd: &[&str]| {
+        std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    [&["docker", "compose"][..], &["docker-compose"][..]]
+        .into_iter()
+        .find(|c| works(c))
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+}
+
+/// A compose project, taken down (containers and its network) on drop, also
+/// when the test fails.
+struct Project {
+    cmd: Vec<String>,
+    name: String,
+    file: std::path::PathBuf,
+}
+
+impl Project {
+    fn new(cmd: &[String], name: String, dir: &std::path::Path, yaml: &str) -> Project {
+        let file = dir.join(format!("{name}.yml"));
+        std::fs::write(&file, yaml).unwrap();
+        Project {
+            cmd: cmd.to_vec(),
+            name,
+            file,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .args(["-p", &self.name, "-f"])
+            .arg(&self.file)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--remove-orphans", "-t", "1"]);
+    }
+}
+
+/// Host ownership against real containers (docs/discovery.md, "Host
+/// ownership"): `docker compose up --scale web=3` is one route with three
+/// backends and requests reach all three; a second project claiming the same
+/// host, a container taking a longer path under it, and a `*` label are each an
+/// error in /api/errors, and the first project is still served throughout.
+#[test]
+fn compose_replicas_are_one_owner_and_other_owners_are_refused() {
+    let Some(cmd) = compose_command() else {
+        panic!("this test needs docker-compose or the docker compose plugin");
+    };
+    let e = Engine::new("own");
+    let net = e.bridge("net");
+    e.backend_image();
+    let image = format!("{}:latest", e.name("backend"));
+    let state = e.dir().join("state");
+    let mut w = Wharf::start(&format!(
+        "{}[acme]\nstorage = \"file:{}\"\n",
+        docker_config("containers", &net),
+        state.display()
+    ));
+    w.wait_log("docker: connected and listed").unwrap();
+    let web = w.ep("web");
+    let host = format!("{}.test", e.name("shop"));
+    let yaml = |service: &str| {
+        format!(
+            "version: \"2.4\"\nservices:\n  {service}:\n    image: {image}\n    dns: 127.0.0.1\n    \
+             networks: [pub]\n    labels:\n      wharf.enable: \"true\"\n      wharf.host: {host}\n\
+             networks:\n  pub:\n    external: true\n    name: {net}\n"
+        )
+    };
+    let shop = Project::new(&cmd, e.name("shop").replace('-', ""), e.dir(), &yaml("web"));
+    shop.run(&["up", "-d", "--scale", "web=3"])
+        .unwrap_or_else(|err| panic!("compose up: {err}"));
+    let owner = format!("compose:{}", shop.name);
+
+    // One route with three backends.
+    let t = Instant::now();
+    loop {
+        let n = route_for(&w, &host)
+            .and_then(|r| r["backends"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if n == 3 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "route has {n} backends: {}\nerrors: {}",
+            w.api("/api/routes"),
+            w.api("/api/errors")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !errors_mention(&w, &host),
+        "replicas are no conflict: {}",
+        w.api("/api/errors")
+    );
+    // Every replica answers (round robin: 3 requests in a row, a few rounds).
+    let ids = |n: usize| -> std::collections::BTreeSet<String> {
+        (0..n)
+            .filter_map(|_| try_get(web, &host, "/cgi-bin/id").ok())
+            .filter(|r| r.status == 200)
+            .map(|r| String::from_utf8_lossy(&r.body).trim().to_string())
+            .collect()
+    };
+    let first = {
+        let t = Instant::now();
+        loop {
+            let seen = ids(12);
+            if seen.len() == 3 || t.elapsed() > Duration::from_secs(10) {
+                break seen;
+            }
+        }
+    };
+    assert_eq!(first.len(), 3, "replicas answering: {first:?}");
+
+    // A second project claims the same host: refused, the first still served.
+    let other = Project::new(&cmd, e.name("other").replace('-', ""), e.dir(), &yaml("web"));
+    other
+        .run(&["up", "-d"])
+        .unwrap_or_else(|err| panic!("compose up: {err}"));
+    // A lone container takes a longer path under the host.
+    let squat = e.run(
+        "squat",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={host}"),
+            "--label",
+            "wharf.path=/cgi-bin",
+            &image,
+        ],
+    );
+    // And one claims every host.
+    let star = e.run(
+        "star",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            "wharf.host=*",
+            &image,
+        ],
+    );
+    let t = Instant::now();
+    let wanted = [
+        format!("container {}-web", other.name),
+        format!("container {squat}"),
+        format!("container {star}"),
+    ];
+    loop {
+        let errors = w.api("/api/errors");
+        let found = |service: &str, needle: &str| {
+            errors.as_array().into_iter().flatten().any(|p| {
+                p["service"] == service && p["message"].as_str().unwrap_or("").contains(needle)
+            })
+        };
+        if found(&wanted[0], &format!("belongs to `{owner}`"))
+            && found(&wanted[1], &format!("belongs to `{owner}`"))
+            && found(&wanted[2], "allow_wildcards")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "refusals not reported: {errors}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still the first project's three replicas, on every path.
+    let after = ids(12);
+    assert_eq!(after, first, "the first project keeps the host");
+    let route = route_for(&w, &host).unwrap();
+    assert_eq!(route["backends"].as_array().unwrap().len(), 3, "{route}");
+    // Nothing catches unknown hosts.
+    let r = try_get(web, "unknown.test", "/").unwrap();
+    assert_eq!(r.status, 404);
+    // The ownership record is on disk.
+    let record = std::fs::read_to_string(state.join("owners.json")).unwrap();
+    assert!(record.contains(&owner), "{record}");
+}
+
 /// Traefik middlewares on real containers (review H1): basicauth and ipallowlist
 /// are enforced, and a middleware Wharf cannot see (`auth@file`) refuses the
 /// router instead of serving it open, with the reason in /api/errors.
