@@ -416,7 +416,16 @@ impl Wharf {
         let dir = TempDir::new("wharf");
         let path = dir.0.join("wharf.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        // The certificate storage (and the host ownership record kept there) in
+        // the test's directory, never the machine's default /var/lib/wharf/acme.
+        if !config.contains("storage =") {
+            cmd.env(
+                "WHARF_ACME_STORAGE",
+                format!("file:{}", dir.0.join("acme").display()),
+            );
+        }
+        let mut child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(&path)
             .env("WHARF_LOG", "info,wharf_proxy=debug")

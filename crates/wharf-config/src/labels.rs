@@ -23,6 +23,13 @@ pub struct LabelOptions {
     pub exposed_by_default: bool,
     /// `docker.traefik_labels`: also read `traefik.*` labels.
     pub traefik_labels: bool,
+    /// A Traefik routing rule (`traefik.frontend.rule`, `traefik.http.routers.*.rule`)
+    /// enables its service without `traefik.enable`, as Traefik v1's default
+    /// `exposedByDefault` did (SPEC, "Traefik labels"). True only while
+    /// `docker.exposed_by_default` is not set: an operator who sets it to `false`
+    /// gets Traefik v2's rule, `traefik.enable=true` or `wharf.enable=true` whatever
+    /// the labels (security review M5).
+    pub traefik_rules_enable: bool,
     /// The configured entrypoints as (name, tls), in configuration order. An
     /// entrypoint a label names must be one of them, or an alias of Traefik's
     /// usual names (see [`resolve_entrypoint`]). Empty: names are not checked
@@ -61,6 +68,7 @@ impl Default for LabelOptions {
         LabelOptions {
             exposed_by_default: false,
             traefik_labels: true,
+            traefik_rules_enable: true,
             entrypoints: std::sync::Arc::from(Vec::new()),
         }
     }
@@ -371,7 +379,10 @@ pub(crate) fn service_routes_with(
         None => match traefik::enabled(&traefik_labels, &mut pr) {
             Some(Ok(b)) => b,
             Some(Err(())) => return no_routes(true, pr.list),
-            None => opts.exposed_by_default,
+            None => {
+                opts.exposed_by_default
+                    || (opts.traefik_rules_enable && traefik::has_rule(&traefik_labels))
+            }
         },
     };
     if !enabled {

@@ -22,14 +22,23 @@ use crate::route::RateLimit;
 use crate::values;
 
 /// `traefik.enable` if set (malformed → Error, reported), else `None`: the
-/// caller applies `docker.exposed_by_default`. A routing rule never enables a
-/// service on its own (Traefik v2 semantics; security review M5): with the
-/// shipped `exposed_by_default = true`, v1 labels without `traefik.enable`
-/// still route; with `false`, `traefik.enable=true` (or `wharf.enable=true`) is
-/// needed whatever the labels.
+/// caller applies `docker.exposed_by_default`, and while that key is not set a
+/// routing rule ([`has_rule`]) enables the service as Traefik v1 did (SPEC);
+/// once the operator sets `exposed_by_default = false`, a rule never enables on
+/// its own (Traefik v2 semantics; security review M5) and `traefik.enable=true`
+/// (or `wharf.enable=true`) is needed whatever the labels.
 pub(crate) fn enabled(labels: &[Label], pr: &mut Problems) -> Option<Result<bool, ()>> {
     let l = labels.iter().find(|l| l.key == "traefik.enable")?;
     Some(values::boolean(l.value).map_err(|m| pr.error(l, m)))
+}
+
+/// Whether the labels carry a Traefik routing rule: v1 `traefik.frontend.rule`
+/// (or `traefik.<name>.frontend.rule`) or v2/v3 `traefik.http.routers.<r>.rule`.
+pub(crate) fn has_rule(labels: &[Label]) -> bool {
+    labels.iter().any(|l| {
+        l.key.ends_with(".frontend.rule")
+            || (l.key.starts_with("traefik.http.routers.") && l.key.ends_with(".rule"))
+    })
 }
 
 const UNSUPPORTED: &str = "not supported by Wharf; ignored";
@@ -3191,6 +3200,7 @@ mod tests {
         // is needed, v1 or v2 (security review M5).
         let strict = LabelOptions {
             exposed_by_default: false,
+            traefik_rules_enable: false,
             ..LabelOptions::default()
         };
         for rule in [
@@ -3205,6 +3215,16 @@ mod tests {
             assert_eq!(r.routes.len(), 1, "{:#?}", r.problems);
             // exposed_by_default = true: the rule routes as it always did.
             assert_eq!(run(&[rule], &[80]).routes.len(), 1);
+            // exposed_by_default not set (the built-in defaults): a rule enables,
+            // as Traefik v1's default did (SPEC), unless traefik.enable=false.
+            let r = run_with(&[rule], &[80], LabelOptions::default());
+            assert_eq!(r.routes.len(), 1, "{:#?}", r.problems);
+            let r = run_with(
+                &[rule, ("traefik.enable", "false")],
+                &[80],
+                LabelOptions::default(),
+            );
+            assert!(!r.enabled && r.routes.is_empty());
         }
     }
 
@@ -3286,6 +3306,7 @@ mod tests {
         let off = LabelOptions {
             exposed_by_default: false,
             traefik_labels: false,
+            traefik_rules_enable: true,
             ..LabelOptions::default()
         };
         let r = run_with(

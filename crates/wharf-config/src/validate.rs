@@ -197,6 +197,9 @@ pub struct DockerConfig {
     pub mode: DockerMode,
     pub network: String,
     pub exposed_by_default: bool,
+    /// `exposed_by_default` was not set: a Traefik routing rule enables its
+    /// service as in Traefik v1 (see `LabelOptions::traefik_rules_enable`).
+    pub traefik_rules_enable: bool,
     pub traefik_labels: bool,
     /// How often swarm tasks are listed (task changes on other nodes emit no
     /// local event).
@@ -876,6 +879,7 @@ pub(crate) fn parse(
         },
         network: fd.network.unwrap_or_else(|| "wharf-public".into()),
         exposed_by_default: fd.exposed_by_default.unwrap_or(false),
+        traefik_rules_enable: fd.exposed_by_default.is_none(),
         traefik_labels: fd.traefik_labels.unwrap_or(true),
         poll_interval: ck.duration(
             "docker.poll_interval",

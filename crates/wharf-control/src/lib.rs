@@ -386,6 +386,7 @@ impl Control {
         let opts = LabelOptions {
             exposed_by_default: config.docker.exposed_by_default,
             traefik_labels: config.docker.traefik_labels,
+            traefik_rules_enable: config.docker.traefik_rules_enable,
             entrypoints: config
                 .entrypoints
                 .iter()

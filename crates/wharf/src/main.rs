@@ -162,6 +162,7 @@ fn check(config: Option<&Path>, compose: &[PathBuf]) -> ExitCode {
             opts = wharf_config::LabelOptions {
                 exposed_by_default: cfg.docker.exposed_by_default,
                 traefik_labels: cfg.docker.traefik_labels,
+                traefik_rules_enable: cfg.docker.traefik_rules_enable,
                 entrypoints: cfg
                     .entrypoints
                     .iter()
