@@ -152,29 +152,36 @@ fn extra_option<'a>(opt: &str, l: &'a Label<'a>, x: &mut MwExtra<'a>) -> bool {
         // Other redirectscheme options keep their warnings (no security setting).
         o if o.starts_with("redirectscheme.") => return false,
         o if o.starts_with("headers.customrequestheaders.") => x.headers.push((
-            format!("headers.request.{}", &o["headers.customrequestheaders.".len()..]),
+            format!(
+                "headers.request.{}",
+                &o["headers.customrequestheaders.".len()..]
+            ),
             l,
             l.value.to_string(),
         )),
         o if o.starts_with("headers.customresponseheaders.") => x.headers.push((
-            format!("headers.response.{}", &o["headers.customresponseheaders.".len()..]),
+            format!(
+                "headers.response.{}",
+                &o["headers.customresponseheaders.".len()..]
+            ),
             l,
             l.value.to_string(),
         )),
-        "headers.framedeny"
-        | "headers.contenttypenosniff"
-        | "headers.browserxssfilter" => match values::boolean(l.value) {
-            Ok(true) => {
-                let (name, value) = match opt {
-                    "headers.framedeny" => ("X-Frame-Options", "DENY"),
-                    "headers.contenttypenosniff" => ("X-Content-Type-Options", "nosniff"),
-                    _ => ("X-XSS-Protection", "1; mode=block"),
-                };
-                x.headers.push((format!("headers.response.{name}"), l, value.into()));
+        "headers.framedeny" | "headers.contenttypenosniff" | "headers.browserxssfilter" => {
+            match values::boolean(l.value) {
+                Ok(true) => {
+                    let (name, value) = match opt {
+                        "headers.framedeny" => ("X-Frame-Options", "DENY"),
+                        "headers.contenttypenosniff" => ("X-Content-Type-Options", "nosniff"),
+                        _ => ("X-XSS-Protection", "1; mode=block"),
+                    };
+                    x.headers
+                        .push((format!("headers.response.{name}"), l, value.into()));
+                }
+                Ok(false) => {}
+                Err(m) => refuse(x, m),
             }
-            Ok(false) => {}
-            Err(m) => refuse(x, m),
-        },
+        }
         "headers.customframeoptionsvalue"
         | "headers.referrerpolicy"
         | "headers.contentsecuritypolicy"
@@ -192,7 +199,10 @@ fn extra_option<'a>(opt: &str, l: &'a Label<'a>, x: &mut MwExtra<'a>) -> bool {
             let kind = o.split('.').next().unwrap_or(o);
             let why = match kind {
                 "basicauth" | "ipallowlist" | "ipwhitelist" | "headers" => {
-                    format!("the {kind} option `{}` is not one Wharf can honour", &o[kind.len()..].trim_start_matches('.'))
+                    format!(
+                        "the {kind} option `{}` is not one Wharf can honour",
+                        &o[kind.len()..].trim_start_matches('.')
+                    )
                 }
                 _ => format!("the `{kind}` middleware is not enforced by Wharf"),
             };
@@ -499,13 +509,17 @@ pub(crate) fn translate(
                     }
                 }
             }
-            let sub = opt.split_once('.').map_or(opt, |(seg, rest)| {
-                if V1_WORDS.contains(&seg) {
-                    opt
-                } else {
-                    rest
-                }
-            });
+            let sub =
+                opt.split_once('.').map_or(
+                    opt,
+                    |(seg, rest)| {
+                        if V1_WORDS.contains(&seg) {
+                            opt
+                        } else {
+                            rest
+                        }
+                    },
+                );
             if sub.starts_with("frontend.auth")
                 || sub.starts_with("frontend.whitelist")
                 || sub.starts_with("frontend.headers.")
@@ -560,15 +574,18 @@ pub(crate) fn translate(
         let mut fx = Effects::default();
         sts_pairs(&f.sts, &mut fx, pr);
         if let Some(l) = f.auth_users {
-            fx.pairs.push(Pair::new("basicauth.users", l.written, l.value));
-            fx.pairs.push(Pair::new("basicauth.realm", l.written, "traefik"));
+            fx.pairs
+                .push(Pair::new("basicauth.users", l.written, l.value));
+            fx.pairs
+                .push(Pair::new("basicauth.realm", l.written, "traefik"));
         }
         if let Some(l) = f.auth_remove {
             fx.pairs
                 .push(Pair::new("basicauth.remove_header", l.written, l.value));
         }
         if let Some(l) = f.whitelist {
-            fx.pairs.push(Pair::new("ipallowlist.ranges", l.written, l.value));
+            fx.pairs
+                .push(Pair::new("ipallowlist.ranges", l.written, l.value));
         }
         if let Some(l) = f.redirect {
             // v1 redirects to a named entrypoint, in practice the https one.
@@ -1628,6 +1645,14 @@ pub fn parse_v1_rule(rule: &str, warn: &mut dyn FnMut(String)) -> Result<Vec<Ter
                          prefix, so the backend sees the full path"
                             .into(),
                     );
+                }
+                // Each value becomes one alternative holding the whole host
+                // list: bounded like a v2 rule's expansion, so memory stays
+                // linear in the label (found by fuzz/traefik_rule).
+                if vals.len() > MAX_TERMS {
+                    return Err(format!(
+                        "more than {MAX_TERMS} PathPrefix values; split the service's routes"
+                    ));
                 }
                 paths = Some(vals);
             }
@@ -2970,18 +2995,46 @@ mod tests {
         }
         // Middlewares and options Wharf cannot honour: the option's key is named.
         for (key, value, needle) in [
-            ("traefik.http.middlewares.m.digestauth.users", "u:r:h", "`digestauth` middleware"),
-            ("traefik.http.middlewares.m.forwardauth.address", "http://authelia", "`forwardauth`"),
-            ("traefik.http.middlewares.m.chain.middlewares", "a,b", "`chain`"),
-            ("traefik.http.middlewares.m.stripprefix.prefixes", "/x", "`stripprefix`"),
-            ("traefik.http.middlewares.m.redirectregex.regex", "^x", "`redirectregex`"),
+            (
+                "traefik.http.middlewares.m.digestauth.users",
+                "u:r:h",
+                "`digestauth` middleware",
+            ),
+            (
+                "traefik.http.middlewares.m.forwardauth.address",
+                "http://authelia",
+                "`forwardauth`",
+            ),
+            (
+                "traefik.http.middlewares.m.chain.middlewares",
+                "a,b",
+                "`chain`",
+            ),
+            (
+                "traefik.http.middlewares.m.stripprefix.prefixes",
+                "/x",
+                "`stripprefix`",
+            ),
+            (
+                "traefik.http.middlewares.m.redirectregex.regex",
+                "^x",
+                "`redirectregex`",
+            ),
             (
                 "traefik.http.middlewares.m.ipallowlist.ipstrategy.excludedips",
                 "10.0.0.1",
                 "ipallowlist option `ipstrategy.excludedips`",
             ),
-            ("traefik.http.middlewares.m.basicauth.usersfile", "/etc/users", "usersfile"),
-            ("traefik.http.middlewares.m.headers.accesscontrolalloworigin", "*", "headers option"),
+            (
+                "traefik.http.middlewares.m.basicauth.usersfile",
+                "/etc/users",
+                "usersfile",
+            ),
+            (
+                "traefik.http.middlewares.m.headers.accesscontrolalloworigin",
+                "*",
+                "headers option",
+            ),
         ] {
             let e = with(&[("traefik.http.routers.adm.middlewares", "m"), (key, value)]);
             assert!(
@@ -3023,7 +3076,10 @@ mod tests {
                     ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
                     ("traefik.http.routers.adm.middlewares", "auth@docker,ip,hdr"),
                     ("traefik.http.middlewares.auth.basicauth.users", BCRYPT),
-                    ("traefik.http.middlewares.auth.basicauth.removeheader", "true"),
+                    (
+                        "traefik.http.middlewares.auth.basicauth.removeheader",
+                        "true",
+                    ),
                     (&src, "10.0.0.0/8, 192.168.1.7"),
                     (&depth, "1"),
                     (
@@ -3046,14 +3102,20 @@ mod tests {
             let s = &r.routes[0];
             let ba = s.basicauth.as_ref().unwrap();
             assert_eq!(ba.users[0].0, "admin");
-            assert!(matches!(ba.users[0].1, crate::route::PasswordHash::Bcrypt(_)));
+            assert!(matches!(
+                ba.users[0].1,
+                crate::route::PasswordHash::Bcrypt(_)
+            ));
             assert_eq!(ba.realm, "traefik", "Traefik's default realm");
             assert!(ba.remove_header);
             let ip = s.ipallowlist.as_ref().unwrap();
             assert_eq!(ip.depth, 1);
             assert_eq!(
                 ip.ranges,
-                vec!["10.0.0.0/8".parse().unwrap(), "192.168.1.7/32".parse().unwrap()]
+                vec![
+                    "10.0.0.0/8".parse().unwrap(),
+                    "192.168.1.7/32".parse().unwrap()
+                ]
             );
             let h = s.headers.as_ref().unwrap();
             let req: Vec<_> = h
@@ -3090,7 +3152,10 @@ mod tests {
         let e = refused(&[
             ("traefik.http.routers.adm.rule", "Host(`admin.example.com`)"),
             ("traefik.http.routers.adm.middlewares", "a"),
-            ("traefik.http.middlewares.a.ipallowlist.sourcerange", "10.0.0.0/33"),
+            (
+                "traefik.http.middlewares.a.ipallowlist.sourcerange",
+                "10.0.0.0/33",
+            ),
         ]);
         assert!(e[0].2.contains("not an address range"), "{e:#?}");
     }
@@ -3150,7 +3215,10 @@ mod tests {
             ["secure"]
         );
         assert_eq!(
-            eps(&[("wharf.host", "a.org"), ("wharf.entrypoints", "admin-tls,web")]),
+            eps(&[
+                ("wharf.host", "a.org"),
+                ("wharf.entrypoints", "admin-tls,web")
+            ]),
             ["admin-tls", "plain"]
         );
         // A name that is neither: an error with a hint, on the label as written.
@@ -3191,7 +3259,9 @@ mod tests {
             &[80],
             plain_only,
         );
-        assert!(errors(&r)[0].message.contains("no entrypoint named `https`"));
+        assert!(errors(&r)[0]
+            .message
+            .contains("no entrypoint named `https`"));
     }
 
     #[test]
@@ -3429,6 +3499,25 @@ mod tests {
             let _ = parse_v1_rule(&rule, &mut |_| {});
         }
         assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
+    }
+
+    #[test]
+    fn a_v1_rule_expands_to_at_most_max_terms() {
+        // fuzz/traefik_rule: each PathPrefix value copied the whole host list,
+        // 3,000 x 3,000 from a 12 KB label.
+        let hosts = vec!["a.org"; 1000].join(",");
+        let paths = |n: usize| vec!["/x"; n].join(",");
+        let ok = parse_v1_rule(
+            &format!("Host:{hosts};PathPrefix:{}", paths(MAX_TERMS)),
+            &mut |_| {},
+        );
+        assert_eq!(ok.unwrap().len(), MAX_TERMS);
+        let err = parse_v1_rule(
+            &format!("Host:{hosts};PathPrefix:{}", paths(MAX_TERMS + 1)),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(err.contains("more than 64 PathPrefix values"), "{err}");
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
             None => raw,
         }
     };
+    // One trailing dot is the absolute form; a second (`a..`, `..`) is an empty
+    // label, refused so that normalising is idempotent (found by fuzz/host).
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.len() > 253 {
+    if host.is_empty() || host.len() > 253 || host.ends_with('.') {
         return None;
     }
     let mut needs_lower = false;
@@ -77,6 +79,10 @@ mod tests {
         // Junk after the IPv6 literal, more than one `:` outside brackets, an
         // overlong port.
         assert!(normalize_host("[::1]junk").is_none());
+        // Two trailing dots: an empty label (normalising must be idempotent).
+        assert!(normalize_host("a..").is_none());
+        assert!(normalize_host("..").is_none());
+        assert!(normalize_host(".").is_none());
         assert!(normalize_host("[::1]:80x").is_none());
         assert!(normalize_host("[::1]]").is_none());
         assert!(normalize_host("a:b:80").is_none());
