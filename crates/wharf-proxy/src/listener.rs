@@ -411,8 +411,15 @@ impl Conn {
         let age = tokio::time::sleep(s.max_connection_age);
         tokio::pin!(age);
         let mut closing = false;
+        // Made once: a `Notified` made per wake-up would lock the waiter list
+        // twice each time the connection is polled.
+        let abuse = shared.abuse.notified();
+        tokio::pin!(abuse);
         let result = loop {
             tokio::select! {
+                // The connection first, and no random branch order: this loop
+                // runs at every wake-up of a keep-alive connection.
+                biased;
                 r = conn.as_mut() => break r,
                 _ = &mut first, if waiting_first => {
                     waiting_first = false;
@@ -441,7 +448,7 @@ impl Conn {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = shared.abuse.notified() => {
+                _ = &mut abuse => {
                     warn!(
                         %client,
                         entrypoint = %s.name,
