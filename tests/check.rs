@@ -226,7 +226,9 @@ fn ownership_refusals_are_errors() {
     assert_eq!(code, Some(1), "{text}");
     let line = |service: &str, needle: &str| {
         text.lines().any(|l| {
-            l.starts_with("error:") && l.contains(&format!("service {service}")) && l.contains(needle)
+            l.starts_with("error:")
+                && l.contains(&format!("service {service}"))
+                && l.contains(needle)
         })
     };
     assert!(line("login", "belongs to"), "{text}");
@@ -234,7 +236,11 @@ fn ownership_refusals_are_errors() {
     assert!(line("out", "allowed_domains"), "{text}");
     assert!(!line("shop", ""), "{text}");
     // A bad pattern is an error on its key.
-    let (code, text) = check(&dir, Some("[docker]\nallowed_domains = [\"exa mple.org\"]\n"), &[&a]);
+    let (code, text) = check(
+        &dir,
+        Some("[docker]\nallowed_domains = [\"exa mple.org\"]\n"),
+        &[&a],
+    );
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("docker.allowed_domains[0]"), "{text}");
 }

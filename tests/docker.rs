@@ -145,9 +145,11 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
         r.status == 404
     })
     .unwrap();
-    wait_until("the reservation in /api/errors", Duration::from_secs(10), || {
-        errors_mention(&w, "it is gone now")
-    });
+    wait_until(
+        "the reservation in /api/errors",
+        Duration::from_secs(10),
+        || errors_mention(&w, "it is gone now"),
+    );
 
     // The swap was logged as a one-line diff.
     assert!(w.logs().iter().any(|l| l["message"]
@@ -842,7 +844,12 @@ fn compose_replicas_are_one_owner_and_other_owners_are_refused() {
     assert_eq!(first.len(), 3, "replicas answering: {first:?}");
 
     // A second project claims the same host: refused, the first still served.
-    let other = Project::new(&cmd, e.name("other").replace('-', ""), e.dir(), &yaml("web"));
+    let other = Project::new(
+        &cmd,
+        e.name("other").replace('-', ""),
+        e.dir(),
+        &yaml("web"),
+    );
     other
         .run(&["up", "-d"])
         .unwrap_or_else(|err| panic!("compose up: {err}"));
@@ -959,7 +966,10 @@ fn traefik_basicauth_and_ipallowlist_are_enforced_and_auth_at_file_is_refused() 
         r.status == 401
     })
     .unwrap();
-    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"traefik\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"traefik\"")
+    );
     let authed = |host: &str, cred: &str| {
         raw(
             web,
@@ -1003,8 +1013,14 @@ fn traefik_basicauth_and_ipallowlist_are_enforced_and_auth_at_file_is_refused() 
         errors_mention(&w, &refused)
     });
     let errs = w.api("/api/errors").to_string();
-    assert!(errs.contains("auth@file") && errs.contains("fail closed"), "{errs}");
-    assert!(errs.contains("traefik.http.routers.adm.middlewares"), "{errs}");
+    assert!(
+        errs.contains("auth@file") && errs.contains("fail closed"),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("traefik.http.routers.adm.middlewares"),
+        "{errs}"
+    );
     assert_eq!(try_get(web, &open, "/cgi-bin/id").unwrap().status, 404);
     // The secret never shows: basicauth values are redacted in problems.
     assert!(!errs.contains("$apr1$"), "{errs}");

@@ -251,7 +251,12 @@ impl Store for SwarmStore {
     }
 
     async fn load_owners(&self) -> Result<Option<String>, AcmeError> {
-        match self.newest("owners", Some("hosts")).await?.into_iter().next() {
+        match self
+            .newest("owners", Some("hosts"))
+            .await?
+            .into_iter()
+            .next()
+        {
             Some((_, _, c)) => Self::data(&c)
                 .map(|d| Some(String::from_utf8_lossy(&d).into_owned()))
                 .map_err(|e| AcmeError::Corrupt {

@@ -165,14 +165,23 @@ struct HeadersView<'a> {
 }
 
 /// Header rules for the API, credential values redacted.
-fn header_view(rules: &[(http::HeaderName, Option<http::HeaderValue>)]) -> Vec<(&str, Option<&str>)> {
+fn header_view(
+    rules: &[(http::HeaderName, Option<http::HeaderValue>)],
+) -> Vec<(&str, Option<&str>)> {
     rules
         .iter()
         .map(|(n, v)| {
             let name = n.as_str();
-            let secret = ["authorization", "cookie", "token", "secret", "password", "key"]
-                .iter()
-                .any(|w| name.contains(w));
+            let secret = [
+                "authorization",
+                "cookie",
+                "token",
+                "secret",
+                "password",
+                "key",
+            ]
+            .iter()
+            .any(|w| name.contains(w));
             let value = v.as_ref().map(|v| {
                 if secret {
                     "<redacted>"

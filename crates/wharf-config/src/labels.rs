@@ -334,7 +334,11 @@ pub(crate) fn service_routes_with(
                 ("value", v.len(), values::MAX_LABEL_VALUE)
             };
             oversize.push((
-                if cut.len() < k.len() { format!("{cut}...") } else { cut },
+                if cut.len() < k.len() {
+                    format!("{cut}...")
+                } else {
+                    cut
+                },
                 format!(
                     "the label's {what} is {len} bytes, more than the {max} bytes Wharf accepts \
                      (docs/labels.md, \"Limits\"); the label is ignored and the service's new \
@@ -1265,7 +1269,10 @@ pub(crate) mod tests {
             &[
                 ("wharf.enable", "true"),
                 ("wharf.host", "a.example.org"),
-                ("wharf.ipallowlist", "10.0.0.0/8,192.168.0.0/16,::ffff:172.16.0.0/108"),
+                (
+                    "wharf.ipallowlist",
+                    "10.0.0.0/8,192.168.0.0/16,::ffff:172.16.0.0/108",
+                ),
                 ("wharf.ipallowlist.depth", "1"),
                 ("wharf.basicauth.users", &users),
                 ("wharf.basicauth.realm", "staff"),
@@ -1299,7 +1306,14 @@ pub(crate) mod tests {
         // The named route inherits and adds.
         let api = &r.routes[1];
         assert!(api.basicauth.is_some());
-        let names: Vec<&str> = api.headers.as_ref().unwrap().request.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = api
+            .headers
+            .as_ref()
+            .unwrap()
+            .request
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         assert_eq!(names, ["x-env", "x-api"]);
     }
 
@@ -1309,13 +1323,29 @@ pub(crate) mod tests {
             ("wharf.ipallowlist", "10.0.0.0/40", "not an address range"),
             ("wharf.ipallowlist", " , ", "no address range"),
             ("wharf.basicauth.users", "admin:secret", "plain text"),
-            ("wharf.basicauth.users", "admin:{SHA}abc", "not base64 of 20 bytes"),
-            ("wharf.basicauth.users", "admin:$2y$05$short", "bcrypt hash is malformed"),
+            (
+                "wharf.basicauth.users",
+                "admin:{SHA}abc",
+                "not base64 of 20 bytes",
+            ),
+            (
+                "wharf.basicauth.users",
+                "admin:$2y$05$short",
+                "bcrypt hash is malformed",
+            ),
             ("wharf.basicauth.users", "justaname", "not `user:hash`"),
             ("wharf.headers.request.Bad Name", "x", "not a header name"),
             ("wharf.headers.request.X-A", "a\u{7}b", "control character"),
-            ("wharf.headers.request.Content-Length", "5", "framing or hop-by-hop"),
-            ("wharf.headers.response.Transfer-Encoding", "chunked", "framing"),
+            (
+                "wharf.headers.request.Content-Length",
+                "5",
+                "framing or hop-by-hop",
+            ),
+            (
+                "wharf.headers.response.Transfer-Encoding",
+                "chunked",
+                "framing",
+            ),
         ] {
             let e = one_error(&[(key, value)]);
             assert_eq!(e.label, key);
@@ -1325,10 +1355,17 @@ pub(crate) mod tests {
                 assert!(!e.message.contains("secret"));
             }
         }
-        let e = one_error(&[("wharf.basicauth.users", BCRYPT), ("wharf.basicauth.realm", "a\"b")]);
+        let e = one_error(&[
+            ("wharf.basicauth.users", BCRYPT),
+            ("wharf.basicauth.realm", "a\"b"),
+        ]);
         assert!(e.message.contains("not a realm"), "{}", e.message);
         let e = one_error(&[("wharf.basicauth.realm", "x")]);
-        assert!(e.message.contains("without `basicauth.users`"), "{}", e.message);
+        assert!(
+            e.message.contains("without `basicauth.users`"),
+            "{}",
+            e.message
+        );
         let e = one_error(&[("wharf.ipallowlist.depth", "1")]);
         assert!(e.message.contains("without `ipallowlist`"), "{}", e.message);
         // A credential header's value is redacted too.
@@ -1341,17 +1378,29 @@ pub(crate) mod tests {
         let key = format!("wharf.{}", "a".repeat(2_000_000));
         let started = std::time::Instant::now();
         let r = run(
-            &[("wharf.enable", "true"), ("wharf.host", "a.org"), (&key, "1")],
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.org"),
+                (&key, "1"),
+            ],
             &[80],
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         let e = errors(&r);
         assert_eq!(e.len(), 1, "{e:#?}");
         assert!(e[0].label.len() < 80, "the key is cut short");
-        assert!(e[0].message.contains("more than the 256 bytes"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("more than the 256 bytes"),
+            "{}",
+            e[0].message
+        );
         let big = "x".repeat(values::MAX_LABEL_VALUE + 1);
         let r = run(
-            &[("wharf.enable", "true"), ("wharf.host", "a.org"), ("wharf.path", &big)],
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.org"),
+                ("wharf.path", &big),
+            ],
             &[80],
         );
         let e = errors(&r);
@@ -1361,7 +1410,11 @@ pub(crate) mod tests {
         // At the caps: accepted (and no suggestion work for a long unknown key).
         let key = format!("wharf.{}", "b".repeat(values::MAX_LABEL_KEY - 6));
         let r = run(
-            &[("wharf.enable", "true"), ("wharf.host", "a.org"), (&key, "1")],
+            &[
+                ("wharf.enable", "true"),
+                ("wharf.host", "a.org"),
+                (&key, "1"),
+            ],
             &[80],
         );
         assert_eq!(errors(&r)[0].message, "unknown label");

@@ -1091,7 +1091,10 @@ fn middleware_keys(
                 Ok(_) => {
                     fail(
                         dkey,
-                        format!("`{}` is deeper than {MAX_XFF_DEPTH} proxies; write e.g. `1`", dv.trim()),
+                        format!(
+                            "`{}` is deeper than {MAX_XFF_DEPTH} proxies; write e.g. `1`",
+                            dv.trim()
+                        ),
                     );
                     ok = false;
                 }
@@ -1145,7 +1148,8 @@ fn middleware_keys(
             let r = rv.trim();
             if r.is_empty()
                 || r.len() > 128
-                || r.chars().any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
+                || r.chars()
+                    .any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
             {
                 fail(
                     rkey,
@@ -1182,8 +1186,7 @@ fn middleware_keys(
             if let Some((key, _)) = get.get(k) {
                 fail(
                     key,
-                    "basicauth settings given without `basicauth.users`, which enables them"
-                        .into(),
+                    "basicauth settings given without `basicauth.users`, which enables them".into(),
                 );
             }
         }
@@ -1257,7 +1260,9 @@ pub fn parse_htpasswd(line: &str) -> Result<(String, PasswordHash), String> {
         );
     };
     if user.is_empty() || user.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("an entry has an empty user name or one with spaces or control characters".into());
+        return Err(
+            "an entry has an empty user name or one with spaces or control characters".into(),
+        );
     }
     let bad = |what: &str| {
         Err(format!(
@@ -1273,7 +1278,9 @@ pub fn parse_htpasswd(line: &str) -> Result<(String, PasswordHash), String> {
         // cost (2 digits) `$` 22 salt + 31 hash characters.
         let ok = rest.len() == 56
             && rest.as_bytes()[2] == b'$'
-            && rest[..2].parse::<u32>().is_ok_and(|c| (4..=31).contains(&c))
+            && rest[..2]
+                .parse::<u32>()
+                .is_ok_and(|c| (4..=31).contains(&c))
             && rest[3..].chars().all(b64);
         return if ok {
             Ok((user.to_string(), PasswordHash::Bcrypt(hash.to_string())))

@@ -201,18 +201,30 @@ pub const MAX_LABEL_VALUE: usize = 4096;
 /// that carry credentials.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    if k.contains("basicauth") || k.contains("auth.basic") || k.contains("digestauth")
+    if k.contains("basicauth")
+        || k.contains("auth.basic")
+        || k.contains("digestauth")
         || k.contains("auth.digest")
     {
         return true;
     }
     let last = k.rsplit('.').next().unwrap_or("");
-    let header_key = k.contains("headers.") || k.contains("customrequestheaders")
+    let header_key = k.contains("headers.")
+        || k.contains("customrequestheaders")
         || k.contains("customresponseheaders");
     header_key
-        && ["authorization", "cookie", "token", "secret", "password", "api-key", "apikey", "key"]
-            .iter()
-            .any(|w| last.contains(w))
+        && [
+            "authorization",
+            "cookie",
+            "token",
+            "secret",
+            "password",
+            "api-key",
+            "apikey",
+            "key",
+        ]
+        .iter()
+        .any(|w| last.contains(w))
 }
 
 /// The closest candidate within an edit distance of 3, if any.
@@ -320,7 +332,11 @@ mod tests {
         ] {
             assert!(is_secret_key(k), "{k}");
         }
-        for k in ["wharf.host", "wharf.headers.request.x-env", "wharf.ipallowlist"] {
+        for k in [
+            "wharf.host",
+            "wharf.headers.request.x-env",
+            "wharf.ipallowlist",
+        ] {
             assert!(!is_secret_key(k), "{k}");
         }
     }

@@ -17,10 +17,10 @@ mod backend;
 mod health;
 mod host;
 mod limit;
-mod path;
 pub mod metrics;
-pub mod ratelimit;
 pub mod middleware;
+mod path;
+pub mod ratelimit;
 mod route;
 pub mod sticky;
 mod table;
@@ -33,9 +33,9 @@ pub use health::{
     PASSIVE_FAILURES,
 };
 pub use host::normalize_host;
-pub use path::{path_is_clean, prefix_matches};
 pub use limit::{MaxConn, QueueTicket, RouteState};
 pub use middleware::{AuthCache, BasicAuth, HeaderRules, IpAllowList, PasswordHash};
+pub use path::{path_is_clean, prefix_matches};
 pub use ratelimit::{RateKey, RateLimit};
 pub use route::{BackendTls, EntrypointMask, Policy, Route, RouteDef};
 pub use sticky::{CookieSticky, StickyKey, StickyPolicy, Token};

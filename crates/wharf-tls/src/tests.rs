@@ -402,9 +402,17 @@ async fn strict_sni_refuses_no_name_and_unknown_names() {
     assert!(handshake(&store, "127.0.0.1", &[]).await.is_ok());
     assert!(handshake(&store, "b.example", &[]).await.is_ok());
     // Strict: only names a certificate covers.
-    let ok = handshake_with(&store, "a.example", &[], true).await.unwrap();
+    let ok = handshake_with(&store, "a.example", &[], true)
+        .await
+        .unwrap();
     assert_eq!(ok.0, ["a.example"]);
-    assert!(handshake_with(&store, "x.w.example", &[], true).await.is_ok());
-    assert!(handshake_with(&store, "b.example", &[], true).await.is_err());
-    assert!(handshake_with(&store, "127.0.0.1", &[], true).await.is_err());
+    assert!(handshake_with(&store, "x.w.example", &[], true)
+        .await
+        .is_ok());
+    assert!(handshake_with(&store, "b.example", &[], true)
+        .await
+        .is_err());
+    assert!(handshake_with(&store, "127.0.0.1", &[], true)
+        .await
+        .is_err());
 }
