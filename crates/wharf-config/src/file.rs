@@ -42,6 +42,7 @@ pub struct FileEntrypoint {
     pub max_connection_age: Option<String>,
     pub client_timeout: Option<String>,
     pub tunnel_timeout: Option<String>,
+    pub strict_sni: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,4 +218,5 @@ pub const ENTRYPOINT_KEYS: &[(&str, Kind)] = &[
     ("max_connection_age", Kind::Str),
     ("client_timeout", Kind::Str),
     ("tunnel_timeout", Kind::Str),
+    ("strict_sni", Kind::Bool),
 ];

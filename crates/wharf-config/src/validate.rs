@@ -67,6 +67,10 @@ pub struct Entrypoint {
     /// not reading), or a request body that stalls this long, ends the
     /// request (HAProxy `timeout client`).
     pub client_timeout: Duration,
+    /// TLS entrypoints: a handshake without SNI, or for a name no certificate
+    /// covers, is refused instead of getting the default certificate (HAProxy
+    /// `strict-sni`).
+    pub strict_sni: bool,
     /// An upgraded connection (WebSocket) with no byte either way for this long
     /// is closed (HAProxy `timeout tunnel`).
     pub tunnel_timeout: Duration,
@@ -663,6 +667,16 @@ pub(crate) fn parse(
             max_connection_age,
             client_timeout,
             tunnel_timeout,
+            strict_sni: match ep.strict_sni {
+                Some(true) if !tls => {
+                    ck.fail(
+                        &k("strict_sni"),
+                        "strict_sni needs a TLS entrypoint (tls = true)",
+                    );
+                    false
+                }
+                s => s.unwrap_or(false),
+            },
         });
     }
     for (i, a) in entrypoints.iter().enumerate() {
@@ -1515,6 +1529,16 @@ mod tests {
             "{:?}",
             c.warnings
         );
+    }
+
+    #[test]
+    fn strict_sni_is_for_tls_entrypoints() {
+        let c = parse_ok(
+            "[entrypoints.websecure]\naddress = \":443\"\ntls = true\nstrict_sni = true\n",
+        );
+        assert!(c.entrypoints[0].strict_sni);
+        let p = parse_err("[entrypoints.web]\naddress = \":80\"\nstrict_sni = true\n");
+        assert_eq!(p[0].key, "entrypoints.web.strict_sni");
     }
 
     #[test]

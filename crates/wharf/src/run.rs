@@ -189,7 +189,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             format!("entrypoint `{}`: cannot listen on {}", ep.name, ep.address)
         })?;
         let tls = if ep.tls {
-            Some(wharf_tls::server_config(certs.clone(), ep.http2).context("TLS configuration")?)
+            Some(
+                wharf_tls::server_config_with(certs.clone(), ep.http2, ep.strict_sni)
+                    .context("TLS configuration")?,
+            )
         } else {
             None
         };
