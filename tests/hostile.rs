@@ -619,6 +619,39 @@ fn duplicate_host_is_rejected() {
     run_cases(&w, &be, &cases);
 }
 
+/// A backend response with both Content-Length and Transfer-Encoding (review
+/// L6): RFC 9112 §6.3 says the chunked framing wins; the client gets the whole
+/// 20-byte body, and no Content-Length that would truncate it.
+#[test]
+fn a_response_with_content_length_and_chunked_keeps_only_the_chunked_framing() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let be = l.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              14\r\n01234567890123456789\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    });
+    let w = Wharf::start(&config("", &route("app.test", "/", &[be], "")));
+    let got = exchange(
+        w.ep("web"),
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    server.join().unwrap();
+    assert_eq!(got.statuses, [200], "{}", got.raw);
+    let lower = got.raw.to_ascii_lowercase();
+    assert!(!lower.contains("content-length: 5"), "{}", got.raw);
+    assert!(got.raw.contains("01234567890123456789"), "{}", got.raw);
+}
+
 /// An absolute-form target that names another host than the Host field: the
 /// request is either refused or routed by one of them, and then the backend of
 /// that route sees that host, never the other (RFC 9112 §3.2.2: the target's
