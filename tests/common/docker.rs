@@ -13,39 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::TempDir;
 
-/// Runs `docker args`, returning trimmed stdout, or the error text.
-pub fn try_docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-pub fn docker(args: &[&str]) -> String {
-    try_docker(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Swarm users in this process, and whether a test put the engine in swarm mode.
-static SWARM_USERS: Mutex<(usize, bool)> = Mutex::new((0, false));
-/// `docker swarm init` creates the `docker_gwbridge` network and `leave` keeps it:
-/// removed again when it did not exist before.
-static GWBRIDGE_NEW: Mutex<bool> = Mutex::new(false);
-
-fn leave_swarm() {
-    let _ = try_docker(&["swarm", "leave", "--force"]);
-    if *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) {
-        let _ = try_docker(&["network", "rm", "docker_gwbridge"]);
-    }
-}
+use wharf_testkit::docker::Swarm;
+pub use wharf_testkit::docker::{docker, try_docker};
 
 #[derive(Debug)]
 enum Obj {
@@ -59,8 +28,9 @@ enum Obj {
 pub struct Engine {
     pub prefix: String,
     objects: Mutex<Vec<Obj>>,
-    /// This test uses swarm mode (counted in [`SWARM_USERS`]).
-    uses_swarm: Mutex<bool>,
+    /// This test uses swarm mode: the guard that leaves it again after the last
+    /// user of this process (dropped after the test's objects are removed).
+    swarm: Mutex<Option<Swarm>>,
     dir: TempDir,
 }
 
@@ -72,7 +42,7 @@ impl Engine {
         Engine {
             prefix: format!("wharf-t-{tag}-{}-{}", std::process::id(), fastrand::u32(..)),
             objects: Mutex::new(Vec::new()),
-            uses_swarm: Mutex::new(false),
+            swarm: Mutex::new(None),
             dir: TempDir::new(tag),
         }
     }
@@ -111,26 +81,10 @@ impl Engine {
     /// Puts the engine in swarm mode unless it already is; the last test of this
     /// process that needed it takes it out again (only if a test put it in).
     pub fn ensure_swarm(&self) -> Result<(), String> {
-        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
-        if users.0 == 0 {
-            let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-            users.1 = false;
-            if state != "active" {
-                *GWBRIDGE_NEW.lock().unwrap_or_else(|p| p.into_inner()) =
-                    try_docker(&["network", "inspect", "docker_gwbridge"]).is_err();
-                try_docker(&[
-                    "swarm",
-                    "init",
-                    "--advertise-addr",
-                    "127.0.0.1",
-                    "--listen-addr",
-                    "127.0.0.1:2377",
-                ])?;
-                users.1 = true;
-            }
+        let mut swarm = self.swarm.lock().unwrap();
+        if swarm.is_none() {
+            *swarm = Some(Swarm::join()?);
         }
-        users.0 += 1;
-        *self.uses_swarm.lock().unwrap() = true;
         Ok(())
     }
 
@@ -311,14 +265,9 @@ impl Drop for Engine {
                 let _ = try_docker(&["rmi", "-f", i]);
             }
         }
-        if *self.uses_swarm.lock().unwrap() {
-            let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
-            users.0 -= 1;
-            if users.0 == 0 && users.1 {
-                users.1 = false;
-                leave_swarm();
-            }
-        }
+        // Last: the swarm is left (when this was its last user) only once the
+        // services and networks are gone.
+        drop(self.swarm.lock().unwrap().take());
     }
 }
 
