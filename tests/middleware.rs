@@ -195,6 +195,20 @@ fn basicauth_bcrypt_sha1_apr1_remove_header_h1_h2_and_websocket() {
         assert_eq!(with("auth.test", &bad).status, 401, "{bad}");
     }
     assert!(a.seen().is_empty(), "{:?}", a.seen());
+    // A right credential beside a second Authorization field: 401 (a backend
+    // reading the other field would see an identity nobody verified).
+    let two = get_with(
+        web,
+        "auth.test",
+        "/",
+        &format!(
+            "Authorization: {}\r\nAuthorization: {}\r\n",
+            basic("bob", "b-secret"),
+            basic("admin", "x")
+        ),
+    );
+    assert_eq!(two.status, 401);
+    assert!(a.seen().is_empty(), "{:?}", a.seen());
     // Right: 200 for each hash kind, twice (the second from the cache), and the
     // backend sees the Authorization field unless remove_header.
     for (user, pass) in [

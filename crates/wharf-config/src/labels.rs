@@ -150,6 +150,37 @@ impl ServiceRoutes {
     pub fn has_errors(&self) -> bool {
         self.problems.iter().any(|p| p.severity == Severity::Error)
     }
+
+    /// True when an Error concerns access control (an auth, allow-list or
+    /// middleware label Wharf cannot apply): then the last good routes must not
+    /// be kept either, since they lack the protection the new labels ask for
+    /// (fail closed, security review H1).
+    pub fn fails_closed(&self) -> bool {
+        self.problems.iter().any(|p| {
+            p.severity == Severity::Error
+                && (p.message.contains(FAIL_CLOSED) || is_access_control_key(&p.label))
+        })
+    }
+}
+
+/// Marks the messages of errors that refuse a router for a middleware Wharf
+/// cannot enforce.
+pub(crate) const FAIL_CLOSED: &str = "(fail closed)";
+
+/// Label keys that set access control: `wharf.basicauth.*`, `wharf.ipallowlist*`,
+/// Traefik middleware references and definitions, v1 auth and whitelists.
+fn is_access_control_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "basicauth",
+        "ipallowlist",
+        "ipwhitelist",
+        "middlewares",
+        "auth.",
+        "whitelist",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
 }
 
 /// One label, its key lower-cased for matching (label keys are case-insensitive,

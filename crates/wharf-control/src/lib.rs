@@ -450,7 +450,22 @@ impl Control {
                 last_good.remove(&w.id);
                 continue;
             }
-            let good = if declared.has_errors() {
+            let good = if declared.fails_closed() {
+                // An auth or allow-list label that cannot be applied: the old
+                // routes lack what it asks for, so none is kept (fail closed).
+                if last_good.remove(&w.id).is_some() {
+                    report.problems.push(Problem {
+                        source: "docker",
+                        service: Some(format!("{} {}", w.kind.as_str(), w.name)),
+                        label: None,
+                        message: "its new access-control labels cannot be applied; its routes \
+                                  are withdrawn, not kept (fail closed)"
+                            .into(),
+                        error: true,
+                    });
+                }
+                continue;
+            } else if declared.has_errors() {
                 match last_good.get(&w.id) {
                     Some(good) => {
                         report.problems.push(Problem {
@@ -965,6 +980,47 @@ mod tests {
     }
 
     #[test]
+    fn an_access_control_label_that_cannot_be_applied_withdraws_the_last_good_routes() {
+        // Security review H1 by way of an update: a router that served without
+        // auth gains a middleware Wharf cannot enforce, or a malformed allow-list.
+        // Keeping the old, unprotected routes would fail open.
+        let c = Control::new();
+        let cfg = config("[docker]\nnetwork = \"pub\"\nexposed_by_default = true\n");
+        let at = |labels: &[(&str, &str)]| workload("a", labels, &[("pub", [10, 0, 0, 2], false)]);
+        let open = [("traefik.http.routers.r.rule", "Host(`a.test`)")];
+        apply_docker(&c, &cfg, vec![at(&open)]);
+        assert!(c.table().load().find("a.test", "/", 0).is_some());
+        let forward = [
+            ("traefik.http.routers.r.rule", "Host(`a.test`)"),
+            ("traefik.http.routers.r.middlewares", "fa"),
+            (
+                "traefik.http.middlewares.fa.forwardauth.address",
+                "http://auth",
+            ),
+        ];
+        let r = apply_docker(&c, &cfg, vec![at(&forward)]);
+        assert!(
+            r.problems.iter().any(|p| p.message.contains("withdrawn")),
+            "{:?}",
+            r.problems
+        );
+        assert!(c.table().load().find("a.test", "/", 0).is_none());
+        // The same with a wharf.* allow-list that does not parse.
+        apply_docker(&c, &cfg, vec![at(&[ON, ("wharf.host", "a.test")])]);
+        assert!(c.table().load().find("a.test", "/", 0).is_some());
+        apply_docker(
+            &c,
+            &cfg,
+            vec![at(&[
+                ON,
+                ("wharf.host", "a.test"),
+                ("wharf.ipallowlist", "10.0.0.0/33"),
+            ])],
+        );
+        assert!(c.table().load().find("a.test", "/", 0).is_none());
+    }
+
+    #[test]
     fn network_choice_and_host_conflicts_name_both_claimants() {
         let c = Control::new();
         let cfg = config("[docker]\nnetwork = \"pub\"\n");
@@ -1157,9 +1213,22 @@ mod tests {
             ],
             [10, 0, 0, 4],
         );
-        let r = apply_docker(&c, &cfg, vec![web, api, ops]);
+        // A longer path under the file's `/ops` would take its requests (and
+        // skip its auth): refused as well.
+        let deeper = owned(
+            "shop_deeper",
+            "4",
+            &[
+                ON,
+                stack,
+                ("wharf.host", "shop.test"),
+                ("wharf.path", "/ops/admin"),
+            ],
+            [10, 0, 0, 5],
+        );
+        let r = apply_docker(&c, &cfg, vec![web, api, ops, deeper]);
         let e = refusals(&r);
-        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].message.contains("config file's route `ops`"),
             "{}",
@@ -1171,6 +1240,7 @@ mod tests {
             "shop_api@docker"
         );
         assert_eq!(&*t.find("shop.test", "/ops", 0).unwrap().name, "ops");
+        assert_eq!(&*t.find("shop.test", "/ops/admin", 0).unwrap().name, "ops");
         assert_eq!(
             &*t.find("shop.test", "/", 0).unwrap().name,
             "shop_web@docker"

@@ -180,12 +180,17 @@ pub fn settle(
             let reason = if let Some(r) = host_refusal(host, rules.hosts) {
                 Some(r)
             } else if let Some(f) = file.iter().find(|f| {
-                f.hosts.contains(host) && f.path == d.path && f.entrypoints.overlaps(d.entrypoints)
+                // The file's path or anything under it: a longer label path would
+                // take requests (and skip the auth) of the file's route.
+                f.hosts.contains(host)
+                    && wharf_table::prefix_matches(&f.path, &d.path)
+                    && f.entrypoints.overlaps(d.entrypoints)
             }) {
                 Some(format!(
-                    "host `{host}` path `{}` is served by the config file's route `{}`, \
-                     which always wins",
-                    d.path, f.name
+                    "host `{host}` path `{}` is served by the config file's route `{}` \
+                     (path `{}`), which always wins; labels may route only other paths \
+                     of that host",
+                    d.path, f.name, f.path
                 ))
             } else {
                 let holder = claims

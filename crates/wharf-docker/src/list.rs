@@ -605,11 +605,22 @@ fn container_unhealthy(c: &ContainerSummary) -> bool {
 /// names it `project-service-N`, and a recreated replica takes the name back),
 /// so sticky tokens stay stable per replica. The newest replica's labels speak
 /// for the group (after `up` with changed labels they are the current ones);
-/// the oldest creation time is the group's.
+/// the oldest creation time is the group's. One-off containers (`docker compose
+/// run`, labelled `com.docker.compose.oneoff=True`) are not replicas and are not
+/// routed at all: they carry the service's labels but run a command.
 fn group_compose(workloads: Vec<Workload>) -> Vec<Workload> {
     let mut out: Vec<Workload> = Vec::with_capacity(workloads.len());
-    let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
+    // Per group: its index in `out`, and the creation time of the replica whose
+    // labels it carries (the newest so far).
+    let mut groups: BTreeMap<(String, String), (usize, String)> = BTreeMap::new();
     for w in workloads {
+        if w.kind == Kind::Container
+            && w.labels
+                .get("com.docker.compose.oneoff")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            continue;
+        }
         let key = match (
             w.labels.get("com.docker.compose.project"),
             w.labels.get("com.docker.compose.service"),
@@ -622,20 +633,22 @@ fn group_compose(workloads: Vec<Workload>) -> Vec<Workload> {
                 continue;
             }
         };
-        match groups.get(&key) {
+        match groups.get_mut(&key) {
             None => {
-                groups.insert(key.clone(), out.len());
+                groups.insert(key.clone(), (out.len(), w.created.clone()));
                 out.push(Workload {
                     id: format!("compose:{}/{}", key.0, key.1),
                     name: format!("{}-{}", key.0, key.1),
                     ..w
                 });
             }
-            Some(&i) => {
-                let g = &mut out[i];
-                if w.created > g.created {
+            Some((i, newest)) => {
+                let g = &mut out[*i];
+                if w.created > *newest {
+                    newest.clone_from(&w.created);
                     g.labels = w.labels;
-                } else {
+                }
+                if w.created < g.created {
                     g.created = w.created;
                 }
                 g.exposed_ports.extend(w.exposed_ports);
@@ -777,6 +790,23 @@ mod tests {
         assert_eq!(ids, ["shop-web-1", "shop-web-2", "shop-web-3"]);
         assert_eq!(out[1].name, "lone");
         assert_eq!(out[2].id, "compose:shop/db");
+
+        // The newest replica's labels whatever the listing order; a one-off
+        // `docker compose run` container is not a replica and not routed.
+        let mut oneoff = web("shop-web-run-1", "9", "run.test");
+        oneoff
+            .labels
+            .insert("com.docker.compose.oneoff".into(), "True".into());
+        let out = group_compose(vec![
+            web("shop-web-1", "1", "a.test"),
+            web("shop-web-3", "3", "c.test"),
+            web("shop-web-2", "2", "b.test"),
+            oneoff,
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].labels["wharf.host"], "c.test");
+        assert_eq!(out[0].created, "1");
+        assert_eq!(out[0].endpoints.len(), 3);
     }
 
     #[test]

@@ -78,20 +78,23 @@ pub fn client_for(
     crate::pipeline::parse_forwarded_addr(entry.trim()).map(|ip| ip.to_canonical())
 }
 
-/// Basic credentials checked against the route's users; a verified
-/// `Authorization` value is remembered (keyed hash) so bcrypt runs once per
-/// client credential, not per request.
+/// Basic credentials checked against the route's users; verified credentials
+/// are remembered (keyed hash of `user:password` as decoded, so respellings of
+/// one header cannot flush the cache) and bcrypt runs once per credential, not
+/// per request. Two `Authorization` fields are refused: a backend reading the
+/// other one would see an identity nobody verified.
 async fn authorized(auth: &BasicAuth, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (all.next(), all.next()) else {
         return false;
     };
-    let raw = value.as_bytes();
-    if auth.cache.contains(raw) {
+    let Some((user, password)) = basic_credentials(value.as_bytes()) else {
+        return false;
+    };
+    let key = format!("{user}:{password}");
+    if auth.cache.contains(key.as_bytes()) {
         return true;
     }
-    let Some((user, password)) = basic_credentials(raw) else {
-        return false;
-    };
     let Some(hash) = auth.user(&user) else {
         return false;
     };
@@ -110,7 +113,7 @@ async fn authorized(auth: &BasicAuth, headers: &HeaderMap) -> bool {
         other => verify(other, &password),
     };
     if ok {
-        auth.cache.insert(raw);
+        auth.cache.insert(key.as_bytes());
     }
     ok
 }

@@ -76,13 +76,15 @@ fn hex(c: u8) -> Option<u8> {
 
 /// A route path prefix matches on segment boundaries: `/api` matches `/api`,
 /// `/api/` and `/api/x`, never `/apix`. A prefix ending in `/` (`/`, `/api/`)
-/// matches whatever follows it.
+/// matches whatever follows it. A `;` also ends the segment: `/admin;jsessionid=1`
+/// is `/admin` with path parameters to Tomcat, Jetty and Spring, so it must reach
+/// the `/admin` route (and its auth), not fall through to a shorter one.
 #[inline]
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
         && (prefix.ends_with('/')
             || path.len() == prefix.len()
-            || path.as_bytes()[prefix.len()] == b'/')
+            || matches!(path.as_bytes()[prefix.len()], b'/' | b';'))
 }
 
 #[cfg(test)]
@@ -101,6 +103,9 @@ mod tests {
         assert!(prefix_matches("/", "/anything"));
         assert!(prefix_matches("/ap", "/ap/i"));
         assert!(!prefix_matches("/ap", "/api"));
+        // Path parameters end a segment (the backend reads `/admin`).
+        assert!(prefix_matches("/admin", "/admin;jsessionid=1/secret"));
+        assert!(prefix_matches("/admin", "/admin;x"));
     }
 
     #[test]
