@@ -79,22 +79,26 @@ pub fn client_for(
 }
 
 /// Basic credentials checked against the route's users; verified credentials
-/// are remembered (keyed hash of `user:password` as decoded, so respellings of
-/// one header cannot flush the cache) and bcrypt runs once per credential, not
-/// per request. Two `Authorization` fields are refused: a backend reading the
+/// are remembered (keyed hash of the base64 token alone: the scheme's case and
+/// spacing are not part of it, and the decoder accepts one canonical spelling
+/// per credential, so respellings of one header cannot flush the cache) and
+/// bcrypt runs once per credential, not per request. A cache hit allocates
+/// nothing. Two `Authorization` fields are refused: a backend reading the
 /// other one would see an identity nobody verified.
 async fn authorized(auth: &BasicAuth, headers: &HeaderMap) -> bool {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (all.next(), all.next()) else {
         return false;
     };
-    let Some((user, password)) = basic_credentials(value.as_bytes()) else {
+    let Some(token) = basic_token(value.as_bytes()) else {
         return false;
     };
-    let key = format!("{user}:{password}");
-    if auth.cache.contains(key.as_bytes()) {
+    if auth.cache.contains(token.as_bytes()) {
         return true;
     }
+    let Some((user, password)) = decode_basic(token) else {
+        return false;
+    };
     let Some(hash) = auth.user(&user) else {
         return false;
     };
@@ -113,7 +117,7 @@ async fn authorized(auth: &BasicAuth, headers: &HeaderMap) -> bool {
         other => verify(other, &password),
     };
     if ok {
-        auth.cache.insert(key.as_bytes());
+        auth.cache.insert(token.as_bytes());
     }
     ok
 }
@@ -127,13 +131,20 @@ fn bcrypt_slots() -> &'static Semaphore {
 
 /// `Basic base64(user:password)` (RFC 7617 §2): the user and password.
 pub fn basic_credentials(raw: &[u8]) -> Option<(String, String)> {
+    decode_basic(basic_token(raw)?)
+}
+
+/// The base64 token of a `Basic` credential, trimmed.
+fn basic_token(raw: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(raw).ok()?.trim();
     let (scheme, token) = s.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
+    scheme.eq_ignore_ascii_case("basic").then_some(token.trim())
+}
+
+/// `user:password` from a Basic token (canonical base64 only).
+fn decode_basic(token: &str) -> Option<(String, String)> {
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
+        .decode(token)
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
