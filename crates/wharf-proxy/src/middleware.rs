@@ -130,7 +130,8 @@ fn bcrypt_slots() -> &'static Semaphore {
 }
 
 /// `Basic base64(user:password)` (RFC 7617 §2): the user and password.
-pub fn basic_credentials(raw: &[u8]) -> Option<(String, String)> {
+#[cfg(test)]
+fn basic_credentials(raw: &[u8]) -> Option<(String, String)> {
     decode_basic(basic_token(raw)?)
 }
 
