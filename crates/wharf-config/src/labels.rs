@@ -151,21 +151,17 @@ impl ServiceRoutes {
         self.problems.iter().any(|p| p.severity == Severity::Error)
     }
 
-    /// True when an Error concerns access control (an auth, allow-list or
-    /// middleware label Wharf cannot apply): then the last good routes must not
-    /// be kept either, since they lack the protection the new labels ask for
-    /// (fail closed, security review H1).
+    /// True when an Error is on an access-control label (an auth or allow-list
+    /// key, a Traefik middleware reference or definition, v1 auth and
+    /// whitelists): then the last good routes must not be kept either, since
+    /// they lack the protection the new labels ask for (fail closed, security
+    /// review H1). Decided by the label key, never by a message's wording.
     pub fn fails_closed(&self) -> bool {
-        self.problems.iter().any(|p| {
-            p.severity == Severity::Error
-                && (p.message.contains(FAIL_CLOSED) || is_access_control_key(&p.label))
-        })
+        self.problems
+            .iter()
+            .any(|p| p.severity == Severity::Error && is_access_control_key(&p.label))
     }
 }
-
-/// Marks the messages of errors that refuse a router for a middleware Wharf
-/// cannot enforce.
-pub(crate) const FAIL_CLOSED: &str = "(fail closed)";
 
 /// Label keys that set access control: `wharf.basicauth.*`, `wharf.ipallowlist*`,
 /// Traefik middleware references and definitions, v1 auth and whitelists.
