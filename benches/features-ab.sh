@@ -31,25 +31,8 @@ RIG_NAME=features
 source "$here/benches/tls-rig.sh"
 WB=$(free_port)
 
-mk_wharf() { # port extra
-  cat <<EOF
-[entrypoints.web]
-address = "127.0.0.1:$1"
-[admin]
-address = "127.0.0.1:0"
-[runtime]
-worker_threads = 1
-[docker]
-mode = "off"
-[[routes]]
-host = "*"
-upstream = "static:127.0.0.1:$BE"
-tls = "none"
-$2
-EOF
-}
-mk_wharf "$WHP" "" > "$run/a.toml"
-mk_wharf "$WB" "$FEATURES" > "$run/b.toml"
+wharf_plain_cfg "$WHP" "$BE" "" > "$run/a.toml"
+wharf_plain_cfg "$WB" "$BE" "$FEATURES" > "$run/b.toml"
 wrk_args=()
 if [ -n "${STICKY_SECRET:-}" ]; then
   printf '\n[sticky]\nsecret = "%s"\n' "$STICKY_SECRET" >> "$run/b.toml"

@@ -99,23 +99,6 @@ backend be
   server s1 $2
 EOF
 }
-wharf_target() { # port backend-port route-extra
-  cat <<EOF
-[entrypoints.web]
-address = "127.0.0.1:$1"
-[admin]
-address = "127.0.0.1:0"
-[runtime]
-worker_threads = 1
-[docker]
-mode = "off"
-[[routes]]
-host = "*"
-upstream = "static:127.0.0.1:$2"
-tls = "none"
-$3
-EOF
-}
 wharf_tls="scheme = \"https\"
 backend_tls = { ca = \"$run/ca.pem\", server_name = \"backend.test\" }"
 declare -A log
@@ -126,9 +109,9 @@ for t in $TARGETS; do
     haproxy-h1) haproxy_target "$p" "127.0.0.1:$B1 $tls_server alpn http/1.1" > "$run/$t.cfg"; log[$t]=h1 ;;
     haproxy-h2b) haproxy_target "$p" "127.0.0.1:$B2 $tls_server alpn http/1.1" > "$run/$t.cfg"; log[$t]=h2 ;;
     haproxy-h2) haproxy_target "$p" "127.0.0.1:$B2 $tls_server alpn h2" > "$run/$t.cfg"; log[$t]=h2 ;;
-    wharf-plain) wharf_target "$p" "$BE" "" > "$run/$t.toml"; log[$t]=plain ;;
-    wharf-h1) wharf_target "$p" "$B1" "$wharf_tls" > "$run/$t.toml"; log[$t]=h1 ;;
-    wharf-h2) wharf_target "$p" "$B2" "$wharf_tls" > "$run/$t.toml"; log[$t]=h2 ;;
+    wharf-plain) wharf_plain_cfg "$p" "$BE" "" > "$run/$t.toml"; log[$t]=plain ;;
+    wharf-h1) wharf_plain_cfg "$p" "$B1" "$wharf_tls" > "$run/$t.toml"; log[$t]=h1 ;;
+    wharf-h2) wharf_plain_cfg "$p" "$B2" "$wharf_tls" > "$run/$t.toml"; log[$t]=h2 ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
 done

@@ -26,6 +26,23 @@ http { access_log off; default_type text/plain; keepalive_requests 1000000;
   uwsgi_temp_path $run; scgi_temp_path $run;
   server { listen 127.0.0.1:$BE backlog=4096; root $run/www; location / { } } }
 EOF
+wharf_plain_cfg() { # port backend-port route-extra: one thread, every host to one backend
+  cat <<EOF
+[entrypoints.web]
+address = "127.0.0.1:$1"
+[admin]
+address = "127.0.0.1:0"
+[runtime]
+worker_threads = 1
+[docker]
+mode = "off"
+[[routes]]
+host = "*"
+upstream = "static:127.0.0.1:$2"
+tls = "none"
+$3
+EOF
+}
 haproxy_cfg() { # the frontend's bind arguments
   cat <<EOF
 global
