@@ -22,6 +22,13 @@ fn docker_config(mode: &str, network: &str) -> String {
     )
 }
 
+/// Wharf on the containers of `network`, once its first listing is done.
+fn containers_wharf(network: &str) -> Wharf {
+    let mut w = Wharf::start(&docker_config("containers", network));
+    w.wait_log("docker: connected and listed").unwrap();
+    w
+}
+
 fn errors_mention(w: &Wharf, needle: &str) -> bool {
     w.api("/api/errors").to_string().contains(needle)
 }
@@ -31,8 +38,7 @@ fn labelled_container_is_routed_fast_and_errors_stay_with_their_container() {
     let e = Engine::new("ctr");
     let net = e.bridge("net");
     let image = e.backend_image();
-    let mut w = Wharf::start(&docker_config("containers", &net));
-    w.wait_log("docker: connected and listed").unwrap();
+    let w = containers_wharf(&net);
     let web = w.ep("web");
 
     // 1. `docker run` to the first routed 200.
@@ -447,8 +453,7 @@ fn traefik_v1_and_v2_healthcheck_labels_enable_active_checks() {
     let e = Engine::new("tkhc");
     let net = e.bridge("net");
     let image = e.backend_image();
-    let mut w = Wharf::start(&docker_config("containers", &net));
-    w.wait_log("docker: connected and listed").unwrap();
+    let w = containers_wharf(&net);
     let web = w.ep("web");
     let h1 = format!("{}.test", e.name("v1"));
     let h2 = format!("{}.test", e.name("v2"));
@@ -927,8 +932,7 @@ fn traefik_basicauth_and_ipallowlist_are_enforced_and_auth_at_file_is_refused() 
     let e = Engine::new("mw");
     let net = e.bridge("net");
     let image = e.backend_image();
-    let mut w = Wharf::start(&docker_config("containers", &net));
-    w.wait_log("docker: connected and listed").unwrap();
+    let w = containers_wharf(&net);
     let web = w.ep("web");
     let host = format!("{}.test", e.name("adm"));
     let run = |what: &str, host: &str, extra: &[&str]| {
