@@ -182,16 +182,13 @@ impl Forwarder {
         // RFC 9112 §3.2: the Host field; an HTTP/2 request carries :authority.
         // Two Host fields are a 400 (§3.2): a backend might read the other one.
         let mut hosts = req.headers().get_all(header::HOST).iter();
-        if hosts.next().is_some() && hosts.next().is_some() {
+        let host_field = hosts.next();
+        if host_field.is_some() && hosts.next().is_some() {
             return Err(ProxyError::BadHost);
         }
         let host_value = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
-            None => req
-                .headers()
-                .get(header::HOST)
-                .cloned()
-                .ok_or(ProxyError::BadHost)?,
+            None => host_field.cloned().ok_or(ProxyError::BadHost)?,
         };
         let raw = host_value.to_str().map_err(|_| ProxyError::BadHost)?;
         let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
@@ -229,7 +226,12 @@ impl Forwarder {
         // limit
         pipeline::limit(conn, &head, &route)?;
         // gate: allow-list and basic auth (h1, h2 and upgrades alike)
-        crate::middleware::gate(conn, &head, &route).await?;
+        match crate::middleware::gate(conn, &head, &route) {
+            crate::middleware::Gate::Pass => {}
+            crate::middleware::Gate::Refuse(e) => return Err(e),
+            // Boxed: only a pointer in this future on routes that never wait.
+            pending => Box::pin(pending.finish(&route)).await?,
+        }
         // pick, with affinity
         let mut affinity = pipeline::affinity(conn, &head, &route);
         let (backend, guard) =

@@ -26,20 +26,63 @@ use crate::error::ProxyError;
 use crate::forward::ConnInfo;
 use crate::pipeline::Head;
 
+/// What the gate decided without waiting, or the bcrypt check it still needs.
+pub enum Gate {
+    Pass,
+    Refuse(ProxyError),
+    /// A credential not in the cache whose hash is bcrypt: verified off the
+    /// runtime ([`Gate::finish`]).
+    Bcrypt(Pending),
+}
+
+/// A bcrypt verification still to run, and what to remember if it passes.
+pub struct Pending {
+    token: String,
+    password: String,
+    hash: String,
+}
+
+impl Gate {
+    /// Runs the pending bcrypt check, if any. The caller boxes this future, so
+    /// that the request's future does not carry its state on routes that never
+    /// wait.
+    pub async fn finish(self, route: &Route) -> Result<(), ProxyError> {
+        match self {
+            Gate::Pass => Ok(()),
+            Gate::Refuse(e) => Err(e),
+            Gate::Bcrypt(p) => {
+                let Some(auth) = &route.policy.basicauth else {
+                    return Ok(());
+                };
+                if bcrypt_verify(p.password, p.hash).await {
+                    auth.cache.insert(p.token.as_bytes());
+                    Ok(())
+                } else {
+                    Err(ProxyError::Unauthorized(auth.challenge.clone()))
+                }
+            }
+        }
+    }
+}
+
 /// Request filter: the route's allow-list, then its basic authentication.
+/// Synchronous for the allow-list, a cached credential and the fast hashes;
+/// only a bcrypt hash not yet verified is left to [`Gate::finish`].
 #[inline]
-pub async fn gate(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Result<(), ProxyError> {
+pub fn gate(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Gate {
     if let Some(list) = &route.policy.ipallowlist {
         if !allowed(list, conn, head.headers) {
-            return Err(ProxyError::Forbidden);
+            return Gate::Refuse(ProxyError::Forbidden);
         }
     }
     if let Some(auth) = &route.policy.basicauth {
-        if !authorized(auth, head.headers).await {
-            return Err(ProxyError::Unauthorized(auth.challenge.clone()));
-        }
+        return match check(auth, head.headers) {
+            Check::Ok => Gate::Pass,
+            Check::Bad => Gate::Refuse(ProxyError::Unauthorized(auth.challenge.clone())),
+            Check::Bcrypt(p) => Gate::Bcrypt(p),
+        };
     }
-    Ok(())
+    Gate::Pass
 }
 
 /// Whether the client may use a route with this allow-list. Depth 0: the
@@ -65,17 +108,26 @@ pub fn client_for(
     if depth == 0 || !trusted {
         return Some(client.ip().to_canonical());
     }
-    // Every X-Forwarded-For field, in order, is one list (RFC 9110 §5.3).
-    let mut fields: Vec<&str> = Vec::new();
-    for v in headers.get_all(&crate::headers::X_FORWARDED_FOR) {
-        fields.push(v.to_str().ok()?);
+    // Every X-Forwarded-For field, in order, is one list (RFC 9110 §5.3): walked
+    // from the right, nothing collected. A field that is not text makes the
+    // whole list unreadable (refused).
+    let fields = headers.get_all(&crate::headers::X_FORWARDED_FOR);
+    if fields.iter().any(|v| v.to_str().is_err()) {
+        return None;
     }
     let entry = fields
         .iter()
         .rev()
-        .flat_map(|f| f.rsplit(','))
+        .flat_map(|v| v.to_str().unwrap_or_default().rsplit(','))
         .nth(depth as usize - 1)?;
     crate::pipeline::parse_forwarded_addr(entry.trim()).map(|ip| ip.to_canonical())
+}
+
+/// What a Basic credential check decided without waiting.
+enum Check {
+    Ok,
+    Bad,
+    Bcrypt(Pending),
 }
 
 /// Basic credentials checked against the route's users; verified credentials
@@ -85,41 +137,46 @@ pub fn client_for(
 /// bcrypt runs once per credential, not per request. A cache hit allocates
 /// nothing. Two `Authorization` fields are refused: a backend reading the
 /// other one would see an identity nobody verified.
-async fn authorized(auth: &BasicAuth, headers: &HeaderMap) -> bool {
+fn check(auth: &BasicAuth, headers: &HeaderMap) -> Check {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (all.next(), all.next()) else {
-        return false;
+        return Check::Bad;
     };
     let Some(token) = basic_token(value.as_bytes()) else {
-        return false;
+        return Check::Bad;
     };
     if auth.cache.contains(token.as_bytes()) {
-        return true;
+        return Check::Ok;
     }
     let Some((user, password)) = decode_basic(token) else {
-        return false;
+        return Check::Bad;
     };
     let Some(hash) = auth.user(&user) else {
+        return Check::Bad;
+    };
+    match hash {
+        PasswordHash::Bcrypt(h) => Check::Bcrypt(Pending {
+            token: token.to_string(),
+            password,
+            hash: h.clone(),
+        }),
+        other if verify(other, &password) => {
+            auth.cache.insert(token.as_bytes());
+            Check::Ok
+        }
+        _ => Check::Bad,
+    }
+}
+
+/// bcrypt is slow by design (tens of milliseconds at cost 10): off the
+/// runtime, and a few at a time so wrong passwords cannot take every thread.
+async fn bcrypt_verify(password: String, hash: String) -> bool {
+    let Ok(_permit) = bcrypt_slots().acquire().await else {
         return false;
     };
-    let ok = match hash {
-        PasswordHash::Bcrypt(h) => {
-            // Slow by design (tens of milliseconds at cost 10): off the runtime,
-            // and a few at a time so wrong passwords cannot take every thread.
-            let Ok(_permit) = bcrypt_slots().acquire().await else {
-                return false;
-            };
-            let h = h.clone();
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &h).unwrap_or(false))
-                .await
-                .unwrap_or(false)
-        }
-        other => verify(other, &password),
-    };
-    if ok {
-        auth.cache.insert(token.as_bytes());
-    }
-    ok
+    tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+        .await
+        .unwrap_or(false)
 }
 
 /// Concurrent bcrypt verifications at most: one per CPU.
