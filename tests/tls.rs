@@ -497,7 +497,6 @@ fn http01_hook_answers_known_tokens_on_plain_entrypoints() {
                 open: Default::default(),
                 max_connections: 0,
                 global_slots: None,
-                at_cap: Default::default(),
                 idle_timeout: std::time::Duration::from_secs(60),
                 max_connection_age: std::time::Duration::ZERO,
                 client_timeout: std::time::Duration::from_secs(60),

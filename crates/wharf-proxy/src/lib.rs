@@ -56,8 +56,6 @@ pub struct ListenerSettings {
     /// is accepted only with a slot of each.
     pub max_connections: usize,
     pub global_slots: Option<Arc<tokio::sync::Semaphore>>,
-    /// Times a connection had to wait in the backlog for a slot.
-    pub at_cap: Arc<std::sync::atomic::AtomicU64>,
     /// No request started for this long: close (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
     /// Close gracefully after this long (zero: never).

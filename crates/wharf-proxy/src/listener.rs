@@ -178,7 +178,6 @@ async fn take_slots(
         if let Ok(p) = sem.clone().try_acquire_owned() {
             return Some(p);
         }
-        s.at_cap.fetch_add(1, Ordering::Relaxed);
         let now = tokio::time::Instant::now();
         if logged.is_none_or(|t| now.duration_since(t) >= CAP_LOG_EVERY) {
             *logged = Some(now);

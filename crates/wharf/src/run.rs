@@ -54,7 +54,6 @@ fn listener_settings(
         open: Arc::default(),
         max_connections: ep.max_connections,
         global_slots: Some(global_slots.clone()),
-        at_cap: Arc::default(),
         idle_timeout: ep.idle_timeout,
         max_connection_age: ep.max_connection_age,
         client_timeout: ep.client_timeout,
