@@ -133,14 +133,11 @@ struct RouteView<'a> {
     /// Requests waiting for a `maxconn` slot (the route's queue).
     queue: usize,
     /// The client address ranges allowed, or `null` (everyone).
-    #[serde(skip_serializing_if = "Option::is_none")]
     ipallowlist: Option<AllowView>,
     /// Basic authentication: user names only, never hashes; `null` when off.
-    #[serde(skip_serializing_if = "Option::is_none")]
     basicauth: Option<AuthView<'a>>,
     /// Header rules: `[name, value]` set, `[name, null]` removed; values of
     /// credential fields shown as `<redacted>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     headers: Option<HeadersView<'a>>,
     backends: Vec<BackendView>,
 }
