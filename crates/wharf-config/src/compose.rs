@@ -125,6 +125,13 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// Compose writes a literal `$` as `$$` (its interpolation); the container gets
+/// one `$`, so `wharf check` reads the value as Docker will (htpasswd hashes:
+/// `admin:$$apr1$$...`, docs/labels.md).
+fn unescape_dollars(v: &str) -> String {
+    v.replace("$$", "$")
+}
+
 /// Labels in map form (`key: value`) or list form (`- "key=value"`).
 fn labels(
     v: Option<&Value>,
@@ -138,7 +145,7 @@ fn labels(
             for (k, v) in m {
                 match (scalar(k), scalar(v)) {
                     (Some(k), Some(v)) => {
-                        out.insert(k, v);
+                        out.insert(k, unescape_dollars(&v));
                     }
                     _ => shape(what, "a label's key and value must be plain strings".into()),
                 }
@@ -149,7 +156,7 @@ fn labels(
                 match scalar(item) {
                     Some(s) => {
                         let (k, v) = s.split_once('=').unwrap_or((s.as_str(), ""));
-                        out.insert(k.to_string(), v.to_string());
+                        out.insert(k.to_string(), unescape_dollars(v));
                     }
                     None => shape(what, "a list label must be a string `key=value`".into()),
                 }
@@ -270,7 +277,9 @@ pub struct HostRules {
 }
 
 /// Checks compose files `(origin, text)` together, as one Wharf would see their
-/// services: each service's labels, then host and path claims across all of them.
+/// services: each service's labels, then host and path claims across all of them
+/// (the default host rules; `wharf check` uses [`check_with`]).
+#[cfg(test)]
 pub fn check(files: &[(String, String)], opts: &LabelOptions) -> CheckReport {
     check_with(files, opts, &HostRules::default())
 }
@@ -514,6 +523,17 @@ services:
   db:
     image: postgres
 "#;
+
+    #[test]
+    fn doubled_dollars_are_one_dollar_as_compose_passes_them() {
+        let s = parse(
+            "services:\n  a:\n    labels:\n      wharf.basicauth.users: \"u:$$apr1$$x$$y\"\n  \
+             b:\n    labels:\n      - \"wharf.basicauth.users=u:$$2y$$05$$z\"\n",
+        )
+        .unwrap();
+        assert_eq!(s[0].labels["wharf.basicauth.users"], "u:$apr1$x$y");
+        assert_eq!(s[1].labels["wharf.basicauth.users"], "u:$2y$05$z");
+    }
 
     #[test]
     fn reads_services_labels_and_ports() {
