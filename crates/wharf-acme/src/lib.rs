@@ -21,7 +21,7 @@ mod swarm;
 
 pub use error::AcmeError;
 pub use manager::{AcmeCertState, AcmeCertStatus, AcmeManager, Policy};
-pub use store::{FileStore, Store, StoredCert};
+pub use store::{CertChange, FileStore, Store, StoredCert};
 pub use swarm::SwarmStore;
 
 /// Where issued certificates and TLS-ALPN-01 challenge certificates go (the TLS certificate store).

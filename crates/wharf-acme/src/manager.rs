@@ -17,7 +17,7 @@ use wharf_config::{AcmeConfig, Challenge};
 use crate::client::{AcmeHttp, RetrySlot, RETRY_AFTER};
 use crate::dns::{DnsUpdater, TxtRecord};
 use crate::metrics::Metrics;
-use crate::store::{canonical_names, cert_id, FileStore, Store, StoredCert};
+use crate::store::{canonical_names, cert_id, CertChange, FileStore, Store, StoredCert};
 use crate::{AcmeError, CertSink};
 
 /// Timing and concurrency knobs. The defaults suit Let's Encrypt; tests shorten them.
@@ -32,7 +32,9 @@ pub struct Policy {
     /// How long an order lock is held before other replicas may break it (longer than
     /// `order_timeout`, so a live holder is never broken).
     pub lock_lease: Duration,
-    /// When another replica holds the lock: look at the store again after this long.
+    /// When another replica holds the lock: look at the store again after this long. With a
+    /// store that reports writes (`swarm`: Docker config events) the certificate is adopted as
+    /// soon as it is stored, and this re-check is only the fallback for a lost events stream.
     pub lock_poll: Duration,
     /// First delay when polling an order for readiness (then ×1.5 per poll).
     pub poll_initial: Duration,
@@ -91,6 +93,11 @@ struct Held {
 struct Entry {
     held: Option<Held>,
     running: bool,
+    /// Another replica held the order lock at the last attempt and nothing newer was stored yet:
+    /// the next attempt first looks for the certificate it stores.
+    waiting: bool,
+    /// The store reported a write for these names while an attempt ran: look again at once.
+    store_changed: bool,
     failures: u32,
     last_error: Option<String>,
     next_attempt: SystemTime,
@@ -281,6 +288,15 @@ impl AcmeManager {
             lock(&self.inner.loaded).insert(cert.cert.names.clone(), cert);
         }
         if !self.inner.started.swap(true, Ordering::SeqCst) {
+            // Watch before the first attempt, so that no write after a busy lock is missed.
+            if let Some(rx) = self
+                .inner
+                .store
+                .watch_certs(self.inner.cancel.child_token())
+            {
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.follow_store(rx).await });
+            }
             let inner = self.inner.clone();
             tokio::spawn(async move { inner.run().await });
             if self.inner.cfg.challenge == Challenge::Http01 {
@@ -320,6 +336,8 @@ impl AcmeManager {
                 entries.entry(names.clone()).or_insert_with(|| Entry {
                     held: loaded.remove(&names),
                     running: false,
+                    waiting: false,
+                    store_changed: false,
                     failures: 0,
                     last_error: None,
                     next_attempt: SystemTime::UNIX_EPOCH,
@@ -491,9 +509,11 @@ impl Inner {
                     let due = e.due_at();
                     if due <= now {
                         e.running = true;
+                        e.store_changed = false;
+                        let recheck = e.waiting;
                         let me = self.clone();
                         let names = names.clone();
-                        tokio::spawn(async move { me.attempt(names).await });
+                        tokio::spawn(async move { me.attempt(names, recheck).await });
                     } else {
                         next = next.min(due);
                     }
@@ -508,8 +528,54 @@ impl Inner {
         }
     }
 
-    async fn attempt(self: Arc<Self>, names: Vec<String>) {
-        let result = {
+    /// Wakes the entries waiting on another replica's lock when the store reports a write for
+    /// them (or may have missed one), so that they adopt the certificate within moments of its
+    /// storing rather than at their next `lock_poll` re-check, which stays as the fallback.
+    async fn follow_store(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<CertChange>) {
+        loop {
+            let change = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                c = rx.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            let now = SystemTime::now();
+            let mut woke = false;
+            for (names, e) in lock(&self.entries).iter_mut() {
+                if !e.waiting {
+                    continue;
+                }
+                if let CertChange::Stored(id) = &change {
+                    if *id != cert_id(names) {
+                        continue;
+                    }
+                }
+                woke = true;
+                if e.running {
+                    e.store_changed = true;
+                } else {
+                    e.next_attempt = now;
+                }
+            }
+            if woke {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    async fn attempt(self: Arc<Self>, names: Vec<String>, recheck: bool) {
+        // Waiting on another replica: look for what it stored before queueing for an order
+        // slot, so that adopting never waits behind this replica's own running orders.
+        let adopted = if recheck {
+            self.adopt_stored(&names).await.ok().flatten()
+        } else {
+            None
+        };
+        let result = if let Some(h) = adopted {
+            info!(names = ?names, "ACME: using the certificate another replica stored");
+            Ok((Outcome::Busy, Some(h)))
+        } else {
             let Ok(_permit) = self.sem.acquire().await else {
                 return;
             };
@@ -530,6 +596,7 @@ impl Inner {
         e.running = false;
         match result {
             Ok((Outcome::Issued, h)) => {
+                e.waiting = false;
                 e.failures = 0;
                 e.last_error = None;
                 e.next_attempt = now;
@@ -538,12 +605,20 @@ impl Inner {
                 }
             }
             Ok((Outcome::Busy, h)) => {
+                e.waiting = h.is_none();
                 if let Some(h) = h {
                     e.held = Some(h);
                 }
-                e.next_attempt = now + self.policy.lock_poll;
+                // A write reported during this attempt may be what it missed: one more look now
+                // (one per write, so this never spins); otherwise the periodic re-check.
+                e.next_attempt = if e.waiting && e.store_changed {
+                    now
+                } else {
+                    now + self.policy.lock_poll
+                };
             }
             Err((err, retry_after)) => {
+                e.waiting = false;
                 self.metrics.orders.with_label_values(&["error"]).inc();
                 e.failures = e.failures.saturating_add(1);
                 let at = next_attempt(now, e.failures, &self.policy, retry_after, fastrand::f64());

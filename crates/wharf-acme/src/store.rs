@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::pem::unix;
 use crate::AcmeError;
@@ -67,6 +69,23 @@ pub trait Store: Send + Sync + 'static {
     /// shared by replicas (docs/discovery.md, "Host ownership").
     async fn load_owners(&self) -> Result<Option<String>, AcmeError>;
     async fn save_owners(&self, json: &str) -> Result<(), AcmeError>;
+    /// Certificates stored by anyone (other replicas included), reported as they are written, so
+    /// that a replica waiting on another's order lock adopts the certificate at once instead of
+    /// at its next `Policy::lock_poll` re-check. The watch ends with `cancel` (or when the
+    /// receiver is dropped). `None`: this store cannot watch, and the re-check alone serves.
+    fn watch_certs(&self, cancel: CancellationToken) -> Option<mpsc::Receiver<CertChange>> {
+        let _ = cancel;
+        None
+    }
+}
+
+/// What [`Store::watch_certs`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertChange {
+    /// A certificate was stored for the names whose [`cert_id`] this is.
+    Stored(String),
+    /// Changes may have been missed (the watch reconnected): re-read every certificate waited for.
+    Resync,
 }
 
 /// The store named by `[acme] storage`, for callers other than the ACME manager

@@ -12,6 +12,12 @@
 //! expired lease is broken by removing that exact config (by ID, so a lock re-created meanwhile
 //! by someone else is never removed) and creating it again.
 //!
+//! Replicas waiting on another's order lock learn of a stored certificate from the engine's config
+//! events ([`Store::watch_certs`]): the event names the config, and only this store's
+//! `<prefix>-cert-` configs are looked at (inspected for their `wharf.acme.name`). When the
+//! events stream fails it is opened again with a growing delay, and a resync is reported, since
+//! writes may have been missed meanwhile; the manager's periodic re-check covers the gap.
+//!
 //! Security: config data is readable by anyone with access to the manager API and by every
 //! service the config is attached to (Wharf attaches none). See docs/acme.md.
 
@@ -20,12 +26,15 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
-use bollard::models::{Config, ConfigSpec};
-use bollard::query_parameters::ListConfigsOptions;
+use bollard::models::{Config, ConfigSpec, EventMessage};
+use bollard::query_parameters::{EventsOptions, ListConfigsOptions};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::pem::unix;
 use crate::store::{
-    canonical_names, cert_id, parse_cert, sha256_hex, valid_token, Store, StoredCert,
+    canonical_names, cert_id, parse_cert, sha256_hex, valid_token, CertChange, Store, StoredCert,
 };
 use crate::AcmeError;
 
@@ -35,6 +44,12 @@ const L_NAME: &str = "wharf.acme.name";
 const L_VERSION: &str = "wharf.acme.version";
 const L_HOLDER: &str = "wharf.acme.holder";
 const L_EXPIRES: &str = "wharf.acme.expires";
+
+/// Delay before opening the config events stream again after it failed; doubles per failure up
+/// to [`WATCH_BACKOFF_MAX`] (±25%), and starts over once a stream has lasted [`WATCH_HEALTHY`].
+const WATCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+const WATCH_HEALTHY: Duration = Duration::from_secs(30);
 
 pub struct SwarmStore {
     docker: bollard::Docker,
@@ -405,6 +420,17 @@ impl Store for SwarmStore {
         Ok(false)
     }
 
+    fn watch_certs(&self, cancel: CancellationToken) -> Option<mpsc::Receiver<CertChange>> {
+        let (tx, rx) = mpsc::channel(64);
+        let watcher = CertWatcher {
+            docker: self.docker.clone(),
+            prefix: self.prefix.clone(),
+            tx,
+        };
+        tokio::spawn(watcher.run(cancel));
+        Some(rx)
+    }
+
     async fn unlock(&self, id: &str, holder: &str) -> Result<(), AcmeError> {
         let name = self.base_name("lock", id);
         let cur = match self.docker.inspect_config(&name).await {
@@ -426,4 +452,108 @@ impl Store for SwarmStore {
         }
         Ok(())
     }
+}
+
+/// Follows the engine's config events and reports this store's certificate writes.
+struct CertWatcher {
+    docker: bollard::Docker,
+    prefix: String,
+    tx: mpsc::Sender<CertChange>,
+}
+
+impl CertWatcher {
+    /// Ends with `cancel` or when the receiver is dropped; never otherwise, and never spins: a
+    /// stream that fails (at once or later) is opened again after [`WATCH_BACKOFF_MIN`], doubling.
+    async fn run(self, cancel: CancellationToken) {
+        let mut backoff = WATCH_BACKOFF_MIN;
+        let mut reconnect = false;
+        loop {
+            let opened = tokio::time::Instant::now();
+            let why = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.tx.closed() => return,
+                r = self.follow(reconnect) => match r {
+                    Ok(()) => "the stream ended".to_owned(),
+                    Err(e) => e,
+                },
+            };
+            reconnect = true;
+            if opened.elapsed() >= WATCH_HEALTHY {
+                backoff = WATCH_BACKOFF_MIN;
+            }
+            let wait = backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
+            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+            tracing::warn!(error = %why, retry_in = ?wait,
+                "ACME swarm storage: config events lost; stored certificates are re-checked periodically meanwhile");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.tx.closed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One events stream, until it fails. After a reconnect a resync is reported first: writes
+    /// made while no stream was open were not seen.
+    async fn follow(&self, resync: bool) -> Result<(), String> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["config".to_string()]),
+            (
+                "event".to_string(),
+                vec!["create".to_string(), "update".to_string()],
+            ),
+        ]);
+        let mut events = self.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        if resync {
+            self.send(CertChange::Resync).await?;
+        }
+        let cert_prefix = format!("{}-cert-", self.prefix);
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|e| e.to_string())?;
+            let Some(id) = cert_config(&ev, &cert_prefix) else {
+                continue;
+            };
+            match self.docker.inspect_config(id).await {
+                Ok(c) => {
+                    let labels = c.spec.and_then(|s| s.labels).unwrap_or_default();
+                    let ours = labels.get(L_STORE) == Some(&self.prefix)
+                        && labels.get(L_KIND).map(String::as_str) == Some("cert");
+                    if let (true, Some(name)) = (ours, labels.get(L_NAME)) {
+                        self.send(CertChange::Stored(name.clone())).await?;
+                    }
+                }
+                // Replaced already: the newer version has its own event.
+                Err(e) if status(&e) == Some(404) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "ACME swarm storage: inspecting a new certificate config");
+                    self.send(CertChange::Resync).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, c: CertChange) -> Result<(), String> {
+        self.tx
+            .send(c)
+            .await
+            .map_err(|_| "the manager stopped".to_owned())
+    }
+}
+
+/// The config ID of a create or update event for one of this store's certificate configs (its
+/// name starts with `cert_prefix`); the name alone decides, so other configs cost no API call.
+fn cert_config<'a>(ev: &'a EventMessage, cert_prefix: &str) -> Option<&'a str> {
+    if !matches!(ev.action.as_deref(), Some("create" | "update")) {
+        return None;
+    }
+    let actor = ev.actor.as_ref()?;
+    let name = actor.attributes.as_ref()?.get("name")?;
+    if !name.starts_with(cert_prefix) {
+        return None;
+    }
+    actor.id.as_deref()
 }

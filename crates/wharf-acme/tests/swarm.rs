@@ -1,16 +1,18 @@
 //! `swarm` storage against the machine's Docker Engine in swarm mode and a real Pebble: two
 //! replicas want the same certificate, exactly one order runs, both publish it, and a third
-//! replica that orders nothing answers the HTTP-01 challenge from the swarm store.
+//! replica that orders nothing answers the HTTP-01 challenge from the swarm store; replicas
+//! waiting on another's order lock adopt its certificate within a second of its storing (config
+//! events), not at their 10 s re-check.
 #![allow(clippy::unwrap_used)]
 
 mod pebble;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use pebble::*;
 use tokio::net::TcpListener;
-use wharf_acme::{AcmeCertState, AcmeManager, Policy, SwarmStore};
+use wharf_acme::{AcmeCertState, AcmeManager, CertSink, Policy, SwarmStore};
 use wharf_config::Challenge;
 use wharf_testkit::docker::{docker, try_docker, Swarm};
 
@@ -172,4 +174,132 @@ async fn swarm_lock_is_exclusive_and_expired_lease_is_broken() {
     assert!(accounts[0].ends_with("-v2"), "{accounts:?}");
     s.purge().await.unwrap();
     assert!(configs(&prefix, "lock").is_empty());
+}
+
+/// A [`RecordingSink`] that also notes when the first certificate arrived.
+#[derive(Default)]
+struct TimedSink {
+    rec: RecordingSink,
+    first: Mutex<Option<SystemTime>>,
+}
+
+impl CertSink for TimedSink {
+    fn publish(&self, names: &[String], chain_pem: &str, key_pem: &str) {
+        self.first
+            .lock()
+            .unwrap()
+            .get_or_insert_with(SystemTime::now);
+        self.rec.publish(names, chain_pem, key_pem);
+    }
+
+    fn set_alpn_challenge(&self, name: &str, cert: Option<(Vec<u8>, Vec<u8>)>) {
+        self.rec.set_alpn_challenge(name, cert);
+    }
+}
+
+/// Issue 13 item 5: three replicas want one certificate; one orders, the two others find the lock
+/// held and adopt the certificate within 1 s of it being stored (measured from the config's
+/// creation in the swarm store), with the periodic re-check left at its default 10 s so that
+/// only the config events can explain a prompt adoption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_replicas_adopt_the_stored_certificate_within_a_second() {
+    let _swarm = swarm();
+    let prefix = format!("wharf-acme-test-{:08x}", fastrand::u32(..));
+    let _configs = ConfigsGuard(prefix.clone());
+
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut pebble = Pebble::start(PebbleOpts {
+        dns_server: None,
+        validity_secs: None,
+        http_port: http.local_addr().unwrap().port(),
+        tls_port: free_port(),
+    })
+    .await;
+    let root = pebble.root_pem().await;
+    let policy = Policy {
+        lock_poll: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    let mut cfg = pebble.config(Challenge::Http01, "/nonexistent".into(), None);
+    cfg.storage = wharf_config::Storage::Swarm;
+    let replicas: Vec<(AcmeManager, Arc<TimedSink>)> = (0..3)
+        .map(|_| {
+            let sink = Arc::new(TimedSink::default());
+            let store = SwarmStore::new(bollard::Docker::connect_with_defaults().unwrap(), &prefix);
+            let m =
+                AcmeManager::with_store(cfg.clone(), sink.clone(), Arc::new(store), policy.clone())
+                    .unwrap();
+            (m, sink)
+        })
+        .collect();
+    // Whichever replica orders, the CA's validation reaches the first one: from its own order or
+    // from the swarm store's token listing.
+    pebble.keep(serve_http01(
+        http,
+        Arc::new(Mutex::new(Some(replicas[0].0.clone()))),
+    ));
+    for (m, _) in &replicas {
+        m.start().await.unwrap();
+    }
+    let name = "adopt.example.test";
+    for (m, _) in &replicas {
+        m.set_names(vec![vec![name.to_string()]]);
+    }
+    for (_, sink) in &replicas {
+        sink.rec
+            .wait_for(Duration::from_secs(60), |s| s.count() >= 1)
+            .await;
+    }
+
+    let ordered: Vec<usize> = (0..3)
+        .filter(|&i| replicas[i].0.order_counts().0 > 0)
+        .collect();
+    let failed: u64 = replicas.iter().map(|(m, _)| m.order_counts().1).sum();
+    assert_eq!(ordered.len(), 1, "exactly one replica ordered: {ordered:?}");
+    assert_eq!(replicas[ordered[0]].0.order_counts().0, 1);
+    assert_eq!(failed, 0);
+
+    let certs = configs(&prefix, "cert");
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let stored_ns: u64 = docker(&[
+        "config",
+        "inspect",
+        "--format",
+        "{{.CreatedAt.UnixNano}}",
+        &certs[0],
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    let stored = SystemTime::UNIX_EPOCH + Duration::from_nanos(stored_ns);
+    let (chain, _) = replicas[ordered[0]].1.rec.latest(&[name]).unwrap();
+    verify_chain(&chain, &root, name);
+    for (i, (m, sink)) in replicas.iter().enumerate() {
+        assert_eq!(sink.rec.latest(&[name]).unwrap().0, chain, "replica {i}");
+        let at = sink.first.lock().unwrap().unwrap();
+        // Clocks: the engine's and ours are the same host's.
+        let after = at
+            .duration_since(stored)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or_else(|e| -(e.duration().as_secs_f64() * 1000.0));
+        let role = if i == ordered[0] {
+            "ordered"
+        } else {
+            "adopted"
+        };
+        eprintln!("replica {i} {role}: serving {after:.1} ms after the certificate was stored");
+        if i != ordered[0] {
+            assert!(
+                (0.0..1000.0).contains(&after),
+                "replica {i} adopted {after:.1} ms after the store write"
+            );
+            wait_state(m, Duration::from_secs(5), |m| {
+                m.certificates()[0].state == AcmeCertState::Valid
+            })
+            .await;
+        }
+    }
+    for (m, _) in replicas {
+        m.shutdown();
+    }
 }
