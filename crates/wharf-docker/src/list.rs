@@ -381,7 +381,11 @@ impl Lister<'_> {
                 .as_ref()
                 .and_then(|l| l.get("com.docker.swarm.task.id"))
             {
-                container_addrs.insert(task.as_str(), container_networks(c));
+                // A container whose HEALTHCHECK has not passed yet is not ready:
+                // its task stays `starting` until it is, and waits for that.
+                if !container_health_starting(c) {
+                    container_addrs.insert(task.as_str(), container_networks(c));
+                }
             }
         }
 
@@ -435,7 +439,9 @@ impl Lister<'_> {
                     continue;
                 };
                 // The manager marks a task running a little after its container
-                // started; a local container that runs already is good enough.
+                // started (for an image with a HEALTHCHECK, once it is healthy); a
+                // local container that runs, and is healthy if it has a check, is
+                // good enough.
                 let state = t.status.as_ref().and_then(|s| s.state);
                 let started_here =
                     state == Some(TaskState::STARTING) && container_addrs.contains_key(task_id);
@@ -599,6 +605,16 @@ fn container_unhealthy(c: &ContainerSummary) -> bool {
         .is_some_and(|s| s.contains("(unhealthy)"))
 }
 
+/// Has a HEALTHCHECK that has not passed yet (`health: starting`).
+fn container_health_starting(c: &ContainerSummary) -> bool {
+    if let Some(h) = c.health.as_ref().and_then(|h| h.status) {
+        return h == ContainerSummaryHealthStatusEnum::STARTING;
+    }
+    c.status
+        .as_deref()
+        .is_some_and(|s| s.contains("(health: starting)"))
+}
+
 /// Containers of one compose project and service (`docker compose up --scale
 /// web=3`) are one workload, as a swarm service's tasks are: one route, every
 /// replica a backend. Each keeps its container name as its identity (compose
@@ -691,14 +707,21 @@ fn container_workload(c: &ContainerSummary, include_unlabelled: bool) -> Option<
     exposed.sort_unstable();
     exposed.dedup();
     let paused = c.state == Some(bollard::models::ContainerSummaryStateEnum::PAUSED);
-    Some(Workload {
-        kind: Kind::Container,
-        endpoints: vec![Endpoint {
+    // Health-gated start: a container whose HEALTHCHECK has not passed yet gets
+    // no traffic (its route answers 503 when it is the only one).
+    let endpoints = if container_health_starting(c) {
+        Vec::new()
+    } else {
+        vec![Endpoint {
             id: id.clone(),
             addrs: container_networks(c),
             draining: paused || container_unhealthy(c),
             identity: name.clone(),
-        }],
+        }]
+    };
+    Some(Workload {
+        kind: Kind::Container,
+        endpoints,
         id,
         name,
         created: created_key(

@@ -46,7 +46,7 @@ pub struct Target {
 }
 
 /// Checks one backend forever: the first check after a random delay in
-/// `[0, interval)`, then one every `interval` ± 10 %, so that backends added
+/// `[0, interval)` (at once for a backend waiting for its first check), then one every `interval` ± 10 %, so that backends added
 /// together do not fire together. Each result goes to `record_check`; a
 /// transition is logged once, here. Ends only when its task is aborted or
 /// cancelled.
@@ -56,7 +56,10 @@ where
     Fut: Future<Output = LastCheck>,
 {
     let interval = t.hc.interval;
-    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    // A backend held out until its first check (a new task) is checked at once.
+    if !t.state.is_pending() {
+        tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    }
     loop {
         let started = Instant::now();
         let last = probe().await;

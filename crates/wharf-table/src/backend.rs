@@ -88,6 +88,9 @@ pub struct BackendState {
     /// Healthy by active checks and passive observation (`draining` is the
     /// provider's word and lives in [`Backend`]).
     pub(crate) up: AtomicBool,
+    /// A new backend of a checked route that already had a usable backend: held
+    /// out of rotation (`up` false) until its first active check passes.
+    pub(crate) pending: AtomicBool,
     /// Consecutive passive failures (connect, reset, timeout before a response).
     pub(crate) fails: AtomicU32,
     /// Passive ejections in a row, for the cool-down back-off.
@@ -120,6 +123,7 @@ impl BackendState {
         BackendState {
             inflight: AtomicU32::new(0),
             up: AtomicBool::new(true),
+            pending: AtomicBool::new(false),
             fails: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             checks_ok: AtomicU64::new(0),
@@ -138,6 +142,11 @@ impl BackendState {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Waiting for its first active check (see [`Self::hold_for_first_check`]).
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// The URI scheme to reach this backend with.
@@ -232,14 +241,16 @@ impl BackendRegistry {
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The state of a backend, created on first use, marked as used by `generation`.
+    /// The state of a backend, created on first use, marked as used by `generation`;
+    /// `true` with it when this call created it.
     pub(crate) fn mark(
         &self,
         key: BackendKey,
         def: &BackendDef,
         generation: u64,
-    ) -> Arc<BackendState> {
+    ) -> (Arc<BackendState>, bool) {
         let fresh = |s: &Arc<BackendState>| s.authority_scheme_matches(def);
+        let mut created = false;
         let state = match self.states.get(&key) {
             Some(s) if fresh(&s) => s.clone(),
             _ => self
@@ -248,13 +259,17 @@ impl BackendRegistry {
                 .and_modify(|s| {
                     if !fresh(s) {
                         *s = Arc::new(BackendState::new(def));
+                        created = true;
                     }
                 })
-                .or_insert_with(|| Arc::new(BackendState::new(def)))
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(BackendState::new(def))
+                })
                 .clone(),
         };
         state.seen.store(generation, Ordering::Relaxed);
-        state
+        (state, created)
     }
 
     /// The state of a route, created on first use, marked as used by `generation`.
@@ -602,7 +617,7 @@ mod tests {
                     route: "r".into(),
                     addr: def.addr,
                 };
-                Arc::new(Backend::new(&def, reg.mark(key, &def, 1)))
+                Arc::new(Backend::new(&def, reg.mark(key, &def, 1).0))
             })
             .collect();
         BackendSet::new(backends, balance, 0)

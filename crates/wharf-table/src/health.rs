@@ -104,6 +104,26 @@ impl BackendState {
         let mut h = self.health_info();
         let reason = last.error.clone();
         h.last_check = Some(last);
+        if self.pending.swap(false, Ordering::Relaxed) {
+            // A held new backend: its first check decides. Failing, it is down
+            // like any other and needs `rise` passes to come in.
+            return if ok {
+                h.failures = 0;
+                h.successes = 1;
+                h.reason = None;
+                drop(h);
+                self.up.store(true, Ordering::Relaxed);
+                Some(Transition::Up {
+                    reason: "its first check passed".into(),
+                })
+            } else {
+                h.successes = 0;
+                h.failures = 1;
+                let reason = format!("its first check failed: {}", reason.unwrap_or_default());
+                h.reason = Some(reason.clone());
+                Some(Transition::Down { reason })
+            };
+        }
         let up = self.is_up();
         if ok {
             h.failures = 0;
@@ -169,6 +189,7 @@ impl BackendState {
     /// backend is back on probation, so its next failure ejects it again, for
     /// twice as long.
     pub fn readmit(&self) -> bool {
+        self.pending.store(false, Ordering::Relaxed);
         self.fails
             .store(PASSIVE_FAILURES.saturating_sub(1), Ordering::Relaxed);
         let was_down = !self.up.swap(true, Ordering::Relaxed);
@@ -176,6 +197,14 @@ impl BackendState {
             self.health_info().reason = None;
         }
         was_down
+    }
+
+    /// Holds a new backend out of rotation until its first active check passes
+    /// (see `Table::compile`).
+    pub(crate) fn hold_for_first_check(&self) {
+        self.health_info().reason = Some("waiting for its first health check".into());
+        self.pending.store(true, Ordering::Relaxed);
+        self.up.store(false, Ordering::Relaxed);
     }
 
     /// The cool-down after the `n`th ejection in a row.

@@ -44,6 +44,8 @@ impl Table {
         let mut sticky_key = None;
         for def in defs {
             let sticky = def.policy.sticky.as_deref();
+            let mut fresh = Vec::new();
+            let mut serving = false;
             let backends = def
                 .backends
                 .iter()
@@ -52,7 +54,13 @@ impl Table {
                         route: def.name.clone(),
                         addr: b.addr,
                     };
-                    let mut backend = Backend::new(b, registry.mark(key, b, generation));
+                    let (state, created) = registry.mark(key, b, generation);
+                    if created {
+                        fresh.push(state.clone());
+                    } else {
+                        serving |= !b.draining && state.is_up();
+                    }
+                    let mut backend = Backend::new(b, state);
                     if let Some(sticky) = sticky {
                         let k = sticky_key.get_or_insert_with(|| registry.sticky_key());
                         let token = match &b.identity {
@@ -67,6 +75,16 @@ impl Table {
                     Arc::new(backend)
                 })
                 .collect();
+            // Health-gated start: a backend new to a checked route that is
+            // serving already takes no request until its first check passes. A
+            // route with nothing serving (a new route, Wharf's first table, every
+            // backend down) lets its new backends in at once: holding them would
+            // only turn a chance of success into a certain 503.
+            if serving && def.policy.healthcheck.is_some() {
+                for state in &fresh {
+                    state.hold_for_first_check();
+                }
+            }
             let limit = def.policy.maxconn.map_or(0, |m| m.limit);
             let mut set = BackendSet::new(backends, def.balance, limit);
             if sticky.is_some() {
@@ -298,5 +316,96 @@ mod tests {
         // A backend that disappears is forgotten.
         let (_t3, _) = Table::compile(vec![def("new", &["n"], "/", 9)], &reg);
         assert_eq!(reg.len(), 1);
+    }
+
+    fn backend(port: u16) -> BackendDef {
+        BackendDef {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            scheme: Scheme::Http,
+            draining: false,
+            identity: None,
+        }
+    }
+
+    fn checked(ports: &[u16]) -> RouteDef {
+        let mut d = def("r", &["h"], "/", ports[0]);
+        d.backends = ports.iter().map(|p| backend(*p)).collect();
+        d.policy.healthcheck = Some(Arc::new(crate::HealthCheck::default()));
+        d
+    }
+
+    fn usable(t: &Table) -> Vec<u16> {
+        let mut v: Vec<u16> = t.routes()[0]
+            .backends
+            .all()
+            .iter()
+            .filter(|b| b.usable())
+            .map(|b| b.addr.port())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn pass() -> crate::LastCheck {
+        crate::LastCheck {
+            at: std::time::SystemTime::now(),
+            status: Some(200),
+            latency: std::time::Duration::ZERO,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_new_backend_of_a_serving_checked_route_waits_for_its_first_check() {
+        let reg = BackendRegistry::new();
+        // The first table: nothing serves yet, so nothing is held.
+        let (t1, _) = Table::compile(vec![checked(&[1, 2])], &reg);
+        assert_eq!(usable(&t1), [1, 2]);
+        // A new task beside serving ones is held until its first check passes.
+        let (t2, _) = Table::compile(vec![checked(&[1, 2, 3])], &reg);
+        assert_eq!(usable(&t2), [1, 2]);
+        let new = t2.routes()[0].backends.all()[2].state.clone();
+        assert!(new.is_pending());
+        let hc = crate::HealthCheck::default();
+        assert!(matches!(
+            new.record_check(&hc, pass()),
+            Some(crate::Transition::Up { .. })
+        ));
+        assert_eq!(usable(&t2), [1, 2, 3]);
+        // A failing first check keeps it out until `rise` checks pass.
+        let (t3, _) = Table::compile(vec![checked(&[1, 2, 3, 4])], &reg);
+        let four = t3.routes()[0].backends.all()[3].state.clone();
+        let mut fail = pass();
+        fail.error = Some("connect: refused".into());
+        assert!(matches!(
+            four.record_check(&hc, fail),
+            Some(crate::Transition::Down { .. })
+        ));
+        assert!(!four.is_pending());
+        assert_eq!(four.record_check(&hc, pass()), None);
+        assert_eq!(usable(&t3), [1, 2, 3]);
+        assert!(four.record_check(&hc, pass()).is_some());
+        assert_eq!(usable(&t3), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn new_backends_are_not_held_without_a_check_or_anything_serving() {
+        let reg = BackendRegistry::new();
+        let mut plain = checked(&[1]);
+        plain.policy.healthcheck = None;
+        let (_t, _) = Table::compile(vec![plain.clone()], &reg);
+        plain.backends.push(backend(2));
+        let (t, _) = Table::compile(vec![plain], &reg);
+        assert_eq!(usable(&t), [1, 2]);
+        // Every serving backend down (or draining): the new one comes in at once.
+        let reg = BackendRegistry::new();
+        let (t1, _) = Table::compile(vec![checked(&[1])], &reg);
+        t1.routes()[0].backends.all()[0].state.set_up(false);
+        let (t2, _) = Table::compile(vec![checked(&[1, 2])], &reg);
+        assert_eq!(usable(&t2), [2]);
+        let mut draining = checked(&[2, 3]);
+        draining.backends[0].draining = true;
+        let (t3, _) = Table::compile(vec![draining], &reg);
+        assert_eq!(usable(&t3), [3]);
     }
 }
