@@ -7,7 +7,9 @@
 //! after every reconnect, follows the event stream in between (re-listing after a
 //! short debounce), and polls swarm tasks, because task changes on other nodes
 //! emit no local event. While the Engine is unreachable the last snapshot stays
-//! published and the provider reconnects with capped exponential backoff.
+//! published and the provider tries again every second or so; sessions that
+//! fail soon after their listing (a proxy refusing the event stream) space
+//! their listings out with capped exponential backoff instead.
 
 mod client;
 mod list;
@@ -107,8 +109,15 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderState {
     Connecting,
-    Connected { swarm: bool },
-    Unreachable { error: String },
+    Connected {
+        swarm: bool,
+    },
+    /// The API stopped answering at `since` (wall clock, for people); `error`
+    /// is the latest reason. The last snapshot stays published meanwhile.
+    Unreachable {
+        error: String,
+        since: std::time::SystemTime,
+    },
 }
 
 /// A running provider. Dropping it does not stop it; cancel the token given to

@@ -22,8 +22,16 @@ use tracing::{debug, info, warn};
 
 use crate::{client, DockerSettings, Endpoint, Kind, Mode, ProviderState, Snapshot, Workload};
 
+/// While the API does not answer at all (connect, info or the listing fails),
+/// it is asked again after 0.5 to 1 s: a refused connection costs nothing, and
+/// the routes catch up within about a second of the API returning.
+const DOWN_RETRY: Duration = Duration::from_secs(1);
+/// Sessions that fail soon after their listing (a socket proxy refusing
+/// `/events`) space out full listings: at least this long apart at first,
+/// doubling up to [`BACKOFF_MAX`], ...
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// ... until a session stays up this long after its listing.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Without swarm there is nothing to poll, but a periodic full listing still
 /// repairs anything an event stream could have missed.
@@ -48,16 +56,10 @@ pub(crate) async fn run(
     state_tx: watch::Sender<ProviderState>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut retry = Retry::new();
     loop {
-        let began = Instant::now();
-        let result = session(&settings, &snap_tx, &state_tx, &cancel).await;
-        // Only a session that lasted resets the backoff: a stream that fails right
-        // after a good listing (a socket proxy refusing /events) must not cause a
-        // full re-list four times a second.
-        if began.elapsed() >= HEALTHY_SESSION {
-            backoff = BACKOFF_MIN;
-        }
+        let mut listed = None;
+        let result = session(&settings, &snap_tx, &state_tx, &cancel, &mut listed).await;
         if cancel.is_cancelled() {
             return;
         }
@@ -65,28 +67,92 @@ pub(crate) async fn run(
             Ok(()) => "the event stream ended".to_string(),
             Err(e) => e,
         };
-        let changed = state_tx.send_if_modified(|s| {
-            let was_unreachable = matches!(s, ProviderState::Unreachable { .. });
-            *s = ProviderState::Unreachable {
-                error: error.clone(),
-            };
-            !was_unreachable
-        });
-        if changed {
+        let (changed, first) = mark_unreachable(&state_tx, &error);
+        let at = retry.next(listed, Instant::now(), fastrand::f64());
+        let retry_in = at.saturating_duration_since(Instant::now());
+        if first {
             warn!(
                 error = %error,
+                retry_in = ?retry_in,
                 "docker: unreachable; serving the last known routes and reconnecting"
             );
+        } else if changed {
+            // The reconciler logs the new reason as a problem already.
+            info!(error = %error, retry_in = ?retry_in, "docker: still unreachable");
         } else {
-            debug!(error = %error, retry_in = ?backoff, "docker: still unreachable");
+            debug!(error = %error, retry_in = ?retry_in, "docker: still unreachable");
         }
-        // Full jitter keeps several replicas from reconnecting in lockstep.
-        let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(at) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Records an outage: `since` is kept from its start, the error is the latest
+/// (watchers are told only when it changes, so a retry every second wakes no
+/// one). Returns (state changed, the outage just began).
+fn mark_unreachable(state_tx: &watch::Sender<ProviderState>, error: &str) -> (bool, bool) {
+    let mut first = false;
+    let changed = state_tx.send_if_modified(|s| match s {
+        ProviderState::Unreachable { error: e, .. } if e == error => false,
+        ProviderState::Unreachable { error: e, .. } => {
+            *e = error.to_string();
+            true
+        }
+        _ => {
+            first = true;
+            *s = ProviderState::Unreachable {
+                error: error.to_string(),
+                since: std::time::SystemTime::now(),
+            };
+            true
+        }
+    });
+    (changed, first)
+}
+
+/// The reconnect schedule, apart from I/O so that it is tested with paused time.
+///
+/// Two cases, told apart by whether the session got as far as its full listing:
+/// - it did not (the socket is gone, a proxy is restarting, the daemon hangs):
+///   try again after 0.5 to 1 s ([`DOWN_RETRY`], jittered), however long the
+///   outage lasts, so that the routes follow within about a second of the API
+///   returning;
+/// - it did, and then failed (the event stream was refused or cut): the next
+///   listing waits until [`BACKOFF_MIN`] .. [`BACKOFF_MAX`] (jittered, doubling
+///   each time) after this one, so an endpoint that lists but refuses `/events`
+///   is not re-listed several times a second. A session that stayed up for
+///   [`HEALTHY_SESSION`] starts the backoff again from its minimum; one that
+///   lasted longer than the backoff waits for nothing.
+///
+/// Full jitter keeps several replicas from reconnecting in lockstep.
+#[derive(Debug)]
+struct Retry {
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Retry {
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// When to start the next session. `listed` is when the session that just
+    /// ended published its listing (None: it never got that far); `jitter` is
+    /// uniform in [0, 1).
+    fn next(&mut self, listed: Option<Instant>, now: Instant, jitter: f64) -> Instant {
+        let spread = |d: Duration| d.mul_f64(0.5 + jitter.clamp(0.0, 1.0) * 0.5);
+        let Some(listed) = listed else {
+            return now + spread(DOWN_RETRY);
+        };
+        if now.saturating_duration_since(listed) >= HEALTHY_SESSION {
+            self.backoff = BACKOFF_MIN;
+        }
+        let at = (listed + spread(self.backoff)).max(now);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        at
     }
 }
 
@@ -96,6 +162,7 @@ async fn session(
     snap_tx: &watch::Sender<Option<Arc<Snapshot>>>,
     state_tx: &watch::Sender<ProviderState>,
     cancel: &CancellationToken,
+    listed: &mut Option<Instant>,
 ) -> Result<(), String> {
     let docker = client::connect(&settings.endpoint).await?;
     let info = docker.info().await.map_err(|e| format!("info: {e}"))?;
@@ -146,13 +213,24 @@ async fn session(
     let started = Instant::now();
     let snap = lister.full().await?;
     let count = snap.workloads.len();
+    *listed = Some(Instant::now());
+    // The snapshot first, then the state: a watcher woken by either sees the
+    // new listing with the provider connected, and an unchanged listing after
+    // an outage publishes nothing (no recompilation, no table swap).
     publish(snap_tx, snap);
-    state_tx.send_replace(ProviderState::Connected { swarm: services });
+    let was = state_tx.send_replace(ProviderState::Connected { swarm: services });
+    let down_ms = match was {
+        ProviderState::Unreachable { since, .. } => since
+            .elapsed()
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        _ => 0,
+    };
     info!(
         endpoint = %settings.endpoint,
         swarm = services,
         workloads = count,
         elapsed_ms = started.elapsed().as_millis() as u64,
+        down_ms,
         "docker: connected and listed"
     );
 
@@ -830,6 +908,90 @@ mod tests {
         assert_eq!(out[0].labels["wharf.host"], "c.test");
         assert_eq!(out[0].created, "1");
         assert_eq!(out[0].endpoints.len(), 3);
+    }
+
+    /// Drives [`Retry`] through a session that ends at `now` (after listing at
+    /// `listed`, or never listing) and returns when the next one starts.
+    fn after(r: &mut Retry, listed: Option<Instant>, jitter: f64) -> Duration {
+        let now = Instant::now();
+        r.next(listed, now, jitter) - now
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_api_is_asked_again_every_second_however_long_it_is_gone() {
+        let mut r = Retry::new();
+        // A session that listed and was cut after 40 s (a socket proxy stopped).
+        let listed = Instant::now();
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(after(&mut r, Some(listed), 0.9), Duration::ZERO);
+        // Ten minutes without an answer: never more than a second apart, and
+        // never less than half of one.
+        let start = Instant::now();
+        let mut tries = 0;
+        while start.elapsed() < Duration::from_secs(600) {
+            for jitter in [0.0, 0.5, 0.999] {
+                let wait = after(&mut r, None, jitter);
+                assert!(wait >= Duration::from_millis(500), "{wait:?}");
+                assert!(wait <= DOWN_RETRY, "{wait:?}");
+            }
+            let wait = after(&mut r, None, fastrand::f64());
+            tokio::time::advance(wait).await;
+            tries += 1;
+        }
+        assert!((600..=1200).contains(&tries), "{tries} tries in 10 minutes");
+        // The API answers again: the session that lists is the next one, at
+        // most a second away; and after it lasted, a cut is followed at once.
+        let listed = Instant::now();
+        tokio::time::advance(Duration::from_secs(HEALTHY_SESSION.as_secs() + 1)).await;
+        assert_eq!(after(&mut r, Some(listed), 0.999), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_session_after_an_outage_still_resyncs_within_a_second() {
+        let mut r = Retry::new();
+        // Listed, cut 2 s later (the test's proxy stop), then down for 45 s.
+        let listed = Instant::now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(after(&mut r, Some(listed), 0.999), Duration::ZERO);
+        for _ in 0..60 {
+            let wait = after(&mut r, None, 0.999);
+            assert!(wait <= DOWN_RETRY);
+            tokio::time::advance(wait).await;
+        }
+        // Listed again, cut again 3 s later: still no wait beyond the retry.
+        let listed = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(after(&mut r, Some(listed), 0.999), Duration::ZERO);
+        assert!(after(&mut r, None, 0.999) <= DOWN_RETRY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_refuses_events_is_not_relisted_in_a_loop() {
+        let mut r = Retry::new();
+        let start = Instant::now();
+        let mut listings = Vec::new();
+        // Every session lists, then fails 5 ms later on `/events`.
+        while start.elapsed() < Duration::from_secs(600) {
+            let listed = Instant::now();
+            listings.push(listed);
+            tokio::time::advance(Duration::from_millis(5)).await;
+            let wait = after(&mut r, Some(listed), fastrand::f64());
+            tokio::time::advance(wait).await;
+        }
+        let gaps: Vec<Duration> = listings.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[0] >= BACKOFF_MIN / 2, "the first gap: {:?}", gaps[0]);
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0] / 2), "{gaps:?}");
+        // Capped at 30 s: from the tenth listing on, 15 to 30 s apart.
+        for g in &gaps[9..] {
+            assert!(*g >= BACKOFF_MAX / 2 && *g <= BACKOFF_MAX + Duration::from_millis(5));
+        }
+        // About 20 to 40 listings in the first ten minutes, not thousands.
+        assert!(listings.len() < 60, "{} listings", listings.len());
+        // A session that then stays up for 30 s starts the backoff again.
+        let listed = Instant::now();
+        tokio::time::advance(HEALTHY_SESSION).await;
+        assert_eq!(after(&mut r, Some(listed), 0.999), Duration::ZERO);
+        assert_eq!(r.backoff, BACKOFF_MIN * 2);
     }
 
     #[test]

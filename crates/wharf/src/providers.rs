@@ -339,13 +339,14 @@ impl Reconciler {
                     .inc();
             }
             self.docker_down = unreachable;
-            if let ProviderState::Unreachable { error } = &*state {
+            if let ProviderState::Unreachable { error, since } = &*state {
                 problems.push(Problem {
                     source: "docker",
                     service: None,
                     label: None,
                     message: format!(
-                        "Docker is unreachable ({error}); serving the last known routes"
+                        "Docker is unreachable since {} ({error}); serving the last known routes",
+                        humantime::format_rfc3339_seconds(*since)
                     ),
                     error: true,
                 });
