@@ -32,6 +32,10 @@ pub struct Affinity {
     pub app_value: Option<Box<[u8]>>,
     /// `sticky = source`: the client address bound.
     pub client: Option<IpAddr>,
+    /// The pinned backend failed this request and another answered it (the
+    /// retry of [`crate::pipeline::Ctx::redispatch`]): the response re-pins,
+    /// rather than sending the client back to it until passive health ejects it.
+    pub pin_failed: bool,
 }
 
 /// Reads the affinity of a request on a route with stickiness.
@@ -163,10 +167,10 @@ pub fn respond(
     headers: &mut HeaderMap,
 ) {
     let Some(token) = backend.token else { return };
-    // Pinned elsewhere to a backend that is still up (only full under
-    // `maxconn`): this request was served elsewhere, the pin stays.
+    // Pinned elsewhere to a backend that is still up and did not fail this
+    // request (only full under `maxconn`): served elsewhere, the pin stays.
     let repinned = match &aff.pinned {
-        Some(p) => p.token != Some(token) && !p.usable(),
+        Some(p) => p.token != Some(token) && (!p.usable() || aff.pin_failed),
         None => true,
     };
     match sticky {

@@ -342,6 +342,15 @@ impl Ctx {
         let failed = self.backend.addr;
         let (backend, guard) =
             pick(&self.route, client, Some(failed), self.affinity.as_deref()).await?;
+        // The pinned backend failed: whoever answers now re-pins the client,
+        // in this response (a usable pin would otherwise hold until passive
+        // health ejects it, each request paying a failed attempt meanwhile).
+        if let Some(aff) = self.affinity.as_deref_mut() {
+            let token = self.backend.token;
+            if token.is_some() && aff.pinned.as_ref().is_some_and(|p| p.token == token) {
+                aff.pin_failed = true;
+            }
+        }
         self.route.state.count_retry();
         self.backend = backend;
         self.guard = guard;
@@ -540,6 +549,72 @@ mod tests {
             ctx.failed(Failure::Timeout { counts: false }, &"slow upload");
         }
         assert!(backend.state.is_up());
+    }
+
+    #[tokio::test]
+    async fn a_retry_away_from_a_failed_pin_repins_in_the_same_response() {
+        use wharf_table::{CookieSticky, StickyKey};
+        let reg = BackendRegistry::new();
+        reg.set_sticky_key(StickyKey::new(b"k"));
+        let sticky = StickyPolicy::Cookie(CookieSticky {
+            name: "WHARFID".into(),
+            prefix: false,
+            max_age: None,
+        });
+        let def = RouteDef {
+            name: "r".into(),
+            source: "test".into(),
+            hosts: vec!["h".into()],
+            path: "/".into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: Balance::LeastConn,
+            backends: (0..3u16)
+                .map(|i| BackendDef {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    scheme: Scheme::Http,
+                    draining: false,
+                    identity: None,
+                })
+                .collect(),
+            policy: Policy {
+                sticky: Some(Arc::new(sticky.clone())),
+                ..Policy::default()
+            },
+        };
+        let (t, _) = Table::compile(vec![def], &reg);
+        let r = t.routes()[0].clone();
+        let pinned = r.backends.all()[1].clone();
+        let text = pinned.token.unwrap().text();
+        let mut cookie = HeaderMap::new();
+        cookie.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(&[&b"WHARFID="[..], &text].concat()).unwrap(),
+        );
+        let aff = affinity::read(&r, &sticky, &cookie, CLIENT.ip());
+        let (backend, guard) = pick(&r, CLIENT, None, Some(&aff)).await.unwrap();
+        assert_eq!(backend.addr, pinned.addr);
+        let mut ctx = Ctx {
+            route: r.clone(),
+            backend,
+            guard,
+            attempts: 1,
+            affinity: Some(Box::new(aff)),
+        };
+        // One failed connect: the pinned backend is still up (passive health
+        // needs more), yet the backend that answers the retry re-pins.
+        ctx.failed(Failure::Connect, &"refused");
+        assert!(pinned.usable());
+        ctx.redispatch(CLIENT).await.unwrap();
+        assert_ne!(ctx.backend.addr, pinned.addr);
+        let aff = ctx.affinity.as_deref().unwrap();
+        let mut h = HeaderMap::new();
+        affinity::respond(&r, &sticky, aff, &ctx.backend, false, &mut h);
+        let set = h[header::SET_COOKIE].to_str().unwrap();
+        let new = ctx.backend.token.unwrap().text();
+        assert!(
+            set.starts_with(&format!("WHARFID={};", std::str::from_utf8(&new).unwrap())),
+            "{set}"
+        );
     }
 
     #[test]
