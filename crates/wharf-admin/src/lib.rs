@@ -8,6 +8,7 @@ mod server;
 pub use certs::CertCollector;
 pub use server::{serve, AdminSettings};
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -388,6 +389,67 @@ fn routes_json(table: &Table) -> Vec<u8> {
     serde_json::to_vec_pretty(&routes).unwrap_or_default()
 }
 
+thread_local! {
+    /// The table generation the scrape running on this thread reads, keyed by
+    /// the handle it was loaded from (see [`gather`]).
+    static PINNED: RefCell<Option<(usize, Arc<Table>)>> = const { RefCell::new(None) };
+}
+
+fn handle_key(handle: &Arc<ArcSwap<Table>>) -> usize {
+    Arc::as_ptr(handle) as usize
+}
+
+/// Clears the pin when the scrape ends, even if a collector panics.
+struct Unpin;
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        PINNED.with(|p| p.borrow_mut().take());
+    }
+}
+
+/// The table a collector reads: the scrape's pinned generation when this
+/// thread is inside [`gather`] for the same handle, else the current one.
+fn scrape_table(handle: &Arc<ArcSwap<Table>>) -> Arc<Table> {
+    let key = handle_key(handle);
+    PINNED
+        .with(|p| match &*p.borrow() {
+            Some((k, t)) if *k == key => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| handle.load_full())
+}
+
+/// Gathers `registry` as one consistent snapshot: the table is loaded once,
+/// and every table-derived family (the backend, request and duration families
+/// and `wharf_routes`) is built from that one generation, so a scrape that
+/// races a swap never mixes two tables (the proxy stores a new table, then
+/// sets `wharf_routes`; here the gauge is taken from the pinned table itself).
+pub fn gather(
+    registry: &prometheus::Registry,
+    table: &Arc<ArcSwap<Table>>,
+) -> Vec<prometheus::proto::MetricFamily> {
+    let snapshot = table.load_full();
+    let routes = snapshot.len() as f64;
+    PINNED.with(|p| *p.borrow_mut() = Some((handle_key(table), snapshot)));
+    let unpin = Unpin;
+    let mut families = registry.gather();
+    drop(unpin);
+    for f in &mut families {
+        if f.name() == ROUTES_GAUGE {
+            for m in f.mut_metric().iter_mut() {
+                let mut g = prometheus::proto::Gauge::default();
+                g.set_value(routes);
+                m.set_gauge(g);
+            }
+        }
+    }
+    families
+}
+
+/// The routes gauge the control plane registers (`wharf-control`).
+const ROUTES_GAUGE: &str = "wharf_routes";
+
 /// `wharf_backend_up{route,backend}`, `wharf_backend_inflight{route,backend}`,
 /// `wharf_healthcheck_total{route,backend,result}`, `wharf_retries_total{route}`
 /// and `wharf_ratelimited_total{route}`,
@@ -458,7 +520,7 @@ impl BackendCollector {
             retries: prometheus::IntCounterVec::new(opts(RETRIES, &[]), &ROUTE_LABELS)?,
             limited: prometheus::IntCounterVec::new(opts(RATELIMITED, &[]), &ROUTE_LABELS)?,
         };
-        let table = self.table.load();
+        let table = scrape_table(&self.table);
         for route in table.routes() {
             f.retries
                 .with_label_values(&[&*route.name])
@@ -627,7 +689,7 @@ impl TrafficCollector {
 
     fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
         use prometheus::proto::{self, MetricType};
-        let table = self.table.load();
+        let table = scrape_table(&self.table);
         let mut requests = Vec::new();
         let mut durations = Vec::new();
         let mut upstream = Vec::new();
@@ -834,6 +896,192 @@ mod tests {
         // Without any route: no check family, and the scrape still works.
         shared.store(Arc::new(Table::default()));
         assert!(!text().contains("wharf_healthcheck_total"));
+    }
+
+    /// A route with one backend, `10.1.x.y:80` from `i`.
+    fn one(name: &str, i: usize) -> RouteDef {
+        RouteDef {
+            name: name.into(),
+            source: "file".into(),
+            hosts: vec![format!("{name}.test")],
+            path: "/".into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: Balance::RoundRobin,
+            backends: vec![BackendDef {
+                addr: format!("10.1.{}.{}:80", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap(),
+                scheme: Scheme::Http,
+                draining: false,
+                identity: None,
+            }],
+            policy: Policy::default(),
+        }
+    }
+
+    /// Records one request on every route, as the request path does.
+    fn traffic(t: &Table) {
+        for r in t.routes() {
+            let get = wharf_table::metrics::method_index(&http::Method::GET);
+            r.state.metrics.requests.count(200, get);
+            r.state.metrics.duration.observe(Duration::from_millis(2));
+            for b in r.backends.all() {
+                b.state.upstream.observe(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// What the proxy registers: the two table collectors and the control
+    /// plane's `wharf_routes` gauge.
+    fn admin(shared: &Arc<ArcSwap<Table>>) -> (AdminState, prometheus::IntGauge) {
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(BackendCollector::new(shared.clone()).unwrap()))
+            .unwrap();
+        let unrouted = Arc::new(wharf_table::metrics::RouteMetrics::default());
+        registry
+            .register(Box::new(
+                TrafficCollector::new(shared.clone(), unrouted, Vec::new()).unwrap(),
+            ))
+            .unwrap();
+        let routes =
+            prometheus::IntGauge::new("wharf_routes", "Routes in the current table.").unwrap();
+        registry.register(Box::new(routes.clone())).unwrap();
+        let state = AdminState {
+            table: shared.clone(),
+            problems: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            registry,
+            certificates: Arc::new(wharf_tls::CertStore::new().unwrap()),
+            ready: Arc::new(AtomicBool::new(true)),
+            settings: Arc::new(AdminSettings::default()),
+        };
+        (state, routes)
+    }
+
+    /// The `/metrics` body, as the admin listener serves it.
+    fn scrape(state: &AdminState) -> String {
+        let r = server::render(state, server::Page::Metrics);
+        assert_eq!(r.status(), http::StatusCode::OK);
+        let body = r.into_body();
+        let bytes = futures_body(body);
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn futures_body(body: http_body_util::Full<bytes::Bytes>) -> Vec<u8> {
+        use http_body_util::BodyExt as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(body.collect()).unwrap().to_bytes().to_vec()
+    }
+
+    /// `family -> routes` of every sample carrying a `route` label, and the
+    /// `wharf_routes` value.
+    fn routes_by_family(
+        text: &str,
+    ) -> (
+        std::collections::HashMap<String, std::collections::HashSet<String>>,
+        Option<usize>,
+    ) {
+        let mut out: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            std::collections::HashMap::new();
+        let mut count = None;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some(v) = line.strip_prefix("wharf_routes ") {
+                count = Some(v.trim().parse().unwrap());
+                continue;
+            }
+            let Some((name, rest)) = line.split_once('{') else {
+                continue;
+            };
+            let Some(start) = rest.find("route=\"") else {
+                continue;
+            };
+            let value = &rest[start + 7..];
+            let route = &value[..value.find('"').unwrap()];
+            out.entry(name.to_string())
+                .or_default()
+                .insert(route.to_string());
+        }
+        (out, count)
+    }
+
+    #[test]
+    fn a_scrape_during_a_10k_route_swap_reads_one_table() {
+        use std::collections::HashSet;
+        use std::sync::atomic::AtomicU64;
+        let reg = BackendRegistry::new();
+        let names = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}{i}")).collect()
+        };
+        // Two different tables, of different sizes so `wharf_routes` tells
+        // them apart too.
+        let (a_names, b_names) = (names("a", 10_000), names("b", 9_000));
+        let compile = |names: &[String]| {
+            let defs = names.iter().enumerate().map(|(i, n)| one(n, i)).collect();
+            Arc::new(Table::compile(defs, &reg).0)
+        };
+        let (a, b) = (compile(&a_names), compile(&b_names));
+        traffic(&a);
+        traffic(&b);
+        let a_set: HashSet<String> = a_names.into_iter().collect();
+        let b_set: HashSet<String> = b_names.into_iter().collect();
+        let shared = Arc::new(ArcSwap::new(a.clone()));
+        let (state, gauge) = admin(&shared);
+        gauge.set(a.len() as i64);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
+        let swapper = {
+            let (shared, stop, swaps) = (shared.clone(), stop.clone(), swaps.clone());
+            std::thread::spawn(move || {
+                let mut next = [b, a].into_iter().cycle();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = next.next().unwrap();
+                    // As the proxy does: store the table, then set the gauge.
+                    shared.store(t.clone());
+                    std::thread::yield_now();
+                    gauge.set(t.len() as i64);
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        let families = [
+            "wharf_requests_total",
+            "wharf_request_duration_seconds_count",
+            "wharf_request_duration_seconds_bucket",
+            "wharf_upstream_duration_seconds_count",
+            "wharf_backend_up",
+            "wharf_backend_inflight",
+            "wharf_retries_total",
+        ];
+        let mut raced = 0;
+        for _ in 0..6 {
+            let before = swaps.load(Ordering::Relaxed);
+            let body = scrape(&state);
+            if swaps.load(Ordering::Relaxed) != before {
+                raced += 1;
+            }
+            let (mut by_family, count) = routes_by_family(&body);
+            let count = count.expect("wharf_routes in the scrape");
+            let expected = if count == a_set.len() { &a_set } else { &b_set };
+            assert_eq!(count, expected.len(), "wharf_routes is neither table's");
+            for family in families {
+                let mut got = by_family.remove(family).unwrap_or_default();
+                // Requests that matched no route have their own series.
+                got.remove("");
+                assert!(
+                    got == *expected,
+                    "{family}: {} routes, {} not in the table wharf_routes = {count} says",
+                    got.len(),
+                    got.difference(expected).count()
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(raced > 0, "no scrape overlapped a swap");
     }
 
     #[test]

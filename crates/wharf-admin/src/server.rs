@@ -132,18 +132,19 @@ fn unauthorized() -> Response<Full<Bytes>> {
 
 /// The pages that read the table or the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Page {
+pub(crate) enum Page {
     Metrics,
     Routes,
     Certificates,
     Errors,
 }
 
-fn render(state: &AdminState, page: Page) -> Response<Full<Bytes>> {
+pub(crate) fn render(state: &AdminState, page: Page) -> Response<Full<Bytes>> {
     match page {
         Page::Metrics => {
             let mut buf = Vec::new();
-            match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+            let families = crate::gather(&state.registry, &state.table);
+            match TextEncoder::new().encode(&families, &mut buf) {
                 Ok(()) => respond(StatusCode::OK, "text/plain; version=0.0.4", buf),
                 Err(e) => respond(
                     StatusCode::INTERNAL_SERVER_ERROR,
