@@ -1085,6 +1085,46 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_route_takes_its_request_series_with_it() {
+        let reg = BackendRegistry::new();
+        let both = Table::compile(vec![one("keep", 1), one("gone", 2)], &reg).0;
+        traffic(&both);
+        let shared = Arc::new(ArcSwap::from_pointee(both));
+        let (state, _) = admin(&shared);
+        let families = [
+            "wharf_requests_total{",
+            "wharf_request_duration_seconds_bucket{",
+            "wharf_request_duration_seconds_count{",
+            "wharf_request_duration_seconds_sum{",
+            "wharf_upstream_duration_seconds_bucket{",
+            "wharf_upstream_duration_seconds_count{",
+            "wharf_upstream_duration_seconds_sum{",
+        ];
+        let has = |text: &str, family: &str, route: &str| {
+            text.lines()
+                .any(|l| l.starts_with(family) && l.contains(&format!("route=\"{route}\"")))
+        };
+        let before = scrape(&state);
+        for f in families {
+            assert!(has(&before, f, "gone"), "{f} for `gone` before:\n{before}");
+            assert!(has(&before, f, "keep"), "{f} for `keep` before:\n{before}");
+        }
+        shared.store(Arc::new(Table::compile(vec![one("keep", 1)], &reg).0));
+        let after = scrape(&state);
+        for f in families {
+            assert!(
+                !has(&after, f, "gone"),
+                "{f} for `gone` after removal:\n{after}"
+            );
+            assert!(has(&after, f, "keep"), "{f} for `keep` after:\n{after}");
+        }
+        assert!(
+            after.contains("wharf_requests_total{route=\"keep\",code=\"200\",method=\"GET\"} 1"),
+            "the kept route's count survives the swap:\n{after}"
+        );
+    }
+
+    #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
