@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::docker::Engine;
 use common::*;
 
 const TOKEN: &str = "e2e-admin-token-5f1c0a9d7b3e";
@@ -278,9 +279,10 @@ fn a_flood_on_the_admin_port_does_not_slow_proxied_requests() {
 // ---------------------------------------------------------------------------
 // The dashboard in a real browser.
 
-/// Debian's Chromium, installed when missing (as `.ci/run` and tests/run.sh
-/// do); `None` when it cannot be.
-fn chromium() -> Option<PathBuf> {
+/// Debian's Chromium, installed when missing (as tests/run.sh, which `.ci/run`
+/// calls, does). The dashboard test is part of the suite: without Chromium it
+/// fails, it does not pass unrendered.
+fn chromium() -> PathBuf {
     let find = || {
         ["chromium", "chromium-browser"].iter().find_map(|c| {
             let out = Command::new("sh")
@@ -292,7 +294,7 @@ fn chromium() -> Option<PathBuf> {
         })
     };
     if let Some(p) = find() {
-        return Some(p);
+        return p;
     }
     let root = Command::new("id")
         .arg("-u")
@@ -314,7 +316,13 @@ fn chromium() -> Option<PathBuf> {
         let all: Vec<&str> = sudo.iter().chain(args).copied().collect();
         let _ = Command::new(all[0]).args(&all[1..]).status();
     }
-    find()
+    find().unwrap_or_else(|| {
+        panic!(
+            "Chromium is not installed and could not be installed here (no root, no \
+             `sudo -n`, or apt failed): the dashboard test needs it. Run the suite with \
+             tests/run.sh, which installs it, or `apt-get install chromium`."
+        )
+    })
 }
 
 /// Runs headless Chromium on `url` with `args`, letting the page's scripts and
@@ -413,14 +421,14 @@ fn strip_tags(html: &str) -> String {
 
 #[test]
 fn the_dashboard_renders_routes_health_certificates_errors_and_rates_in_chromium() {
-    let Some(chromium) = chromium() else {
-        eprintln!(
-            "SKIPPED: Chromium is not installed and could not be installed \
-             (apt-get install chromium); the dashboard was not rendered"
-        );
-        return;
-    };
+    let chromium = chromium();
     let _heavy = heavy();
+    // Docker: a labelled container that is routed and one whose labels have a
+    // typo, a label error the dashboard must show.
+    let e = Engine::new("dash");
+    let net = e.bridge("net");
+    let image = e.backend_image();
+    let app_host = format!("{}.test", e.name("app"));
     let live = Backend::start("live");
     let dead = DeadAddr::new();
     let certs = TempDir::new("certs");
@@ -428,23 +436,50 @@ fn the_dashboard_renders_routes_health_certificates_errors_and_rates_in_chromium
     let secrets = TempDir::new("secret");
     let hc = "healthcheck = { path = \"/health\", interval = \"200ms\", timeout = \"100ms\", \
               rise = 1, fall = 1 }";
-    let cfg = with_token(&secrets.0, "")
-        + &format!(
-            "[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n\n",
-            cert.display(),
-            key.display()
-        )
-        + &route(
-            "shop.example.org",
-            "/",
-            &[live.addr, dead.addr],
-            &format!("name = \"shop\"\n{hc}"),
-        )
-        // Two routes claiming the same host and path: a problem /api/errors
-        // shows (file routes; a label error needs Docker).
+    let cfg = with_token(&secrets.0, "").replace(
+        "[docker]\nmode = \"off\"\n",
+        &format!(
+            "[docker]\nmode = \"containers\"\nnetwork = \"{net}\"\npoll_interval = \"500ms\"\n"
+        ),
+    ) + &format!(
+        "[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        cert.display(),
+        key.display()
+    ) + &route(
+        "shop.example.org",
+        "/",
+        &[live.addr, dead.addr],
+        &format!("name = \"shop\"\n{hc}"),
+    )
+        // Two file routes claiming the same host and path: a conflict.
         + &route("dup.example.org", "/", &[live.addr], "name = \"dup-first\"")
         + &route("dup.example.org", "/", &[live.addr], "name = \"dup-second\"");
-    let w = Wharf::start(&cfg);
+    let mut w = Wharf::start(&cfg);
+    w.wait_log("docker: connected and listed").unwrap();
+    e.run(
+        "app",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={app_host}"),
+            &image,
+        ],
+    );
+    let typo = e.run(
+        "typo",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.hots=typo.{app_host}"),
+            &image,
+        ],
+    );
     let admin = |path: &str| -> serde_json::Value {
         let r = admin_get(w.admin, "127.0.0.1", path, Some(TOKEN));
         assert_eq!(r.status, 200, "{path}: {}", r.text());
@@ -452,13 +487,44 @@ fn the_dashboard_renders_routes_health_certificates_errors_and_rates_in_chromium
     };
     wait_until("the dead backend is marked down", WAIT, || {
         let routes = admin("/api/routes");
-        routes[0]["backends"]
+        routes
             .as_array()
             .unwrap()
             .iter()
+            .filter(|r| r["name"] == "shop")
+            .flat_map(|r| r["backends"].as_array().cloned().unwrap_or_default())
             .any(|b| b["health"] == "down")
     });
+    let docker_wait = Duration::from_secs(15);
+    wait_until("the labelled container routed", docker_wait, || {
+        admin("/api/routes").to_string().contains(&app_host)
+    });
+    wait_until("the label error in /api/errors", docker_wait, || {
+        admin("/api/errors").to_string().contains(&typo)
+    });
+    let routes = admin("/api/routes");
+    let app_route = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["hosts"].to_string().contains(&app_host))
+        .unwrap_or_else(|| panic!("no route for {app_host}: {routes:#}"))["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let errors = admin("/api/errors");
+    let label_error = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e.to_string().contains(&typo))
+        .unwrap_or_else(|| panic!("no label error in /api/errors: {errors:#}"))
+        .clone();
+    assert!(
+        label_error.to_string().contains("wharf.hots"),
+        "{label_error}"
+    );
+    let label_message = label_error["message"].as_str().unwrap().to_string();
     let conflict = errors
         .as_array()
         .unwrap()
@@ -526,6 +592,9 @@ fn the_dashboard_renders_routes_health_certificates_errors_and_rates_in_chromium
         "dead backend not shown down: {shop}"
     );
     assert!(dom.contains("data-route=\"dup-first\""), "{dom}");
+    // The route from the labelled container.
+    let app = text_after(&dom, &format!("data-route=\"{app_route}\""));
+    assert!(app.contains(&app_host), "{app}");
     // Requests/s per route, from two scrapes of wharf_requests_total.
     let rps = text_after(&dom, "data-rps=\"dup-first\"");
     assert!(
@@ -550,13 +619,29 @@ fn the_dashboard_renders_routes_health_certificates_errors_and_rates_in_chromium
         "no '{days} days' left in: {certs_text}"
     );
     assert!((43..=45).contains(&days), "{days}");
-    // Errors: the conflict, as /api/errors words it.
+    // Errors: the conflict and the label error, as /api/errors words them.
     let errors_text = text_after(&dom, "id=\"errors\"");
     assert!(
         errors_text.contains(&conflict),
         "{conflict:?} not in: {errors_text}"
     );
-    assert_eq!(text_after(&dom, "id=\"t-errors\""), "1", "{dom}");
+    for (what, needle) in [
+        ("label error", label_message.as_str()),
+        ("label", "wharf.hots"),
+        ("container", typo.as_str()),
+    ] {
+        assert!(
+            errors_text.contains(needle),
+            "the {what} {needle:?} is not on the dashboard: {errors_text}"
+        );
+    }
+    let count = errors.as_array().unwrap().len();
+    assert_eq!(count, 2, "a conflict and a label error: {errors:#}");
+    assert_eq!(
+        text_after(&dom, "id=\"t-errors\""),
+        count.to_string(),
+        "{dom}"
+    );
     // The screenshot.
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
