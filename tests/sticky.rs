@@ -277,6 +277,60 @@ fn a_killed_backend_repins_in_the_same_request_and_tampered_cookies_are_ignored(
     assert_eq!(retries(), before + 1.0, "the new pin is served directly");
 }
 
+#[test]
+fn a_full_pinned_backend_repins_in_the_same_request() {
+    let bs = backends(2);
+    let cfg = base_config()
+        + SECRET
+        + &named(
+            "mc",
+            "mc.test",
+            &addrs(&bs),
+            "sticky = \"cookie\"\nmaxconn = { limit = 1, queue = 4, timeout = \"10s\" }",
+        );
+    let w = Wharf::start(&cfg);
+    let first = get(w.ep("web"), "mc.test", "/");
+    let pinned = first.text();
+    let cookie = pair(set_cookie(&first, "WHARFID").unwrap()).to_string();
+    let p = bs.iter().find(|b| b.name == pinned).unwrap();
+    // Another request of the session holds the pinned backend's only slot.
+    let (web, c) = (w.ep("web"), cookie.clone());
+    let hold = std::thread::spawn(move || {
+        get_with(web, "mc.test", "/stream", &format!("Cookie: {c}\r\n"))
+    });
+    wait_notified(&p.started());
+    // Full: served by the other backend at once, and re-pinned there.
+    let r = get_with(
+        w.ep("web"),
+        "mc.test",
+        "/",
+        &format!("Cookie: {cookie}\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    let moved_to = r.text();
+    assert_ne!(moved_to, pinned);
+    let sc = set_cookie(&r, "WHARFID").expect("re-pinned in the response of the full pin");
+    let new_cookie = pair(sc).to_string();
+    assert_ne!(new_cookie, cookie);
+    p.release();
+    let held = hold.join().unwrap();
+    assert_eq!(
+        (held.status, held.header("x-backend")),
+        (200, Some(pinned.as_str()))
+    );
+    // The new pin holds, with room on both backends again.
+    for _ in 0..10 {
+        let r = get_with(
+            w.ep("web"),
+            "mc.test",
+            "/",
+            &format!("Cookie: {new_cookie}\r\n"),
+        );
+        assert_eq!(r.text(), moved_to);
+        assert!(set_cookie(&r, "WHARFID").is_none(), "{r:?}");
+    }
+}
+
 /// A connection from a given loopback address (127.0.0.0/8 is all local).
 fn get_from(src: IpAddr, addr: SocketAddr, host: &str) -> RawResponse {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -32,10 +32,6 @@ pub struct Affinity {
     pub app_value: Option<Box<[u8]>>,
     /// `sticky = source`: the client address bound.
     pub client: Option<IpAddr>,
-    /// The pinned backend failed this request and another answered it (the
-    /// retry of [`crate::pipeline::Ctx::redispatch`]): the response re-pins,
-    /// rather than sending the client back to it until passive health ejects it.
-    pub pin_failed: bool,
 }
 
 /// Reads the affinity of a request on a route with stickiness.
@@ -167,10 +163,13 @@ pub fn respond(
     headers: &mut HeaderMap,
 ) {
     let Some(token) = backend.token else { return };
-    // Pinned elsewhere to a backend that is still up and did not fail this
-    // request (only full under `maxconn`): served elsewhere, the pin stays.
+    // Another backend answered: the pinned one could not take the request
+    // (gone, down, draining, full under `maxconn`) or failed it and the retry
+    // went elsewhere. Either way the client is re-pinned to the one that
+    // answered, in this response, and not sent back to a backend that turned
+    // it away.
     let repinned = match &aff.pinned {
-        Some(p) => p.token != Some(token) && (!p.usable() || aff.pin_failed),
+        Some(p) => p.token != Some(token),
         None => true,
     };
     match sticky {
@@ -483,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn a_usable_pin_wins_a_full_pin_is_kept_and_max_age_slides() {
+    fn a_usable_pin_wins_a_pin_served_elsewhere_moves_and_max_age_slides() {
         let sticky = cookie(true);
         let (_t, r) = route(sticky.clone());
         let (t0, t1) = (token(&r, 0), token(&r, 1));
@@ -497,11 +496,19 @@ mod tests {
             CLIENT,
         );
         assert_eq!(a.pinned.as_ref().unwrap().addr.port(), 9001);
-        // Pinned to a backend that is up but was full: served elsewhere, the pin
-        // is not moved.
+        // Pinned to a backend that is up but could not take the request (full,
+        // or it failed and the retry went elsewhere): served elsewhere, and the
+        // client's value is re-pinned to the backend that answered.
         let mut h = HeaderMap::new();
         respond(&r, &sticky, &a, &r.backends.all()[2], false, &mut h);
-        assert!(h.get(header::SET_COOKIE).is_none());
+        assert_eq!(
+            h[header::SET_COOKIE],
+            format!(
+                "JSESSIONID={}~s; Path=/; HttpOnly; SameSite=Lax",
+                token(&r, 2)
+            )
+            .as_str()
+        );
 
         // Insert mode with a ttl: the cookie is renewed on every response.
         let sticky = StickyPolicy::Cookie(CookieSticky {
@@ -549,7 +556,13 @@ mod tests {
         respond(&r, &sticky, &a, &r.backends.all()[2], false, &mut h);
         assert!(h.is_empty());
         let a = read(&r, &sticky, &HeaderMap::new(), CLIENT);
-        assert_eq!(a.pinned.unwrap().addr.port(), 9002);
+        assert_eq!(a.pinned.as_ref().unwrap().addr.port(), 9002);
+        assert_eq!(r.state.bindings_len(), 1);
+        // Its backend could not take a request (full, or failed it): the one
+        // that answered instead gets the binding.
+        respond(&r, &sticky, &a, &r.backends.all()[0], false, &mut h);
+        let a = read(&r, &sticky, &HeaderMap::new(), CLIENT);
+        assert_eq!(a.pinned.unwrap().addr.port(), 9000);
         assert_eq!(r.state.bindings_len(), 1);
     }
 }

@@ -342,15 +342,6 @@ impl Ctx {
         let failed = self.backend.addr;
         let (backend, guard) =
             pick(&self.route, client, Some(failed), self.affinity.as_deref()).await?;
-        // The pinned backend failed: whoever answers now re-pins the client,
-        // in this response (a usable pin would otherwise hold until passive
-        // health ejects it, each request paying a failed attempt meanwhile).
-        if let Some(aff) = self.affinity.as_deref_mut() {
-            let token = self.backend.token;
-            if token.is_some() && aff.pinned.as_ref().is_some_and(|p| p.token == token) {
-                aff.pin_failed = true;
-            }
-        }
         self.route.state.count_retry();
         self.backend = backend;
         self.guard = guard;
@@ -551,8 +542,9 @@ mod tests {
         assert!(backend.state.is_up());
     }
 
-    #[tokio::test]
-    async fn a_retry_away_from_a_failed_pin_repins_in_the_same_response() {
+    /// A route of three backends with insert-cookie stickiness, and a request
+    /// pinned by its cookie to the second.
+    fn sticky_route(maxconn: Option<MaxConn>) -> (Table, Arc<Route>, StickyPolicy, Affinity) {
         use wharf_table::{CookieSticky, StickyKey};
         let reg = BackendRegistry::new();
         reg.set_sticky_key(StickyKey::new(b"k"));
@@ -578,21 +570,44 @@ mod tests {
                 .collect(),
             policy: Policy {
                 sticky: Some(Arc::new(sticky.clone())),
+                maxconn,
                 ..Policy::default()
             },
         };
         let (t, _) = Table::compile(vec![def], &reg);
         let r = t.routes()[0].clone();
-        let pinned = r.backends.all()[1].clone();
-        let text = pinned.token.unwrap().text();
+        let text = r.backends.all()[1].token.unwrap().text();
         let mut cookie = HeaderMap::new();
         cookie.insert(
             header::COOKIE,
             HeaderValue::from_bytes(&[&b"WHARFID="[..], &text].concat()).unwrap(),
         );
         let aff = affinity::read(&r, &sticky, &cookie, CLIENT.ip());
+        (t, r, sticky, aff)
+    }
+
+    /// The `WHARFID=<token>` pair the response sets, if any.
+    fn pins(r: &Route, sticky: &StickyPolicy, aff: &Affinity, b: &Backend) -> Option<String> {
+        let mut h = HeaderMap::new();
+        affinity::respond(r, sticky, aff, b, false, &mut h);
+        let v = h.get(header::SET_COOKIE)?.to_str().unwrap();
+        Some(v.split(';').next().unwrap().to_string())
+    }
+
+    fn cookie_of(b: &Backend) -> String {
+        format!(
+            "WHARFID={}",
+            std::str::from_utf8(&b.token.unwrap().text()).unwrap()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_retry_away_from_a_failed_pin_repins_in_the_same_response() {
+        let (_t, r, sticky, aff) = sticky_route(None);
+        let pinned = r.backends.all()[1].clone();
         let (backend, guard) = pick(&r, CLIENT, None, Some(&aff)).await.unwrap();
         assert_eq!(backend.addr, pinned.addr);
+        assert_eq!(pins(&r, &sticky, &aff, &backend), None);
         let mut ctx = Ctx {
             route: r.clone(),
             backend,
@@ -607,14 +622,26 @@ mod tests {
         ctx.redispatch(CLIENT).await.unwrap();
         assert_ne!(ctx.backend.addr, pinned.addr);
         let aff = ctx.affinity.as_deref().unwrap();
-        let mut h = HeaderMap::new();
-        affinity::respond(&r, &sticky, aff, &ctx.backend, false, &mut h);
-        let set = h[header::SET_COOKIE].to_str().unwrap();
-        let new = ctx.backend.token.unwrap().text();
-        assert!(
-            set.starts_with(&format!("WHARFID={};", std::str::from_utf8(&new).unwrap())),
-            "{set}"
+        assert_eq!(
+            pins(&r, &sticky, aff, &ctx.backend),
+            Some(cookie_of(&ctx.backend))
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_pin_is_served_elsewhere_and_repinned() {
+        let (_t, r, sticky, aff) = sticky_route(mc(1, 4, 5_000));
+        let pinned = r.backends.all()[1].clone();
+        // Another client holds the pinned backend's only slot.
+        let held = InflightGuard::try_limited(&pinned.state, 1, &r.state).unwrap();
+        let (b, _g) = pick(&r, CLIENT, None, Some(&aff)).await.unwrap();
+        assert_ne!(b.addr, pinned.addr, "a full pin is not waited for");
+        assert_eq!(pins(&r, &sticky, &aff, &b), Some(cookie_of(&b)));
+        // With room again, a client still pinned there goes there, unmoved.
+        drop(held);
+        let (b, _g) = pick(&r, CLIENT, None, Some(&aff)).await.unwrap();
+        assert_eq!(b.addr, pinned.addr);
+        assert_eq!(pins(&r, &sticky, &aff, &b), None);
     }
 
     #[test]
