@@ -557,3 +557,81 @@ fn cert_config<'a>(ev: &'a EventMessage, cert_prefix: &str) -> Option<&'a str> {
     }
     actor.id.as_deref()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EventActor;
+
+    fn ev(action: &str, name: &str) -> EventMessage {
+        EventMessage {
+            action: Some(action.to_owned()),
+            actor: Some(EventActor {
+                id: Some("cfg-id".to_owned()),
+                attributes: Some(HashMap::from([("name".to_owned(), name.to_owned())])),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_this_stores_certificate_writes_are_looked_at() {
+        let p = "wharf-acme-cert-";
+        assert_eq!(
+            cert_config(&ev("create", "wharf-acme-cert-0123456789abcdef-v2"), p),
+            Some("cfg-id")
+        );
+        assert_eq!(
+            cert_config(&ev("update", "wharf-acme-cert-0123-v1"), p),
+            Some("cfg-id")
+        );
+        // Removals are the older versions a write replaces; other kinds, other stores and
+        // other configs never cost an inspect.
+        assert_eq!(
+            cert_config(&ev("remove", "wharf-acme-cert-0123-v1"), p),
+            None
+        );
+        assert_eq!(cert_config(&ev("create", "wharf-acme-lock-0123"), p), None);
+        assert_eq!(
+            cert_config(&ev("create", "wharf-acme-challenge-0123-v1"), p),
+            None
+        );
+        assert_eq!(
+            cert_config(&ev("create", "wharf-acme-test-1-cert-0123-v1"), p),
+            None
+        );
+        assert_eq!(cert_config(&ev("create", "nginx.conf"), p), None);
+        assert_eq!(cert_config(&EventMessage::default(), p), None);
+    }
+
+    /// An engine that cannot be reached: the watch retries with a growing delay (each retry
+    /// reports a resync), never in a tight loop, and ends when the manager drops the receiver.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_events_stream_is_retried_with_backoff_never_spinning() {
+        // A socket file nobody listens on any more: every connection is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let docker = bollard::Docker::connect_with_unix(
+            sock.to_str().unwrap(),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let store = SwarmStore::new(docker, "wharf-acme-test");
+        let cancel = CancellationToken::new();
+        let mut rx = store.watch_certs(cancel.clone()).unwrap();
+        let started = tokio::time::Instant::now();
+        let mut resyncs = 0;
+        while started.elapsed() < Duration::from_secs(600) && resyncs <= 100 {
+            match tokio::time::timeout(Duration::from_secs(600), rx.recv()).await {
+                Ok(Some(CertChange::Resync)) => resyncs += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // 1, 2, 4 .. 32 s, then every 60 s (±25%): about 14 retries in ten minutes.
+        assert!((8..=20).contains(&resyncs), "{resyncs} retries in 10 min");
+        drop(rx);
+        cancel.cancel();
+    }
+}
