@@ -191,8 +191,10 @@ pub fn now_nanos() -> u64 {
     base.elapsed().as_nanos() as u64 + 1_000_000_000
 }
 
-/// Source bindings kept per route at most (about 32 bytes each): past it, the
-/// idle ones are forgotten first, then the least recently used quarter.
+/// Source bindings kept per route at most (about 32 bytes each): a hard cap.
+/// Past it, the idle ones are forgotten first, then the least recently used
+/// quarter; a client that finds no room is not bound (it keeps its rendezvous
+/// pick).
 pub const MAX_BINDINGS: usize = 1 << 17;
 
 /// Client address → backend token id, for `sticky = source`. Lives in the
@@ -200,8 +202,16 @@ pub const MAX_BINDINGS: usize = 1 << 17;
 #[derive(Debug, Default)]
 pub struct Bindings {
     map: DashMap<u128, Binding, ahash::RandomState>,
+    /// Bindings held plus slots reserved by inserts in flight: never above
+    /// [`MAX_BINDINGS`], so neither is the map.
     len: AtomicUsize,
     evicting: std::sync::atomic::AtomicBool,
+    /// The second (on [`now_secs`]'s clock) of the last sweep: at most one per
+    /// second, so a full table of bindings all in use costs one sweep, not one
+    /// per new client.
+    swept: AtomicU32,
+    #[cfg(test)]
+    sweeps: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -237,56 +247,80 @@ impl Bindings {
         Some(b.id)
     }
 
-    /// Binds `client` to a backend token id.
+    /// Binds `client` to a backend token id. A new client on a full table that
+    /// no sweep can make room for is not bound: it keeps its rendezvous pick.
     pub fn bind(&self, client: IpAddr, id: u64, ttl: Duration, now_secs: u32) {
         let key = client_key(client);
-        if let Some(b) = self.map.get(&key) {
-            if b.id == id {
-                b.last.store(now_secs, Ordering::Relaxed);
-                return;
-            }
+        if let Some(mut b) = self.map.get_mut(&key) {
+            b.id = id;
+            b.last.store(now_secs, Ordering::Relaxed);
+            return;
         }
-        if self.len.load(Ordering::Relaxed) >= MAX_BINDINGS {
-            self.evict(ttl, now_secs);
+        if !self.reserve(ttl, now_secs) {
+            return;
         }
         let fresh = Binding {
             id,
             last: AtomicU32::new(now_secs),
         };
-        if self.map.insert(key, fresh).is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
+        if self.map.insert(key, fresh).is_some() {
+            // A concurrent bind of the same client inserted it first.
+            self.len.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
+    /// Takes a slot under the cap, sweeping once if there is none.
+    fn reserve(&self, ttl: Duration, now_secs: u32) -> bool {
+        let take = || {
+            self.len
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < MAX_BINDINGS).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        take() || (self.evict(ttl, now_secs) && take())
+    }
+
     /// Forgets idle bindings; if that frees less than a quarter, also the least
-    /// recently used (by a cut-off sampled from the table), so that the work is
-    /// amortised over many inserts.
-    fn evict(&self, ttl: Duration, now_secs: u32) {
-        // One sweep at a time; the others insert meanwhile (the cap is soft by
-        // the few inserts that race a sweep).
-        if self.evicting.swap(true, Ordering::Acquire) {
-            return;
+    /// recently used (by a cut-off sampled from the table). At most one sweep a
+    /// second and one at a time, so the work is amortised over many inserts;
+    /// `false` when no sweep ran or it freed nothing.
+    fn evict(&self, ttl: Duration, now_secs: u32) -> bool {
+        if self.swept.load(Ordering::Relaxed) == now_secs {
+            return false;
         }
+        // One sweep at a time; an insert that races it finds no room meanwhile.
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        self.swept.store(now_secs, Ordering::Relaxed);
+        #[cfg(test)]
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
         let ttl = ttl.as_secs().min(u32::MAX as u64) as u32;
         let mut cutoff = now_secs.saturating_sub(ttl);
-        if self.len.load(Ordering::Relaxed) >= MAX_BINDINGS {
-            let mut sample: Vec<u32> = self
-                .map
-                .iter()
-                .step_by((MAX_BINDINGS / 256).max(1))
-                .map(|b| b.last.load(Ordering::Relaxed))
-                .collect();
-            sample.sort_unstable();
-            if let Some(q) = sample.get(sample.len() / 4) {
-                // Never this second's bindings: a flood of new clients must
-                // not wipe the table.
-                cutoff = cutoff.max((*q + 1).min(now_secs));
-            }
+        let mut sample: Vec<u32> = self
+            .map
+            .iter()
+            .step_by((MAX_BINDINGS / 256).max(1))
+            .map(|b| b.last.load(Ordering::Relaxed))
+            .collect();
+        sample.sort_unstable();
+        if let Some(q) = sample.get(sample.len() / 4) {
+            // Never this second's bindings: a flood of new clients must
+            // not wipe the table (when they alone fill it, the newest are
+            // the ones not stored).
+            cutoff = cutoff.max((*q + 1).min(now_secs));
         }
-        self.map
-            .retain(|_, b| b.last.load(Ordering::Relaxed) >= cutoff);
-        self.len.store(self.map.len(), Ordering::Relaxed);
+        let mut freed = 0;
+        self.map.retain(|_, b| {
+            let keep = b.last.load(Ordering::Relaxed) >= cutoff;
+            freed += usize::from(!keep);
+            keep
+        });
+        // Not a store of the map's length: inserts in flight hold reservations.
+        self.len.fetch_sub(freed, Ordering::Relaxed);
         self.evicting.store(false, Ordering::Release);
+        freed > 0
     }
 
     pub fn len(&self) -> usize {
@@ -382,5 +416,61 @@ mod tests {
         ));
         assert!(b.get(last, ttl, 2000).is_some());
         assert!(b.approx_bytes() < 16 << 20, "{}", b.approx_bytes());
+        // Each sweep freed about a quarter: a few dozen for 3 × the cap.
+        let sweeps = b.sweeps.load(Ordering::Relaxed);
+        assert!((4..=40).contains(&sweeps), "{sweeps} sweeps");
+    }
+
+    #[test]
+    fn a_flood_in_one_second_never_exceeds_the_cap_nor_sweeps_per_insert() {
+        let b = Bindings::default();
+        let ttl = Duration::from_secs(3 * 3600);
+        let ip = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let now = 500;
+        let n = MAX_BINDINGS as u32 * 2;
+        for i in 0..n {
+            b.bind(ip(i), u64::from(i), ttl, now);
+            assert!(b.len() <= MAX_BINDINGS);
+        }
+        assert_eq!(b.map.len(), MAX_BINDINGS);
+        assert_eq!(b.len(), MAX_BINDINGS);
+        // Every binding is of this second: nothing could be evicted, so the
+        // clients past the cap were not bound (they keep their rendezvous
+        // pick), and the table was swept once, not once per insert.
+        assert_eq!(b.sweeps.load(Ordering::Relaxed), 1);
+        assert_eq!(b.get(ip(0), ttl, now), Some(0));
+        assert_eq!(b.get(ip(n - 1), ttl, now), None);
+        // A client already bound still moves, full table or not.
+        b.bind(ip(1), 99, ttl, now);
+        assert_eq!(b.get(ip(1), ttl, now), Some(99));
+        // The next second, a sweep makes room for a new client.
+        b.bind(ip(n), 7, ttl, now + 1);
+        assert_eq!(b.get(ip(n), ttl, now + 1), Some(7));
+        assert!(b.len() <= MAX_BINDINGS && b.map.len() <= MAX_BINDINGS);
+        assert_eq!(b.sweeps.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn concurrent_binds_stay_under_the_cap() {
+        let b = std::sync::Arc::new(Bindings::default());
+        let ttl = Duration::from_secs(3 * 3600);
+        let per = MAX_BINDINGS as u32 / 2 + 1000;
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..per {
+                        let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + t * per + i));
+                        b.bind(ip, 1, ttl, 700);
+                        assert!(b.len() <= MAX_BINDINGS);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.map.len(), MAX_BINDINGS);
+        assert_eq!(b.len(), MAX_BINDINGS);
     }
 }
