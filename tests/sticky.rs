@@ -386,6 +386,125 @@ fn source_stickiness_is_stable_per_client_and_spreads_clients() {
     assert!(set_cookie(&get(w.ep("web"), "src.test", "/"), "WHARFID").is_none());
 }
 
+/// The client address that rate limits and source stickiness key on comes from
+/// `X-Forwarded-For` only when the peer is in `forwarded_trusted`, and from the
+/// PROXY protocol header (which is also what `forwarded_trusted` is tested
+/// against).
+#[test]
+fn limits_and_bindings_key_on_the_forwarded_or_proxied_client_address() {
+    let bs = backends(4);
+    // `web` trusts loopback's X-Forwarded-For; `direct` trusts nobody; `pp`
+    // takes PROXY headers from loopback and trusts X-Forwarded-For from the
+    // balancers of 10.0.0.0/8 that the PROXY header names.
+    let cfg = base_config().replace(
+        "[admin]",
+        "forwarded_trusted = [\"127.0.0.0/8\"]\n\n[entrypoints.direct]\naddress = \
+         \"127.0.0.1:0\"\n\n[entrypoints.pp]\naddress = \"127.0.0.1:0\"\n\
+         proxy_protocol = { trusted = [\"127.0.0.1\"] }\nforwarded_trusted = [\"10.0.0.0/8\"]\n\n\
+         [admin]",
+    ) + &named(
+        "rl",
+        "rl.test",
+        &addrs(&bs[..1]),
+        "ratelimit = { rate = \"1/m\", burst = 1 }",
+    ) + &named(
+        "src",
+        "src.test",
+        &addrs(&bs),
+        "sticky = { type = \"source\", ttl = \"3h\" }",
+    );
+    let w = Wharf::start(&cfg);
+    let xff = |ep: &str, host: &str, client: &str| {
+        get_with(
+            w.ep(ep),
+            host,
+            "/",
+            &format!("X-Forwarded-For: {client}\r\n"),
+        )
+    };
+    let proxied = |host: &str, src: &str, headers: &str| {
+        raw(
+            w.ep("pp"),
+            format!(
+                "PROXY TCP4 {src} 127.0.0.1 40000 80\r\nGET / HTTP/1.1\r\nHost: {host}\r\n\
+                 {headers}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+
+    // A trusted peer: each forwarded client has its own budget of one, though
+    // every request comes from 127.0.0.1.
+    assert_eq!(xff("web", "rl.test", "198.51.100.1").status, 200);
+    let refused = xff("web", "rl.test", "198.51.100.1");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    assert_eq!(xff("web", "rl.test", "198.51.100.2").status, 200);
+    // Only the last entry counts: the one the trusted peer wrote.
+    assert_eq!(
+        xff("web", "rl.test", "203.0.113.50, 198.51.100.3").status,
+        200
+    );
+    assert_eq!(xff("web", "rl.test", "198.51.100.3").status, 429);
+    assert_eq!(
+        xff("web", "rl.test", "198.51.100.3, 203.0.113.50").status,
+        200
+    );
+
+    // An untrusted peer's X-Forwarded-For is ignored: 127.0.0.1 itself is the
+    // client, whatever the header says.
+    assert_eq!(xff("direct", "rl.test", "198.51.100.9").status, 200);
+    assert_eq!(xff("direct", "rl.test", "198.51.100.10").status, 429);
+
+    // PROXY protocol: the address in the header is the client.
+    assert_eq!(proxied("rl.test", "192.0.2.77", "").status, 200);
+    assert_eq!(proxied("rl.test", "192.0.2.77", "").status, 429);
+    // Its X-Forwarded-For is not trusted: 192.0.2.77 is no balancer of 10/8.
+    assert_eq!(
+        proxied(
+            "rl.test",
+            "192.0.2.77",
+            "X-Forwarded-For: 198.51.100.20\r\n"
+        )
+        .status,
+        429
+    );
+    // A balancer of 10/8 named by the PROXY header is trusted: the forwarded
+    // client counts.
+    let lb = "X-Forwarded-For: 198.51.100.20\r\n";
+    assert_eq!(proxied("rl.test", "10.1.2.3", lb).status, 200);
+    assert_eq!(proxied("rl.test", "10.9.9.9", lb).status, 429);
+    assert_eq!(w.metric("wharf_ratelimited_total{route=\"rl\"}"), Some(6.0));
+
+    // Source stickiness binds the same addresses: twenty forwarded clients of
+    // one trusted peer are twenty bindings, spread, and each stays put.
+    let mut by_client = BTreeMap::new();
+    for i in 1..=20 {
+        let c = format!("198.51.100.{i}");
+        by_client.insert(c.clone(), xff("web", "src.test", &c).text());
+    }
+    let spread: BTreeSet<_> = by_client.values().collect();
+    assert!(spread.len() >= 2, "forwarded clients reached {spread:?}");
+    for (c, b) in &by_client {
+        for _ in 0..3 {
+            assert_eq!(&xff("web", "src.test", c).text(), b);
+        }
+    }
+    // Through PROXY: two more clients, and the untrusted peer is one more.
+    let pp1 = proxied("src.test", "192.0.2.77", "").text();
+    assert_eq!(proxied("src.test", "192.0.2.77", "").text(), pp1);
+    proxied("src.test", "10.1.2.3", "X-Forwarded-For: 203.0.113.7\r\n");
+    xff("direct", "src.test", "198.51.100.1");
+    let r = w.api_routes();
+    let route = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "src")
+        .unwrap();
+    assert_eq!(route["affinity"]["bindings"], 23, "{route:#}");
+}
+
 #[test]
 fn a_burst_over_the_rate_gets_429_with_retry_after_and_refills() {
     let bs = backends(1);
