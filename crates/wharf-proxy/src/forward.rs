@@ -1,5 +1,6 @@
 //! One request: route it, pick a backend, rewrite headers, forward, stream back.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,6 +123,33 @@ impl Forwarder {
     pub fn with_access_log(mut self, log: Option<AccessSender>) -> Self {
         self.access = log;
         self
+    }
+
+    /// Closes pooled connections to backends that take no new request any more
+    /// (draining, or gone from the published table); call it after each swap.
+    /// `previous` is the set this returned last time, so that a backend that
+    /// left the table is retired too; the set of serving backends is returned.
+    pub fn retire_backends(
+        &self,
+        previous: &HashSet<SocketAddr, ahash::RandomState>,
+    ) -> HashSet<SocketAddr, ahash::RandomState> {
+        let table = self.table.load();
+        let mut serving: HashSet<SocketAddr, ahash::RandomState> = HashSet::default();
+        let mut leaving: HashSet<SocketAddr, ahash::RandomState> = HashSet::default();
+        for route in table.routes() {
+            for b in route.backends.all() {
+                if b.draining {
+                    leaving.insert(b.addr);
+                } else {
+                    serving.insert(b.addr);
+                }
+            }
+        }
+        // An address that drains in one route and serves in another is kept.
+        leaving.retain(|a| !serving.contains(a));
+        leaving.extend(previous.iter().filter(|a| !serving.contains(*a)).copied());
+        self.pool.retire(leaving);
+        serving
     }
 
     /// TLS handshakes that failed or timed out, since start.

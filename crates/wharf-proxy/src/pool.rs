@@ -87,6 +87,13 @@ pub struct H1Pool {
     /// Releases since the last sweep of entries nothing asks for any more (a
     /// backend gone, a route's TLS policy changed).
     releases: std::sync::atomic::AtomicU32,
+    /// Backends leaving (draining, or gone from the table): a connection to
+    /// one is closed when released instead of pooled, so an application that
+    /// waits for its keep-alive connections to close before it exits is not
+    /// kept waiting by Wharf. `retiring` says whether the set is non-empty, so
+    /// a release reads one atomic in the common case.
+    retired: Mutex<std::collections::HashSet<SocketAddr, ahash::RandomState>>,
+    retiring: std::sync::atomic::AtomicBool,
 }
 
 /// Every this many releases, closed and expired idle entries are swept.
@@ -145,7 +152,46 @@ impl H1Pool {
             idle_timeout,
             max_idle,
             releases: std::sync::atomic::AtomicU32::new(0),
+            retired: Mutex::new(Default::default()),
+            retiring: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Backends no new request goes to (draining, or no longer in any route):
+    /// their idle connections, HTTP/1.1 and shared HTTP/2, close now, and
+    /// connections still busy with a request close when it ends. The set
+    /// replaces the previous one (a backend that serves again is pooled again).
+    pub fn retire(&self, leaving: std::collections::HashSet<SocketAddr, ahash::RandomState>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if leaving.is_empty() && !self.retiring.load(Relaxed) {
+            return;
+        }
+        // Dropped outside the lock: closing a connection is not free.
+        let mut closed = Vec::new();
+        lock(&self.idle).retain(|(addr, _), list| {
+            let keep = !leaving.contains(addr);
+            if !keep {
+                closed.append(list);
+            }
+            keep
+        });
+        let mut shared = Vec::new();
+        lock(&self.h2).retain(|(addr, _), tx| {
+            let keep = !leaving.contains(addr);
+            if !keep {
+                shared.push(tx.clone());
+            }
+            keep
+        });
+        self.retiring.store(!leaving.is_empty(), Relaxed);
+        *lock(&self.retired) = leaving;
+        drop(closed);
+        drop(shared);
+    }
+
+    fn is_retired(&self, addr: SocketAddr) -> bool {
+        self.retiring.load(std::sync::atomic::Ordering::Relaxed)
+            && lock(&self.retired).contains(&addr)
     }
 
     fn pop(&self, key: Key) -> Option<Idle> {
@@ -367,6 +413,9 @@ impl H1Pool {
     }
 
     fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
+        if self.is_retired(key.0) {
+            return;
+        }
         if self
             .releases
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -541,5 +590,49 @@ mod tests {
         }
         assert_eq!(pool.idle_count(addr), 1);
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// One exchange on a checked-out connection, released at its end.
+    async fn exchange(p: &mut Pooled) {
+        let req = hyper::Request::get("/")
+            .header("host", "x")
+            .body(Either::Right(Empty::new()))
+            .unwrap();
+        let resp = p.try_send_request(req).await.unwrap();
+        assert!(http_body::Body::is_end_stream(resp.body()));
+    }
+
+    async fn settle(pool: &H1Pool, addr: SocketAddr, want: usize) {
+        let started = tokio::time::Instant::now();
+        while pool.idle_count(addr) != want && started.elapsed() < Duration::from_secs(2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.idle_count(addr), want);
+    }
+
+    #[tokio::test]
+    async fn a_retired_backend_keeps_no_idle_connection() {
+        let (addr, conns) = backend().await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(4), 8);
+        let mut idle = pool.checkout(addr, None).await.unwrap();
+        let mut busy = pool.checkout(addr, None).await.unwrap();
+        exchange(&mut idle).await;
+        idle.release();
+        settle(&pool, addr, 1).await;
+        // The backend drains while one request is still on its way.
+        exchange(&mut busy).await;
+        pool.retire([addr].into_iter().collect());
+        assert_eq!(pool.idle_count(addr), 0);
+        busy.release();
+        tokio::task::yield_now().await;
+        assert_eq!(pool.idle_count(addr), 0);
+        // Serving again (the set replaced): pooled as before.
+        pool.retire(Default::default());
+        let mut p = pool.checkout(addr, None).await.unwrap();
+        assert!(!p.reused);
+        exchange(&mut p).await;
+        p.release();
+        settle(&pool, addr, 1).await;
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

@@ -274,6 +274,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .context("request metrics")?,
         ))
         .context("registering request metrics")?;
+    // Pooled connections to backends that drain or leave close at each swap, so
+    // an application shutting down is not kept waiting by idle keep-alives.
+    {
+        let fwd = fwd.clone();
+        let mut swaps = rec.swaps();
+        let cancel = cancel.child_token();
+        tokio::spawn(async move {
+            let mut serving = Default::default();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = swaps.changed() => if changed.is_err() { return },
+                }
+                serving = fwd.retire_backends(&serving);
+            }
+        });
+    }
     let mut listeners = Vec::new();
     for entry in bound {
         let local = entry.local_addr()?;
