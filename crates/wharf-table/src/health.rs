@@ -104,25 +104,29 @@ impl BackendState {
         let mut h = self.health_info();
         let reason = last.error.clone();
         h.last_check = Some(last);
-        if self.pending.swap(false, Ordering::Relaxed) {
-            // A held new backend: its first check decides. Failing, it is down
-            // like any other and needs `rise` passes to come in.
-            return if ok {
+        if self.pending.load(Ordering::Relaxed) {
+            // A held new backend comes in on its first passing check (an
+            // application still warming up fails a few first); until then it is
+            // down, and the first failure is logged.
+            if ok {
+                self.pending.store(false, Ordering::Relaxed);
                 h.failures = 0;
                 h.successes = 1;
                 h.reason = None;
                 drop(h);
                 self.up.store(true, Ordering::Relaxed);
-                Some(Transition::Up {
-                    reason: "its first check passed".into(),
-                })
-            } else {
-                h.successes = 0;
-                h.failures = 1;
-                let reason = format!("its first check failed: {}", reason.unwrap_or_default());
-                h.reason = Some(reason.clone());
-                Some(Transition::Down { reason })
-            };
+                return Some(Transition::Up {
+                    reason: "its first passing check".into(),
+                });
+            }
+            h.successes = 0;
+            h.failures = h.failures.saturating_add(1);
+            let reason = format!(
+                "waiting for its first passing check, last: {}",
+                reason.unwrap_or_default()
+            );
+            h.reason = Some(reason.clone());
+            return (h.failures == 1).then_some(Transition::Down { reason });
         }
         let up = self.is_up();
         if ok {

@@ -372,19 +372,21 @@ mod tests {
             Some(crate::Transition::Up { .. })
         ));
         assert_eq!(usable(&t2), [1, 2, 3]);
-        // A failing first check keeps it out until `rise` checks pass.
+        // Failing first checks (an application warming up) keep it out, the
+        // first one logged; its first passing check lets it in.
         let (t3, _) = Table::compile(vec![checked(&[1, 2, 3, 4])], &reg);
         let four = t3.routes()[0].backends.all()[3].state.clone();
         let mut fail = pass();
-        fail.error = Some("connect: refused".into());
+        fail.error = Some("status 503".into());
         assert!(matches!(
-            four.record_check(&hc, fail),
+            four.record_check(&hc, fail.clone()),
             Some(crate::Transition::Down { .. })
         ));
-        assert!(!four.is_pending());
-        assert_eq!(four.record_check(&hc, pass()), None);
+        assert_eq!(four.record_check(&hc, fail), None);
+        assert!(four.is_pending());
         assert_eq!(usable(&t3), [1, 2, 3]);
         assert!(four.record_check(&hc, pass()).is_some());
+        assert!(!four.is_pending());
         assert_eq!(usable(&t3), [1, 2, 3, 4]);
     }
 
