@@ -505,6 +505,109 @@ fn limits_and_bindings_key_on_the_forwarded_or_proxied_client_address() {
     assert_eq!(route["affinity"]["bindings"], 23, "{route:#}");
 }
 
+/// One GET over a new TLS connection (any certificate accepted) offering
+/// `alpn`, with a `Cookie` field when `cookie` is not empty: the HTTP version
+/// spoken and the response's `Set-Cookie` fields.
+fn tls_get_cookies(
+    addr: SocketAddr,
+    host: &str,
+    alpn: &[u8],
+    cookie: &str,
+) -> (hyper::Version, Vec<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let p = wharf_tls::provider();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(p.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(common::tls::AnyCert(p)))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(
+                rustls::pki_types::ServerName::try_from(host.to_string()).unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let io = hyper_util::rt::TokioIo::new(s);
+        let mut req = hyper::Request::get(format!("https://{host}/"));
+        if !cookie.is_empty() {
+            req = req.header("cookie", cookie);
+        }
+        let resp = if alpn == b"h2" {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = req
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.send_request(req).await.unwrap()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let req = req
+                .uri("/")
+                .header("host", host)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.send_request(req).await.unwrap()
+        };
+        assert_eq!(resp.status(), 200);
+        let set = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        (resp.version(), set)
+    })
+}
+
+#[test]
+fn the_insert_cookie_is_secure_over_tls_only() {
+    let bs = backends(3);
+    let cfg = base_config().replace(
+        "[admin]",
+        "[entrypoints.websecure]\naddress = \"127.0.0.1:0\"\ntls = true\n\n[admin]",
+    ) + SECRET
+        + &named("app", "app.test", &addrs(&bs), "sticky = \"cookie\"");
+    let w = Wharf::start(&cfg);
+    let tls = w.ep("websecure");
+    for (alpn, version) in [
+        (&b"http/1.1"[..], hyper::Version::HTTP_11),
+        (&b"h2"[..], hyper::Version::HTTP_2),
+    ] {
+        let (v, set) = tls_get_cookies(tls, "app.test", alpn, "");
+        assert_eq!(v, version);
+        let [sc] = &set[..] else {
+            panic!("one Set-Cookie: {set:?}")
+        };
+        assert!(sc.starts_with("WHARFID="), "{sc}");
+        assert!(
+            sc.ends_with("; Path=/; HttpOnly; SameSite=Lax; Secure"),
+            "{version:?}: {sc}"
+        );
+        // Pinned: no new cookie over TLS either.
+        let (_, again) = tls_get_cookies(tls, "app.test", alpn, pair(sc));
+        assert!(again.is_empty(), "{again:?}");
+    }
+    // The same route over plain HTTP: the same cookie, without Secure.
+    let plain = get(w.ep("web"), "app.test", "/");
+    let sc = set_cookie(&plain, "WHARFID").unwrap();
+    assert!(
+        sc.ends_with("; SameSite=Lax") && !sc.contains("Secure"),
+        "{sc}"
+    );
+}
+
 #[test]
 fn a_burst_over_the_rate_gets_429_with_retry_after_and_refills() {
     let bs = backends(1);
