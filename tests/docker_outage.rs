@@ -193,6 +193,18 @@ fn swaps(w: &Wharf) -> Vec<String> {
         .collect()
 }
 
+/// The provider's and the reconciler's log lines, for failure messages.
+fn docker_logs(w: &Wharf) -> Vec<String> {
+    w.logs()
+        .iter()
+        .filter(|l| {
+            let m = l["message"].as_str().unwrap_or_default();
+            m.contains("ocker") || m.starts_with("routing table")
+        })
+        .map(|l| l.to_string())
+        .collect()
+}
+
 fn unreachable_error(w: &Wharf) -> Option<String> {
     w.api("/api/errors")
         .as_array()
@@ -338,9 +350,25 @@ fn docker_outage_keeps_routes_and_resyncs_within_two_seconds() {
         wait_until("/api/errors clear", Duration::from_secs(2), || {
             unreachable_error(&w).is_none()
         });
-        assert_eq!(w.metric(ERRORS), Some(0.0), "round {round}");
+        assert_eq!(
+            w.metric(ERRORS),
+            Some(0.0),
+            "round {round}: {:?}; {:#?}",
+            w.api("/api/errors"),
+            docker_logs(&w)
+        );
         w.wait_log_after("docker: connected and listed", logs)
             .unwrap();
+        let listed = w
+            .logs()
+            .into_iter()
+            .rev()
+            .find(|l| l["message"] == "docker: connected and listed")
+            .unwrap();
+        eprintln!(
+            "round {round}: listing took {} ms, outage logged as {} ms",
+            listed["elapsed_ms"], listed["down_ms"]
+        );
         if round == 1 {
             // One swap, adding b and touching nothing else.
             let new = swaps(&w);
