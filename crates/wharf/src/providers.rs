@@ -218,6 +218,42 @@ impl Reconciler {
         self.swaps.subscribe()
     }
 
+    /// Waits, at most `within`, for the Docker provider's first listing (or for
+    /// it to find the Engine unreachable), so that a Wharf that starts (a
+    /// restart, its own rolling update) does not answer 404 for every labelled
+    /// service until Docker has been asked. Connections meanwhile wait in the
+    /// listeners' backlog. Returns how long it waited.
+    pub async fn first_docker_listing(&mut self, within: Duration) -> Duration {
+        let started = Instant::now();
+        let Some(d) = self.docker.as_mut() else {
+            return started.elapsed();
+        };
+        let (mut snaps, mut state) = (d.snapshots.clone(), d.state.clone());
+        let listed = async {
+            loop {
+                if snaps.borrow_and_update().is_some()
+                    || matches!(
+                        *state.borrow_and_update(),
+                        ProviderState::Unreachable { .. }
+                    )
+                {
+                    return;
+                }
+                tokio::select! {
+                    r = snaps.changed() => if r.is_err() { return },
+                    r = state.changed() => if r.is_err() { return },
+                }
+            }
+        };
+        if tokio::time::timeout(within, listed).await.is_err() {
+            warn!(
+                waited = ?within,
+                "docker: no listing yet; serving without Docker's routes until it comes"
+            );
+        }
+        started.elapsed()
+    }
+
     /// Waits until some provider has news. Never returns when none is running.
     pub async fn changed(&mut self) {
         let docker = async {

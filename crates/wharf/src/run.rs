@@ -8,10 +8,14 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use wharf_admin::AdminState;
 use wharf_config::Config;
 use wharf_control::ControlMetrics;
+
+/// How long a starting Wharf waits for Docker's first listing before it serves
+/// (a healthy Engine lists 10,000 services in well under a second).
+const FIRST_LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 use crate::providers::{self, Reconciler};
 use wharf_proxy::{AccessFormat, AccessLog};
@@ -207,6 +211,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // by then (connections queue until the listeners serve). Host owners are
     // restored first, so a squatter cannot win the first apply after a restart.
     rec.persist_owners(&cancel).await;
+    // Docker's routes in the first table: a Wharf that starts while others serve
+    // (its own update) must not answer 404 for them meanwhile.
+    let waited = rec.first_docker_listing(FIRST_LISTING_WAIT).await;
+    debug!(
+        waited_ms = waited.as_millis() as u64,
+        "first table: providers listed"
+    );
     rec.apply();
     // Active health checks, from the first published table on; the reconciler
     // signals every later swap.
