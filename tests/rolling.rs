@@ -59,6 +59,16 @@ fn app_main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(Duration::ZERO, Duration::from_millis);
+    // A crashing application: exits with an error this long after it starts.
+    if let Some(ms) = std::env::var("ROLLING_CRASH_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::exit(1);
+        });
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -717,5 +727,219 @@ fn health_gated_starts_lose_no_request() {
     assert_none_failed(&rig, "broken label update", &tally);
     let errors = try_get(rig.admin, "admin", "/api/errors").unwrap().text();
     assert!(errors.contains("last good"), "{errors}");
+    docker(&["service", "rm", &svc]);
+}
+
+/// The lines of Wharf's log (JSON) whose message starts with `prefix`.
+fn count_logs(rig: &Rig, prefix: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["service", "logs", "--raw", &rig.wharf])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+        .count()
+}
+
+/// A service whose tasks crash a moment after they start (swarm restarts them
+/// every half second) costs at most one table swap per task start or stop, is
+/// not routed to once its task has failed, and leaves another service's route
+/// alone.
+#[test]
+fn flapping_tasks_swap_once_per_change() {
+    let rig = Rig::start();
+    let (good, good_host) = rig.app("steady", "stop-first", &["ROLLING_APP=drain"], &[]);
+    let host = format!("{}.test", rig.e.name("flap"));
+    let flap = rig.e.service(
+        "flap",
+        &[
+            "--network",
+            &rig.net,
+            "--env",
+            "ROLLING_APP=drain",
+            "--env",
+            "ROLLING_CRASH_MS=700",
+            "--restart-delay",
+            "500ms",
+            "--restart-max-attempts",
+            "0",
+            "--label",
+            "wharf.enable=true",
+            "--label",
+            &format!("wharf.host={host}"),
+            "--label",
+            "wharf.port=80",
+            &rig.app_image,
+        ],
+    );
+    let load = Load::start(rig.web, &good_host);
+    let t0 = Instant::now();
+    let (mut statuses, mut routed_after_exit) = (std::collections::BTreeMap::new(), 0);
+    while t0.elapsed() < Duration::from_secs(8) {
+        let r = try_get(rig.web, &host, "/");
+        let key = r
+            .as_ref()
+            .map_or_else(|e| e.clone(), |r| r.status.to_string());
+        *statuses.entry(key).or_insert(0u32) += 1;
+        // A 502 means Wharf sent a request to a task whose process was gone.
+        if r.is_ok_and(|r| r.status == 502) {
+            routed_after_exit += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tally = load.finish();
+    let swaps = count_logs(&rig, &format!("routing table swapped; changed: {flap}@"))
+        + count_logs(&rig, &format!("routing table swapped; added: {flap}@"))
+        + count_logs(&rig, &format!("routing table swapped; removed: {flap}@"));
+
+    // Task containers started, from the Engine's events (`service ps` keeps only
+    // the last few tasks).
+    let since = format!("{}s", t0.elapsed().as_secs() + 30);
+    let starts = docker(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        "0s",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=start",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={flap}"),
+        "--format",
+        "{{.ID}}",
+    ])
+    .lines()
+    .count();
+    eprintln!(
+        "ROLLING flapping: {starts} task starts in 8 s, {swaps} table swaps, answers {statuses:?}, {routed_after_exit} 502"
+    );
+    if std::env::var("ROLLING_DEBUG").is_ok() {
+        eprintln!("{}", rig.logs());
+    }
+    assert!(starts >= 3, "the tasks did not flap: {starts} starts");
+    // Each task: one swap when it runs, one when it fails.
+    assert!(
+        swaps <= 2 * starts,
+        "{swaps} swaps for {starts} task starts\n{}",
+        rig.logs()
+    );
+    assert_none_failed(&rig, "a service beside a flapping one", &tally);
+    docker(&["service", "rm", &flap]);
+    docker(&["service", "rm", &good]);
+}
+
+/// Wharf's own update on one node, as deploy/ runs it (host-mode ports, so the
+/// new task can bind only once the old one is gone): `docker service update
+/// --force` of Wharf under load. Requests Wharf accepted finish (it drains on
+/// SIGTERM); what is lost is connections refused while no Wharf task has the
+/// port, for the time measured here (docs/operations.md).
+#[test]
+fn wharf_own_update_on_one_node_refuses_only_new_connections() {
+    let rig = Rig::start();
+    let (svc, host) = rig.app("own", "stop-first", &["ROLLING_APP=drain"], &[]);
+    let refused = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    // Clients that, as browsers and curl do, send a request again on a new
+    // connection when a reused keep-alive connection closes before any
+    // response byte (the server closed it as the request went out); a refused
+    // connection is recorded, not retried.
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, tally, refused, host) =
+                (stop.clone(), tally.clone(), refused.clone(), host.clone());
+            let web = rig.web;
+            std::thread::spawn(move || {
+                let path = if i == 3 { "/slow" } else { "/" };
+                let kind = if i == 3 { Kind::SlowGet } else { Kind::Get };
+                let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+                let mut conn: Option<TcpStream> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let reused = conn.is_some();
+                    let mut s = match conn.take() {
+                        Some(s) => s,
+                        None => match TcpStream::connect_timeout(&web, Duration::from_secs(2)) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                refused.lock().unwrap().push(Instant::now());
+                                std::thread::sleep(Duration::from_millis(5));
+                                continue;
+                            }
+                        },
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                    let sent = s.write_all(req.as_bytes());
+                    match sent
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| common::try_read_response(&mut s))
+                    {
+                        Ok(r) if r.status == 200 => {
+                            tally.ok(kind);
+                            if r.header("connection")
+                                .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
+                            {
+                                conn = Some(s);
+                            }
+                        }
+                        Ok(r) => tally.fail(kind, format!("{} {}", r.status, r.text().trim())),
+                        Err(_) if reused => {}
+                        // A new connection reset before any response byte: no
+                        // Wharf listens (Docker's userland proxy accepted it
+                        // for the host-mode port and found no task to pass it
+                        // to). The outage, not a request Wharf took.
+                        Err(_) => {
+                            refused.lock().unwrap().push(Instant::now());
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    docker(&[
+        "service",
+        "update",
+        "--quiet",
+        "--force",
+        "--no-resolve-image",
+        &rig.wharf,
+    ]);
+    // Back: the new task answers.
+    poll_until(rig.admin, "admin", "/ping", Duration::from_secs(60), |r| {
+        r.status == 200
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", rig.logs()));
+    poll_until(rig.web, &host, "/", Duration::from_secs(30), |r| {
+        r.status == 200
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", rig.logs()));
+    let back = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let refused = refused.lock().unwrap().clone();
+    let window = match (refused.first(), refused.last()) {
+        (Some(a), Some(b)) => *b - *a,
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "ROLLING wharf's own update, one node: {} requests, {} failed, {} connections refused or reset unanswered over {:.2} s, docker service update (which waits for the update to converge) returned and the route answered {:.2} s after it began",
+        tally.sent.load(Ordering::Relaxed),
+        tally.failed().len(),
+        refused.len(),
+        window.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    assert_none_failed(&rig, "requests accepted by the old Wharf", &tally);
+    assert!(window < Duration::from_secs(30), "refused for {window:?}");
     docker(&["service", "rm", &svc]);
 }
