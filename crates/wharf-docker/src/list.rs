@@ -126,7 +126,8 @@ fn mark_unreachable(state_tx: &watch::Sender<ProviderState>, error: &str) -> (bo
 ///   [`HEALTHY_SESSION`] starts the backoff again from its minimum; one that
 ///   lasted longer than the backoff waits for nothing.
 ///
-/// Full jitter keeps several replicas from reconnecting in lockstep.
+/// Each wait is jittered (half to all of it), so that several replicas do not
+/// reconnect in lockstep.
 #[derive(Debug)]
 struct Retry {
     backoff: Duration,
