@@ -775,6 +775,17 @@ fn flapping_tasks_swap_once_per_change() {
             &rig.app_image,
         ],
     );
+    // Listed (its route exists, with or without a running task) before the
+    // window starts.
+    let listed = Instant::now();
+    while try_get(rig.web, &host, "/").map_or(true, |r| r.status == 404) {
+        assert!(
+            listed.elapsed() < Duration::from_secs(30),
+            "{flap} never routed\n{}",
+            rig.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let load = Load::start(rig.web, &good_host);
     let t0 = Instant::now();
     let (mut statuses, mut routed_after_exit) = (std::collections::BTreeMap::new(), 0);
@@ -822,6 +833,11 @@ fn flapping_tasks_swap_once_per_change() {
         eprintln!("{}", rig.logs());
     }
     assert!(starts >= 3, "the tasks did not flap: {starts} starts");
+    // The route stays while its tasks come and go: 503 between tasks, never 404.
+    assert!(
+        !statuses.contains_key("404"),
+        "the flapping service's route was withdrawn: {statuses:?}"
+    );
     // Each task: one swap when it runs, one when it fails.
     assert!(
         swaps <= 2 * starts,
