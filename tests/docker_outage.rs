@@ -238,6 +238,7 @@ fn table(w: &Wharf) -> Vec<String> {
 }
 
 const ERRORS: &str = "wharf_config_errors{provider=\"docker\"}";
+const DEGRADED: &str = "wharf_provider_degraded{provider=\"docker\"}";
 const FAILURES: &str = "wharf_config_reloads_total{provider=\"docker\",result=\"failure\"}";
 const RELOADS: &str = "wharf_config_reloads_total{provider=\"docker\",result=\"success\"}";
 
@@ -289,6 +290,7 @@ fn docker_outage_keeps_routes_and_resyncs_within_two_seconds() {
     let mut swapped = swaps(&w).len();
     let reloads = w.metric(RELOADS).unwrap();
     assert_eq!(w.metric(ERRORS), Some(0.0));
+    assert_eq!(w.metric(DEGRADED), Some(0.0));
     assert_eq!(w.metric(FAILURES), Some(0.0));
 
     // 1. The API goes away, the event stream with it.
@@ -304,6 +306,7 @@ fn docker_outage_keeps_routes_and_resyncs_within_two_seconds() {
         assert!(msg.contains(" since 20"), "{msg}");
         assert!(msg.contains("serving the last known routes"), "{msg}");
         assert_eq!(w.metric(ERRORS), Some(1.0), "round {round}");
+        assert_eq!(w.metric(DEGRADED), Some(1.0), "round {round}");
         assert_eq!(w.metric(FAILURES), Some(f64::from(round)), "round {round}");
         w.wait_log_after("docker: unreachable", logs).unwrap();
 
@@ -357,6 +360,7 @@ fn docker_outage_keeps_routes_and_resyncs_within_two_seconds() {
             w.api("/api/errors"),
             docker_logs(&w)
         );
+        assert_eq!(w.metric(DEGRADED), Some(0.0), "round {round}");
         w.wait_log_after("docker: connected and listed", logs)
             .unwrap();
         let listed = w

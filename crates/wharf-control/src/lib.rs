@@ -158,6 +158,9 @@ pub struct ControlMetrics {
     pub routes: prometheus::IntGauge,
     /// Host names from labels past `[acme] max_names` (no certificate ordered).
     pub acme_names_capped: prometheus::IntGauge,
+    /// 1 while a provider cannot reach its source (Docker's API) and the last
+    /// good routes are served.
+    pub degraded: prometheus::IntGaugeVec,
 }
 
 impl ControlMetrics {
@@ -181,7 +184,15 @@ impl ControlMetrics {
             "wharf_acme_names_capped",
             "Host names from labels past [acme] max_names, for which no certificate is ordered.",
         )?;
+        let degraded = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "wharf_provider_degraded",
+                "1 while a provider cannot reach its source and the last known routes are served.",
+            ),
+            &["provider"],
+        )?;
         registry.register(Box::new(acme_names_capped.clone()))?;
+        registry.register(Box::new(degraded.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(routes.clone()))?;
@@ -190,6 +201,7 @@ impl ControlMetrics {
             errors,
             routes,
             acme_names_capped,
+            degraded,
         })
     }
 }

@@ -375,6 +375,10 @@ impl Reconciler {
                     .inc();
             }
             self.docker_down = unreachable;
+            self.metrics
+                .degraded
+                .with_label_values(&["docker"])
+                .set(i64::from(unreachable));
             if let ProviderState::Unreachable { error, since } = &*state {
                 problems.push(Problem {
                     source: "docker",
