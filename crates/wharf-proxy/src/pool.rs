@@ -90,10 +90,9 @@ pub struct H1Pool {
     /// Backends leaving (draining, or gone from the table): a connection to
     /// one is closed when released instead of pooled, so an application that
     /// waits for its keep-alive connections to close before it exits is not
-    /// kept waiting by Wharf. `retiring` says whether the set is non-empty, so
-    /// a release reads one atomic in the common case.
-    retired: Mutex<std::collections::HashSet<SocketAddr, ahash::RandomState>>,
-    retiring: std::sync::atomic::AtomicBool,
+    /// kept waiting by Wharf. Read without a lock on every release; empty
+    /// (one pointer load and a length check) in the common case.
+    retired: arc_swap::ArcSwap<std::collections::HashSet<SocketAddr, ahash::RandomState>>,
 }
 
 /// Every this many releases, closed and expired idle entries are swept.
@@ -152,8 +151,7 @@ impl H1Pool {
             idle_timeout,
             max_idle,
             releases: std::sync::atomic::AtomicU32::new(0),
-            retired: Mutex::new(Default::default()),
-            retiring: std::sync::atomic::AtomicBool::new(false),
+            retired: Default::default(),
         })
     }
 
@@ -162,8 +160,7 @@ impl H1Pool {
     /// connections still busy with a request close when it ends. The set
     /// replaces the previous one (a backend that serves again is pooled again).
     pub fn retire(&self, leaving: std::collections::HashSet<SocketAddr, ahash::RandomState>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if leaving.is_empty() && !self.retiring.load(Relaxed) {
+        if leaving.is_empty() && self.retired.load().is_empty() {
             return;
         }
         // Dropped outside the lock: closing a connection is not free.
@@ -183,15 +180,14 @@ impl H1Pool {
             }
             keep
         });
-        self.retiring.store(!leaving.is_empty(), Relaxed);
-        *lock(&self.retired) = leaving;
+        self.retired.store(Arc::new(leaving));
         drop(closed);
         drop(shared);
     }
 
     fn is_retired(&self, addr: SocketAddr) -> bool {
-        self.retiring.load(std::sync::atomic::Ordering::Relaxed)
-            && lock(&self.retired).contains(&addr)
+        let retired = self.retired.load();
+        !retired.is_empty() && retired.contains(&addr)
     }
 
     fn pop(&self, key: Key) -> Option<Idle> {
