@@ -388,9 +388,10 @@ impl CertStore {
         let wanted: Vec<String> = {
             let snap = self.snapshot();
             let mut v: Vec<String> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for n in names {
                 let n = normalize(n);
-                if n.is_empty() || n == "*" || snap.find(&n).is_some() || v.contains(&n) {
+                if n.is_empty() || n == "*" || snap.find(&n).is_some() || !seen.insert(n.clone()) {
                     continue;
                 }
                 // A wildcard route is covered only by a wildcard certificate.

@@ -499,9 +499,12 @@ impl Reconciler {
         }
         self.acme_cap_problem = capped_problem;
         let flat: Vec<String> = wanted.iter().flatten().cloned().collect();
-        // Placeholders of hosts no route wants any more go.
+        // Placeholders of hosts no route wants any more go (a set: at 10,000 names
+        // a list would cost 10^8 comparisons per change).
+        let wanted_set: HashSet<&str> = flat.iter().map(String::as_str).collect();
         self.certs.remove_where(|c| {
-            c.source == CertSource::SelfSigned && !c.names.iter().any(|n| flat.contains(n))
+            c.source == CertSource::SelfSigned
+                && !c.names.iter().any(|n| wanted_set.contains(n.as_str()))
         });
         if let Err(e) = self.certs.ensure_self_signed(&flat) {
             warn!("self-signed certificates: {e}");
