@@ -10,6 +10,7 @@
 #   for the binary) run a real Pebble CA, its DNS test server and BIND;
 # - prometheus (prometheus, promtool): tests/prometheus.rs lints /metrics and scrapes Wharf;
 # - nginx: the HTTPS backends of tests/backend_tls.rs;
+# - haproxy: the L4 balancer in front of two Wharf replicas in tests/own_update.rs;
 # - ca-certificates: the CA bundle deploy/build-image.sh puts in the image (tests/deploy.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v named >/dev/null || need+=(bind9)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
