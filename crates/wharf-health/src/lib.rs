@@ -33,6 +33,9 @@ pub use probe::{Probe, MAX_HEAD};
 /// The published table, as the control plane shares it.
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
+/// The first re-check of a new backend held for its first passing check.
+const HELD_RECHECK: Duration = Duration::from_millis(250);
+
 /// Checks in flight at once, across all backends.
 pub const MAX_IN_FLIGHT: usize = 64;
 
@@ -56,6 +59,7 @@ where
     Fut: Future<Output = LastCheck>,
 {
     let interval = t.hc.interval;
+    let mut held = HELD_RECHECK;
     // A backend held out until its first check (a new task) is checked at once.
     if !t.state.is_pending() {
         tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
@@ -74,8 +78,17 @@ where
         }
         // From the start of this check, so a slow check does not stretch the
         // period; a check slower than the period (only when waiting for a slot)
-        // is followed at once.
-        tokio::time::sleep_until(started + probe::jittered(interval)).await;
+        // is followed at once. A new backend still held for its first passing
+        // check (an application still starting) is checked again sooner: 250 ms,
+        // doubling, up to the interval.
+        let next = if t.state.is_pending() {
+            let wait = held.min(interval);
+            held = held.saturating_mul(2);
+            wait
+        } else {
+            probe::jittered(interval)
+        };
+        tokio::time::sleep_until(started + next).await;
     }
 }
 

@@ -122,6 +122,62 @@ async fn down_after_exactly_fall_checks_and_up_after_exactly_rise() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_held_new_backend_is_checked_at_once_then_soon_until_it_passes() {
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(Table::default()));
+    let reg = BackendRegistry::new();
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:80".parse().unwrap(),
+        "10.0.0.2:80".parse().unwrap(),
+    );
+    Table::compile(vec![def("app", &[a], Some(hc(2, 3)))], &reg);
+    // B joins a route that serves: held for its first passing check.
+    table.store(Arc::new(
+        Table::compile(vec![def("app", &[a, b], Some(hc(2, 3)))], &reg).0,
+    ));
+    let state = table.load().routes()[0].backends.all()[1].state.clone();
+    assert!(state.is_pending() && !state.is_up());
+    let target = Target {
+        route: "app".into(),
+        addr: b,
+        hc: Arc::new(hc(2, 3)),
+        state: state.clone(),
+    };
+    // The application listens after about 1 s: three checks fail first.
+    let script: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(
+        [false, false, false, true].into_iter().collect(),
+    ));
+    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let task = {
+        let (script, calls, state) = (script.clone(), calls.clone(), state.clone());
+        tokio::spawn(async move {
+            run_target(&target, || {
+                let ok = script.lock().unwrap().pop_front();
+                calls.lock().unwrap().push((start.elapsed(), state.is_up()));
+                async move {
+                    match ok {
+                        Some(ok) => result(ok),
+                        None => std::future::pending().await,
+                    }
+                }
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    task.abort();
+    let at: Vec<u128> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.0.as_millis())
+        .collect();
+    // At once, then 250, 500 and 1000 ms apart (not the 10 s interval).
+    assert_eq!(at, [0, 250, 750, 1750], "{at:?}");
+    assert!(state.is_up() && !state.is_pending());
+}
+
+#[tokio::test(start_paused = true)]
 async fn reason_is_kept_while_down() {
     let reg = BackendRegistry::new();
     let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();

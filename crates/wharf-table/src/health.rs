@@ -211,6 +211,15 @@ impl BackendState {
         self.up.store(false, Ordering::Relaxed);
     }
 
+    /// Lets a held backend in (its route lost its health check); a backend not
+    /// held is left as it is.
+    pub(crate) fn release_hold(&self) {
+        if self.pending.swap(false, Ordering::Relaxed) {
+            self.health_info().reason = None;
+            self.up.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The cool-down after the `n`th ejection in a row.
     pub fn cooldown(n: u32) -> Duration {
         let shift = n.saturating_sub(1).min(16);

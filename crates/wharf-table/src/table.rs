@@ -58,6 +58,12 @@ impl Table {
                     if created {
                         fresh.push(state.clone());
                     } else {
+                        // Held for a check the route no longer has: nothing
+                        // else would let it in (the checker may never have
+                        // seen it).
+                        if def.policy.healthcheck.is_none() {
+                            state.release_hold();
+                        }
                         serving |= !b.draining && state.is_up();
                     }
                     let mut backend = Backend::new(b, state);
@@ -388,6 +394,20 @@ mod tests {
         assert!(four.record_check(&hc, pass()).is_some());
         assert!(!four.is_pending());
         assert_eq!(usable(&t3), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_held_backend_is_released_when_its_route_loses_its_check() {
+        let reg = BackendRegistry::new();
+        let (_t1, _) = Table::compile(vec![checked(&[1])], &reg);
+        let (t2, _) = Table::compile(vec![checked(&[1, 2])], &reg);
+        assert_eq!(usable(&t2), [1]);
+        // The check is removed before any checker saw the new backend.
+        let mut plain = checked(&[1, 2]);
+        plain.policy.healthcheck = None;
+        let (t3, _) = Table::compile(vec![plain], &reg);
+        assert_eq!(usable(&t3), [1, 2]);
+        assert!(!t3.routes()[0].backends.all()[1].state.is_pending());
     }
 
     #[test]
