@@ -32,6 +32,52 @@ use crate::{Http01Responder, SharedTable, UpstreamSettings};
 
 type HttpClient = Client<HttpConnector, Incoming>;
 
+/// How long a backend gone from the table stays retired (its connections not
+/// pooled); after that its address may be anyone's.
+pub const RETIRED_FOR: Duration = Duration::from_secs(300);
+
+/// What [`Forwarder::retire_backends`] remembers between swaps.
+#[derive(Debug, Default)]
+pub struct Retirement {
+    /// Every backend address of the last table, draining or not.
+    present: HashSet<SocketAddr, ahash::RandomState>,
+    gone: std::collections::HashMap<SocketAddr, std::time::Instant, ahash::RandomState>,
+}
+
+impl Retirement {
+    /// The backends of `table` that take no new request (draining) and those
+    /// that left the table within [`RETIRED_FOR`] and do not serve again.
+    fn update(
+        &mut self,
+        table: &wharf_table::Table,
+        now: std::time::Instant,
+    ) -> HashSet<SocketAddr, ahash::RandomState> {
+        let mut serving: HashSet<SocketAddr, ahash::RandomState> = HashSet::default();
+        let mut leaving: HashSet<SocketAddr, ahash::RandomState> = HashSet::default();
+        for route in table.routes() {
+            for b in route.backends.all() {
+                if b.draining {
+                    leaving.insert(b.addr);
+                } else {
+                    serving.insert(b.addr);
+                }
+            }
+        }
+        // An address that drains in one route and serves in another is kept.
+        leaving.retain(|a| !serving.contains(a));
+        for a in &self.present {
+            if !serving.contains(a) && !leaving.contains(a) {
+                self.gone.entry(*a).or_insert(now);
+            }
+        }
+        self.gone
+            .retain(|a, since| !serving.contains(a) && now.duration_since(*since) < RETIRED_FOR);
+        self.present = serving.union(&leaving).copied().collect();
+        leaving.extend(self.gone.keys().copied());
+        leaving
+    }
+}
+
 /// Everything a request needs that does not change per request.
 pub struct Forwarder {
     table: SharedTable,
@@ -126,30 +172,13 @@ impl Forwarder {
     }
 
     /// Closes pooled connections to backends that take no new request any more
-    /// (draining, or gone from the published table); call it after each swap.
-    /// `previous` is the set this returned last time, so that a backend that
-    /// left the table is retired too; the set of serving backends is returned.
-    pub fn retire_backends(
-        &self,
-        previous: &HashSet<SocketAddr, ahash::RandomState>,
-    ) -> HashSet<SocketAddr, ahash::RandomState> {
-        let table = self.table.load();
-        let mut serving: HashSet<SocketAddr, ahash::RandomState> = HashSet::default();
-        let mut leaving: HashSet<SocketAddr, ahash::RandomState> = HashSet::default();
-        for route in table.routes() {
-            for b in route.backends.all() {
-                if b.draining {
-                    leaving.insert(b.addr);
-                } else {
-                    serving.insert(b.addr);
-                }
-            }
-        }
-        // An address that drains in one route and serves in another is kept.
-        leaving.retain(|a| !serving.contains(a));
-        leaving.extend(previous.iter().filter(|a| !serving.contains(*a)).copied());
+    /// (draining, or gone from the published table); call it after each swap
+    /// with the same `Retirement`. A backend that left the table stays retired
+    /// for [`RETIRED_FOR`] (a long request to it may end well after), unless it
+    /// serves again.
+    pub fn retire_backends(&self, r: &mut Retirement) {
+        let leaving = r.update(&self.table.load(), std::time::Instant::now());
         self.pool.retire(leaving);
-        serving
     }
 
     /// TLS handshakes that failed or timed out, since start.
@@ -768,4 +797,58 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use wharf_table::{
+        BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef, Table,
+    };
+
+    #[test]
+    fn retirement_remembers_backends_that_left_until_they_serve_again() {
+        let reg = BackendRegistry::new();
+        let table = |backends: &[(u16, bool)]| {
+            let def = RouteDef {
+                name: "r".into(),
+                source: "test".into(),
+                hosts: vec!["h".into()],
+                path: "/".into(),
+                entrypoints: EntrypointMask::ALL,
+                balance: Balance::RoundRobin,
+                backends: backends
+                    .iter()
+                    .map(|(port, draining)| BackendDef {
+                        addr: SocketAddr::from(([10, 0, 0, 1], *port)),
+                        scheme: wharf_table::Scheme::Http,
+                        draining: *draining,
+                        identity: None,
+                    })
+                    .collect(),
+                policy: Policy::default(),
+            };
+            Table::compile(vec![def], &reg).0
+        };
+        let sorted = |s: HashSet<SocketAddr, ahash::RandomState>| {
+            let mut v: Vec<u16> = s.into_iter().map(|a| a.port()).collect();
+            v.sort_unstable();
+            v
+        };
+        let t0 = std::time::Instant::now();
+        let mut r = Retirement::default();
+        assert!(r.update(&table(&[(1, false), (2, false)]), t0).is_empty());
+        // 2 drains, then leaves; 1 leaves without draining.
+        assert_eq!(sorted(r.update(&table(&[(1, false), (2, true)]), t0)), [2]);
+        assert_eq!(sorted(r.update(&table(&[(1, false)]), t0)), [2]);
+        assert_eq!(sorted(r.update(&table(&[(3, false)]), t0)), [1, 2]);
+        // Still retired at later swaps ...
+        assert_eq!(sorted(r.update(&table(&[(3, false)]), t0)), [1, 2]);
+        // ... until one serves again, or RETIRED_FOR has passed.
+        assert_eq!(sorted(r.update(&table(&[(1, false), (3, false)]), t0)), [2]);
+        assert!(r
+            .update(&table(&[(1, false), (3, false)]), t0 + RETIRED_FOR)
+            .is_empty());
+    }
 }

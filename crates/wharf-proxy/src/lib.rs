@@ -30,7 +30,7 @@ use ipnet::IpNet;
 pub use access::{AccessFormat, AccessLog, AccessSender};
 pub use body::ProxyBody;
 pub use error::ProxyError;
-pub use forward::Forwarder;
+pub use forward::{Forwarder, Retirement};
 pub use listener::{bind, Entrypoint};
 pub use wharf_tls::{Http01Answer, Http01Responder, NoHttp01};
 

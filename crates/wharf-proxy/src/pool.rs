@@ -163,6 +163,10 @@ impl H1Pool {
         if leaving.is_empty() && self.retired.load().is_empty() {
             return;
         }
+        // The set first: a release racing this call either sees it (and closes
+        // its connection) or pooled before the sweep below (which closes it).
+        let leaving = Arc::new(leaving);
+        self.retired.store(leaving.clone());
         // Dropped outside the lock: closing a connection is not free.
         let mut closed = Vec::new();
         lock(&self.idle).retain(|(addr, _), list| {
@@ -180,7 +184,6 @@ impl H1Pool {
             }
             keep
         });
-        self.retired.store(Arc::new(leaving));
         drop(closed);
         drop(shared);
     }
@@ -409,9 +412,6 @@ impl H1Pool {
     }
 
     fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
-        if self.is_retired(key.0) {
-            return;
-        }
         if self
             .releases
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -421,6 +421,10 @@ impl H1Pool {
             self.sweep();
         }
         let mut idle = lock(&self.idle);
+        // Checked under the lock `retire` sweeps with (see there).
+        if self.is_retired(key.0) {
+            return;
+        }
         let list = idle.entry(key).or_default();
         if list.len() >= self.max_idle {
             // Keep the most recently used; the oldest is likeliest to be closed.

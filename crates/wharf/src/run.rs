@@ -291,14 +291,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let fwd = fwd.clone();
         let mut swaps = rec.swaps();
         let cancel = cancel.child_token();
+        let mut retirement = wharf_proxy::Retirement::default();
+        // The first table's backends, so one removed at the next swap is known.
+        fwd.retire_backends(&mut retirement);
         tokio::spawn(async move {
-            let mut serving = Default::default();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     changed = swaps.changed() => if changed.is_err() { return },
                 }
-                serving = fwd.retire_backends(&serving);
+                fwd.retire_backends(&mut retirement);
             }
         });
     }
