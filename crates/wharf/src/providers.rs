@@ -218,30 +218,23 @@ impl Reconciler {
         self.swaps.subscribe()
     }
 
-    /// Waits, at most `within`, for the Docker provider's first listing (or for
-    /// it to find the Engine unreachable), so that a Wharf that starts (a
-    /// restart, its own rolling update) does not answer 404 for every labelled
-    /// service until Docker has been asked. Connections meanwhile wait in the
-    /// listeners' backlog. Returns how long it waited.
+    /// Waits, at most `within`, for the Docker provider's first listing, so that a
+    /// Wharf that starts (a restart, its own rolling update) does not answer 404
+    /// for every labelled service until Docker has been asked. A first attempt
+    /// that fails (a socket proxy starting beside Wharf) is retried within a
+    /// second, so the wait goes on through failures until the deadline.
+    /// Connections meanwhile wait in the listeners' backlog. Returns how long it
+    /// waited.
     pub async fn first_docker_listing(&mut self, within: Duration) -> Duration {
         let started = Instant::now();
         let Some(d) = self.docker.as_mut() else {
             return started.elapsed();
         };
-        let (mut snaps, mut state) = (d.snapshots.clone(), d.state.clone());
+        let mut snaps = d.snapshots.clone();
         let listed = async {
-            loop {
-                if snaps.borrow_and_update().is_some()
-                    || matches!(
-                        *state.borrow_and_update(),
-                        ProviderState::Unreachable { .. }
-                    )
-                {
+            while snaps.borrow_and_update().is_none() {
+                if snaps.changed().await.is_err() {
                     return;
-                }
-                tokio::select! {
-                    r = snaps.changed() => if r.is_err() { return },
-                    r = state.changed() => if r.is_err() { return },
                 }
             }
         };
