@@ -119,7 +119,8 @@ fn mark_unreachable(state_tx: &watch::Sender<ProviderState>, error: &str) -> (bo
 ///   try again after 0.5 to 1 s ([`DOWN_RETRY`], jittered), however long the
 ///   outage lasts, so that the routes follow within about a second of the API
 ///   returning;
-/// - it did, and then failed (the event stream was refused or cut): the next
+/// - it did, and then failed (the event stream was refused or cut), or the
+///   Engine answered but a listing failed (a proxy refusing a section): the next
 ///   listing waits until [`BACKOFF_MIN`] .. [`BACKOFF_MAX`] (jittered, doubling
 ///   each time) after this one, so an endpoint that lists but refuses `/events`
 ///   is not re-listed several times a second. A session that stayed up for
@@ -212,7 +213,16 @@ async fn session(
         tasks_digest: Vec::new(),
     };
     let started = Instant::now();
-    let snap = lister.full().await?;
+    let snap = match lister.full().await {
+        Ok(s) => s,
+        Err(e) => {
+            // The Engine answered `/info` but a listing failed (a socket proxy
+            // that refuses `/services` with 403, say): backing off, not the
+            // every-second retry of an Engine that does not answer at all.
+            *listed = Some(Instant::now());
+            return Err(e);
+        }
+    };
     let count = snap.workloads.len();
     *listed = Some(Instant::now());
     // The snapshot first, then the state: a watcher woken by either sees the
