@@ -543,19 +543,20 @@ impl Inner {
             let now = SystemTime::now();
             let mut woke = false;
             for (names, e) in lock(&self.entries).iter_mut() {
-                if !e.waiting {
-                    continue;
-                }
                 if let CertChange::Stored(id) = &change {
                     if *id != cert_id(names) {
                         continue;
                     }
                 }
-                woke = true;
                 if e.running {
+                    // Also a first attempt, not yet marked waiting, that may
+                    // find the lock held when it ends: it must not miss a write
+                    // that lands meanwhile.
                     e.store_changed = true;
-                } else {
+                    woke = true;
+                } else if e.waiting {
                     e.next_attempt = now;
+                    woke = true;
                 }
             }
             if woke {
