@@ -178,9 +178,15 @@ fn hold_port() -> PortHold {
 /// Wharf on `127.0.0.1:port`, routing `app.test` to `backend`, with a drain of
 /// at most 10 s.
 fn wharf_config(port: u16, backend: SocketAddr) -> String {
+    wharf_config_with(port, backend, 0, "")
+}
+
+/// Like [`wharf_config`], with the admin listener on `admin` (0: any port) and
+/// more `[runtime]` keys.
+fn wharf_config_with(port: u16, backend: SocketAddr, admin: u16, runtime: &str) -> String {
     format!(
-        "[entrypoints.web]\naddress = \"127.0.0.1:{port}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [docker]\nmode = \"off\"\n\n[runtime]\nshutdown_timeout = \"10s\"\n\n"
+        "[entrypoints.web]\naddress = \"127.0.0.1:{port}\"\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n\
+         [docker]\nmode = \"off\"\n\n[runtime]\nshutdown_timeout = \"10s\"\n{runtime}\n"
     ) + &route("app.test", "/", &[backend], "")
 }
 
@@ -223,6 +229,12 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(servers: &[(&str, SocketAddr)]) -> Haproxy {
+        Self::start_checking(servers, &[])
+    }
+
+    /// With `ping` (one admin address per server), HAProxy checks each
+    /// server's `/ping` on that port instead of a TCP connect.
+    fn start_checking(servers: &[(&str, SocketAddr)], ping: &[SocketAddr]) -> Haproxy {
         let dir = TempDir::new("haproxy");
         let hold = hold_port();
         let d = dir.0.display().to_string();
@@ -233,8 +245,15 @@ impl Haproxy {
              listen wharf\n  bind {}\n  balance roundrobin\n",
             hold.addr
         );
-        for (name, addr) in servers {
-            conf += &format!("  server {name} {addr} check inter 100ms fall 1 rise 1\n");
+        if !ping.is_empty() {
+            conf += "  option httpchk\n  http-check send meth GET uri /ping ver HTTP/1.1 hdr Host 127.0.0.1\n  http-check expect status 200\n";
+        }
+        for (i, (name, addr)) in servers.iter().enumerate() {
+            let port = ping
+                .get(i)
+                .map(|a| format!(" port {}", a.port()))
+                .unwrap_or_default();
+            conf += &format!("  server {name} {addr} check{port} inter 100ms fall 1 rise 1\n");
         }
         let path = write_file(&dir.0, "haproxy.cfg", &conf);
         let out = std::fs::File::create(dir.0.join("haproxy.log")).unwrap();
@@ -648,19 +667,43 @@ fn ms(d: Duration) -> u128 {
 /// go on) and takes it back once it is up again; otherwise the balancer learns
 /// from its health check alone. Returns what the clients saw.
 fn rolling_update(take_out_first: bool) -> Arc<Tally> {
-    let how = if take_out_first {
-        "taken-out-first"
-    } else {
-        "sigterm-only"
+    rolling_update_with(take_out_first, false)
+}
+
+/// With `grace`, each replica has `accept_grace = "1s"` and HAProxy checks its
+/// `/ping`: SIGTERM turns `/ping` to 503 while Wharf goes on accepting, so the
+/// balancer takes it out before its listener closes.
+fn rolling_update_with(take_out_first: bool, grace: bool) -> Arc<Tally> {
+    let how = match (take_out_first, grace) {
+        (true, _) => "taken-out-first",
+        (false, true) => "accept-grace",
+        (false, false) => "sigterm-only",
     };
     let app = App::start(2);
     let holds = [hold_port(), hold_port()];
+    let admins = [hold_port(), hold_port()];
     let configs: Vec<String> = (0..2)
-        .map(|i| wharf_config(holds[i].addr.port(), app.addrs[i]))
+        .map(|i| {
+            if grace {
+                wharf_config_with(
+                    holds[i].addr.port(),
+                    app.addrs[i],
+                    admins[i].addr.port(),
+                    "accept_grace = \"1s\"\n",
+                )
+            } else {
+                wharf_config(holds[i].addr.port(), app.addrs[i])
+            }
+        })
         .collect();
     let mut replicas: Vec<Wharf> = configs.iter().map(|c| Wharf::start(c)).collect();
     let names = ["a", "b"];
-    let lb = Haproxy::start(&[(names[0], holds[0].addr), (names[1], holds[1].addr)]);
+    let servers = [(names[0], holds[0].addr), (names[1], holds[1].addr)];
+    let lb = if grace {
+        Haproxy::start_checking(&servers, &[admins[0].addr, admins[1].addr])
+    } else {
+        Haproxy::start(&servers)
+    };
     lb.wait_status("a", "UP");
     lb.wait_status("b", "UP");
 
@@ -686,8 +729,13 @@ fn rolling_update(take_out_first: bool) -> Arc<Tally> {
         let sigterm_at = ms(load_start.elapsed());
         let (code, drain) = wait_exit_timed(&mut replicas[i], t0);
         assert_eq!(code, Some(0), "replica {name} after SIGTERM");
+        let graced = if grace {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
         assert!(
-            drain < SLOW + Duration::from_secs(3),
+            drain < SLOW + graced + Duration::from_secs(3),
             "replica {name} drained in {drain:?}"
         );
         let seen_down = lb.status(name);
@@ -741,6 +789,20 @@ fn rolling_update(take_out_first: bool) -> Arc<Tally> {
 fn two_replicas_behind_an_l4_balancer_taken_out_first_and_updated_one_at_a_time_fail_no_request() {
     let _serial = serial();
     let tally = rolling_update(true);
+    let errors = tally.errors.lock().unwrap().clone();
+    assert_eq!(Tally::n(&tally.failed), 0, "{errors:#?}");
+    assert_eq!(Tally::n(&tally.fresh_resets), 0, "{errors:#?}");
+    assert_eq!(Tally::n(&tally.refused), 0, "{errors:#?}");
+}
+
+/// SIGTERM with `[runtime] accept_grace` and the balancer checking `/ping`:
+/// the replica answers 503 to the check while it still accepts, the balancer
+/// takes it out, and only then does its listener close. Nothing is lost, as
+/// when an operator takes it out first, with no operator.
+#[test]
+fn two_replicas_behind_an_l4_balancer_with_accept_grace_fail_no_request() {
+    let _serial = serial();
+    let tally = rolling_update_with(false, true);
     let errors = tally.errors.lock().unwrap().clone();
     assert_eq!(Tally::n(&tally.failed), 0, "{errors:#?}");
     assert_eq!(Tally::n(&tally.fresh_resets), 0, "{errors:#?}");

@@ -69,6 +69,7 @@ pub struct FileAdmin {
 pub struct FileRuntime {
     pub worker_threads: Option<usize>,
     pub shutdown_timeout: Option<String>,
+    pub accept_grace: Option<String>,
     pub max_connections: Option<usize>,
 }
 
@@ -171,6 +172,7 @@ pub const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("admin", "max_connections", Kind::Int),
     ("runtime", "worker_threads", Kind::Int),
     ("runtime", "shutdown_timeout", Kind::Str),
+    ("runtime", "accept_grace", Kind::Str),
     ("runtime", "max_connections", Kind::Int),
     ("upstream", "connect_timeout", Kind::Str),
     ("upstream", "response_timeout", Kind::Str),

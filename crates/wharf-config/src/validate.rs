@@ -120,6 +120,10 @@ pub struct RuntimeConfig {
     /// 0 = one per CPU.
     pub worker_threads: usize,
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long to keep accepting (with `/ping` answering 503)
+    /// before the listeners close, so an L4 balancer's health check takes this
+    /// replica out first (HAProxy `grace`).
+    pub accept_grace: Duration,
     /// Client connections served at once over all entrypoints; 0: derived
     /// from the raised `RLIMIT_NOFILE` at start (see `docs/config.md`).
     pub max_connections: usize,
@@ -753,6 +757,18 @@ pub(crate) fn parse(
                 Duration::from_secs(30)
             }
         },
+        accept_grace: match rt.accept_grace.as_deref().map(values::duration) {
+            None => Duration::ZERO,
+            Some(Ok(d)) if d <= Duration::from_secs(300) => d,
+            Some(Ok(_)) => {
+                ck.fail("runtime.accept_grace", "at most 300s");
+                Duration::ZERO
+            }
+            Some(Err(e)) => {
+                ck.fail("runtime.accept_grace", e);
+                Duration::ZERO
+            }
+        },
         max_connections: rt.max_connections.unwrap_or(0),
     };
     if runtime.worker_threads > 1024 {
@@ -1107,6 +1123,17 @@ mod tests {
         assert_eq!(q.routes[0].hosts, vec!["*"]);
         let d = parse_ok(include_str!("../../../deploy/wharf.toml"));
         assert_eq!(d.entrypoints.len(), 2);
+    }
+
+    #[test]
+    fn accept_grace_is_a_bounded_duration() {
+        assert_eq!(parse_ok("").runtime.accept_grace, Duration::ZERO);
+        let c = parse_ok("[runtime]\naccept_grace = \"2s\"\n");
+        assert_eq!(c.runtime.accept_grace, Duration::from_secs(2));
+        let p = parse_err("[runtime]\naccept_grace = \"10m\"\n");
+        assert!(p[0].message.contains("at most 300s"), "{p:?}");
+        let p = parse_err("[runtime]\naccept_grace = \"soon\"\n");
+        assert!(p[0].message.contains("not a duration"), "{p:?}");
     }
 
     #[test]

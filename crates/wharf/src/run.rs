@@ -349,6 +349,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // `/ping` answers 200 from now on.
     ready.store(true, std::sync::atomic::Ordering::Release);
     info!("wharf is ready");
+    let grace = rec.config.runtime.accept_grace;
+    let mut grace_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -359,8 +361,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 reload(&mut rec, &metrics)
             }
             _ = rec.changed() => rec.apply(),
-            _ = term.recv() => { info!("SIGTERM: draining"); break; }
-            _ = int.recv() => { info!("SIGINT: draining"); break; }
+            _ = term.recv() => {
+                if lame_duck(&mut grace_until, grace, &ready, "SIGTERM") {
+                    break;
+                }
+            }
+            _ = int.recv() => {
+                if lame_duck(&mut grace_until, grace, &ready, "SIGINT") {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(grace_until.unwrap_or_else(tokio::time::Instant::now)), if grace_until.is_some() => {
+                info!("accept_grace over: draining");
+                break;
+            }
         }
     }
 
@@ -553,4 +567,28 @@ impl prometheus::core::Collector for AccessLogDropped {
             Err(_) => Vec::new(),
         }
     }
+}
+
+/// A stop signal. Without `accept_grace` (or at a second signal) the drain
+/// starts now: returns true. Otherwise Wharf goes on serving, new connections
+/// too, with `/ping` answering 503, so that an L4 balancer's health check takes
+/// this replica out before its listeners close (a connection queued on a
+/// closing listener is reset); the drain starts when the grace is over.
+fn lame_duck(
+    until: &mut Option<tokio::time::Instant>,
+    grace: std::time::Duration,
+    ready: &std::sync::atomic::AtomicBool,
+    signal: &str,
+) -> bool {
+    if grace.is_zero() || until.is_some() {
+        info!("{signal}: draining");
+        return true;
+    }
+    ready.store(false, std::sync::atomic::Ordering::Release);
+    *until = Some(tokio::time::Instant::now() + grace);
+    info!(
+        accept_grace = ?grace,
+        "{signal}: still accepting for accept_grace, /ping answers 503; draining after it (another signal: at once)"
+    );
+    false
 }
