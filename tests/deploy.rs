@@ -275,15 +275,17 @@ fn the_shipped_stack_deploys_routes_a_tenant_and_leaves_nothing_behind() {
         "wharf check of deploy/: {said}"
     );
 
-    // The image, built by deploy/build-image.sh around the binary under test (with
-    // its shared libraries). DEPLOY_TEST_STATIC=1: around the static release build
-    // the script makes by itself, as an operator gets it (minutes of fat LTO).
+    // The image as an operator gets it: deploy/build-image.sh builds the static
+    // release binary itself (fat LTO: about 10 CPU-minutes from a clean target, in
+    // target/<host>/release, apart from the tests' debug build) and the image around
+    // it. DEPLOY_TEST_STATIC=0, for a quick loop while working on deploy/: around
+    // the binary under test instead, with its shared libraries.
     let image = format!("{}:latest", e.name("wharf"));
     e.adopt_image(&image);
     let t_build = Instant::now();
     let mut script = Command::new(repo().join("deploy/build-image.sh"));
     script.arg(&image).current_dir(repo());
-    let static_build = std::env::var("DEPLOY_TEST_STATIC").is_ok_and(|v| v == "1");
+    let static_build = !matches!(std::env::var("DEPLOY_TEST_STATIC").as_deref(), Ok("0"));
     if !static_build {
         script.env("WHARF_BIN", env!("CARGO_BIN_EXE_wharf"));
     }
