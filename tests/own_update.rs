@@ -208,14 +208,7 @@ fn wait_exit_timed(w: &mut Wharf, since: Instant) -> (Option<i32>, Duration) {
 // HAProxy, the L4 balancer.
 
 fn haproxy_bin() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
-    dirs.into_iter()
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file())
-        .expect("haproxy is not installed: `apt-get install haproxy` (tests/run.sh does this)")
+    common::sbin("haproxy")
 }
 
 /// HAProxy in the foreground (`-db`), `mode tcp`, in front of `servers`; its

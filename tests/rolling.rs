@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::docker::{docker, free_port, poll_until, try_docker, try_get, Engine};
+use common::docker::{copy_with_libs, docker, free_port, poll_until, try_docker, try_get, Engine};
 
 // ---------------------------------------------------------------------------
 // The application (runs inside the task's container).
@@ -338,43 +338,23 @@ impl Drop for Load {
 /// An image holding this test binary, its shared libraries and busybox's `sh`
 /// (for the health check command), entrypoint `app_main`.
 fn app_image(e: &Engine) -> String {
-    let bin = std::env::current_exe().unwrap();
     let root = e.dir().join("app");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy(&bin, root.join("app")).unwrap();
-    let ldd = Command::new("ldd").arg(&bin).output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split("=>")
-            .last()
-            .and_then(|p| p.split_whitespace().next())
-            .filter(|p| p.starts_with('/'));
-        if let Some(p) = path {
-            let dest = root.join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(p, &dest).unwrap();
-        }
-    }
+    copy_with_libs(&std::env::current_exe().unwrap(), &root, "app");
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("busybox is missing: apt-get install busybox-static");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    let tag = format!("{}:latest", e.name("app"));
-    let script = format!(
-        "tar -C '{}' -c . | docker import -c 'EXPOSE 80' \
-         -c 'ENTRYPOINT [\"/app\",\"--exact\",\"app_main\",\"--nocapture\",\"--test-threads=1\"]' - '{tag}'",
-        root.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    e.adopt_image(&tag);
-    docker(&["image", "inspect", "--format", "{{.Id}}", &tag])
+    e.import_tree(
+        &root,
+        &[
+            "EXPOSE 80",
+            r#"ENTRYPOINT ["/app","--exact","app_main","--nocapture","--test-threads=1"]"#,
+        ],
+        "app",
+    )
 }
 
 struct Rig {

@@ -142,25 +142,15 @@ impl Engine {
     pub fn wharf_image(&self) -> String {
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_wharf"));
         let root = self.dir.0.join("wharf");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::copy(&bin, root.join("wharf")).unwrap();
-        let ldd = Command::new("ldd").arg(&bin).output().unwrap();
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
-            let path = line
-                .split("=>")
-                .last()
-                .and_then(|p| p.split_whitespace().next())
-                .filter(|p| p.starts_with('/'));
-            if let Some(p) = path {
-                let dest = root.join(p.trim_start_matches('/'));
-                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-                std::fs::copy(p, &dest).unwrap();
-            }
-        }
+        copy_with_libs(&bin, &root, "wharf");
         std::fs::create_dir_all(root.join("etc/wharf")).unwrap();
         self.import(&root, &[r#"ENTRYPOINT ["/wharf"]"#], "wharf")
+    }
+
+    /// An image made with `docker import` from the tree at `root`, with
+    /// Dockerfile-style `changes`; removed on drop. Returns its ID.
+    pub fn import_tree(&self, root: &Path, changes: &[&str], what: &str) -> String {
+        self.import(root, changes, what)
     }
 
     /// `docker run -d` with the given extra arguments; returns the container name.
@@ -329,6 +319,29 @@ impl Engine {
     /// images a test builds itself, e.g. with deploy/build-image.sh).
     pub fn adopt_image(&self, tag: &str) {
         self.own(Obj::Image(tag.to_string()));
+    }
+}
+
+/// Copies the dynamically linked binary `bin` to `root/<name>` with the shared
+/// libraries it links (found with ldd) at their paths under `root`, for an image
+/// that needs no static build.
+pub fn copy_with_libs(bin: &Path, root: &Path, name: &str) {
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::copy(bin, root.join(name)).unwrap();
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let dest = root.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(p, &dest).unwrap();
+        }
     }
 }
 

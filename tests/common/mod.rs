@@ -1029,15 +1029,23 @@ pub struct Nginx {
 
 const NGINX_PROBE: &str = "/wharf-probe";
 
-fn nginx_bin() -> PathBuf {
+/// A program found on PATH or in the sbin directories (where Debian puts
+/// daemons such as nginx and haproxy); panics naming the package to install.
+pub fn sbin(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
     dirs.into_iter()
-        .map(|d| d.join("nginx"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .expect("nginx is not installed: `apt-get install nginx` (tests/run.sh does this)")
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: `apt-get install {name}` (tests/run.sh does this)")
+        })
+}
+
+fn nginx_bin() -> PathBuf {
+    sbin("nginx")
 }
 
 impl Nginx {

@@ -51,6 +51,35 @@ fn def(name: &str, addrs: &[SocketAddr], check: Option<HealthCheck>) -> RouteDef
 /// up before this call's result was recorded.
 type Calls = Arc<Mutex<Vec<(Duration, bool)>>>;
 
+/// Runs `target`'s check loop with a probe that answers `script` (true: pass)
+/// and then never again; records when each probe started and whether the
+/// backend was up then.
+fn scripted(
+    target: Target,
+    script: impl IntoIterator<Item = bool>,
+) -> (tokio::task::JoinHandle<()>, Calls) {
+    let script: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(script.into_iter().collect()));
+    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let task = {
+        let (calls, state) = (calls.clone(), target.state.clone());
+        tokio::spawn(async move {
+            run_target(&target, || {
+                let ok = script.lock().unwrap().pop_front();
+                calls.lock().unwrap().push((start.elapsed(), state.is_up()));
+                async move {
+                    match ok {
+                        Some(ok) => result(ok),
+                        None => std::future::pending().await,
+                    }
+                }
+            })
+            .await
+        })
+    };
+    (task, calls)
+}
+
 #[tokio::test(start_paused = true)]
 async fn down_after_exactly_fall_checks_and_up_after_exactly_rise() {
     let (rise, fall) = (2, 3);
@@ -68,29 +97,11 @@ async fn down_after_exactly_fall_checks_and_up_after_exactly_rise() {
         state: state.clone(),
     };
     // fall failures, then rise + 1 successes.
-    let script: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(
+    let (task, calls) = scripted(
+        target,
         std::iter::repeat_n(false, fall as usize)
-            .chain(std::iter::repeat_n(true, rise as usize + 1))
-            .collect(),
-    ));
-    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
-    let start = Instant::now();
-    let task = {
-        let (script, calls, state) = (script.clone(), calls.clone(), state.clone());
-        tokio::spawn(async move {
-            run_target(&target, || {
-                let ok = script.lock().unwrap().pop_front();
-                calls.lock().unwrap().push((start.elapsed(), state.is_up()));
-                async move {
-                    match ok {
-                        Some(ok) => result(ok),
-                        None => std::future::pending().await,
-                    }
-                }
-            })
-            .await
-        })
-    };
+            .chain(std::iter::repeat_n(true, rise as usize + 1)),
+    );
     assert!(state.is_up(), "a newly seen backend is up");
     tokio::time::sleep(Duration::from_secs(120)).await;
     task.abort();
@@ -143,27 +154,7 @@ async fn a_held_new_backend_is_checked_at_once_then_soon_until_it_passes() {
         state: state.clone(),
     };
     // The application listens after about 1 s: three checks fail first.
-    let script: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(
-        [false, false, false, true].into_iter().collect(),
-    ));
-    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
-    let start = Instant::now();
-    let task = {
-        let (script, calls, state) = (script.clone(), calls.clone(), state.clone());
-        tokio::spawn(async move {
-            run_target(&target, || {
-                let ok = script.lock().unwrap().pop_front();
-                calls.lock().unwrap().push((start.elapsed(), state.is_up()));
-                async move {
-                    match ok {
-                        Some(ok) => result(ok),
-                        None => std::future::pending().await,
-                    }
-                }
-            })
-            .await
-        })
-    };
+    let (task, calls) = scripted(target, [false, false, false, true]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     task.abort();
     let at: Vec<u128> = calls
