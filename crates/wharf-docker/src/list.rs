@@ -211,6 +211,11 @@ async fn session(
         include_unlabelled: settings.include_unlabelled,
         images: HashMap::new(),
         tasks_digest: Vec::new(),
+        node_id: info
+            .swarm
+            .as_ref()
+            .and_then(|s| s.node_id.clone())
+            .filter(|id| !id.is_empty()),
     };
     let started = Instant::now();
     let snap = match lister.full().await {
@@ -345,10 +350,21 @@ struct Lister<'a> {
     images: HashMap<String, Vec<u16>>,
     /// (task, state, desired state) of the last task listing.
     tasks_digest: Vec<(String, String, String)>,
+    /// This node's swarm ID (its tasks' containers are in the local listing).
+    node_id: Option<String>,
 }
 
 impl Lister<'_> {
     async fn full(&mut self) -> Result<Snapshot, String> {
+        // Tasks before containers: a task the manager still calls running whose
+        // container on this node is no longer in the (later) container list has
+        // exited (see `services`); the other order could drop a task that
+        // started between the two listings.
+        let tasks = if self.services {
+            Some(self.list_tasks().await?)
+        } else {
+            None
+        };
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -358,8 +374,8 @@ impl Lister<'_> {
             .await
             .map_err(|e| format!("listing containers: {e}"))?;
         let mut workloads = Vec::new();
-        if self.services {
-            workloads.extend(self.services(&containers).await?);
+        if let Some(tasks) = tasks {
+            workloads.extend(self.services(&containers, tasks).await?);
         }
         if self.containers {
             workloads.extend(group_compose(
@@ -386,14 +402,23 @@ impl Lister<'_> {
         Ok(digest != self.tasks_digest)
     }
 
-    async fn services(&mut self, containers: &[ContainerSummary]) -> Result<Vec<Workload>, String> {
+    async fn services(
+        &mut self,
+        containers: &[ContainerSummary],
+        tasks: Vec<Task>,
+    ) -> Result<Vec<Workload>, String> {
         let services = self
             .docker
             .list_services(None::<ListServicesOptions>)
             .await
             .map_err(|e| format!("listing services: {e}"))?;
-        let tasks = self.list_tasks().await?;
         self.tasks_digest = tasks_digest(&tasks);
+        // Tasks of this node whose container runs (listed after the tasks).
+        let running_here: BTreeSet<&str> = containers
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get("com.docker.swarm.task.id"))
+            .map(String::as_str)
+            .collect();
 
         // Health is known only for containers on this node.
         let unhealthy: BTreeSet<&str> = containers
@@ -535,6 +560,15 @@ impl Lister<'_> {
                 let started_here =
                     state == Some(TaskState::STARTING) && container_addrs.contains_key(task_id);
                 if state != Some(TaskState::RUNNING) && !started_here {
+                    continue;
+                }
+                // The manager learns that a task's container exited a moment
+                // after this node's Engine does (a crash): a task of this node
+                // whose container no longer runs is gone now, not when the
+                // manager says so.
+                let here =
+                    self.node_id.is_some() && t.node_id.as_deref() == self.node_id.as_deref();
+                if here && !running_here.contains(task_id) {
                     continue;
                 }
                 let container = t
