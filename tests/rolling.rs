@@ -710,13 +710,9 @@ fn health_gated_starts_lose_no_request() {
     docker(&["service", "rm", &svc]);
 }
 
-/// The lines of Wharf's log (JSON) whose message starts with `prefix`.
-fn count_logs(rig: &Rig, prefix: &str) -> usize {
-    count_logs_until(rig, prefix, "9")
-}
-
-/// Like [`count_logs`], for lines logged before `until` (RFC 3339 UTC, as the
-/// log's `timestamp` is written: such strings order as their times).
+/// The lines of Wharf's log (JSON) whose message starts with `prefix`, logged
+/// before `until` (RFC 3339 UTC, as the log's `timestamp` is written: such
+/// strings order as their times).
 fn count_logs_until(rig: &Rig, prefix: &str, until: &str) -> usize {
     let out = Command::new("docker")
         .args(["service", "logs", "--raw", &rig.wharf])
