@@ -297,36 +297,23 @@ fn no_shared_cache(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
-    use wharf_table::{
-        BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef, Scheme, Table,
-    };
+    use wharf_table::{BackendRegistry, Policy, RouteDef, Table};
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
     fn route(sticky: StickyPolicy) -> (Table, Arc<Route>) {
         let reg = BackendRegistry::new();
         reg.set_sticky_key(wharf_table::StickyKey::new(b"k"));
-        let def = RouteDef {
-            name: "r".into(),
-            source: "test".into(),
-            hosts: vec!["h".into()],
-            path: "/".into(),
-            entrypoints: EntrypointMask::ALL,
-            balance: Balance::LeastConn,
-            backends: (0..3u16)
-                .map(|i| BackendDef {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
-                    scheme: Scheme::Http,
-                    draining: false,
-                    identity: Some(format!("web.{i}").into()),
-                })
-                .collect(),
-            policy: Policy {
+        let mut def = RouteDef::local_for_tests(
+            3,
+            Policy {
                 sticky: Some(Arc::new(sticky)),
                 ..Policy::default()
             },
-        };
+        );
+        for (i, b) in def.backends.iter_mut().enumerate() {
+            b.identity = Some(format!("web.{i}").into());
+        }
         let (t, _) = Table::compile(vec![def], &reg);
         let r = t.routes()[0].clone();
         (t, r)

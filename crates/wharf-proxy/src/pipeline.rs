@@ -388,9 +388,7 @@ pub const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wharf_table::{
-        BackendDef, BackendRegistry, Balance, EntrypointMask, MaxConn, Policy, RouteDef, Scheme,
-    };
+    use wharf_table::{BackendRegistry, MaxConn, Policy, RouteDef};
 
     const CLIENT: SocketAddr = SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
@@ -399,27 +397,11 @@ mod tests {
 
     fn route(n: u16, maxconn: Option<MaxConn>) -> (Table, Arc<Route>) {
         let reg = BackendRegistry::new();
-        let def = RouteDef {
-            name: "r".into(),
-            source: "test".into(),
-            hosts: vec!["h".into()],
-            path: "/".into(),
-            entrypoints: EntrypointMask::ALL,
-            balance: Balance::LeastConn,
-            backends: (0..n)
-                .map(|i| BackendDef {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
-                    scheme: Scheme::Http,
-                    draining: false,
-                    identity: None,
-                })
-                .collect(),
-            policy: Policy {
-                maxconn,
-                ..Policy::default()
-            },
+        let policy = Policy {
+            maxconn,
+            ..Policy::default()
         };
-        let (t, _) = Table::compile(vec![def], &reg);
+        let (t, _) = Table::compile(vec![RouteDef::local_for_tests(n, policy)], &reg);
         let r = t.routes()[0].clone();
         (t, r)
     }
@@ -553,27 +535,14 @@ mod tests {
             prefix: false,
             max_age: None,
         });
-        let def = RouteDef {
-            name: "r".into(),
-            source: "test".into(),
-            hosts: vec!["h".into()],
-            path: "/".into(),
-            entrypoints: EntrypointMask::ALL,
-            balance: Balance::LeastConn,
-            backends: (0..3u16)
-                .map(|i| BackendDef {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
-                    scheme: Scheme::Http,
-                    draining: false,
-                    identity: None,
-                })
-                .collect(),
-            policy: Policy {
+        let def = RouteDef::local_for_tests(
+            3,
+            Policy {
                 sticky: Some(Arc::new(sticky.clone())),
                 maxconn,
                 ..Policy::default()
             },
-        };
+        );
         let (t, _) = Table::compile(vec![def], &reg);
         let r = t.routes()[0].clone();
         let text = r.backends.all()[1].token.unwrap().text();

@@ -155,3 +155,29 @@ impl Route {
         self.backends.balance()
     }
 }
+
+impl RouteDef {
+    /// A route `r` for host `h` at `/`, least-connections over `n` plain
+    /// backends `127.0.0.1:9000`, `:9001`, ... with `policy`: the fixture the
+    /// crates' tests share.
+    #[doc(hidden)]
+    pub fn local_for_tests(n: u16, policy: Policy) -> RouteDef {
+        RouteDef {
+            name: "r".into(),
+            source: "test".into(),
+            hosts: vec!["h".into()],
+            path: "/".into(),
+            entrypoints: EntrypointMask::ALL,
+            balance: crate::Balance::LeastConn,
+            backends: (0..n)
+                .map(|i| crate::BackendDef {
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    scheme: crate::Scheme::Http,
+                    draining: false,
+                    identity: None,
+                })
+                .collect(),
+            policy,
+        }
+    }
+}
