@@ -170,19 +170,10 @@ fn header_view(
         .iter()
         .map(|(n, v)| {
             let name = n.as_str();
-            let secret = [
-                "authorization",
-                "cookie",
-                "token",
-                "secret",
-                "password",
-                "key",
-            ]
-            .iter()
-            .any(|w| name.contains(w));
+            let secret = wharf_table::middleware::is_secret_header(name);
             let value = v.as_ref().map(|v| {
                 if secret {
-                    "<redacted>"
+                    wharf_table::middleware::REDACTED
                 } else {
                     v.to_str().unwrap_or("<binary>")
                 }

@@ -129,6 +129,20 @@ impl fmt::Display for LabelProblem {
 /// this owner's hosts (without the `wharf.` prefix).
 pub const OWNER_LABEL: &str = "allow-paths-from";
 
+/// The whole label key of [`OWNER_LABEL`].
+pub const ALLOW_PATHS_LABEL: &str = "wharf.allow-paths-from";
+
+/// The owners a workload's `wharf.allow-paths-from` labels name (any case).
+pub fn allow_paths_from<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<String> {
+    labels
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(ALLOW_PATHS_LABEL))
+        .flat_map(|(_, v)| crate::values::list(v))
+        .collect()
+}
+
 /// What one service's labels declare.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRoutes {
@@ -276,7 +290,7 @@ impl Problems<'_> {
 }
 
 /// What a problem shows instead of the value of a secret-bearing label.
-pub const REDACTED: &str = "<redacted>";
+pub use wharf_table::middleware::REDACTED;
 
 /// Route keys that are not labels: a labelled route is named after its service and
 /// gets its backends from Docker.

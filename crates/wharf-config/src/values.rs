@@ -212,19 +212,7 @@ pub fn is_secret_key(key: &str) -> bool {
     let header_key = k.contains("headers.")
         || k.contains("customrequestheaders")
         || k.contains("customresponseheaders");
-    header_key
-        && [
-            "authorization",
-            "cookie",
-            "token",
-            "secret",
-            "password",
-            "api-key",
-            "apikey",
-            "key",
-        ]
-        .iter()
-        .any(|w| last.contains(w))
+    header_key && wharf_table::middleware::is_secret_header(last)
 }
 
 /// The closest candidate within an edit distance of 3, if any.

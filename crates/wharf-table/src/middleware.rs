@@ -193,6 +193,26 @@ impl HeaderRules {
     }
 }
 
+/// Whether a header field (lower case) carries credentials, so that its value is
+/// never shown (labels, problems, `/api/routes`).
+pub fn is_secret_header(name: &str) -> bool {
+    [
+        "authorization",
+        "cookie",
+        "token",
+        "secret",
+        "password",
+        "api-key",
+        "apikey",
+        "key",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
+/// What is shown in place of a secret value.
+pub const REDACTED: &str = "<redacted>";
+
 #[cfg(test)]
 mod tests {
     use super::*;
