@@ -364,12 +364,7 @@ pub fn check_with(
                 let mut mine = Vec::new();
                 let mut conflict = false;
                 let project = project_of(origin);
-                let allow: Vec<String> = svc
-                    .labels
-                    .iter()
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("wharf.allow-paths-from"))
-                    .flat_map(|(_, v)| crate::values::list(v))
-                    .collect();
+                let allow = crate::labels::allow_paths_from(&svc.labels);
                 for (route, (label, value)) in r.routes.iter().zip(&r.host_labels) {
                     for host in &route.hosts {
                         let refused = |message: String, problems: &mut Vec<LabelProblem>| {

@@ -508,12 +508,7 @@ impl Control {
                 declared
             };
             let owner = owner_of(w, opts.traefik_labels);
-            let allow: Vec<String> = w
-                .labels
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(owners::ALLOW_LABEL))
-                .flat_map(|(_, v)| wharf_config::values::list(v))
-                .collect();
+            let allow = wharf_config::labels::allow_paths_from(&w.labels);
             let backend_group = opts
                 .traefik_labels
                 .then(|| w.labels.get("traefik.backend").cloned())

@@ -29,7 +29,7 @@ pub const CLAIM_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// The label an owner sets to let other owners add paths under its hosts:
 /// `wharf.allow-paths-from=stack:admin,service:api` (or `*`).
-pub const ALLOW_LABEL: &str = "wharf.allow-paths-from";
+use wharf_config::labels::ALLOW_PATHS_LABEL as ALLOW_LABEL;
 
 /// One host's owner as remembered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
