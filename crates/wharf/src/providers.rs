@@ -486,11 +486,10 @@ impl Reconciler {
             ),
             error: true,
         });
+        self.acme_cap_problem = capped_problem;
         if wanted == self.acme_names {
-            self.acme_cap_problem = capped_problem;
             return;
         }
-        self.acme_cap_problem = capped_problem;
         let flat: Vec<String> = wanted.iter().flatten().cloned().collect();
         // Placeholders of hosts no route wants any more go (a set: at 10,000 names
         // a list would cost 10^8 comparisons per change).
