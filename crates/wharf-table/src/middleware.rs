@@ -48,8 +48,8 @@ pub enum PasswordHash {
 pub const AUTH_CACHE_MAX: usize = 1024;
 
 /// Credentials already verified for one route: a keyed hash (HMAC-SHA-256 under
-/// a random per-route key) of the whole `Authorization` value, never the
-/// password. Only successes go in, and at most [`AUTH_CACHE_MAX`] of them (the
+/// a random per-route key) of the Basic token (the `Authorization` value after
+/// `Basic `), never the password. Only successes go in, and at most [`AUTH_CACHE_MAX`] of them (the
 /// set is emptied when full), so wrong passwords cannot grow it.
 pub struct AuthCache {
     key: hmac::Key,
@@ -76,7 +76,7 @@ impl AuthCache {
         out
     }
 
-    /// Was this exact `Authorization` value verified before?
+    /// Was this exact Basic token verified before?
     pub fn contains(&self, credential: &[u8]) -> bool {
         let d = self.digest(credential);
         self.seen
@@ -85,7 +85,7 @@ impl AuthCache {
             .contains(&d)
     }
 
-    /// Remembers a verified `Authorization` value.
+    /// Remembers a verified Basic token.
     pub fn insert(&self, credential: &[u8]) {
         let d = self.digest(credential);
         let mut seen = self
