@@ -562,14 +562,8 @@ impl Forwarder {
         // A connection idle for a while may have been closed by the backend
         // just as this request goes out (RFC 9112 §9.3.1): a safe request keeps
         // a copy of its head then, to go once more on a fresh connection.
-        let stale_copy = (safe && copy.is_none() && pooled.stale_risk).then(|| {
-            let mut p = Request::new(()).into_parts().0;
-            p.method = req.method().clone();
-            p.uri = req.uri().clone();
-            p.version = req.version();
-            p.headers = req.headers().clone();
-            p
-        });
+        let mut stale_copy = (safe && copy.is_none() && pooled.stale_risk)
+            .then(|| head(req.method(), req.uri(), req.version(), req.headers()));
         let mut e = match pooled.try_send_request(req).await {
             Ok(resp) => return Ok((resp, pooled)),
             Err(e) => e,
@@ -580,9 +574,9 @@ impl Forwarder {
             let closed = !(pooled.is_h2() || err.is_parse() || err.is_user() || err.is_timeout());
             let again = unsent.or_else(|| {
                 closed
-                    .then(|| copy.or(stale_copy.as_ref()))
+                    .then(|| copy.map(copy_head).or_else(|| stale_copy.take()))
                     .flatten()
-                    .map(|p| Request::from_parts(copy_head(p), Either::Right(Empty::new())))
+                    .map(|p| Request::from_parts(p, Either::Right(Empty::new())))
             });
             if let Some(mut req) = again {
                 pooled = match Box::pin(self.pool.connect(addr, tls)).await {
@@ -742,11 +736,21 @@ struct SendFailure {
 
 /// A copy of a body-less request head, kept for one retry.
 fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    head(&parts.method, &parts.uri, parts.version, &parts.headers)
+}
+
+/// A body-less request head with these fields.
+fn head(
+    method: &http::Method,
+    uri: &Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
     let mut p = Request::new(()).into_parts().0;
-    p.method = parts.method.clone();
-    p.uri = parts.uri.clone();
-    p.version = parts.version;
-    p.headers = parts.headers.clone();
+    p.method = method.clone();
+    p.uri = uri.clone();
+    p.version = version;
+    p.headers = headers.clone();
     p
 }
 

@@ -65,25 +65,14 @@ static UNTRUSTED_DROP: [&HeaderName; 12] = [
 /// both spellings to one `HTTP_X_FORWARDED_FOR` variable, so an underscore
 /// spelling would stand in for the field Wharf sets)?
 fn forwarding_alias(name: &str) -> bool {
-    const NAMES: [&str; 16] = [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-real-ip",
-        "forwarded",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-forwarded-server",
-        "x-forwarded-ssl",
-        "front-end-https",
-        "x-url-scheme",
-        "x-forwarded-scheme",
-        "x-original-url",
-        "x-rewrite-url",
-        "true-client-ip",
-        "x-client-ip",
+    let set = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REAL_IP,
     ];
-    NAMES.iter().any(|n| {
+    UNTRUSTED_DROP.iter().chain(set.iter()).any(|n| {
+        let n = n.as_str();
         n.len() == name.len()
             && n.bytes()
                 .zip(name.bytes())
@@ -218,8 +207,20 @@ pub struct ClientInfo {
 /// replaced, so a client cannot forge its address.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &HeaderValue) {
     if !client.trusted {
-        remove_any(headers, &UNTRUSTED_DROP);
-        if headers.keys().any(|k| k.as_str().contains('_')) {
+        // One walk over the names finds both what to drop and whether any name
+        // has an underscore (rare: most requests have neither).
+        let (drop, underscore) = headers.keys().fold((false, false), |(d, u), k| {
+            (
+                d || UNTRUSTED_DROP.contains(&k),
+                u || k.as_str().as_bytes().contains(&b'_'),
+            )
+        });
+        if drop {
+            for name in UNTRUSTED_DROP {
+                headers.remove(name);
+            }
+        }
+        if underscore {
             let aliases: Vec<HeaderName> = headers
                 .keys()
                 .filter(|k| k.as_str().contains('_') && forwarding_alias(k.as_str()))
