@@ -3,8 +3,9 @@
 # Wharf plain), an ECDSA P-256 certificate for localhost/127.0.0.1, a 100-byte file
 # served by an nginx backend, and configs for HAProxy (haproxy.cfg on TLS,
 # haproxy-plain.cfg the same on plain HTTP) and Wharf (one thread each, no HSTS,
-# Docker off). The caller sets RIG_NAME and starts the processes, adding their PIDs
-# to `pids`.
+# Docker off). RIG_MAXCONN and RIG_IDLE override HAProxy's maxconn (8000) and
+# its client and keep-alive timeouts (30s). The caller sets RIG_NAME and starts
+# the processes, adding their PIDs to `pids`.
 run=$(mktemp -d "${TMPDIR:-/tmp}/wharf-${RIG_NAME:-tls}.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; if [ -n "${KEEP_RUN:-}" ]; then echo "kept $run" >&2; else rm -rf "$run"; fi; }
@@ -47,16 +48,16 @@ haproxy_cfg() { # the frontend's bind arguments
   cat <<EOF
 global
   nbthread 1
-  maxconn 8000
+  maxconn ${RIG_MAXCONN:-8000}
   ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
   mode http
   option http-keep-alive
   http-reuse always
   timeout connect 5s
-  timeout client 30s
+  timeout client ${RIG_IDLE:-30s}
   timeout server 30s
-  timeout http-keep-alive 30s
+  timeout http-keep-alive ${RIG_IDLE:-30s}
 frontend fe
   bind $1
   default_backend be

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Memory per idle client connection, HAProxy and Wharf in the same run (issue 12):
+# N connections (10,000 by default) each send one GET, read the 100-byte answer
+# from an nginx backend, and then stay open and silent; the proxy's RSS growth
+# divided by N is its cost per idle keep-alive connection. Plain HTTP/1.1 and TLS
+# (TLS 1.3, ECDSA P-256, HTTP/1.1 by ALPN). Each proxy runs one thread (HAProxy
+# nbthread 1, Wharf worker_threads 1) with idle timeouts well past the run.
+#
+# The requests go out at most CONCURRENCY (50) at a time, so each proxy opens at
+# most that many backend connections, which stay in its pool and count in its
+# growth as they would in production. The open-file limit is raised to the hard
+# limit; HAProxy reserves two descriptors per connection, so N is at most what
+# that limit fits (at most 10,000).
+#
+#   cargo build --release
+#   benches/idle-memory.sh                    # N=10000 (or what fits), plain and tls
+#   N=4000 MODES=tls benches/idle-memory.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${WHARF_BIN:-$here/target/release/wharf}
+ulimit -n "$(ulimit -Hn)"
+# HAProxy refuses a maxconn whose descriptors (two per connection) the hard limit
+# cannot hold, so N is capped to what fits: 9,750 under a 20,000 hard limit.
+fit=$(( ($(ulimit -Hn) - 300) / 2 - 100 ))
+N=${N:-$(( fit < 10000 ? fit : 10000 ))}; MODES=${MODES:-"plain tls"}; CONCURRENCY=${CONCURRENCY:-50}
+TARGETS=${TARGETS:-"haproxy wharf"}
+for b in haproxy nginx openssl python3 curl; do
+  command -v "$b" >/dev/null || { echo "missing $b (apt-get install haproxy nginx)" >&2; exit 2; }
+done
+if [ "$N" -gt "$fit" ]; then
+  echo "open-file hard limit $(ulimit -Hn) is too low for N=$N (HAProxy needs 2 per connection)" >&2; exit 2
+fi
+RIG_NAME=idle RIG_MAXCONN=$((N + 100)) RIG_IDLE=600s
+# shellcheck source=benches/tls-rig.sh
+. "$here/benches/tls-rig.sh"
+cat > "$run/wharf-idle.toml" <<EOF
+[entrypoints.web]
+address = "127.0.0.1:$WHP"
+header_read_timeout = "600s"
+idle_timeout = "600s"
+[entrypoints.websecure]
+address = "127.0.0.1:$WH"
+tls = true
+header_read_timeout = "600s"
+idle_timeout = "600s"
+[admin]
+address = "127.0.0.1:0"
+[runtime]
+worker_threads = 1
+max_connections = $((N + 100))
+[docker]
+mode = "off"
+[[tls.certificates]]
+cert = "$run/cert.pem"
+key = "$run/key.pem"
+[[routes]]
+host = "*"
+upstream = "static:127.0.0.1:$BE"
+tls = "none"
+hsts = 0
+EOF
+
+cat > "$run/idle.py" <<'PY'
+import asyncio, resource, ssl, sys, time
+host, port, tls, n, conc, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tls", int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def rss_kib():
+    total = 0
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            total = int(line.split()[1])
+    return total
+ctx = None
+if tls:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+REQ = b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n"
+async def one(sem, held):
+    async with sem:
+        r, w = await asyncio.open_connection(host, port, ssl=ctx, server_hostname="localhost" if tls else None)
+        w.write(REQ)
+        head = await r.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:40]
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await r.readexactly(length)
+        held.append((r, w))
+async def main():
+    held = []
+    await one(asyncio.Semaphore(1), held)   # warm: one backend connection, TLS state
+    for r, w in held: w.close()
+    held.clear()
+    await asyncio.sleep(1)
+    before = rss_kib()
+    sem = asyncio.Semaphore(conc)
+    t = time.monotonic()
+    await asyncio.gather(*(one(sem, held) for _ in range(n)))
+    opened = time.monotonic() - t
+    await asyncio.sleep(2)   # let the proxy settle (no timer fires in this window)
+    after = rss_kib()
+    # Still open: a proxy that closed them would have shrunk, not measured.
+    alive = sum(1 for r, w in held if not r.at_eof())
+    print(f"{before} {after} {alive} {opened:.1f}")
+    for r, w in held: w.close()
+asyncio.run(main())
+PY
+
+taskset -c 1 nginx -c "$run/backend.conf" >/dev/null 2>&1 & pids+=($!)
+printf '%-8s %-6s %7s %10s %10s %12s %8s\n' target mode conns rss0_MiB rss_MiB KiB_per_conn alive
+for mode in $MODES; do
+  for t in $TARGETS; do
+    case "$t" in
+      haproxy) cfg=$run/haproxy-plain.cfg; [ "$mode" = tls ] && cfg=$run/haproxy.cfg
+               taskset -c 0 haproxy -db -f "$cfg" >"$run/haproxy.log" 2>&1 & p=$!
+               port=$HP; [ "$mode" = tls ] && port=$HA ;;
+      wharf)   WHARF_LOG=warn taskset -c 0 "$bin" run --config "$run/wharf-idle.toml" >"$run/wharf.log" 2>&1 & p=$!
+               port=$WHP; [ "$mode" = tls ] && port=$WH ;;
+    esac
+    pids+=("$p")
+    scheme=http; [ "$mode" = tls ] && scheme=https
+    for _ in $(seq 100); do curl -skf -o /dev/null "$scheme://localhost:$port/hello" && break; sleep 0.1; done
+    read -r before after alive secs < <(taskset -c 1 python3 "$run/idle.py" 127.0.0.1 "$port" "$mode" "$N" "$CONCURRENCY" "$p")
+    awk -v t="$t" -v m="$mode" -v n="$N" -v b="$before" -v a="$after" -v al="$alive" \
+      'BEGIN { printf "%-8s %-6s %7d %10.1f %10.1f %12.2f %8d\n", t, m, n, b/1024, a/1024, (a-b)/n, al }'
+    kill "$p"; wait "$p" 2>/dev/null || true
+  done
+done
