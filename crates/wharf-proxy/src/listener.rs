@@ -139,13 +139,25 @@ impl Entrypoint {
                 settings: self.settings.clone(),
                 fwd: fwd.clone(),
                 builders: builders.clone(),
-                tls: tls.clone(),
                 cancel: cancel.clone(),
             };
-            tracker.spawn(async move {
-                conn.run(stream, peer).await;
-                drop(slots);
-            });
+            // One task type per kind of entrypoint: a TLS connection's state
+            // (handshake, then rustls beside hyper) is twice a plain one's, and
+            // a task is allocated at the size of the largest state its future
+            // can reach (docs/benchmarks.md, memory per idle connection).
+            match &tls {
+                None => tracker.spawn(async move {
+                    conn.run_plain(stream, peer).await;
+                    drop(slots);
+                }),
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tracker.spawn(async move {
+                        conn.run_tls(acceptor, stream, peer).await;
+                        drop(slots);
+                    })
+                }
+            };
         }
         debug!(entrypoint = %s.name, "stopped accepting");
     }
@@ -241,7 +253,6 @@ struct Conn {
     settings: Arc<ListenerSettings>,
     fwd: Arc<Forwarder>,
     builders: Arc<Builders>,
-    tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
 }
 
@@ -254,7 +265,39 @@ struct Negotiated {
 }
 
 impl Conn {
-    async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
+    /// A plain entrypoint's connection: the PROXY header when its peer may
+    /// send one, then HTTP.
+    async fn run_plain(self, mut stream: TcpStream, peer: SocketAddr) {
+        match self.proxy_header(&mut stream, peer).await {
+            Some((None, client)) => self.serve(stream, client, None).await,
+            Some((Some(rest), client)) => {
+                self.serve(Prefixed::new(rest, stream), client, None).await;
+            }
+            None => {}
+        }
+    }
+
+    /// A TLS entrypoint's connection: the PROXY header when its peer may send
+    /// one, the handshake, then HTTP.
+    async fn run_tls(self, acceptor: TlsAcceptor, mut stream: TcpStream, peer: SocketAddr) {
+        match self.proxy_header(&mut stream, peer).await {
+            Some((None, client)) => self.tls(acceptor, stream, client).await,
+            Some((Some(rest), client)) => {
+                self.tls(acceptor, Prefixed::new(rest, stream), client)
+                    .await;
+            }
+            None => {}
+        }
+    }
+
+    /// The client's address, and the bytes read past a PROXY header when one
+    /// was read (the peer is a trusted balancer); `None` closes the connection
+    /// (a malformed header, or none in time).
+    async fn proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Option<bytes::BytesMut>, SocketAddr)> {
         // On a dual-stack `[::]` listener an IPv4 peer arrives as `::ffff:a.b.c.d`;
         // compare its canonical form so IPv4 CIDRs match.
         let peer_ip = peer.ip().to_canonical();
@@ -264,44 +307,64 @@ impl Conn {
             .as_ref()
             .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer_ip)));
         if !trusted_pp {
-            return self.handshake(stream, peer).await;
+            return Some((None, peer));
         }
         let read = tokio::time::timeout(
             self.settings.header_read_timeout,
-            proxy_protocol::read_header(&mut stream),
+            proxy_protocol::read_header(stream),
         )
         .await;
         match read {
-            Ok(Ok(h)) => {
-                let client = h.source.unwrap_or(peer);
-                self.handshake(Prefixed::new(h.rest, stream), client).await
+            Ok(Ok(h)) => Some((Some(h.rest), h.source.unwrap_or(peer))),
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "PROXY header rejected; closing");
+                None
             }
-            Ok(Err(e)) => debug!(%peer, error = %e, "PROXY header rejected; closing"),
-            Err(_) => debug!(%peer, "no PROXY header in time; closing"),
+            Err(_) => {
+                debug!(%peer, "no PROXY header in time; closing");
+                None
+            }
         }
     }
 
-    /// On a TLS entrypoint, the handshake (bounded by `header_read_timeout`), then
-    /// HTTP on the decrypted stream; on a plain one, HTTP directly.
-    async fn handshake<I>(self, io: I, client: SocketAddr)
+    /// On a TLS entrypoint, the handshake (bounded by `header_read_timeout`),
+    /// then HTTP on the decrypted stream.
+    async fn tls<I>(self, acceptor: TlsAcceptor, io: I, client: SocketAddr)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Some(acceptor) = self.tls.clone() else {
-            return self.serve(io, client, None).await;
+        // The stream comes out of its own future and goes straight into
+        // serve's: held across no await here, it takes no second slot in this
+        // future beside serve's (1.2 KiB per TLS connection).
+        let Some((stream, negotiated)) = self.accept(acceptor, io, client).await else {
+            return;
         };
+        self.serve(stream, client, Some(negotiated)).await;
+    }
+
+    /// The TLS handshake, bounded by `header_read_timeout`; `None` when it
+    /// failed, or when it was all the client wanted (ACME TLS-ALPN-01).
+    async fn accept<I>(
+        &self,
+        acceptor: TlsAcceptor,
+        io: I,
+        client: SocketAddr,
+    ) -> Option<(tokio_rustls::server::TlsStream<I>, Negotiated)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let accept = tokio::time::timeout(self.settings.header_read_timeout, acceptor.accept(io));
         let mut stream = match accept.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.fwd.count_handshake_failure();
                 debug!(%client, entrypoint = %self.settings.name, error = %e, "TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 self.fwd.count_handshake_failure();
                 debug!(%client, entrypoint = %self.settings.name, "TLS handshake timed out");
-                return;
+                return None;
             }
         };
         let (_, conn) = stream.get_ref();
@@ -309,7 +372,7 @@ impl Conn {
         if alpn == Some(wharf_tls::ACME_TLS_ALPN) {
             // RFC 8737 §3: the handshake itself was the answer; no data follows.
             let _ = stream.shutdown().await;
-            return;
+            return None;
         }
         let negotiated = Negotiated {
             h2: alpn == Some(wharf_tls::ALPN_H2),
@@ -324,7 +387,7 @@ impl Conn {
                     .into_boxed_str()
             }),
         };
-        self.serve(stream, client, Some(negotiated)).await
+        Some((stream, negotiated))
     }
 
     async fn serve<I>(self, io: I, client: SocketAddr, tls: Option<Negotiated>)
@@ -381,6 +444,10 @@ impl Conn {
             let c = for_svc.clone();
             c.started.fetch_add(1, Ordering::Relaxed);
             c.in_flight.fetch_add(1, Ordering::Relaxed);
+            // Not boxed: hyper keeps a slot the size of this future (~6 KiB)
+            // for the connection's whole life, but boxing it per request costs
+            // a copy of it on every request (+800 instructions, 1.9 %;
+            // docs/benchmarks.md, memory per idle connection).
             async move {
                 let mut stream = Stream(c, false);
                 let c = &stream.0;
