@@ -549,25 +549,39 @@ impl Forwarder {
         copy: Option<&http::request::Parts>,
         safe: bool,
     ) -> Result<(Response<Incoming>, Pooled), SendFailure> {
-        let connect_failed = |error: ProxyError, req| SendFailure {
-            failure: Failure::Connect,
-            error,
-            unsent: Some(req),
-        };
         let mut pooled = match self.pool.checkout(addr, tls).await {
             Ok(p) => p,
-            Err(e) => return Err(connect_failed(e, req)),
+            Err(e) => return Err(SendFailure::connect(e, req)),
         };
         shape_for(&mut req, pooled.is_h2());
         // A connection idle for a while may have been closed by the backend
         // just as this request goes out (RFC 9112 §9.3.1): a safe request keeps
         // a copy of its head then, to go once more on a fresh connection.
-        let mut stale_copy = (safe && copy.is_none() && pooled.stale_risk)
+        let stale_copy = (safe && copy.is_none() && pooled.stale_risk)
             .then(|| head(req.method(), req.uri(), req.version(), req.headers()));
-        let mut e = match pooled.try_send_request(req).await {
+        let e = match pooled.try_send_request(req).await {
             Ok(resp) => return Ok((resp, pooled)),
             Err(e) => e,
         };
+        // Boxed: what a failure needs (a fresh connection, the request again)
+        // would otherwise double this future's size, which every request moves
+        // and every connection holds (docs/benchmarks.md, memory per idle
+        // connection).
+        Box::pin(self.send_failed(addr, tls, pooled, e, stale_copy, copy)).await
+    }
+
+    /// `send_pooled` after the first attempt failed: the resend on a fresh
+    /// connection when the reused one was stale or went away (GOAWAY), and
+    /// the failure classified.
+    async fn send_failed(
+        &self,
+        addr: std::net::SocketAddr,
+        tls: Option<&wharf_table::BackendTls>,
+        mut pooled: Pooled,
+        mut e: hyper::client::conn::TrySendError<Request<ReqBody>>,
+        mut stale_copy: Option<http::request::Parts>,
+        copy: Option<&http::request::Parts>,
+    ) -> Result<(Response<Incoming>, Pooled), SendFailure> {
         if pooled.reused {
             let unsent = e.take_message();
             let err = e.error();
@@ -581,7 +595,7 @@ impl Forwarder {
             if let Some(mut req) = again {
                 pooled = match Box::pin(self.pool.connect(addr, tls)).await {
                     Ok(p) => p,
-                    Err(err) => return Err(connect_failed(err, req)),
+                    Err(err) => return Err(SendFailure::connect(err, req)),
                 };
                 shape_for(&mut req, pooled.is_h2());
                 e = match pooled.try_send_request(req).await {
@@ -620,7 +634,7 @@ impl Forwarder {
                             }
                         }
                     }
-                    Err(err) => return Err(connect_failed(err, req)),
+                    Err(err) => return Err(SendFailure::connect(err, req)),
                 }
             }
         }
@@ -732,6 +746,17 @@ struct SendFailure {
     error: ProxyError,
     /// The request, when none of it was written.
     unsent: Option<Request<ReqBody>>,
+}
+
+impl SendFailure {
+    /// No connection to the backend: the request is handed back whole.
+    fn connect(error: ProxyError, req: Request<ReqBody>) -> Self {
+        SendFailure {
+            failure: Failure::Connect,
+            error,
+            unsent: Some(req),
+        }
+    }
 }
 
 /// A copy of a body-less request head, kept for one retry.
