@@ -14,6 +14,7 @@
 //! cache resumes the TLS session when a connection is made again.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,11 @@ use crate::idle::TimedBody;
 /// is sent with `Empty`, so a copy of its head can be sent again on a retry.
 pub type ReqBody = Either<TimedBody<Incoming>, Empty<Bytes>>;
 
+/// What sending a request came to: the response head, or an error that
+/// hands the request back when none of it was written.
+pub type Sent =
+    Result<hyper::Response<Incoming>, hyper::client::conn::TrySendError<hyper::Request<ReqBody>>>;
+
 /// A connection's sending half: HTTP/1.1 (one request at a time, pooled) or
 /// HTTP/2 (multiplexed, shared), as ALPN decided.
 pub enum Tx {
@@ -49,14 +55,14 @@ impl Tx {
 
     /// Sends a request shaped for this connection's protocol; when none of it
     /// was written, the error hands it back.
-    pub async fn try_send_request(
-        &mut self,
-        req: hyper::Request<ReqBody>,
-    ) -> Result<hyper::Response<Incoming>, hyper::client::conn::TrySendError<hyper::Request<ReqBody>>>
-    {
+    ///
+    /// Not an `async fn`: hyper hands the request to the connection when this
+    /// is called, so the future is only hyper's wait for the response, not
+    /// also a second copy of the request kept for a first poll.
+    pub fn try_send_request(&mut self, req: hyper::Request<ReqBody>) -> impl Future<Output = Sent> {
         match self {
-            Tx::H1(t) => t.try_send_request(req).await,
-            Tx::H2(t) => t.try_send_request(req).await,
+            Tx::H1(t) => tokio_util::either::Either::Left(t.try_send_request(req)),
+            Tx::H2(t) => tokio_util::either::Either::Right(t.try_send_request(req)),
         }
     }
 }
@@ -485,20 +491,22 @@ impl Pooled {
 
     /// Sends a request (see [`Tx::try_send_request`]); from here on the
     /// connection is mid-exchange until [`Pooled::release`].
-    pub async fn try_send_request(
+    pub fn try_send_request(
         &mut self,
         req: hyper::Request<ReqBody>,
-    ) -> Result<hyper::Response<Incoming>, hyper::client::conn::TrySendError<hyper::Request<ReqBody>>>
-    {
+    ) -> impl Future<Output = Sent> + '_ {
         self.dispatched = true;
-        let r = self.tx().try_send_request(req).await;
-        if let Err(e) = &r {
-            if e.message().is_some() {
-                // Refused before any of it was written: still unused.
-                self.dispatched = false;
+        let sent = self.tx().try_send_request(req);
+        async move {
+            let r = sent.await;
+            if let Err(e) = &r {
+                if e.message().is_some() {
+                    // Refused before any of it was written: still unused.
+                    self.dispatched = false;
+                }
             }
+            r
         }
-        r
     }
 
     /// The response has been read to its end: the connection may be reused.
