@@ -31,34 +31,10 @@ if [ "$N" -gt "$fit" ]; then
   echo "open-file hard limit $(ulimit -Hn) is too low for N=$N (HAProxy needs 2 per connection)" >&2; exit 2
 fi
 RIG_NAME=idle RIG_MAXCONN=$((N + 100)) RIG_IDLE=600s
+RIG_EP_EXTRA=$'header_read_timeout = "600s"\nidle_timeout = "600s"'
+RIG_RUNTIME_EXTRA="max_connections = $((N + 100))"
 # shellcheck source=benches/tls-rig.sh
 . "$here/benches/tls-rig.sh"
-cat > "$run/wharf-idle.toml" <<EOF
-[entrypoints.web]
-address = "127.0.0.1:$WHP"
-header_read_timeout = "600s"
-idle_timeout = "600s"
-[entrypoints.websecure]
-address = "127.0.0.1:$WH"
-tls = true
-header_read_timeout = "600s"
-idle_timeout = "600s"
-[admin]
-address = "127.0.0.1:0"
-[runtime]
-worker_threads = 1
-max_connections = $((N + 100))
-[docker]
-mode = "off"
-[[tls.certificates]]
-cert = "$run/cert.pem"
-key = "$run/key.pem"
-[[routes]]
-host = "*"
-upstream = "static:127.0.0.1:$BE"
-tls = "none"
-hsts = 0
-EOF
 
 cat > "$run/idle.py" <<'PY'
 import asyncio, resource, ssl, sys, time
@@ -118,7 +94,7 @@ for mode in $MODES; do
       haproxy) cfg=$run/haproxy-plain.cfg; [ "$mode" = tls ] && cfg=$run/haproxy.cfg
                taskset -c 0 haproxy -db -f "$cfg" >"$run/haproxy.log" 2>&1 & p=$!
                port=$HP; [ "$mode" = tls ] && port=$HA ;;
-      wharf)   WHARF_LOG=warn taskset -c 0 "$bin" run --config "$run/wharf-idle.toml" >"$run/wharf.log" 2>&1 & p=$!
+      wharf)   WHARF_LOG=warn taskset -c 0 "$bin" run --config "$run/wharf.toml" >"$run/wharf.log" 2>&1 & p=$!
                port=$WHP; [ "$mode" = tls ] && port=$WH ;;
     esac
     pids+=("$p")

@@ -4,7 +4,8 @@
 # served by an nginx backend, and configs for HAProxy (haproxy.cfg on TLS,
 # haproxy-plain.cfg the same on plain HTTP) and Wharf (one thread each, no HSTS,
 # Docker off). RIG_MAXCONN and RIG_IDLE override HAProxy's maxconn (8000) and
-# its client and keep-alive timeouts (30s). The caller sets RIG_NAME and starts
+# its client and keep-alive timeouts (30s); RIG_EP_EXTRA and RIG_RUNTIME_EXTRA add
+# lines to each of Wharf's entrypoints and to its [runtime]. The caller sets RIG_NAME and starts
 # the processes, adding their PIDs to `pids`.
 run=$(mktemp -d "${TMPDIR:-/tmp}/wharf-${RIG_NAME:-tls}.XXXXXX")
 pids=()
@@ -70,13 +71,16 @@ haproxy_cfg "127.0.0.1:$HP" > "$run/haproxy-plain.cfg"
 cat > "$run/wharf.toml" <<EOF
 [entrypoints.web]
 address = "127.0.0.1:$WHP"
+${RIG_EP_EXTRA:-}
 [entrypoints.websecure]
 address = "127.0.0.1:$WH"
 tls = true
+${RIG_EP_EXTRA:-}
 [admin]
 address = "127.0.0.1:0"
 [runtime]
 worker_threads = 1
+${RIG_RUNTIME_EXTRA:-}
 [docker]
 mode = "off"
 [[tls.certificates]]
