@@ -759,7 +759,9 @@ impl StartWatch {
                 "{{.TimeNano}}",
             ])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            // A failing `docker events` shows in the test's output, not as
+            // "0 starts".
+            .stderr(std::process::Stdio::inherit())
             .spawn()
             .unwrap();
         let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

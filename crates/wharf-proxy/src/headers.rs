@@ -180,7 +180,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// (Nearly every response carries `Connection` and none of the others: removing
 /// all seven then cost ~750 instructions a request.)
 fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let (mut present, mut te) = (0u8, false);
+    // One bit per field of HOP_BY_HOP (room for 32).
+    let (mut present, mut te) = (0u32, false);
     for k in headers.keys() {
         if k == header::TE {
             te = true;

@@ -265,8 +265,8 @@ struct Negotiated {
 }
 
 impl Conn {
-    /// A plain entrypoint's connection: the PROXY header when its peer may
-    /// send one, then HTTP.
+    /// A plain entrypoint's connection: the PROXY header when the peer is a
+    /// trusted balancer, then HTTP.
     async fn run_plain(self, mut stream: TcpStream, peer: SocketAddr) {
         match self.proxy_header(&mut stream, peer).await {
             Some((None, client)) => self.serve(stream, client, None).await,
@@ -277,8 +277,8 @@ impl Conn {
         }
     }
 
-    /// A TLS entrypoint's connection: the PROXY header when its peer may send
-    /// one, the handshake, then HTTP.
+    /// A TLS entrypoint's connection: the PROXY header when the peer is a
+    /// trusted balancer, the handshake, then HTTP.
     async fn run_tls(self, acceptor: TlsAcceptor, mut stream: TcpStream, peer: SocketAddr) {
         match self.proxy_header(&mut stream, peer).await {
             Some((None, client)) => self.tls(acceptor, stream, client).await,
@@ -444,10 +444,10 @@ impl Conn {
             let c = for_svc.clone();
             c.started.fetch_add(1, Ordering::Relaxed);
             c.in_flight.fetch_add(1, Ordering::Relaxed);
-            // Not boxed: hyper keeps a slot the size of this future (~6 KiB)
-            // for the connection's whole life, but boxing it per request costs
-            // a copy of it on every request (+800 instructions, 1.9 %;
-            // docs/benchmarks.md, memory per idle connection).
+            // Not boxed: hyper keeps a slot the size of this future (3.8 KiB)
+            // for the connection's whole life, but boxing it per request copies
+            // it into the box on every request (+800 instructions, 1.9 %, when
+            // it was 6 KiB; docs/benchmarks.md, memory per idle connection).
             async move {
                 let mut stream = Stream(c, false);
                 let c = &stream.0;
