@@ -215,6 +215,18 @@ impl Tally {
         self.failed.lock().unwrap().push((k, why));
     }
 
+    /// Counts a response (200: ok, else failed with its status and body), and
+    /// says whether its connection may carry the next request.
+    fn answer(&self, k: Kind, r: &common::RawResponse) -> bool {
+        if r.status != 200 {
+            self.fail(k, format!("{} {}", r.status, r.text().trim()));
+            return false;
+        }
+        self.ok(k);
+        r.header("connection")
+            .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
+    }
+
     fn failed(&self) -> Vec<(Kind, String)> {
         self.failed.lock().unwrap().clone()
     }
@@ -267,15 +279,11 @@ fn client(addr: SocketAddr, host: String, kind: Kind, stop: Arc<AtomicBool>, tal
             continue;
         }
         match common::try_read_response(&mut s) {
-            Ok(r) if r.status == 200 => {
-                tally.ok(kind);
-                if r.header("connection")
-                    .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
-                {
+            Ok(r) => {
+                if tally.answer(kind, &r) {
                     conn = Some(s);
                 }
             }
-            Ok(r) => tally.fail(kind, format!("{} {}", r.status, r.text().trim())),
             Err(e) => tally.fail(kind, e),
         }
     }
@@ -946,15 +954,11 @@ fn wharf_own_update_on_one_node_refuses_only_new_connections() {
                         .map_err(|e| e.to_string())
                         .and_then(|()| common::try_read_response(&mut s))
                     {
-                        Ok(r) if r.status == 200 => {
-                            tally.ok(kind);
-                            if r.header("connection")
-                                .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
-                            {
+                        Ok(r) => {
+                            if tally.answer(kind, &r) {
                                 conn = Some(s);
                             }
                         }
-                        Ok(r) => tally.fail(kind, format!("{} {}", r.status, r.text().trim())),
                         Err(_) if reused => {}
                         // A new connection reset before any response byte: no
                         // Wharf listens (Docker's userland proxy accepted it
