@@ -202,8 +202,7 @@ pub fn is_secret_header(name: &str) -> bool {
         "token",
         "secret",
         "password",
-        "api-key",
-        "apikey",
+        // Also api-key, apikey, x-api-key.
         "key",
     ]
     .iter()

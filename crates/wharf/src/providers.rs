@@ -231,13 +231,7 @@ impl Reconciler {
             return started.elapsed();
         };
         let mut snaps = d.snapshots.clone();
-        let listed = async {
-            while snaps.borrow_and_update().is_none() {
-                if snaps.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
+        let listed = snaps.wait_for(Option::is_some);
         if tokio::time::timeout(within, listed).await.is_err() {
             warn!(
                 waited = ?within,
