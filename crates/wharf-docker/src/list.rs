@@ -218,18 +218,14 @@ async fn session(
             .filter(|id| !id.is_empty()),
     };
     let started = Instant::now();
-    let snap = match lister.full().await {
-        Ok(s) => s,
-        Err(e) => {
-            // The Engine answered `/info` but a listing failed (a socket proxy
-            // that refuses `/services` with 403, say): backing off, not the
-            // every-second retry of an Engine that does not answer at all.
-            *listed = Some(Instant::now());
-            return Err(e);
-        }
-    };
-    let count = snap.workloads.len();
+    let listing = lister.full().await;
+    // Listed, or the Engine answered `/info` but a listing failed (a socket
+    // proxy that refuses `/services` with 403, say): either way the next
+    // session backs off, not the every-second retry of an Engine that does
+    // not answer at all (`Retry`).
     *listed = Some(Instant::now());
+    let snap = listing?;
+    let count = snap.workloads.len();
     // The snapshot first, then the state: a watcher woken by either sees the
     // new listing with the provider connected, and an unchanged listing after
     // an outage publishes nothing (no recompilation, no table swap).
