@@ -334,6 +334,15 @@ impl Load {
     }
 }
 
+/// Sets its flag when dropped: client threads stop however the test ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -844,15 +853,10 @@ fn flapping_tasks_swap_once_per_change() {
     );
     // Listed (its route exists, with or without a running task) before the
     // window starts.
-    let listed = Instant::now();
-    while try_get(rig.web, &host, "/").map_or(true, |r| r.status == 404) {
-        assert!(
-            listed.elapsed() < Duration::from_secs(30),
-            "{flap} never routed\n{}",
-            rig.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(rig.web, &host, "/", Duration::from_secs(30), |r| {
+        r.status != 404
+    })
+    .unwrap_or_else(|err| panic!("{flap} never routed: {err}\n{}", rig.logs()));
     let load = Load::start(rig.web, &good_host);
     let t0 = Instant::now();
     let (mut statuses, mut routed_after_exit) = (std::collections::BTreeMap::new(), 0);
@@ -887,9 +891,6 @@ fn flapping_tasks_swap_once_per_change() {
     eprintln!(
         "ROLLING flapping: {starts} task starts in 8 s, {swaps} table swaps, answers {statuses:?}, {routed_after_exit} 502"
     );
-    if std::env::var("ROLLING_DEBUG").is_ok() {
-        eprintln!("{}", rig.logs());
-    }
     assert!(starts >= 3, "the tasks did not flap: {starts} starts");
     // The route stays while its tasks come and go: 503 between tasks, never 404.
     assert!(
@@ -950,30 +951,53 @@ fn wharf_own_update_on_one_node_refuses_only_new_connections() {
                     };
                     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
                     let sent = s.write_all(req.as_bytes());
-                    match sent
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| common::try_read_response(&mut s))
-                    {
+                    // Closed or reset before any response byte, or not
+                    // accepted: on a reused connection the server closed it
+                    // as the request went out (sent again); on a new one no
+                    // Wharf listens (Docker's userland proxy accepted it for
+                    // the host-mode port and found no task to pass it to),
+                    // the outage, not a request Wharf took. Anything after
+                    // the first byte, or no byte in 30 s, is a failure.
+                    let mut first = [0u8; 1];
+                    let began = match sent.and_then(|()| s.peek(&mut first)) {
+                        Ok(n) => n > 0,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            tally.fail(kind, "no response in 30 s".into());
+                            continue;
+                        }
+                        Err(_) => false,
+                    };
+                    if !began {
+                        if !reused {
+                            refused.lock().unwrap().push(Instant::now());
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        continue;
+                    }
+                    match common::try_read_response(&mut s) {
                         Ok(r) => {
                             if tally.answer(kind, &r) {
                                 conn = Some(s);
                             }
                         }
-                        Err(_) if reused => {}
-                        // A new connection reset before any response byte: no
-                        // Wharf listens (Docker's userland proxy accepted it
-                        // for the host-mode port and found no task to pass it
-                        // to). The outage, not a request Wharf took.
-                        Err(_) => {
-                            refused.lock().unwrap().push(Instant::now());
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
+                        Err(e) => tally.fail(kind, e),
                     }
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // The clients stop when the test ends, by panic too.
+    let _stop = StopOnDrop(stop.clone());
+    common::wait_until(
+        "the clients' first answers",
+        Duration::from_secs(30),
+        || tally.sent.load(Ordering::Relaxed) >= 4,
+    );
     let t0 = Instant::now();
     docker(&[
         "service",
@@ -993,7 +1017,11 @@ fn wharf_own_update_on_one_node_refuses_only_new_connections() {
     })
     .unwrap_or_else(|err| panic!("{err}\n{}", rig.logs()));
     let back = t0.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
+    // Some requests through the new task before the clients stop.
+    let sent = tally.sent.load(Ordering::Relaxed);
+    common::wait_until("requests after the update", Duration::from_secs(30), || {
+        tally.sent.load(Ordering::Relaxed) >= sent + 8
+    });
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
