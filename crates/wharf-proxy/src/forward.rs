@@ -666,10 +666,9 @@ impl Forwarder {
         let (mut parts, body) = resp.into_parts();
         // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored, and
         // must not travel on next to a re-framed body.
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers::strip_hop_by_hop(&mut parts.headers, false) {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        headers::strip_hop_by_hop(&mut parts.headers, false);
         pipeline::respond(conn, &ctx, &mut parts.headers);
         Response::from_parts(
             parts,

@@ -129,15 +129,31 @@ fn connection_lists(v: &HeaderValue, token: &str) -> bool {
 
 /// Removes hop-by-hop fields, including every field named in `Connection`
 /// (RFC 9110 §7.6.1). With `upgrade`, `Connection: upgrade` and `Upgrade` are kept
-/// so the backend sees the upgrade request.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Only names listed in Connection need parsing; the common request has no
-    // Connection field at all, or `keep-alive`/`close`.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if headers.get_all(header::CONNECTION).iter().count() > 1
-            || conn.as_bytes().contains(&b',')
-            || !is_simple_token(conn.as_bytes())
-        {
+/// so the backend sees the upgrade request. Says whether `Transfer-Encoding` was
+/// there (a response's `Content-Length` must then go too).
+///
+/// One walk over the names finds which fixed hop-by-hop fields are present and
+/// whether `TE` is; only those are removed (a removal hashes; nearly every
+/// response carries `Connection` and none of the others, and removing all seven
+/// cost ~750 instructions a request).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+    let (mut found, mut te) = (0u32, false);
+    for k in headers.keys() {
+        if k == header::TE {
+            te = true;
+        } else if let Some(bit) = bit_of(&HOP_BY_HOP, k) {
+            found |= bit;
+        }
+    }
+    if found & CONNECTION_BIT != 0 {
+        // Only names listed in Connection need parsing; the common message has
+        // one Connection field, `keep-alive` or `close`.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let simple = match (values.next(), values.next()) {
+            (Some(v), None) => is_simple_token(v.as_bytes()),
+            _ => false,
+        };
+        if !simple {
             let listed: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
@@ -158,7 +174,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         None
     };
-    if remove_hop_by_hop(headers) {
+    remove_present(headers, &HOP_BY_HOP, found);
+    if te {
         let trailers_only = headers
             .get_all(header::TE)
             .iter()
@@ -171,29 +188,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::CONNECTION, UPGRADE);
         headers.insert(header::UPGRADE, u);
     }
+    found & TRANSFER_ENCODING_BIT != 0
 }
 
-/// Removes the fields of [`HOP_BY_HOP`] that are present and says whether `TE`
-/// is. A message carries a handful of fields, so one pass comparing names
-/// (standard names compare as enum tags) finds them cheaper than hashing each
-/// candidate; then only the fields found are removed, each removal hashing once.
-/// (Nearly every response carries `Connection` and none of the others: removing
-/// all seven then cost ~750 instructions a request.)
-fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    // One bit per field of HOP_BY_HOP (room for 32).
-    let (mut present, mut te) = (0u32, false);
-    for k in headers.keys() {
-        if k == header::TE {
-            te = true;
-        } else if let Some(i) = HOP_BY_HOP.iter().position(|n| *n == k) {
-            present |= 1 << i;
-        }
+/// `Connection`'s and `Transfer-Encoding`'s bits in a mask over [`HOP_BY_HOP`].
+const CONNECTION_BIT: u32 = 1 << 0;
+const TRANSFER_ENCODING_BIT: u32 = 1 << 3;
+
+/// `name`'s bit in a mask over `names` (at most 32), if it is one of them.
+/// Comparing names is cheap for standard ones (enum tags), cheaper than hashing
+/// each candidate, so a walk over a message's few names finds which of a list
+/// are present.
+fn bit_of(names: &[&HeaderName], name: &HeaderName) -> Option<u32> {
+    names.iter().position(|n| *n == name).map(|i| 1 << i)
+}
+
+/// Removes the fields of `names` whose bit is set in `mask`.
+fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName], mut mask: u32) {
+    while mask != 0 {
+        headers.remove(names[mask.trailing_zeros() as usize]);
+        mask &= mask - 1;
     }
-    while present != 0 {
-        headers.remove(HOP_BY_HOP[present.trailing_zeros() as usize]);
-        present &= present - 1;
-    }
-    te
 }
 
 fn is_simple_token(v: &[u8]) -> bool {
@@ -219,17 +234,14 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &Header
     if !client.trusted {
         // One walk over the names finds both what to drop and whether any name
         // has an underscore (rare: most requests have neither).
-        let (drop, underscore) = headers.keys().fold((false, false), |(d, u), k| {
-            (
-                d || UNTRUSTED_DROP.contains(&k),
-                u || k.as_str().as_bytes().contains(&b'_'),
-            )
-        });
-        if drop {
-            for name in UNTRUSTED_DROP {
-                headers.remove(name);
+        let (mut drop, mut underscore) = (0u32, false);
+        for k in headers.keys() {
+            match bit_of(&UNTRUSTED_DROP, k) {
+                Some(bit) => drop |= bit,
+                None => underscore |= k.as_str().as_bytes().contains(&b'_'),
             }
         }
+        remove_present(headers, &UNTRUSTED_DROP, drop);
         if underscore {
             let aliases: Vec<HeaderName> = headers
                 .keys()
@@ -323,6 +335,24 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_bits_name_their_fields() {
+        assert_eq!(
+            bit_of(&HOP_BY_HOP, &header::CONNECTION),
+            Some(CONNECTION_BIT)
+        );
+        assert_eq!(
+            bit_of(&HOP_BY_HOP, &header::TRANSFER_ENCODING),
+            Some(TRANSFER_ENCODING_BIT)
+        );
+        let mut chunked = map(&[("transfer-encoding", "chunked"), ("connection", "close")]);
+        assert!(strip_hop_by_hop(&mut chunked, false));
+        assert!(chunked.is_empty(), "{chunked:?}");
+        let mut plain = map(&[("connection", "keep-alive"), ("content-length", "3")]);
+        assert!(!strip_hop_by_hop(&mut plain, false));
+        assert_eq!(plain.len(), 1, "{plain:?}");
+    }
+
+    #[test]
     fn joins_cookies() {
         let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
         join_cookies(&mut h);
@@ -342,6 +372,14 @@ mod tests {
         set_forwarded(&mut h, &client(false), &HeaderValue::from_static("a"));
         assert!(h.get("forwarded").is_none());
         assert!(h.get("x-forwarded-port").is_none());
+        // Each dropped field alone goes too, and nothing else does.
+        for name in UNTRUSTED_DROP {
+            let mut h = map(&[(name.as_str(), "6.6.6.6"), ("x-app", "kept")]);
+            set_forwarded(&mut h, &client(false), &HeaderValue::from_static("a"));
+            assert_eq!(h["x-app"], "kept");
+            let gone = h.get(name).is_none() || h[name] != "6.6.6.6"; // one Wharf sets itself
+            assert!(gone, "{name} kept: {h:?}");
+        }
         let mut h = map(&[("forwarded", "for=203.0.113.1")]);
         set_forwarded(&mut h, &client(true), &HeaderValue::from_static("a"));
         assert_eq!(h["forwarded"], "for=203.0.113.1");
