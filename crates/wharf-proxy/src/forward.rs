@@ -831,32 +831,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use wharf_table::{
-        BackendDef, BackendRegistry, Balance, EntrypointMask, Policy, RouteDef, Table,
-    };
+    use wharf_table::{BackendDef, BackendRegistry, Policy, RouteDef, Table};
 
     #[test]
     fn retirement_remembers_backends_that_left_until_they_serve_again() {
         let reg = BackendRegistry::new();
         let table = |backends: &[(u16, bool)]| {
-            let def = RouteDef {
-                name: "r".into(),
-                source: "test".into(),
-                hosts: vec!["h".into()],
-                path: "/".into(),
-                entrypoints: EntrypointMask::ALL,
-                balance: Balance::RoundRobin,
-                backends: backends
-                    .iter()
-                    .map(|(port, draining)| BackendDef {
-                        addr: SocketAddr::from(([10, 0, 0, 1], *port)),
-                        scheme: wharf_table::Scheme::Http,
-                        draining: *draining,
-                        identity: None,
-                    })
-                    .collect(),
-                policy: Policy::default(),
-            };
+            let mut def = RouteDef::local_for_tests(0, Policy::default());
+            def.backends = backends
+                .iter()
+                .map(|(port, draining)| BackendDef {
+                    addr: SocketAddr::from(([10, 0, 0, 1], *port)),
+                    scheme: wharf_table::Scheme::Http,
+                    draining: *draining,
+                    identity: None,
+                })
+                .collect();
             Table::compile(vec![def], &reg).0
         };
         let sorted = |s: HashSet<SocketAddr, ahash::RandomState>| {
