@@ -27,9 +27,7 @@ use crate::{ApplyReport, Problem};
 /// it; an owner gone for a day has moved on.
 pub const CLAIM_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
-/// The label an owner sets to let other owners add paths under its hosts:
-/// `wharf.allow-paths-from=stack:admin,service:api` (or `*`).
-use wharf_config::labels::ALLOW_PATHS_LABEL as ALLOW_LABEL;
+use wharf_config::labels::ALLOW_PATHS_LABEL;
 
 /// One host's owner as remembered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,7 +237,7 @@ pub fn settle(
                         Some(format!(
                             "host `{host}` belongs to `{o}`{held_by}, which claimed it first{gone}; \
                              another owner (`{}`) may not route any path under it unless `{o}` \
-                             sets {ALLOW_LABEL}={}",
+                             sets {ALLOW_PATHS_LABEL}={}",
                             m.owner, m.owner
                         ))
                     }
