@@ -808,8 +808,9 @@ fn two_replicas_behind_an_l4_balancer_with_accept_grace_fail_no_request() {
 /// nothing in flight fails, none of the clients' connects is refused, but a
 /// request whose new connection reaches the replica in the instant its
 /// listener closes (often the retry of one whose idle keep-alive connection
-/// the same SIGTERM closed) gets no response. Counted, not asserted: 0 to 2
-/// per rolling update in our runs (docs/benchmarks.md).
+/// the same SIGTERM closed) gets no response. Counted and bounded loosely: 0
+/// or 1 per rolling update in our runs (docs/benchmarks.md), at most 8 so a
+/// loaded machine does not fail it.
 #[test]
 fn two_replicas_behind_an_l4_balancer_sigterm_alone_loses_only_connections_at_the_close() {
     let _serial = serial();
