@@ -215,16 +215,25 @@ impl Tally {
         self.failed.lock().unwrap().push((k, why));
     }
 
-    /// Counts a response (200: ok, else failed with its status and body), and
-    /// says whether its connection may carry the next request.
-    fn answer(&self, k: Kind, r: &common::RawResponse) -> bool {
+    /// Reads and counts a response (200: ok; another status, or an error
+    /// reading it: failed), and hands the connection back when it may carry
+    /// the next request.
+    fn read_answer(&self, k: Kind, mut s: TcpStream) -> Option<TcpStream> {
+        let r = match common::try_read_response(&mut s) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(k, e);
+                return None;
+            }
+        };
         if r.status != 200 {
             self.fail(k, format!("{} {}", r.status, r.text().trim()));
-            return false;
+            return None;
         }
         self.ok(k);
         r.header("connection")
             .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
+            .then_some(s)
     }
 
     fn failed(&self) -> Vec<(Kind, String)> {
@@ -278,14 +287,7 @@ fn client(addr: SocketAddr, host: String, kind: Kind, stop: Arc<AtomicBool>, tal
             tally.fail(kind, format!("write: {e}"));
             continue;
         }
-        match common::try_read_response(&mut s) {
-            Ok(r) => {
-                if tally.answer(kind, &r) {
-                    conn = Some(s);
-                }
-            }
-            Err(e) => tally.fail(kind, e),
-        }
+        conn = tally.read_answer(kind, s);
     }
 }
 
@@ -979,14 +981,7 @@ fn wharf_own_update_on_one_node_refuses_only_new_connections() {
                         }
                         continue;
                     }
-                    match common::try_read_response(&mut s) {
-                        Ok(r) => {
-                            if tally.answer(kind, &r) {
-                                conn = Some(s);
-                            }
-                        }
-                        Err(e) => tally.fail(kind, e),
-                    }
+                    conn = tally.read_answer(kind, s);
                 }
             })
         })
