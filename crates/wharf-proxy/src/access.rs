@@ -239,6 +239,38 @@ impl AccessSender {
     }
 }
 
+impl AccessSender {
+    /// Starts the record of a request the HTTP/1.1 engine serves, from its
+    /// head's bytes (`client`: the address limits key on).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn begin_h1(
+        self,
+        conn: &ConnInfo,
+        method: &Method,
+        target: &[u8],
+        host: &[u8],
+        ua: Option<&[u8]>,
+        referer: Option<&[u8]>,
+        client: IpAddr,
+        start: Instant,
+    ) -> Pending {
+        Pending(Some(Box::new(Record {
+            log: self,
+            time: UNIX_EPOCH,
+            start,
+            client,
+            method: method.clone(),
+            version: Version::HTTP_11,
+            text: Strings::new(target, Some(host), ua, referer),
+            tls: conn.tls_version,
+            seen: Seen::default(),
+            status: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+        })))
+    }
+}
+
 /// One request's line, before it is formatted (by the writer).
 pub(crate) struct Record {
     log: AccessSender,
@@ -300,6 +332,17 @@ impl Pending {
                 rec.bytes = http_body::Body::size_hint(full).exact().unwrap_or(0);
                 rec.finish();
             }
+        }
+    }
+}
+
+impl Pending {
+    /// The response is over (the HTTP/1.1 engine): `bytes` of body passed on.
+    pub(crate) fn finish_with(mut self, status: u16, bytes: u64) {
+        if let Some(mut rec) = self.0.take() {
+            rec.status = status;
+            rec.bytes = bytes;
+            rec.finish();
         }
     }
 }

@@ -63,7 +63,7 @@ impl ProxyError {
     }
 
     /// A short plain body; it never reveals backend addresses.
-    fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> &'static str {
         match self {
             ProxyError::BadHost => "400 Bad Request: missing or malformed Host\n",
             ProxyError::BadPath => "400 Bad Request: malformed path\n",

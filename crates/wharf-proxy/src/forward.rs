@@ -80,23 +80,23 @@ impl Retirement {
 
 /// Everything a request needs that does not change per request.
 pub struct Forwarder {
-    table: SharedTable,
+    pub(crate) table: SharedTable,
     tunnels: TaskTracker,
-    pool: Arc<H1Pool>,
+    pub(crate) pool: Arc<H1Pool>,
     /// hyper-util's client, for upgrades (the tunnel takes the connection over).
     http1: HttpClient,
     h2c: HttpClient,
-    response_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     /// Port of the first TLS entrypoint, for redirects; `None` means no TLS is
     /// served, so nothing is redirected.
-    https_port: Option<u16>,
+    pub(crate) https_port: Option<u16>,
     /// ACME HTTP-01 answers, asked before routing on plain entrypoints.
     http01: Arc<dyn Http01Responder>,
     handshake_failures: AtomicU64,
     /// Requests that matched no route.
-    unrouted: Arc<RouteMetrics>,
+    pub(crate) unrouted: Arc<RouteMetrics>,
     /// The access log, when `[log] access` is not `off`.
-    access: Option<AccessSender>,
+    pub(crate) access: Option<AccessSender>,
 }
 
 /// What forwarding found out about a request, for the observe phase (metrics and

@@ -64,7 +64,7 @@ static UNTRUSTED_DROP: [&HeaderName; 12] = [
 /// Is `name`, with `_` read as `-`, a forwarding field (CGI, PHP and WSGI map
 /// both spellings to one `HTTP_X_FORWARDED_FOR` variable, so an underscore
 /// spelling would stand in for the field Wharf sets)?
-fn forwarding_alias(name: &str) -> bool {
+pub(crate) fn forwarding_alias(name: &str) -> bool {
     let set = [
         &X_FORWARDED_FOR,
         &X_FORWARDED_PROTO,

@@ -111,6 +111,18 @@ impl<I> Inactivity<I> {
     }
 }
 
+impl<I> Inactivity<I> {
+    pub(crate) fn into_inner(self) -> I {
+        self.io
+    }
+}
+
+impl<I: crate::h1::Transport> crate::h1::Transport for Inactivity<I> {
+    fn poll_peer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.io.poll_peer(cx)
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Inactivity<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -12,6 +12,7 @@ mod affinity;
 mod body;
 mod error;
 mod forward;
+mod h1;
 mod headers;
 mod idle;
 mod listener;
@@ -64,6 +65,10 @@ pub struct ListenerSettings {
     pub client_timeout: Duration,
     /// An upgraded connection silent both ways this long is closed.
     pub tunnel_timeout: Duration,
+    /// HTTP/1.1 requests go through Wharf's own engine (`h1`) where it serves
+    /// them; off, hyper serves every request (`WHARF_HTTP1_ENGINE=hyper`, for
+    /// comparisons).
+    pub h1_engine: bool,
 }
 
 /// Open client connections of one entrypoint, by protocol: `http` (plain:

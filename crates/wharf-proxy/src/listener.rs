@@ -331,7 +331,7 @@ impl Conn {
     /// then HTTP on the decrypted stream.
     async fn tls<I>(self, acceptor: TlsAcceptor, io: I, client: SocketAddr)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: crate::h1::Transport + 'static,
     {
         // The stream comes out of its own future and goes straight into
         // serve's: held across no await here, it takes no second slot in this
@@ -392,14 +392,9 @@ impl Conn {
 
     async fn serve<I>(self, io: I, client: SocketAddr, tls: Option<Negotiated>)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: crate::h1::Transport + 'static,
     {
         let s = &self.settings;
-        let builder = match &tls {
-            None => &self.builders.plain,
-            Some(n) if n.h2 => &self.builders.h2,
-            Some(_) => &self.builders.h1,
-        };
         let open = match &tls {
             None => &s.open.http,
             Some(n) if n.h2 => &s.open.h2,
@@ -432,13 +427,49 @@ impl Conn {
         // Everything a request needs from its connection behind one Arc: one
         // reference count per request.
         let shared = Arc::new(Shared {
-            fwd: self.fwd,
+            fwd: self.fwd.clone(),
             info,
             started: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             early_resets: AtomicU32::new(0),
             abuse: tokio::sync::Notify::new(),
         });
+        let mut io = Inactivity::writes(io, s.client_timeout);
+        if s.h1_engine && !tls.as_ref().is_some_and(|n| n.h2) {
+            let engine = crate::h1::Engine {
+                fwd: &shared.fwd,
+                conn: &shared.info,
+                settings: s,
+                cancel: &self.cancel,
+            };
+            match engine.serve(&mut io, Vec::new()).await {
+                crate::h1::Exit::Closed => return,
+                crate::h1::Exit::Handoff(rest) => {
+                    // Boxed: hyper's connection state is large and rarely
+                    // needed on a connection the engine serves.
+                    let io = Prefixed::new(bytes::BytesMut::from(&rest[..]), io.into_inner());
+                    Box::pin(self.hyper(shared, io, client, tls.map(|n| n.h2))).await;
+                    return;
+                }
+            }
+        }
+        // Boxed, once per connection: the task of a connection the engine
+        // serves is then only as large as the engine's state.
+        Box::pin(self.hyper(shared, io.into_inner(), client, tls.map(|n| n.h2))).await;
+    }
+
+    /// hyper serves the connection (HTTP/2, and HTTP/1.1 from the first head
+    /// the engine declines); `tls`: whether ALPN chose HTTP/2, on TLS.
+    async fn hyper<I>(&self, shared: Arc<Shared>, io: I, client: SocketAddr, tls: Option<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.settings;
+        let builder = match tls {
+            None => &self.builders.plain,
+            Some(true) => &self.builders.h2,
+            Some(false) => &self.builders.h1,
+        };
         let for_svc = shared.clone();
         let svc = service_fn(move |req| {
             let c = for_svc.clone();

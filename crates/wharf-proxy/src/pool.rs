@@ -75,8 +75,17 @@ struct Idle {
     since: Instant,
 }
 
+/// An idle plain connection of the HTTP/1.1 engine (`h1`): only the socket,
+/// no task and no buffer.
+struct RawIdle {
+    stream: TcpStream,
+    since: Instant,
+}
+
 pub struct H1Pool {
     idle: Mutex<HashMap<Key, Vec<Idle>, ahash::RandomState>>,
+    /// The HTTP/1.1 engine's idle connections to plain backends.
+    raw: Mutex<HashMap<SocketAddr, Vec<RawIdle>, ahash::RandomState>>,
     /// One shared HTTP/2 connection per key (TLS backends that chose h2).
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>, ahash::RandomState>>,
     /// When a TLS failure was last logged per key, so a broken backend under
@@ -142,6 +151,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An idle socket is still open and the backend sent nothing unasked: no
+/// readiness since its last read (no system call), or a read that would block.
+fn alive(s: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match s.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        std::task::Poll::Ready(Ok(())) => matches!(
+            s.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ),
+    }
+}
+
 /// Logged at most this often per backend and TLS policy.
 const TLS_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -149,6 +172,7 @@ impl H1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
         Arc::new(H1Pool {
             idle: Mutex::new(HashMap::default()),
+            raw: Mutex::new(HashMap::default()),
             h2: Mutex::new(HashMap::default()),
             tls_logged: Mutex::new(HashMap::default()),
             connecting: Mutex::new(HashMap::default()),
@@ -182,6 +206,14 @@ impl H1Pool {
             }
             keep
         });
+        let mut raw = Vec::new();
+        lock(&self.raw).retain(|addr, list| {
+            let keep = !leaving.contains(addr);
+            if !keep {
+                raw.append(list);
+            }
+            keep
+        });
         let mut shared = Vec::new();
         lock(&self.h2).retain(|(addr, _), tx| {
             let keep = !leaving.contains(addr);
@@ -191,6 +223,7 @@ impl H1Pool {
             keep
         });
         drop(closed);
+        drop(raw);
         drop(shared);
     }
 
@@ -388,6 +421,10 @@ impl H1Pool {
             list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
             !list.is_empty()
         });
+        lock(&self.raw).retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < idle_timeout && alive(&c.stream));
+            !list.is_empty()
+        });
         lock(&self.h2).retain(|_, tx| !tx.is_closed());
         lock(&self.tls_logged).retain(|_, t| t.elapsed() < TLS_LOG_EVERY);
         // Gates nobody holds or waits for.
@@ -417,7 +454,8 @@ impl H1Pool {
         });
     }
 
-    fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
+    /// Counts a release and sweeps every [`SWEEP_EVERY`] of them.
+    fn count_release(&self) {
         if self
             .releases
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -426,6 +464,55 @@ impl H1Pool {
         {
             self.sweep();
         }
+    }
+
+    /// A plain connection to `addr` for the HTTP/1.1 engine: the most recently
+    /// used idle one that is still open, else a new one. Says whether it was
+    /// reused, and whether it idled long enough that the backend may have
+    /// closed it just as the request goes out (see [`STALE_RISK`]).
+    pub(crate) async fn checkout_raw(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(TcpStream, bool, bool), ProxyError> {
+        loop {
+            let Some(c) = lock(&self.raw).get_mut(&addr).and_then(Vec::pop) else {
+                break;
+            };
+            let idle = c.since.elapsed();
+            if idle < self.idle_timeout && alive(&c.stream) {
+                return Ok((c.stream, true, idle >= STALE_RISK));
+            }
+        }
+        // Boxed: only a pointer in the request's future while a pooled
+        // connection serves.
+        Ok((Box::pin(self.tcp(addr)).await?, false, false))
+    }
+
+    /// A new plain connection to `addr` (a pooled one went stale).
+    pub(crate) async fn connect_raw(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+        Box::pin(self.tcp(addr)).await
+    }
+
+    /// Pools an engine connection whose exchange ended cleanly.
+    pub(crate) fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
+        self.count_release();
+        let mut idle = lock(&self.raw);
+        // Checked under the lock `retire` sweeps with (see there).
+        if self.is_retired(addr) {
+            return;
+        }
+        let list = idle.entry(addr).or_default();
+        if list.len() >= self.max_idle {
+            list.remove(0);
+        }
+        list.push(RawIdle {
+            stream,
+            since: Instant::now(),
+        });
+    }
+
+    fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
+        self.count_release();
         let mut idle = lock(&self.idle);
         // Checked under the lock `retire` sweeps with (see there).
         if self.is_retired(key.0) {

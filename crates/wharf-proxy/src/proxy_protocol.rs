@@ -184,6 +184,16 @@ impl<S> Prefixed<S> {
     }
 }
 
+impl<S: crate::h1::Transport> crate::h1::Transport for Prefixed<S> {
+    fn poll_peer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.prefix.is_empty() {
+            self.inner.poll_peer(cx)
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

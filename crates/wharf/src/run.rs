@@ -62,6 +62,7 @@ fn listener_settings(
         max_connection_age: ep.max_connection_age,
         client_timeout: ep.client_timeout,
         tunnel_timeout: ep.tunnel_timeout,
+        h1_engine: std::env::var("WHARF_HTTP1_ENGINE").map_or(true, |v| v != "hyper"),
     }
 }
 

@@ -1,0 +1,974 @@
+//! The HTTP/1.1 engine: the common case (client HTTP/1.1 to a plain HTTP/1.1
+//! backend) served by one task per client connection, without hyper.
+//!
+//! Each request head is parsed once ([`wire`]) into offsets into the
+//! connection's read buffer; the pipeline's phases run on it (a header map is
+//! built only for a route whose features read or rewrite fields: stickiness,
+//! authentication, header rules, or a trusted peer's `X-Forwarded-For`); the
+//! rewritten head is written into an output buffer and sent on a pooled plain
+//! socket from this same task, and the response head comes back the same way.
+//! Bodies are streamed with their framing (Content-Length, chunked, or until
+//! close, sent on chunked). Buffers belong to the connection and are released
+//! whenever it waits for a request with nothing buffered, so an idle
+//! connection holds no buffer at all.
+//!
+//! The decision is taken at each request head, never in the middle of a
+//! request: a head the engine does not serve (HTTP/1.0, an upgrade,
+//! `Expect`, an unusual target or framing, an error or redirect that Wharf
+//! answers itself, a route with TLS or h2c backends, anything malformed) is
+//! [`Exit::Handoff`]: hyper takes the connection from that head on, with the
+//! bytes as received, and answers or refuses it as it always did.
+
+pub(crate) mod wire;
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Method;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use wharf_table::metrics::method_index;
+use wharf_table::{normalize_host, path_is_clean, RateKey, Route, Scheme};
+
+use crate::access::Pending;
+use crate::error::ProxyError;
+use crate::forward::{ConnInfo, Forwarder, Seen};
+use crate::pipeline::{self, Ctx, Failure, Head, Routed, ACME_CHALLENGE};
+use crate::ListenerSettings;
+use wire::{Chunked, Field, Framing, Parse, ReqHead, RespHead};
+
+/// A client stream the engine can wait on without holding a buffer.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready when the peer may have sent something. The default is always
+    /// ready (the read itself waits, into a buffer).
+    fn poll_peer(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_peer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_read_ready(cx).map(|_| ())
+    }
+}
+
+impl<S: Transport> Transport for tokio_rustls::server::TlsStream<S> {}
+
+/// How a connection left the engine.
+pub(crate) enum Exit {
+    Closed,
+    /// hyper serves the rest of the connection, starting with these bytes.
+    Handoff(Vec<u8>),
+}
+
+/// Read buffers start this large; a head that does not fit grows them.
+const READ_CHUNK: usize = 4096;
+/// Bodies move in pieces of up to this much.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// A read buffer: `data[start..]` waits to be used.
+#[derive(Default)]
+struct Buf {
+    data: Vec<u8>,
+    start: usize,
+}
+
+impl Buf {
+    fn pending(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.data.len()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Gives the allocation back while nothing waits in it.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.data = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.data);
+        v.drain(..std::mem::take(&mut self.start));
+        v
+    }
+
+    /// Reads once more from `io`; `Ok(0)` is the end of the stream.
+    async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        want: usize,
+    ) -> io::Result<usize> {
+        if self.data.capacity() - self.data.len() < want / 2 {
+            if self.start > 0 {
+                self.data.drain(..self.start);
+                self.start = 0;
+            }
+            self.data.reserve(want);
+        }
+        io.read_buf(&mut self.data).await
+    }
+}
+
+/// A connection's reusable state.
+#[derive(Default)]
+struct State {
+    /// From the client.
+    rbuf: Buf,
+    /// From the backend.
+    bbuf: Buf,
+    /// To the backend or the client.
+    out: Vec<u8>,
+    fields: Vec<Field>,
+    rfields: Vec<Field>,
+}
+
+impl State {
+    fn release(&mut self) {
+        self.rbuf.release();
+        self.bbuf.release();
+        self.out = Vec::new();
+        self.fields = Vec::new();
+        self.rfields = Vec::new();
+    }
+}
+
+/// What a connection's requests share.
+pub(crate) struct Engine<'a> {
+    pub fwd: &'a Forwarder,
+    pub conn: &'a ConnInfo,
+    pub settings: &'a ListenerSettings,
+    pub cancel: &'a CancellationToken,
+}
+
+enum Next {
+    Head(ReqHead),
+    Closed,
+    Decline,
+}
+
+/// After a request.
+enum Outcome {
+    KeepAlive,
+    Close,
+    Decline,
+}
+
+/// Why an attempt at the backend failed.
+enum Fail {
+    /// The client went away or stalled while its body was relayed.
+    Client,
+    /// The client's chunked body is malformed: 502 and close, as on the
+    /// hyper path (its client fails the request), not held against the
+    /// backend.
+    BadBody,
+    Backend {
+        failure: Failure,
+        error: ProxyError,
+        /// Nothing of the request reached the backend.
+        unsent: bool,
+    },
+}
+
+impl Engine<'_> {
+    /// Serves requests until the connection closes or a head goes to hyper.
+    pub(crate) async fn serve<I: Transport>(&self, io: &mut I, prefix: Vec<u8>) -> Exit {
+        let s = self.settings;
+        let born = Instant::now();
+        let mut st = State {
+            rbuf: Buf {
+                data: prefix,
+                start: 0,
+            },
+            ..State::default()
+        };
+        let mut first = true;
+        loop {
+            // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
+            // head, from the end of the previous response (docs/config.md).
+            let wait = if first {
+                s.header_read_timeout
+            } else {
+                s.header_read_timeout.min(s.idle_timeout)
+            };
+            first = false;
+            let head = match tokio::time::timeout(wait, self.read_head(io, &mut st)).await {
+                Err(_) => {
+                    debug!(client = %self.conn.client, "no request head in time; closing");
+                    return Exit::Closed;
+                }
+                Ok(Next::Closed) => return Exit::Closed,
+                Ok(Next::Decline) => return Exit::Handoff(st.rbuf.take()),
+                Ok(Next::Head(h)) => h,
+            };
+            match self.request(io, &mut st, head, born).await {
+                Outcome::KeepAlive => {}
+                Outcome::Close => {
+                    let _ = io.shutdown().await;
+                    return Exit::Closed;
+                }
+                Outcome::Decline => return Exit::Handoff(st.rbuf.take()),
+            }
+        }
+    }
+
+    async fn read_head<I: Transport>(&self, io: &mut I, st: &mut State) -> Next {
+        loop {
+            if st.rbuf.is_empty() {
+                // Idle: no buffer is held while the client thinks.
+                st.release();
+                tokio::select! {
+                    biased;
+                    () = poll_fn(|cx| io.poll_peer(cx)) => {}
+                    () = self.cancel.cancelled() => return Next::Closed,
+                }
+            } else {
+                match wire::parse_request(
+                    st.rbuf.pending(),
+                    &mut st.fields,
+                    self.settings.max_headers,
+                ) {
+                    Parse::Done(h) => return Next::Head(h),
+                    Parse::Decline(why) => {
+                        debug!(client = %self.conn.client, why, "request head left to hyper");
+                        return Next::Decline;
+                    }
+                    Parse::Partial if st.rbuf.pending().len() >= self.settings.max_header_size => {
+                        return Next::Decline;
+                    }
+                    Parse::Partial => {}
+                }
+            }
+            match st.rbuf.read_from(io, READ_CHUNK).await {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// One request, from its parsed head to the end of its response.
+    async fn request<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        h: ReqHead,
+        born: Instant,
+    ) -> Outcome {
+        let start = Instant::now();
+        let (fwd, conn) = (self.fwd, self.conn);
+        let raw = &st.rbuf.pending()[..h.len];
+        let part = |(a, b): (u32, u32)| &raw[a as usize..b as usize];
+        let Ok(method) = Method::from_bytes(part(h.method)) else {
+            return Outcome::Decline;
+        };
+        let target = part(h.target);
+        let path_end = target
+            .iter()
+            .position(|b| *b == b'?')
+            .unwrap_or(target.len());
+        let (Ok(path), Ok(raw_host)) = (
+            std::str::from_utf8(&target[..path_end]),
+            std::str::from_utf8(part(h.host)),
+        ) else {
+            return Outcome::Decline;
+        };
+        let Some(host) = normalize_host(raw_host) else {
+            return Outcome::Decline;
+        };
+        if !path_is_clean(path, method == Method::OPTIONS) {
+            return Outcome::Decline;
+        }
+        let has_body = h.body != Framing::None;
+        let empty = HeaderMap::new();
+        let mut head = Head {
+            method: &method,
+            host: &host,
+            path,
+            has_body,
+            headers: &empty,
+        };
+        // admit and route; whatever Wharf answers itself here (421, 404, a
+        // redirect, an ACME challenge) is hyper's, with no phase run twice.
+        if pipeline::admit(conn, &head).is_err()
+            || (!conn.tls && method == Method::GET && path.starts_with(ACME_CHALLENGE))
+        {
+            return Outcome::Decline;
+        }
+        let route = match pipeline::route(&fwd.table.load(), conn, &head, fwd.https_port) {
+            Ok(Routed::Forward(r)) => r,
+            _ => return Outcome::Decline,
+        };
+        if !route
+            .backends
+            .all()
+            .iter()
+            .all(|b| b.scheme == Scheme::Http)
+        {
+            return Outcome::Decline;
+        }
+        // Served here from now on.
+        let map =
+            needs_map(&route, conn, fwd.access.is_some()).then(|| wire::to_map(raw, &st.fields));
+        if let Some(m) = &map {
+            head.headers = m;
+        }
+        let mut pending = fwd.access.map(|log| {
+            let (mut ua, mut referer) = (None, None);
+            for f in &st.fields {
+                match f.kind {
+                    wire::Kind::UserAgent => ua = ua.or(Some(f.value(raw))),
+                    wire::Kind::Referer => referer = referer.or(Some(f.value(raw))),
+                    _ => {}
+                }
+            }
+            let client = if conn.info.trusted {
+                pipeline::client_ip(conn, &head)
+            } else {
+                conn.client.ip()
+            };
+            log.begin_h1(
+                conn,
+                &method,
+                target,
+                part(h.host),
+                ua,
+                referer,
+                client,
+                start,
+            )
+        });
+        let mut own = Seen::default();
+        let seen = match pending.as_mut().and_then(Pending::record) {
+            Some(rec) => &mut rec.seen,
+            None => &mut own,
+        };
+        seen.route = Some(route.clone());
+        let is_head = method == Method::HEAD;
+        let safe = pipeline::safe_to_repeat(&head);
+        let phases = self.phases(&head, &route).await;
+        let (backend, guard, mut affinity) = match phases {
+            Ok(p) => p,
+            Err(e) => {
+                st.rbuf.consume(h.len);
+                // A body not read leaves the connection's framing unknown.
+                let close = has_body || h.close;
+                let (status, bytes) = self.answer(io, st, e, close).await;
+                self.observe(Some(&route), status, &method, start);
+                if let Some(p) = pending {
+                    p.finish_with(status, bytes);
+                }
+                return if close {
+                    Outcome::Close
+                } else {
+                    Outcome::KeepAlive
+                };
+            }
+        };
+        seen.backend = Some(backend.addr);
+        let cookie = affinity.as_mut().and_then(|a| a.cookie.take());
+        // The head for the backend.
+        st.out.clear();
+        match map {
+            None => wire::write_request(&mut st.out, raw, &h, &st.fields, &conn.info),
+            Some(mut map) => {
+                let host_value =
+                    HeaderValue::from_bytes(part(h.host)).unwrap_or(HeaderValue::from_static(""));
+                crate::headers::strip_hop_by_hop(&mut map, false);
+                crate::headers::set_forwarded(&mut map, &conn.info, &host_value);
+                crate::affinity::apply_request(&mut map, cookie);
+                crate::middleware::rewrite_request(&route, &mut map);
+                map.insert(header::HOST, host_value);
+                if h.body == Framing::Chunked {
+                    map.insert(header::TRANSFER_ENCODING, pipeline::CHUNKED);
+                }
+                wire::write_request_map(&mut st.out, part(h.method), target, &map);
+            }
+        }
+        st.rbuf.consume(h.len);
+        let mut ctx = Ctx {
+            route,
+            backend,
+            guard,
+            attempts: 1,
+            affinity,
+        };
+        // forward, once more elsewhere when the rules allow
+        let (up, resp, body_done) = loop {
+            let sent_at = Instant::now();
+            let tried = tokio::time::timeout(
+                fwd.response_timeout,
+                self.attempt(io, st, ctx.backend.addr, h.body, safe),
+            )
+            .await;
+            let (failure, error, unsent) = match tried {
+                Ok(Ok(got)) => {
+                    if cfg!(not(feature = "no-request-metrics")) {
+                        ctx.backend.state.upstream.observe(sent_at.elapsed());
+                    }
+                    ctx.succeeded();
+                    break got;
+                }
+                Ok(Err(Fail::Client)) => {
+                    // The client stopped sending its body: nothing to answer.
+                    return Outcome::Close;
+                }
+                Ok(Err(Fail::BadBody)) => {
+                    let e = ProxyError::Upstream("malformed chunked request body".into());
+                    let (status, bytes) = self.answer(io, st, e, true).await;
+                    self.observe(Some(&ctx.route), status, &method, start);
+                    if let Some(p) = pending {
+                        p.finish_with(status, bytes);
+                    }
+                    return Outcome::Close;
+                }
+                Ok(Err(Fail::Backend {
+                    failure,
+                    error,
+                    unsent,
+                })) => (failure, error, unsent),
+                Err(_) => (
+                    Failure::Timeout { counts: !has_body },
+                    ProxyError::Timeout,
+                    false,
+                ),
+            };
+            ctx.failed(failure, &error);
+            let again = unsent || !has_body;
+            let retried =
+                again && ctx.may_retry(failure, safe) && ctx.redispatch(conn.client).await.is_ok();
+            if !retried {
+                debug!(error = %error, client = %conn.client, "request failed");
+                let close = (has_body && !unsent) || h.close;
+                let (status, bytes) = self.answer(io, st, error, close).await;
+                self.observe(Some(&ctx.route), status, &method, start);
+                if let Some(p) = pending {
+                    p.finish_with(status, bytes);
+                }
+                return if close {
+                    Outcome::Close
+                } else {
+                    Outcome::KeepAlive
+                };
+            }
+            debug!(route = %ctx.route.name, backend = %ctx.backend.addr, "retrying on another backend");
+            if let Some(rec) = pending.as_mut().and_then(Pending::record) {
+                rec.seen.backend = Some(ctx.backend.addr);
+            }
+        };
+        let age = self.settings.max_connection_age;
+        let close = h.close
+            || !body_done
+            || self.cancel.is_cancelled()
+            || (!age.is_zero() && born.elapsed() >= age);
+        let up = (up, body_done);
+        let (status, relayed) = self.respond(io, st, &ctx, up, resp, is_head, close).await;
+        self.observe(Some(&ctx.route), status, &method, start);
+        if let Some(p) = pending {
+            p.finish_with(status, relayed.bytes);
+        }
+        drop(ctx);
+        if close || !relayed.clean {
+            Outcome::Close
+        } else {
+            Outcome::KeepAlive
+        }
+    }
+
+    /// limit, gate, affinity and pick: the phases between the route and the
+    /// backend.
+    async fn phases(
+        &self,
+        head: &Head<'_>,
+        route: &std::sync::Arc<Route>,
+    ) -> Result<
+        (
+            std::sync::Arc<wharf_table::Backend>,
+            wharf_table::InflightGuard,
+            Option<Box<crate::affinity::Affinity>>,
+        ),
+        ProxyError,
+    > {
+        let conn = self.conn;
+        pipeline::limit(conn, head, route)?;
+        match crate::middleware::gate(conn, head, route) {
+            crate::middleware::Gate::Pass => {}
+            crate::middleware::Gate::Refuse(e) => return Err(e),
+            pending => Box::pin(pending.finish(route)).await?,
+        }
+        let affinity = pipeline::affinity(conn, head, route);
+        let (backend, guard) =
+            pipeline::pick(route, conn.client, None, affinity.as_deref()).await?;
+        Ok((backend, guard, affinity))
+    }
+
+    /// Metrics for a request whose response head is out.
+    fn observe(
+        &self,
+        route: Option<&std::sync::Arc<Route>>,
+        status: u16,
+        method: &Method,
+        start: Instant,
+    ) {
+        if cfg!(not(feature = "no-request-metrics")) {
+            let m = route.map_or(&*self.fwd.unrouted, |r| &r.state.metrics);
+            m.requests.count(status, method_index(method));
+            m.duration.observe(start.elapsed());
+        }
+    }
+
+    /// Sends the request (in `st.out`, with its body from the client) on a
+    /// pooled connection to `addr` and reads the response head. A reused
+    /// connection that fails before any response byte (the backend closed it
+    /// as idle, RFC 9112 §9.3.1) is replaced by a fresh one once, for a
+    /// request without a body that was not fully written or is safe to repeat.
+    async fn attempt<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        addr: SocketAddr,
+        body: Framing,
+        safe: bool,
+    ) -> Result<(TcpStream, RespHead, bool), Fail> {
+        let connect_failed = |error| Fail::Backend {
+            failure: Failure::Connect,
+            error,
+            unsent: true,
+        };
+        let pool = &self.fwd.pool;
+        let (mut up, reused, _) = pool.checkout_raw(addr).await.map_err(connect_failed)?;
+        match self.exchange(io, st, &mut up, body).await {
+            Ok((resp, done)) => Ok((up, resp, done)),
+            Err(Exchange::Failed(f)) => Err(f),
+            Err(Exchange::Closed { written }) => {
+                if reused && body == Framing::None && (!written || safe) {
+                    let mut fresh = pool.connect_raw(addr).await.map_err(connect_failed)?;
+                    return match self.exchange(io, st, &mut fresh, body).await {
+                        Ok((resp, done)) => Ok((fresh, resp, done)),
+                        Err(Exchange::Failed(f)) => Err(f),
+                        Err(Exchange::Closed { written }) => Err(reset(written, false)),
+                    };
+                }
+                Err(reset(written, reused))
+            }
+        }
+    }
+
+    /// The request out, the response head in; says whether the request body
+    /// was sent whole (a backend may answer early, before it read it all:
+    /// the rest is not waited for, and both connections close after the
+    /// response).
+    async fn exchange<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        up: &mut TcpStream,
+        body: Framing,
+    ) -> Result<(RespHead, bool), Exchange> {
+        let written = |ok: bool| Exchange::Closed { written: ok };
+        let mut done = true;
+        match body {
+            Framing::None | Framing::Eof => {
+                up.write_all(&st.out).await.map_err(|_| written(false))?;
+            }
+            Framing::Length(n) => {
+                // The head and what is already here of the body, in one write.
+                let mut out = std::mem::take(&mut st.out);
+                let have = st
+                    .rbuf
+                    .pending()
+                    .len()
+                    .min(usize::try_from(n).unwrap_or(usize::MAX));
+                let head_len = out.len();
+                out.extend_from_slice(&st.rbuf.pending()[..have]);
+                st.rbuf.consume(have);
+                let sent = up.write_all(&out).await;
+                out.truncate(head_len);
+                st.out = out;
+                sent.map_err(|_| sent_body_failed())?;
+                let mut left = n - have as u64;
+                while left > 0 {
+                    if !self.read_client(io, &mut st.rbuf, up).await? {
+                        done = false;
+                        break;
+                    }
+                    let take = st
+                        .rbuf
+                        .pending()
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    up.write_all(&st.rbuf.pending()[..take])
+                        .await
+                        .map_err(|_| sent_body_failed())?;
+                    st.rbuf.consume(take);
+                    left -= take as u64;
+                }
+            }
+            Framing::Chunked => {
+                let mut out = std::mem::take(&mut st.out);
+                let head_len = out.len();
+                let mut chunked = Chunked::default();
+                let mut first = true;
+                let r = loop {
+                    let used = match chunked.decode(st.rbuf.pending(), &mut out) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            debug!(client = %self.conn.client, error = e.0, "malformed chunked request body");
+                            break Err(Exchange::Failed(Fail::BadBody));
+                        }
+                    };
+                    st.rbuf.consume(used);
+                    if chunked.is_done() || out.len() >= BODY_CHUNK {
+                        if up.write_all(&out).await.is_err() {
+                            break Err(if first {
+                                written(false)
+                            } else {
+                                sent_body_failed()
+                            });
+                        }
+                        first = false;
+                        out.clear();
+                        if chunked.is_done() {
+                            break Ok(());
+                        }
+                    }
+                    match self.read_client(io, &mut st.rbuf, up).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            done = false;
+                            break Ok(());
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                out.truncate(head_len.min(out.len()));
+                st.out = out;
+                r?;
+            }
+        }
+        // The response head; interim (1xx) responses are dropped, as the
+        // hyper path's client does.
+        loop {
+            match wire::parse_response(st.bbuf.pending(), &mut st.rfields) {
+                Parse::Done(r) if (100..200).contains(&r.code) => {
+                    if r.code == 101 {
+                        return Err(protocol("101 to a request without Upgrade"));
+                    }
+                    st.bbuf.consume(r.len);
+                    continue;
+                }
+                Parse::Done(r) => return Ok((r, done)),
+                Parse::Decline(why) => return Err(protocol(why)),
+                Parse::Partial => {}
+            }
+            match st.bbuf.read_from(up, BODY_CHUNK).await {
+                Ok(0) | Err(_) if st.bbuf.is_empty() => return Err(written(true)),
+                Ok(0) | Err(_) => {
+                    return Err(protocol("connection closed inside the response head"))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// More of the request body from the client, within `client_timeout`;
+    /// `false` when the backend started to answer first.
+    async fn read_client<I: Transport>(
+        &self,
+        io: &mut I,
+        buf: &mut Buf,
+        up: &TcpStream,
+    ) -> Result<bool, Exchange> {
+        let limit = self.conn.client_timeout;
+        let read = async {
+            tokio::select! {
+                biased;
+                r = buf.read_from(io, BODY_CHUNK) => Some(r),
+                _ = up.readable() => None,
+            }
+        };
+        let r = if limit.is_zero() {
+            read.await
+        } else {
+            match tokio::time::timeout(limit, read).await {
+                Ok(r) => r,
+                Err(_) => return Err(Exchange::Failed(Fail::Client)),
+            }
+        };
+        match r {
+            None => Ok(false),
+            Some(Ok(0) | Err(_)) => Err(Exchange::Failed(Fail::Client)),
+            Some(Ok(_)) => Ok(true),
+        }
+    }
+
+    /// Writes Wharf's own answer for `e`; returns its status.
+    async fn answer<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        e: ProxyError,
+        close: bool,
+    ) -> (u16, u64) {
+        let body = e.body();
+        let resp = e.into_response();
+        let status = resp.status().as_u16();
+        let out = &mut st.out;
+        out.clear();
+        wire::write_status(out, status, b"");
+        wire::write_map(out, resp.headers());
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        wire::put_date(out);
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        let _ = io.write_all(out).await;
+        (status, body.len() as u64)
+    }
+
+    /// The respond phase and the body: the head rewritten for the client, the
+    /// body relayed in its framing, the backend connection pooled when its
+    /// exchange ended cleanly.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        ctx: &Ctx,
+        (mut up, sent_whole): (TcpStream, bool),
+        resp: RespHead,
+        is_head: bool,
+        close: bool,
+    ) -> (u16, Relayed) {
+        let conn = self.conn;
+        let route = &ctx.route;
+        let no_body = is_head || resp.code == 204 || resp.code == 304;
+        let framing = if no_body { Framing::None } else { resp.body };
+        let raw = &st.bbuf.pending()[..resp.len];
+        let out = &mut st.out;
+        out.clear();
+        wire::write_status(
+            out,
+            resp.code,
+            &raw[resp.reason.0 as usize..resp.reason.1 as usize],
+        );
+        let fast = !resp.listed && route.policy.sticky.is_none() && route.policy.headers.is_none();
+        let date = if fast {
+            let hsts = route.policy.hsts.as_ref().filter(|_| conn.tls);
+            wire::write_response_fields(out, raw, &st.rfields, &resp, hsts)
+        } else {
+            let mut map = wire::to_map(raw, &st.rfields);
+            if crate::headers::strip_hop_by_hop(&mut map, false) {
+                map.remove(header::CONTENT_LENGTH);
+            }
+            pipeline::respond(conn, ctx, &mut map);
+            wire::write_map(out, &map);
+            map.contains_key(header::DATE)
+        };
+        if !date {
+            wire::put_date(out);
+        }
+        if matches!(framing, Framing::Chunked | Framing::Eof) {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        st.bbuf.consume(resp.len);
+        let status = resp.code;
+        let relayed = self.relay(io, st, &mut up, framing).await;
+        if relayed.clean
+            && sent_whole
+            && !resp.close
+            && framing != Framing::Eof
+            && st.bbuf.is_empty()
+        {
+            self.fwd.pool.release_raw(ctx.backend.addr, up);
+        }
+        st.bbuf.release();
+        (status, relayed)
+    }
+
+    /// Relays the response body behind the head in `st.out`.
+    async fn relay<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        up: &mut TcpStream,
+        framing: Framing,
+    ) -> Relayed {
+        let mut r = Relayed {
+            bytes: 0,
+            clean: false,
+        };
+        match framing {
+            Framing::None => {
+                r.clean = io.write_all(&st.out).await.is_ok();
+            }
+            Framing::Length(n) => {
+                // The head and the body's first bytes in one write.
+                let have = st
+                    .bbuf
+                    .pending()
+                    .len()
+                    .min(usize::try_from(n).unwrap_or(usize::MAX));
+                st.out.extend_from_slice(&st.bbuf.pending()[..have]);
+                st.bbuf.consume(have);
+                if io.write_all(&st.out).await.is_err() {
+                    return r;
+                }
+                r.bytes = have as u64;
+                while r.bytes < n {
+                    match st.bbuf.read_from(up, BODY_CHUNK).await {
+                        Ok(0) | Err(_) => {
+                            debug!(client = %self.conn.client, "backend closed inside a response body");
+                            return r;
+                        }
+                        Ok(_) => {}
+                    }
+                    let left = usize::try_from(n - r.bytes).unwrap_or(usize::MAX);
+                    let take = st.bbuf.pending().len().min(left);
+                    if io.write_all(&st.bbuf.pending()[..take]).await.is_err() {
+                        return r;
+                    }
+                    st.bbuf.consume(take);
+                    r.bytes += take as u64;
+                }
+                r.clean = true;
+            }
+            Framing::Chunked => {
+                let mut chunked = Chunked::default();
+                loop {
+                    let before = st.out.len();
+                    match chunked.decode(st.bbuf.pending(), &mut st.out) {
+                        Ok(used) => st.bbuf.consume(used),
+                        Err(e) => {
+                            debug!(client = %self.conn.client, error = e.0, "malformed chunked response body");
+                            let _ = io.write_all(&st.out[..before]).await;
+                            return r;
+                        }
+                    }
+                    if chunked.is_done() || st.bbuf.is_empty() {
+                        if io.write_all(&st.out).await.is_err() {
+                            return r;
+                        }
+                        st.out.clear();
+                        if chunked.is_done() {
+                            r.clean = true;
+                            return r;
+                        }
+                    }
+                    match st.bbuf.read_from(up, BODY_CHUNK).await {
+                        Ok(0) | Err(_) => return r,
+                        Ok(n) => r.bytes += n as u64,
+                    }
+                }
+            }
+            Framing::Eof => {
+                r.bytes = st.bbuf.pending().len() as u64;
+                wire::put_chunk(&mut st.out, st.bbuf.pending());
+                st.bbuf.consume(st.bbuf.pending().len());
+                loop {
+                    if io.write_all(&st.out).await.is_err() {
+                        return r;
+                    }
+                    st.out.clear();
+                    match st.bbuf.read_from(up, BODY_CHUNK).await {
+                        Ok(0) => {
+                            r.clean = io.write_all(b"0\r\n\r\n").await.is_ok();
+                            return r;
+                        }
+                        Err(_) => return r,
+                        Ok(n) => {
+                            r.bytes += n as u64;
+                            wire::put_chunk(&mut st.out, st.bbuf.pending());
+                            st.bbuf.consume(n);
+                        }
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+/// How a response body went.
+struct Relayed {
+    /// Body bytes passed on (chunked: as received, framing included).
+    bytes: u64,
+    /// Both sides are at a message boundary.
+    clean: bool,
+}
+
+/// An exchange that did not bring a response head.
+enum Exchange {
+    Failed(Fail),
+    /// The backend closed (or reset) before any response byte; `written`:
+    /// the whole head went out.
+    Closed {
+        written: bool,
+    },
+}
+
+fn reset(written: bool, stale: bool) -> Fail {
+    Fail::Backend {
+        failure: Failure::Reset { written, stale },
+        error: ProxyError::Upstream("connection closed before the response".into()),
+        unsent: !written,
+    }
+}
+
+fn sent_body_failed() -> Exchange {
+    Exchange::Failed(Fail::Backend {
+        failure: Failure::Reset {
+            written: true,
+            stale: false,
+        },
+        error: ProxyError::Upstream("connection closed while the request body was sent".into()),
+        unsent: false,
+    })
+}
+
+fn protocol(why: &'static str) -> Exchange {
+    Exchange::Failed(Fail::Backend {
+        failure: Failure::Protocol,
+        error: ProxyError::Upstream(why.into()),
+        unsent: false,
+    })
+}
+
+/// Does the route need the request's fields as a header map? Only for the
+/// features that read or rewrite fields; a route without them pays nothing.
+fn needs_map(route: &Route, conn: &ConnInfo, access_log: bool) -> bool {
+    let p = &route.policy;
+    let rl_header = p
+        .ratelimit
+        .as_deref()
+        .is_some_and(|rl| matches!(rl.key, RateKey::Header(_)));
+    p.sticky.is_some()
+        || p.basicauth.is_some()
+        || p.headers.is_some()
+        || rl_header
+        || (conn.info.trusted && (p.ratelimit.is_some() || p.ipallowlist.is_some() || access_log))
+}

@@ -1,0 +1,891 @@
+//! The HTTP/1.1 engine's wire format: request and response heads parsed once
+//! (httparse) into offsets into the connection's buffer, the rewritten heads
+//! written straight into an output buffer, and the chunked coding.
+//!
+//! Everything here is synchronous and allocation-free on the common path, so
+//! it can be tested and fuzzed on its own (`fuzz/fuzz_targets/h1_wire.rs`).
+//!
+//! The request side accepts only what the engine serves (docs/architecture.md,
+//! "Two HTTP/1.1 paths"); anything else is [`Parse::Decline`], and the
+//! connection goes to hyper with the bytes untouched, so hyper answers or
+//! refuses it exactly as it always did.
+
+use std::mem::MaybeUninit;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::headers::{forwarding_alias, ClientInfo};
+
+/// Fields parsed per head at most; a head with more goes to hyper (request)
+/// or is a 502 (response).
+pub(crate) const MAX_FIELDS: usize = 128;
+
+/// A response head from a backend longer than this is a 502.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A chunk-size line (with extensions) or a trailer section longer than this
+/// is malformed.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// What a field name means to the engine; `Other` for every end-to-end field
+/// it passes through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Hop-by-hop fields removed on the way through (RFC 9110 §7.6.1, and
+    /// the older names clients still send).
+    HopByHop,
+    Upgrade,
+    Te,
+    Expect,
+    Http2Settings,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XRealIp,
+    /// Forwarding fields only a trusted peer may set (`headers::UNTRUSTED_DROP`),
+    /// and their `_` spellings.
+    Untrusted,
+    UserAgent,
+    Referer,
+    Date,
+    Hsts,
+}
+
+/// Lower-case names and their kinds. Matched case-insensitively, length
+/// first: a head's few names cost a few compares each.
+static NAMES: &[(&[u8], Kind)] = &[
+    (b"host", Kind::Host),
+    (b"content-length", Kind::ContentLength),
+    (b"transfer-encoding", Kind::TransferEncoding),
+    (b"connection", Kind::Connection),
+    (b"keep-alive", Kind::HopByHop),
+    (b"proxy-connection", Kind::HopByHop),
+    (b"proxy-authenticate", Kind::HopByHop),
+    (b"proxy-authorization", Kind::HopByHop),
+    (b"upgrade", Kind::Upgrade),
+    (b"te", Kind::Te),
+    (b"expect", Kind::Expect),
+    (b"http2-settings", Kind::Http2Settings),
+    (b"x-forwarded-for", Kind::XForwardedFor),
+    (b"x-forwarded-proto", Kind::XForwardedProto),
+    (b"x-forwarded-host", Kind::XForwardedHost),
+    (b"x-real-ip", Kind::XRealIp),
+    (b"forwarded", Kind::Untrusted),
+    (b"x-forwarded-port", Kind::Untrusted),
+    (b"x-forwarded-prefix", Kind::Untrusted),
+    (b"x-forwarded-server", Kind::Untrusted),
+    (b"x-forwarded-ssl", Kind::Untrusted),
+    (b"front-end-https", Kind::Untrusted),
+    (b"x-url-scheme", Kind::Untrusted),
+    (b"x-forwarded-scheme", Kind::Untrusted),
+    (b"x-original-url", Kind::Untrusted),
+    (b"x-rewrite-url", Kind::Untrusted),
+    (b"true-client-ip", Kind::Untrusted),
+    (b"x-client-ip", Kind::Untrusted),
+    (b"user-agent", Kind::UserAgent),
+    (b"referer", Kind::Referer),
+    (b"date", Kind::Date),
+    (b"strict-transport-security", Kind::Hsts),
+];
+
+pub(crate) fn kind_of(name: &[u8]) -> Kind {
+    for (n, k) in NAMES {
+        if n.len() == name.len() && n.eq_ignore_ascii_case(name) {
+            return *k;
+        }
+    }
+    if name.contains(&b'_') && name.len() <= 32 {
+        let mut lower = [0u8; 32];
+        let lower = &mut lower[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        if std::str::from_utf8(lower).is_ok_and(forwarding_alias) {
+            return Kind::Untrusted;
+        }
+    }
+    Kind::Other
+}
+
+/// One field of a head: offsets into the head's bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Field {
+    pub name: (u32, u32),
+    pub value: (u32, u32),
+    pub kind: Kind,
+}
+
+impl Field {
+    pub fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.name.0 as usize..self.name.1 as usize]
+    }
+    pub fn value<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.value.0 as usize..self.value.1 as usize]
+    }
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (a response without length).
+    Eof,
+}
+
+/// A parse's outcome.
+#[derive(Debug)]
+pub(crate) enum Parse<T> {
+    /// More bytes needed.
+    Partial,
+    Done(T),
+    /// Not the engine's: hyper takes the connection (request), or the
+    /// message is malformed (response).
+    Decline(&'static str),
+}
+
+/// A request head the engine serves; its fields are in the caller's vector.
+#[derive(Debug, Clone)]
+pub(crate) struct ReqHead {
+    /// Bytes of the head, through the empty line.
+    pub len: usize,
+    pub method: (u32, u32),
+    pub target: (u32, u32),
+    pub host: (u32, u32),
+    pub body: Framing,
+    /// `Connection: close`.
+    pub close: bool,
+    /// Every `TE` field says `trailers` (kept for the backend).
+    pub te_trailers: bool,
+}
+
+fn span(base: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(s), Some(e)) => &v[s..=e],
+        _ => &[],
+    }
+}
+
+/// A decimal `Content-Length` (RFC 9110 §8.6), at most 18 digits.
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Bytes a request target may hold on the engine's path: RFC 3986 `pchar`,
+/// `/`, `?` and `%`. Anything else (quotes, braces, `#`, non-ASCII) goes to
+/// hyper, which decides as it always did.
+fn target_byte_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+/// Does a `Connection` value list only `keep-alive` and `close`? Any other
+/// token names a field to remove, which the engine leaves to hyper (requests)
+/// or to the header-map path (responses).
+fn connection_tokens(v: &[u8], close: &mut bool) -> bool {
+    for t in v.split(|b| *b == b',') {
+        let t = trim(t);
+        if t.eq_ignore_ascii_case(b"close") {
+            *close = true;
+        } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Parses a request head at the start of `buf`, filling `fields`.
+pub(crate) fn parse_request(
+    buf: &[u8],
+    fields: &mut Vec<Field>,
+    max_headers: usize,
+) -> Parse<ReqHead> {
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(_) => return Parse::Decline("malformed or oversized head"),
+    };
+    if req.version != Some(1) {
+        return Parse::Decline("not HTTP/1.1");
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parse::Decline("no request line");
+    };
+    if req.headers.len() > max_headers {
+        return Parse::Decline("too many fields");
+    }
+    // hyper refuses a target over 65,534 bytes with 414: it decides.
+    if !target.starts_with('/') || target.len() > 65_000 || !target.bytes().all(target_byte_ok) {
+        return Parse::Decline("request target");
+    }
+    fields.clear();
+    let (mut host, mut body, mut close, mut te_trailers) = (None, Framing::None, false, true);
+    let mut has_te = false;
+    for h in req.headers.iter() {
+        let kind = kind_of(h.name.as_bytes());
+        match kind {
+            Kind::Host => {
+                if host.is_some() {
+                    return Parse::Decline("two Host fields");
+                }
+                host = Some(span(buf, h.value));
+            }
+            Kind::ContentLength => {
+                if body != Framing::None {
+                    return Parse::Decline("framing");
+                }
+                match content_length(h.value) {
+                    Some(n) => body = Framing::Length(n),
+                    None => return Parse::Decline("Content-Length"),
+                }
+            }
+            Kind::TransferEncoding => {
+                if body != Framing::None || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                    return Parse::Decline("framing");
+                }
+                body = Framing::Chunked;
+            }
+            Kind::Connection if !connection_tokens(h.value, &mut close) => {
+                return Parse::Decline("Connection names fields");
+            }
+            Kind::Upgrade | Kind::Expect | Kind::Http2Settings => {
+                return Parse::Decline("upgrade or expectation");
+            }
+            Kind::Te => {
+                has_te = true;
+                te_trailers &= trim(h.value).eq_ignore_ascii_case(b"trailers");
+            }
+            _ => {}
+        }
+        fields.push(Field {
+            name: span(buf, h.name.as_bytes()),
+            value: span(buf, h.value),
+            kind,
+        });
+    }
+    let Some(host) = host else {
+        return Parse::Decline("no Host");
+    };
+    if body == Framing::Length(0) {
+        body = Framing::None;
+    }
+    Parse::Done(ReqHead {
+        len,
+        method: span(buf, method.as_bytes()),
+        target: span(buf, target.as_bytes()),
+        host,
+        body,
+        close,
+        te_trailers: has_te && te_trailers,
+    })
+}
+
+/// A backend's response head.
+#[derive(Debug, Clone)]
+pub(crate) struct RespHead {
+    pub len: usize,
+    pub code: u16,
+    pub reason: (u32, u32),
+    /// How the body arrives (before HEAD/204/304 are taken into account).
+    pub body: Framing,
+    /// The backend will close (`Connection: close`, or HTTP/1.0).
+    pub close: bool,
+    /// `Connection` names other fields: the header-map path removes them.
+    pub listed: bool,
+}
+
+/// Parses a response head at the start of `buf`; malformed is `Decline`.
+pub(crate) fn parse_response(buf: &[u8], fields: &mut Vec<Field>) -> Parse<RespHead> {
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+    let len = match parsed {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+            return Parse::Decline("response head too large")
+        }
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(_) => return Parse::Decline("malformed response head"),
+    };
+    let (Some(version), Some(code)) = (resp.version, resp.code) else {
+        return Parse::Decline("malformed status line");
+    };
+    if !(100..=999).contains(&code) {
+        return Parse::Decline("status code");
+    }
+    fields.clear();
+    let (mut body, mut close, mut listed) = (Framing::Eof, version == 0, false);
+    for h in resp.headers.iter() {
+        let kind = kind_of(h.name.as_bytes());
+        match kind {
+            Kind::ContentLength => match (content_length(h.value), body) {
+                // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is
+                // ignored (and dropped); equal repeats are one length.
+                (_, Framing::Chunked) => {}
+                (Some(n), Framing::Eof) => body = Framing::Length(n),
+                (Some(n), Framing::Length(m)) if n == m => {}
+                _ => return Parse::Decline("Content-Length"),
+            },
+            Kind::TransferEncoding => {
+                if !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                    return Parse::Decline("Transfer-Encoding other than chunked");
+                }
+                body = Framing::Chunked;
+            }
+            Kind::Connection => {
+                for t in h.value.split(|b| *b == b',') {
+                    let t = trim(t);
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
+                        listed = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        fields.push(Field {
+            name: span(buf, h.name.as_bytes()),
+            value: span(buf, h.value),
+            kind,
+        });
+    }
+    // An HTTP/1.0 backend's connection is never pooled (`close` above).
+    Parse::Done(RespHead {
+        len,
+        code,
+        reason: span(buf, resp.reason.unwrap_or("").as_bytes()),
+        body,
+        close,
+        listed,
+    })
+}
+
+/// Appends `name: value\r\n` with the name in lower case (as hyper writes a
+/// header map's names, so both paths send the same bytes).
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let at = out.len();
+    out.extend_from_slice(name);
+    out[at..].make_ascii_lowercase();
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the request head for the backend: the request line as received,
+/// hop-by-hop fields removed, the forwarding fields set as
+/// `headers::set_forwarded` sets them, and the framing.
+pub(crate) fn write_request(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    req: &ReqHead,
+    fields: &[Field],
+    client: &ClientInfo,
+) {
+    let part = |(a, b): (u32, u32)| &head[a as usize..b as usize];
+    out.extend_from_slice(part(req.method));
+    out.push(b' ');
+    out.extend_from_slice(part(req.target));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let trusted = client.trusted;
+    let (mut proto_kept, mut host_kept, mut xff_seen) = (false, false, false);
+    for f in fields {
+        let keep = match f.kind {
+            Kind::Other | Kind::Host | Kind::UserAgent | Kind::Referer | Kind::Date => true,
+            Kind::Hsts => true,
+            Kind::ContentLength => true,
+            Kind::Te => req.te_trailers,
+            Kind::Connection
+            | Kind::HopByHop
+            | Kind::TransferEncoding
+            | Kind::Upgrade
+            | Kind::Expect
+            | Kind::Http2Settings
+            | Kind::XRealIp => false,
+            Kind::Untrusted => trusted,
+            Kind::XForwardedFor => {
+                xff_seen = true;
+                false
+            }
+            Kind::XForwardedProto => {
+                proto_kept |= trusted;
+                trusted
+            }
+            Kind::XForwardedHost => {
+                host_kept |= trusted;
+                trusted
+            }
+        };
+        if keep {
+            put_field(out, f.name(head), f.value(head));
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if trusted && xff_seen {
+        for f in fields.iter().filter(|f| f.kind == Kind::XForwardedFor) {
+            out.extend_from_slice(f.value(head));
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client.ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !proto_kept {
+        put_field(out, b"x-forwarded-proto", client.proto.as_bytes());
+    }
+    if !host_kept {
+        put_field(out, b"x-forwarded-host", part(req.host));
+    }
+    put_field(out, b"x-real-ip", client.ip.as_bytes());
+    if req.body == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A head's fields as a header map, for the phases that work on one (the
+/// features a route configures: stickiness, authentication, header rules).
+pub(crate) fn to_map(head: &[u8], fields: &[Field]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
+    for f in fields {
+        // httparse checked both; a field the http crate refuses is dropped.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name(head)),
+            HeaderValue::from_bytes(f.value(head)),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// Appends a header map's fields.
+pub(crate) fn write_map(out: &mut Vec<u8>, map: &HeaderMap) {
+    for (n, v) in map {
+        put_field(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+}
+
+/// Writes a request head from a header map (routes whose phases rewrote it).
+pub(crate) fn write_request_map(out: &mut Vec<u8>, method: &[u8], target: &[u8], map: &HeaderMap) {
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_map(out, map);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The status line, with the backend's reason (the canonical one when it
+/// sent none, as hyper writes).
+pub(crate) fn write_status(out: &mut Vec<u8>, code: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(code).as_bytes());
+    out.push(b' ');
+    if reason.is_empty() {
+        let canonical = http::StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        out.extend_from_slice(canonical.as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response fields of the fast path: hop-by-hop ones removed (and
+/// `Content-Length` when the body was chunked), the route's HSTS value in
+/// place of the backend's. Says whether the backend sent a `Date`.
+pub(crate) fn write_response_fields(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    fields: &[Field],
+    resp: &RespHead,
+    hsts: Option<&HeaderValue>,
+) -> bool {
+    let mut date = false;
+    for f in fields {
+        let keep = match f.kind {
+            Kind::Connection
+            | Kind::HopByHop
+            | Kind::TransferEncoding
+            | Kind::Upgrade
+            | Kind::Te => false,
+            Kind::ContentLength => resp.body != Framing::Chunked,
+            Kind::Hsts => hsts.is_none(),
+            Kind::Date => {
+                date = true;
+                true
+            }
+            _ => true,
+        };
+        if keep {
+            put_field(out, f.name(head), f.value(head));
+        }
+    }
+    if let Some(v) = hsts {
+        put_field(out, b"strict-transport-security", v.as_bytes());
+    }
+    date
+}
+
+/// Appends `date: <now>`, formatted at most once a second per thread.
+pub(crate) fn put_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (at, mut text) = CACHE.get();
+    if at != secs {
+        let s = httpdate::fmt_http_date(now);
+        if s.len() == 29 {
+            text.copy_from_slice(s.as_bytes());
+            CACHE.set((secs, text));
+        }
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The chunked coding (RFC 9112 §7.1), decoded and written again: sizes in
+/// plain hex, extensions and trailer fields dropped (RFC 9110 §6.5.1 lets a
+/// recipient that removes the coding discard trailers).
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+    left: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data,
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Malformed chunked coding.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadChunk(pub &'static str);
+
+impl Chunked {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decodes what it can of `input`, appending the re-encoded bytes to
+    /// `out`; returns the bytes of `input` consumed. Stops at the end of the
+    /// body (the rest of `input` is the next message's).
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BadChunk> {
+        let mut at = 0;
+        loop {
+            let rest = &input[at..];
+            match self.state {
+                ChunkState::Done => return Ok(at),
+                ChunkState::Size => {
+                    let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
+                        if rest.len() > MAX_CHUNK_LINE {
+                            return Err(BadChunk("chunk-size line too long"));
+                        }
+                        return Ok(at);
+                    };
+                    if eol == 0 || rest[eol - 1] != b'\r' {
+                        return Err(BadChunk("chunk-size line without CRLF"));
+                    }
+                    let line = &rest[..eol - 1];
+                    let digits = line
+                        .iter()
+                        .position(|b| !b.is_ascii_hexdigit())
+                        .unwrap_or(line.len());
+                    if digits == 0 || digits > 15 {
+                        return Err(BadChunk("chunk size"));
+                    }
+                    match line.get(digits) {
+                        None | Some(b';') => {}
+                        // Whitespace before an extension (RFC 9112 §7.1.1 BWS).
+                        Some(b' ' | b'\t') if trim(&line[digits..]).first() == Some(&b';') => {}
+                        Some(_) => return Err(BadChunk("chunk size")),
+                    }
+                    if line.iter().any(|b| *b == b'\r' || *b == 0) {
+                        return Err(BadChunk("chunk extension"));
+                    }
+                    let size = line[..digits].iter().fold(0u64, |n, d| {
+                        n * 16 + u64::from((*d as char).to_digit(16).unwrap_or(0))
+                    });
+                    at += eol + 1;
+                    if size == 0 {
+                        self.state = ChunkState::Trailers;
+                    } else {
+                        out.extend_from_slice(format_hex(size, &mut [0; 16]));
+                        out.extend_from_slice(b"\r\n");
+                        self.left = size;
+                        self.state = ChunkState::Data;
+                    }
+                }
+                ChunkState::Data => {
+                    if rest.is_empty() {
+                        return Ok(at);
+                    }
+                    let n = rest
+                        .len()
+                        .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&rest[..n]);
+                    at += n;
+                    self.left -= n as u64;
+                    if self.left == 0 {
+                        self.state = ChunkState::DataEnd;
+                    }
+                }
+                ChunkState::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(at);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(BadChunk("chunk data without CRLF"));
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    at += 2;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    // Lines up to an empty one; each is dropped.
+                    let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
+                        if rest.len() > MAX_TRAILERS {
+                            return Err(BadChunk("trailer section too long"));
+                        }
+                        return Ok(at);
+                    };
+                    if eol == 0 || rest[eol - 1] != b'\r' {
+                        return Err(BadChunk("trailer line without CRLF"));
+                    }
+                    at += eol + 1;
+                    if eol == 1 {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                        self.state = ChunkState::Done;
+                    } else if eol > MAX_TRAILERS {
+                        return Err(BadChunk("trailer section too long"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn format_hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Wraps `data` as one chunk (a body of unknown length sent on chunked).
+pub(crate) fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format_hex(data.len() as u64, &mut [0; 16]));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(trusted: bool) -> ClientInfo {
+        ClientInfo {
+            ip: HeaderValue::from_static("192.0.2.7"),
+            trusted,
+            proto: crate::headers::HTTP,
+        }
+    }
+
+    fn request(raw: &[u8]) -> Parse<ReqHead> {
+        parse_request(raw, &mut Vec::new(), 100)
+    }
+
+    #[test]
+    fn declines_what_the_engine_leaves_to_hyper() {
+        for raw in [
+            &b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"[..],
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(
+                matches!(request(raw), Parse::Decline(_)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(matches!(request(b"GET / HTTP/1.1\r\nHo"), Parse::Partial));
+    }
+
+    #[test]
+    fn rewrites_a_request_as_set_forwarded_does() {
+        let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: App.example\r\nConnection: keep-alive\r\n\
+            Keep-Alive: 5\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
+            Forwarded: for=x\r\nX_Forwarded_For: 1\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
+        let mut fields = Vec::new();
+        let Parse::Done(req) = parse_request(raw, &mut fields, 100) else {
+            panic!()
+        };
+        assert_eq!(req.len, raw.len());
+        let mut out = Vec::new();
+        write_request(&mut out, raw, &req, &fields, &info(false));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nhost: App.example\r\nte: trailers\r\naccept: */*\r\n\
+             x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: App.example\r\nx-real-ip: 192.0.2.7\r\n\r\n"
+        );
+        // A trusted peer's forwarding fields are kept and extended.
+        let mut out = Vec::new();
+        write_request(&mut out, raw, &req, &fields, &info(true));
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("x-forwarded-for: 6.6.6.6, 192.0.2.7\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("forwarded: for=x\r\n"), "{text}");
+        assert!(!text.contains("x-real-ip: 6.6.6.6"), "{text}");
+    }
+
+    #[test]
+    fn chunked_round_trip_and_errors() {
+        let mut c = Chunked::default();
+        let mut out = Vec::new();
+        let input = b"5;ext=1\r\nhello\r\nA \t;x\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let n = c.decode(input, &mut out).unwrap();
+        assert!(c.is_done());
+        assert_eq!(&input[n..], b"NEXT");
+        assert_eq!(out, b"5\r\nhello\r\na\r\n0123456789\r\n0\r\n\r\n");
+        // Byte by byte, the same.
+        let mut c = Chunked::default();
+        let mut out2 = Vec::new();
+        let mut pending = Vec::new();
+        for b in &input[..n] {
+            pending.push(*b);
+            let used = c.decode(&pending, &mut out2).unwrap();
+            pending.drain(..used);
+        }
+        assert!(c.is_done());
+        assert_eq!(out2, out);
+        for bad in [
+            &b"5\nhello\r\n"[..],
+            b"g\r\n",
+            b"5 x\r\n",
+            b"5\r\nhelloXX",
+            b"1234567890123456\r\n",
+            b"0\r\nX: 1\n",
+        ] {
+            assert!(
+                Chunked::default().decode(bad, &mut Vec::new()).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn responses_framing() {
+        let mut f = Vec::new();
+        let p = |raw: &[u8], f: &mut Vec<Field>| match parse_response(raw, f) {
+            Parse::Done(r) => Some(r),
+            _ => None,
+        };
+        let r = p(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &mut f).unwrap();
+        assert_eq!((r.body, r.close), (Framing::Length(3), false));
+        let r = p(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            &mut f,
+        )
+        .unwrap();
+        assert_eq!(r.body, Framing::Chunked);
+        let r = p(b"HTTP/1.0 200 OK\r\n\r\n", &mut f).unwrap();
+        assert_eq!((r.body, r.close), (Framing::Eof, true));
+        assert!(p(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            &mut f
+        )
+        .is_none());
+        assert!(p(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            &mut f
+        )
+        .is_none());
+        assert!(p(b"HTTP/1.1 2000 OK\r\n\r\n", &mut f).is_none());
+        let big = [
+            b"HTTP/1.1 200 OK\r\nX: ".as_slice(),
+            &[b'a'; MAX_RESPONSE_HEAD],
+        ]
+        .concat();
+        assert!(p(&big, &mut f).is_none());
+    }
+}
