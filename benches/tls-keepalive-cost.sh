@@ -25,6 +25,11 @@
 #   STICKY_SECRET=s  adds `[sticky] secret` and has h2load send every target the
 #                    cookie that pins Wharf's (first) backend: with ROUTE_EXTRA
 #                    'sticky = "cookie"' that measures a pinned client's request
+#   BASE_ENV="K=V"   environment of the `base` target only; BASE_BIN defaults
+#                    to WHARF_BIN then. The hyper path against Wharf's HTTP/1.1
+#                    engine, one binary:
+#                    MODES=callgrind SCHEME=http TARGETS="haproxy base wharf" \
+#                      BASE_ENV=WHARF_HTTP1_ENGINE=hyper benches/tls-keepalive-cost.sh
 #   MODES=callgrind SCHEME=http TARGETS="base wharf" BASE_BIN=/tmp/old/wharf \
 #     benches/tls-keepalive-cost.sh
 set -euo pipefail
@@ -57,22 +62,26 @@ nginx -c "$run/backend.conf" >/dev/null 2>&1 & pids+=($!)
 export WHARF_LOG=warn
 
 measure() { # measure TARGET MODE
-  local t=$1 mode=$2 port=$HA n=$N pid i
+  local t=$1 mode=$2 port=$HA n=$N pid i envs=()
   local cmd=(haproxy -db -f "$run/haproxy.cfg")
   [ "$SCHEME" = http ] && { port=$HP; cmd=(haproxy -db -f "$run/haproxy-plain.cfg"); }
   case $t in
     wharf|base)
       port=$WH; [ "$SCHEME" = http ] && port=$WHP
       cmd=("$bin" run --config "$run/wharf.toml")
-      [ "$t" = base ] && cmd=("${BASE_BIN:?set BASE_BIN for the base target}" run --config "$run/wharf.toml") ;;
+      if [ "$t" = base ]; then
+        [ -n "${BASE_ENV:-}" ] || : "${BASE_BIN:?set BASE_BIN or BASE_ENV for the base target}"
+        cmd=("${BASE_BIN:-$bin}" run --config "$run/wharf.toml")
+        read -r -a envs <<<"${BASE_ENV:-}"
+      fi ;;
   esac
   if [ "$mode" = callgrind ]; then
     n=${n:-5000}
-    taskset -c 0 valgrind --tool=callgrind --compress-strings=no --compress-pos=no \
+    env "${envs[@]}" taskset -c 0 valgrind --tool=callgrind --compress-strings=no --compress-pos=no \
       --callgrind-out-file="$run/cg.$t" "${cmd[@]}" >"$run/$t.log" 2>&1 &
   else
     n=${n:-20000}
-    taskset -c 0 "${cmd[@]}" >"$run/$t.log" 2>&1 &
+    env "${envs[@]}" taskset -c 0 "${cmd[@]}" >"$run/$t.log" 2>&1 &
   fi
   pid=$!; pids+=("$pid")
   for i in $(seq 300); do curl -skf -o /dev/null "$SCHEME://127.0.0.1:$port/hello" && break; sleep 0.1; done

@@ -813,3 +813,71 @@ fn dns_upstream_address_that_dies_is_dropped_by_checks() {
     );
     assert!(t0.elapsed() < WAIT);
 }
+
+/// A backend that answers every request with bytes that are not HTTP.
+fn garbage_backend() -> ServerThread {
+    ServerThread::start(loopback_listener(), |l, cancel| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = l.accept() => a.unwrap(),
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(b"SPDY/9 banana\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// A backend whose response head is malformed gets a 502 per request and,
+/// after [`wharf_table::PASSIVE_FAILURES`] of them in a row, is taken out by
+/// passive health, on both HTTP/1.1 paths: it is up, but broken.
+#[test]
+fn a_malformed_response_is_502_and_counted_by_passive_health() {
+    for env in [&[][..], &[("WHARF_HTTP1_ENGINE", "hyper")][..]] {
+        let bad = garbage_backend();
+        let good = Backend::start("good");
+        let w = Wharf::start_env(
+            &(base_config()
+                + &named(
+                    "garbage",
+                    "g.test",
+                    &[bad.addr, good.addr],
+                    "balance = \"roundrobin\"",
+                )),
+            env,
+        );
+        let mut bad_answers = 0;
+        let mut streak_after = None;
+        for i in 0..200 {
+            let r = get(w.ep("web"), "g.test", "/");
+            if r.status == 502 {
+                bad_answers += 1;
+                streak_after = None;
+            } else {
+                assert_eq!(r.status, 200, "{env:?}");
+                assert_eq!(r.header("x-backend"), Some("good"));
+                let since = streak_after.get_or_insert(i);
+                if i - *since >= 20 {
+                    break;
+                }
+            }
+        }
+        // Ten failures in a row take it out (round robin sends it every other
+        // request, and a 200 from the other backend does not reset its count).
+        assert_eq!(bad_answers, 10, "{env:?}");
+        assert!(streak_after.is_some(), "{env:?}: still failing");
+        assert!(
+            w.logs().iter().any(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("backend down"))),
+            "{env:?}: no backend-down log"
+        );
+    }
+}

@@ -393,6 +393,15 @@ impl Wharf {
     }
 
     pub fn try_start(config: &str) -> Result<Wharf, String> {
+        Self::try_start_env(config, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment variables.
+    pub fn start_env(config: &str, env: &[(&str, &str)]) -> Wharf {
+        Self::try_start_env(config, env).unwrap_or_else(|e| panic!("wharf did not start: {e}"))
+    }
+
+    pub fn try_start_env(config: &str, env: &[(&str, &str)]) -> Result<Wharf, String> {
         let dir = TempDir::new("wharf");
         let path = dir.0.join("wharf.toml");
         std::fs::write(&path, config).unwrap();
@@ -409,6 +418,7 @@ impl Wharf {
             .args(["--log-format", "json", "run", "--config"])
             .arg(&path)
             .env("WHARF_LOG", "info,wharf_proxy=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

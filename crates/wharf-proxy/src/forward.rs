@@ -638,7 +638,9 @@ impl Forwarder {
                 }
             }
         }
-        let failure = if error.is_parse() || error.is_user() {
+        let failure = if error.is_parse() {
+            Failure::Malformed
+        } else if error.is_user() {
             Failure::Protocol
         } else {
             Failure::Reset {

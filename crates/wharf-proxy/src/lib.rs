@@ -21,6 +21,14 @@ mod pipeline;
 mod pool;
 pub mod proxy_protocol;
 
+/// The HTTP/1.1 engine's wire functions, for the fuzz targets only.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::h1::wire::fuzz_chunked as chunked;
+    pub use crate::h1::wire::fuzz_request_round_trip as request_round_trip;
+    pub use crate::h1::wire::fuzz_response_round_trip as response_round_trip;
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -77,8 +77,14 @@ pub enum Failure {
     /// No response head within `response_timeout`. Counted against the backend
     /// only for a request without a body: with one, a slow client may be why.
     Timeout { counts: bool },
-    /// The backend answered something that is not HTTP: not a health matter.
+    /// The exchange broke for a reason that says nothing about the backend
+    /// (a client body that failed, a request hyper refused to send): not a
+    /// health matter.
     Protocol,
+    /// The backend's response head was malformed or oversized: a 502, and
+    /// counted against the backend (it is up but broken); never repeated, as
+    /// the backend may have acted on the request.
+    Malformed,
 }
 
 /// At most this many attempts per request (one retry, as HAProxy's `redispatch`).
@@ -332,7 +338,7 @@ impl Ctx {
         match failure {
             Failure::Connect | Failure::Reset { written: false, .. } => true,
             Failure::Reset { written: true, .. } => safe,
-            Failure::Timeout { .. } | Failure::Protocol => false,
+            Failure::Timeout { .. } | Failure::Protocol | Failure::Malformed => false,
         }
     }
 
@@ -656,6 +662,7 @@ mod tests {
         // A timeout or a protocol error is never repeated.
         assert!(!ctx.may_retry(Failure::Timeout { counts: true }, true));
         assert!(!ctx.may_retry(Failure::Protocol, true));
+        assert!(!ctx.may_retry(Failure::Malformed, true));
         let first = ctx.backend.addr;
         ctx.redispatch(CLIENT).await.unwrap();
         assert_ne!(ctx.backend.addr, first);

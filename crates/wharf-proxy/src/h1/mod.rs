@@ -58,7 +58,19 @@ impl Transport for TcpStream {
     }
 }
 
-impl<S: Transport> Transport for tokio_rustls::server::TlsStream<S> {}
+/// TLS: while rustls holds no decrypted bytes (`wants_read`), only the socket
+/// can bring a request, so its readiness is waited on without a buffer of
+/// Wharf's.
+impl<S: Transport> Transport for tokio_rustls::server::TlsStream<S> {
+    fn poll_peer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let (io, conn) = self.get_ref();
+        if conn.wants_read() {
+            io.poll_peer(cx)
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
 
 /// How a connection left the engine.
 pub(crate) enum Exit {
@@ -477,9 +489,10 @@ impl Engine<'_> {
             || !body_done
             || self.cancel.is_cancelled()
             || (!age.is_zero() && born.elapsed() >= age);
+        // Timed at the response head, as on the hyper path.
+        self.observe(Some(&ctx.route), resp.code, &method, start);
         let up = (up, body_done);
         let (status, relayed) = self.respond(io, st, &ctx, up, resp, is_head, close).await;
-        self.observe(Some(&ctx.route), status, &method, start);
         if let Some(p) = pending {
             p.finish_with(status, relayed.bytes);
         }
@@ -668,19 +681,19 @@ impl Engine<'_> {
             match wire::parse_response(st.bbuf.pending(), &mut st.rfields) {
                 Parse::Done(r) if (100..200).contains(&r.code) => {
                     if r.code == 101 {
-                        return Err(protocol("101 to a request without Upgrade"));
+                        return Err(malformed("101 to a request without Upgrade"));
                     }
                     st.bbuf.consume(r.len);
                     continue;
                 }
                 Parse::Done(r) => return Ok((r, done)),
-                Parse::Decline(why) => return Err(protocol(why)),
+                Parse::Decline(why) => return Err(malformed(why)),
                 Parse::Partial => {}
             }
             match st.bbuf.read_from(up, BODY_CHUNK).await {
                 Ok(0) | Err(_) if st.bbuf.is_empty() => return Err(written(true)),
                 Ok(0) | Err(_) => {
-                    return Err(protocol("connection closed inside the response head"))
+                    return Err(malformed("connection closed inside the response head"))
                 }
                 Ok(_) => {}
             }
@@ -731,7 +744,7 @@ impl Engine<'_> {
         let status = resp.status().as_u16();
         let out = &mut st.out;
         out.clear();
-        wire::write_status(out, status, b"");
+        wire::write_status(out, status, None);
         wire::write_map(out, resp.headers());
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
@@ -770,7 +783,7 @@ impl Engine<'_> {
         wire::write_status(
             out,
             resp.code,
-            &raw[resp.reason.0 as usize..resp.reason.1 as usize],
+            Some(&raw[resp.reason.0 as usize..resp.reason.1 as usize]),
         );
         let fast = !resp.listed && route.policy.sticky.is_none() && route.policy.headers.is_none();
         let date = if fast {
@@ -874,6 +887,7 @@ impl Engine<'_> {
                             return r;
                         }
                         st.out.clear();
+                        r.bytes = chunked.data;
                         if chunked.is_done() {
                             r.clean = true;
                             return r;
@@ -881,7 +895,7 @@ impl Engine<'_> {
                     }
                     match st.bbuf.read_from(up, BODY_CHUNK).await {
                         Ok(0) | Err(_) => return r,
-                        Ok(n) => r.bytes += n as u64,
+                        Ok(_) => {}
                     }
                 }
             }
@@ -915,7 +929,7 @@ impl Engine<'_> {
 
 /// How a response body went.
 struct Relayed {
-    /// Body bytes passed on (chunked: as received, framing included).
+    /// Body bytes passed on (chunked: without the framing).
     bytes: u64,
     /// Both sides are at a message boundary.
     clean: bool,
@@ -950,9 +964,10 @@ fn sent_body_failed() -> Exchange {
     })
 }
 
-fn protocol(why: &'static str) -> Exchange {
+/// A response head that is not HTTP/1.1 as the engine reads it.
+fn malformed(why: &'static str) -> Exchange {
     Exchange::Failed(Fail::Backend {
-        failure: Failure::Protocol,
+        failure: Failure::Malformed,
         error: ProxyError::Upstream(why.into()),
         unsent: false,
     })

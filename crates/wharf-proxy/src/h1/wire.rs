@@ -165,9 +165,15 @@ pub(crate) struct ReqHead {
     pub te_trailers: bool,
 }
 
+/// Where `part` lies in `base`. A part that is not inside it (httparse
+/// gives a static `""` for a reason phrase with bytes outside UTF-8) is empty.
 fn span(base: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start as u32, (start + part.len()) as u32)
+    match (part.as_ptr() as usize).checked_sub(base.as_ptr() as usize) {
+        Some(start) if start + part.len() <= base.len() => {
+            (start as u32, (start + part.len()) as u32)
+        }
+        _ => (0, 0),
+    }
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -516,21 +522,22 @@ pub(crate) fn write_request_map(out: &mut Vec<u8>, method: &[u8], target: &[u8],
     out.extend_from_slice(b"\r\n");
 }
 
-/// The status line, with the backend's reason (the canonical one when it
-/// sent none, as hyper writes).
-pub(crate) fn write_status(out: &mut Vec<u8>, code: u16, reason: &[u8]) {
+/// The status line, in Wharf's own version (RFC 9110 §6.2), with the
+/// backend's reason as sent (even empty, as hyper relays it), or the
+/// canonical one for an answer of Wharf's own (`None`).
+pub(crate) fn write_status(out: &mut Vec<u8>, code: u16, reason: Option<&[u8]>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut digits = itoa::Buffer::new();
     out.extend_from_slice(digits.format(code).as_bytes());
     out.push(b' ');
-    if reason.is_empty() {
+    if let Some(reason) = reason {
+        out.extend_from_slice(reason);
+    } else {
         let canonical = http::StatusCode::from_u16(code)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
         out.extend_from_slice(canonical.as_bytes());
-    } else {
-        out.extend_from_slice(reason);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -600,6 +607,8 @@ pub(crate) fn put_date(out: &mut Vec<u8>) {
 pub(crate) struct Chunked {
     state: ChunkState,
     left: u64,
+    /// Data bytes decoded so far (the body without its framing).
+    pub data: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -680,6 +689,7 @@ impl Chunked {
                     out.extend_from_slice(&rest[..n]);
                     at += n;
                     self.left -= n as u64;
+                    self.data += n as u64;
                     if self.left == 0 {
                         self.state = ChunkState::DataEnd;
                     }
@@ -740,6 +750,127 @@ pub(crate) fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Fuzzing: parses `data` as a request head and, when the engine would
+/// serve it, checks that the head written for the backend is one complete
+/// HTTP/1.1 head (nothing after it, so nothing smuggled), with one `Host`,
+/// the same method and target, and no hop-by-hop field.
+pub fn fuzz_request_round_trip(data: &[u8], trusted: bool) {
+    let mut fields = Vec::new();
+    let Parse::Done(req) = parse_request(data, &mut fields, 100) else {
+        return;
+    };
+    assert!(req.len <= data.len());
+    let client = ClientInfo {
+        ip: HeaderValue::from_static("192.0.2.1"),
+        trusted,
+        proto: crate::headers::HTTP,
+    };
+    let mut out = Vec::new();
+    write_request(&mut out, data, &req, &fields, &client);
+    let mut again = Vec::new();
+    let Parse::Done(back) = parse_request(&out, &mut again, MAX_FIELDS) else {
+        panic!(
+            "the written head does not parse: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    };
+    assert_eq!(back.len, out.len(), "bytes after the written head");
+    let part = |b: &'_ [u8], (x, y): (u32, u32)| b[x as usize..y as usize].to_vec();
+    assert_eq!(part(&out, back.method), part(data, req.method));
+    assert_eq!(part(&out, back.target), part(data, req.target));
+    assert_eq!(part(&out, back.host), part(data, req.host));
+    assert_eq!(back.body, req.body);
+    for f in &again {
+        assert!(
+            !matches!(f.kind, Kind::Connection | Kind::HopByHop | Kind::Upgrade),
+            "hop-by-hop field written"
+        );
+        if !trusted {
+            assert!(f.kind != Kind::Untrusted, "untrusted forwarding field kept");
+        }
+    }
+    let count = |k: Kind| again.iter().filter(|f| f.kind == k).count();
+    assert_eq!(count(Kind::XForwardedFor), 1);
+    assert_eq!(count(Kind::XRealIp), 1);
+}
+
+/// Fuzzing: a response head the engine accepts is written as one complete
+/// head whose framing says what the engine will send.
+pub fn fuzz_response_round_trip(data: &[u8]) {
+    let mut fields = Vec::new();
+    let Parse::Done(resp) = parse_response(data, &mut fields) else {
+        return;
+    };
+    assert!(resp.len <= data.len());
+    let mut out = Vec::new();
+    write_status(
+        &mut out,
+        resp.code,
+        Some(&data[resp.reason.0 as usize..resp.reason.1 as usize]),
+    );
+    write_response_fields(&mut out, data, &fields, &resp, None);
+    if matches!(resp.body, Framing::Chunked | Framing::Eof) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut again = Vec::new();
+    let Parse::Done(back) = parse_response(&out, &mut again) else {
+        panic!(
+            "the written head does not parse: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    };
+    assert_eq!(back.len, out.len(), "bytes after the written head");
+    assert_eq!(back.code, resp.code);
+    let expect = match resp.body {
+        Framing::Eof => Framing::Chunked,
+        other => other,
+    };
+    assert_eq!(back.body, expect);
+}
+
+/// Fuzzing: the chunked decoder gives the same bytes however its input is
+/// split, and its output is itself valid chunked coding that decodes to
+/// itself.
+pub fn fuzz_chunked(data: &[u8], step: usize) {
+    let mut whole = Chunked::default();
+    let mut out = Vec::new();
+    let used = whole.decode(data, &mut out);
+    let mut split = Chunked::default();
+    let mut out2 = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut fed = 0;
+    let mut split_result = Ok(0);
+    while fed < data.len() && !split.is_done() {
+        let end = (fed + step.max(1)).min(data.len());
+        pending.extend_from_slice(&data[fed..end]);
+        fed = end;
+        match split.decode(&pending, &mut out2) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(e) => {
+                split_result = Err(e);
+                break;
+            }
+        }
+    }
+    match used {
+        Ok(n) if whole.is_done() => {
+            assert!(split.is_done());
+            assert_eq!(out, out2);
+            assert_eq!(data.len() - n, pending.len() + (data.len() - fed));
+            let mut again = Chunked::default();
+            let mut out3 = Vec::new();
+            assert_eq!(again.decode(&out, &mut out3), Ok(out.len()));
+            assert!(again.is_done());
+            assert_eq!(out3, out);
+        }
+        Ok(_) => assert!(!split.is_done() && split_result.is_ok()),
+        Err(_) => {}
+    }
 }
 
 #[cfg(test)]
