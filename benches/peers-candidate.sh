@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs Wharf as the candidate of ../shared/bench/peers.sh: writes a config from the
 # BENCH_* variables the harness exports (plain listener on BENCH_PORT, every path to
-# BENCH_BACKEND, one worker thread; with CANDIDATE_TLS_PORT set, also a TLS
+# BENCH_BACKEND with an active health check (issue 12 measures with one; set
+# CANDIDATE_ROUTE_EXTRA= for none, or to other route keys), one worker thread
+# and metrics on (always); with CANDIDATE_TLS_PORT set, also a TLS
 # listener on BENCH_TLS_PORT serving the harness's certificate BENCH_CERT/BENCH_KEY,
 # an ECDSA P-256 self-signed one) and execs the release binary, so the harness's
 # PID is Wharf's.
@@ -16,6 +18,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${WHARF_BIN:-$here/target/release/wharf}
 : "${BENCH_PORT:?run me from peers.sh}" "${BENCH_BACKEND:?run me from peers.sh}"
 rundir=${BENCH_RUNDIR:-$(mktemp -d)}
+route_extra=${CANDIDATE_ROUTE_EXTRA-'healthcheck = { path = "/", interval = "1s" }'}
 cat > "$rundir/wharf.toml" <<TOML
 [entrypoints.web]
 address = "127.0.0.1:${BENCH_PORT}"
@@ -30,6 +33,7 @@ worker_threads = 1
 host = "*"
 upstream = "static:${BENCH_BACKEND}"
 tls = "none"
+${route_extra}
 TOML
 if [ -n "${BENCH_TLS_PORT:-}" ]; then
   cat >> "$rundir/wharf.toml" <<TOML

@@ -24,6 +24,7 @@ pub(crate) mod wire;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 use wharf_table::metrics::method_index;
 use wharf_table::{normalize_host, path_is_clean, RateKey, Route, Scheme};
@@ -211,24 +212,37 @@ impl Engine<'_> {
             },
             ..State::default()
         };
+        // One timer and one cancellation waiter for the connection's life,
+        // re-armed per head: a timer made per request with the earliest
+        // deadline would wake the runtime's driver (an eventfd write and an
+        // extra epoll_wait per request).
+        let deadline = tokio::time::sleep(s.header_read_timeout);
+        tokio::pin!(deadline);
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
+        // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
+        // head, from the end of the previous response (docs/config.md).
+        let between = s.header_read_timeout.min(s.idle_timeout);
         let mut first = true;
         loop {
-            // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
-            // head, from the end of the previous response (docs/config.md).
-            let wait = if first {
-                s.header_read_timeout
-            } else {
-                s.header_read_timeout.min(s.idle_timeout)
-            };
+            if !first {
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + between);
+            }
             first = false;
-            let head = match tokio::time::timeout(wait, self.read_head(io, &mut st)).await {
-                Err(_) => {
+            let next = tokio::select! {
+                biased;
+                next = self.read_head(io, &mut st, cancelled.as_mut()) => next,
+                () = &mut deadline => {
                     debug!(client = %self.conn.client, "no request head in time; closing");
                     return Exit::Closed;
                 }
-                Ok(Next::Closed) => return Exit::Closed,
-                Ok(Next::Decline) => return Exit::Handoff(st.rbuf.take()),
-                Ok(Next::Head(h)) => h,
+            };
+            let head = match next {
+                Next::Closed => return Exit::Closed,
+                Next::Decline => return Exit::Handoff(st.rbuf.take()),
+                Next::Head(h) => h,
             };
             match self.request(io, &mut st, head, born).await {
                 Outcome::KeepAlive => {}
@@ -241,7 +255,12 @@ impl Engine<'_> {
         }
     }
 
-    async fn read_head<I: Transport>(&self, io: &mut I, st: &mut State) -> Next {
+    async fn read_head<I: Transport>(
+        &self,
+        io: &mut I,
+        st: &mut State,
+        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Next {
         loop {
             if st.rbuf.is_empty() {
                 // Idle: no buffer is held while the client thinks.
@@ -249,7 +268,7 @@ impl Engine<'_> {
                 tokio::select! {
                     biased;
                     () = poll_fn(|cx| io.poll_peer(cx)) => {}
-                    () = self.cancel.cancelled() => return Next::Closed,
+                    () = cancelled.as_mut() => return Next::Closed,
                 }
             } else {
                 match wire::parse_request(

@@ -803,6 +803,10 @@ pub fn fuzz_response_round_trip(data: &[u8]) {
     let Parse::Done(resp) = parse_response(data, &mut fields) else {
         return;
     };
+    // The written head adds a field; its parse here has room for MAX_FIELDS.
+    if fields.len() >= MAX_FIELDS {
+        return;
+    }
     assert!(resp.len <= data.len());
     let mut out = Vec::new();
     write_status(
