@@ -244,7 +244,10 @@ impl Engine<'_> {
                 Next::Decline => return Exit::Handoff(st.rbuf.take()),
                 Next::Head(h) => h,
             };
-            match self.request(io, &mut st, head, born).await {
+            // Boxed: an idle connection's task then holds only the state
+            // between requests (memory per idle connection,
+            // docs/benchmarks.md); the request's own state lives while it runs.
+            match Box::pin(self.request(io, &mut st, head, born)).await {
                 Outcome::KeepAlive => {}
                 Outcome::Close => {
                     let _ = io.shutdown().await;
