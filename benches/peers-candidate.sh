@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${WHARF_BIN:-$here/target/release/wharf}
 : "${BENCH_PORT:?run me from peers.sh}" "${BENCH_BACKEND:?run me from peers.sh}"
 rundir=${BENCH_RUNDIR:-$(mktemp -d)}
-route_extra=${CANDIDATE_ROUTE_EXTRA-'healthcheck = { path = "/", interval = "1s" }'}
+route_extra=${CANDIDATE_ROUTE_EXTRA-'healthcheck = { path = "/hello", interval = "1s" }'}
 cat > "$rundir/wharf.toml" <<TOML
 [entrypoints.web]
 address = "127.0.0.1:${BENCH_PORT}"

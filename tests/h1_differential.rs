@@ -268,6 +268,18 @@ fn cases() -> Vec<Case> {
         ),
         c("no-content", get(""), vec![false], b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n"),
         c(
+            "no-content-with-length",
+            get(""),
+            vec![false],
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        ),
+        c(
+            "te-trailers-and-chunk-size-whitespace",
+            get(""),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+        ),
+        c(
             "not-modified",
             get("If-None-Match: \"e\"\r\n"),
             vec![false],
@@ -406,4 +418,181 @@ fn the_engine_and_hyper_send_the_same_messages() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------
+// The engine's own regressions (found by review), each on both paths.
+
+const PATHS: [&[(&str, &str)]; 2] = [&[], &[("WHARF_HTTP1_ENGINE", "hyper")]];
+
+/// Reads whatever arrives until the peer closes or is quiet for `quiet`;
+/// says whether it closed.
+fn read_all(s: &mut TcpStream, quiet: Duration) -> (String, bool) {
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return (String::from_utf8_lossy(&buf).into_owned(), true),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (String::from_utf8_lossy(&buf).into_owned(), false)
+            }
+            Err(_) => return (String::from_utf8_lossy(&buf).into_owned(), true),
+        }
+    }
+}
+
+/// A request body the backend never got (it could not be reached) is not
+/// read as the next request: the engine's 502 closes the connection.
+#[test]
+fn a_body_not_forwarded_is_never_parsed_as_a_request() {
+    let dead = DeadAddr::new();
+    for env in PATHS {
+        let w = Wharf::start_env(
+            &(base_config() + &route("app.test", "/", &[dead.addr], "")),
+            env,
+        );
+        let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+        let mut s = TcpStream::connect(w.ep("web")).unwrap();
+        s.write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (got, closed) = read_all(&mut s, Duration::from_secs(3));
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{env:?}: {got}");
+        assert!(got.starts_with("HTTP/1.1 502"), "{env:?}: {got}");
+        // The engine closes; hyper reads the small body away and keeps the
+        // connection (either way nothing of the body is a request).
+        assert!(
+            closed || !env.is_empty(),
+            "the engine kept the connection open"
+        );
+    }
+}
+
+/// A backend that sends more than its answer (a body on a HEAD response)
+/// never has the extra bytes read as another request's answer.
+#[test]
+fn bytes_past_a_backend_answer_never_answer_the_next_request() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                while let Some((start, _)) = read_head(&mut s, &mut pending) {
+                    let answer: &[u8] = if start.starts_with("HEAD") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
+                    };
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    for env in PATHS {
+        let w = Wharf::start_env(&(base_config() + &route("app.test", "/", &[addr], "")), env);
+        for _ in 0..3 {
+            let got = client(
+                w.ep("web"),
+                b"HEAD /a HTTP/1.1\r\nHost: app.test\r\n\r\nGET /b HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+                &[true, false],
+            );
+            assert_eq!(got[1].body, b"real", "{env:?}: {got:?}");
+        }
+        for _ in 0..3 {
+            let r = get(w.ep("web"), "app.test", "/c");
+            assert_eq!(r.body, b"real", "{env:?}");
+        }
+    }
+}
+
+/// A backend that reads a chunked upload as it comes (and sends an
+/// unasked `100 Continue` first) gets each chunk before the client sends the
+/// next, and its final answer reaches the client.
+#[test]
+fn a_chunked_upload_streams_and_survives_an_interim_response() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                while let Some((_, _)) = read_head(&mut s, &mut pending) {
+                    s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+                    let mut body = Vec::new();
+                    loop {
+                        let size_line = line(&mut s, &mut pending).unwrap();
+                        let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
+                        if size == 0 {
+                            while !line(&mut s, &mut pending).unwrap().is_empty() {}
+                            break;
+                        }
+                        assert!(fill(&mut s, &mut pending, size + 2));
+                        let chunk: Vec<u8> = pending.drain(..size + 2).take(size).collect();
+                        let _ = tx.send(String::from_utf8_lossy(&chunk).into_owned());
+                        body.extend_from_slice(&chunk);
+                    }
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    s.write_all(answer.as_bytes()).unwrap();
+                    s.write_all(&body).unwrap();
+                }
+            });
+        }
+    });
+    for env in PATHS {
+        let w = Wharf::start_env(&(base_config() + &route("app.test", "/", &[addr], "")), env);
+        let mut s = TcpStream::connect(w.ep("web")).unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nfirst\r\n")
+            .unwrap();
+        // The first chunk reaches the backend while the client still holds
+        // the rest back.
+        let first = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{env:?}: the first chunk was held back"));
+        assert_eq!(first, "first");
+        s.write_all(b"6\r\nsecond\r\n0\r\n\r\n").unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "second");
+        let (got, _) = read_all(&mut s, Duration::from_secs(5));
+        assert!(got.starts_with("HTTP/1.1 200"), "{env:?}: {got}");
+        assert!(got.ends_with("firstsecond"), "{env:?}: {got}");
+    }
+}
+
+/// `max_idle_per_backend = 0` pools nothing and fails nothing.
+#[test]
+fn no_idle_pool_at_all() {
+    let backend = Scripted::start(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    ]);
+    for env in PATHS {
+        let w = Wharf::start_env(
+            &(base_config().replace(
+                "[docker]",
+                "[upstream]\nmax_idle_per_backend = 0\n\n[docker]",
+            ) + &route("app.test", "/", &[backend.addr], "")),
+            env,
+        );
+        for _ in 0..3 {
+            assert_eq!(get(w.ep("web"), "app.test", "/c/0").status, 200, "{env:?}");
+        }
+    }
 }

@@ -444,11 +444,18 @@ impl Conn {
             };
             match engine.serve(&mut io, Vec::new()).await {
                 crate::h1::Exit::Closed => return,
-                crate::h1::Exit::Handoff(rest) => {
+                crate::h1::Exit::Handoff(rest, served) => {
                     // Boxed: hyper's connection state is large and rarely
                     // needed on a connection the engine serves.
                     let io = Prefixed::new(bytes::BytesMut::from(&rest[..]), io.into_inner());
-                    Box::pin(self.hyper(shared, io, client, tls.map(|n| n.h2))).await;
+                    // After requests the engine served, HTTP/1.1 only: a
+                    // preface now is not a protocol switch to allow.
+                    let proto = if served {
+                        Some(false)
+                    } else {
+                        tls.map(|n| n.h2)
+                    };
+                    Box::pin(self.hyper(shared, io, client, proto)).await;
                     return;
                 }
             }

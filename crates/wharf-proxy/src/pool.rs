@@ -496,6 +496,9 @@ impl H1Pool {
     /// Pools an engine connection whose exchange ended cleanly.
     pub(crate) fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
         self.count_release();
+        if self.max_idle == 0 {
+            return;
+        }
         let mut idle = lock(&self.raw);
         // Checked under the lock `retire` sweeps with (see there).
         if self.is_retired(addr) {
@@ -513,6 +516,9 @@ impl H1Pool {
 
     fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
         self.count_release();
+        if self.max_idle == 0 {
+            return;
+        }
         let mut idle = lock(&self.idle);
         // Checked under the lock `retire` sweeps with (see there).
         if self.is_retired(key.0) {

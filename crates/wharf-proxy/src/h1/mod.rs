@@ -76,8 +76,10 @@ impl<S: Transport> Transport for tokio_rustls::server::TlsStream<S> {
 /// How a connection left the engine.
 pub(crate) enum Exit {
     Closed,
-    /// hyper serves the rest of the connection, starting with these bytes.
-    Handoff(Vec<u8>),
+    /// hyper serves the rest of the connection, starting with these bytes;
+    /// `true` when the engine served requests on it before (it is HTTP/1.1
+    /// then, never HTTP/2 with prior knowledge).
+    Handoff(Vec<u8>, bool),
 }
 
 /// Read buffers start this large; a head that does not fit grows them.
@@ -107,6 +109,13 @@ impl Buf {
             self.data.clear();
             self.start = 0;
         }
+    }
+
+    /// Forgets what waits in it (a backend connection that is dropped takes
+    /// its unread bytes with it).
+    fn clear(&mut self) {
+        self.data.clear();
+        self.start = 0;
     }
 
     /// Gives the allocation back while nothing waits in it.
@@ -186,8 +195,11 @@ enum Outcome {
 
 /// Why an attempt at the backend failed.
 enum Fail {
-    /// The client went away or stalled while its body was relayed.
+    /// The client went away while its body was relayed.
     Client,
+    /// The client's body stalled for `client_timeout`: 502 and close, as the
+    /// hyper path's timed body fails the request.
+    ClientStalled,
     /// The client's chunked body is malformed: 502 and close, as on the
     /// hyper path (its client fails the request), not held against the
     /// backend.
@@ -223,7 +235,7 @@ impl Engine<'_> {
         // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
         // head, from the end of the previous response (docs/config.md).
         let between = s.header_read_timeout.min(s.idle_timeout);
-        let mut first = true;
+        let (mut first, mut served) = (true, false);
         loop {
             if !first {
                 deadline
@@ -241,19 +253,19 @@ impl Engine<'_> {
             };
             let head = match next {
                 Next::Closed => return Exit::Closed,
-                Next::Decline => return Exit::Handoff(st.rbuf.take()),
+                Next::Decline => return Exit::Handoff(st.rbuf.take(), served),
                 Next::Head(h) => h,
             };
             // Boxed: an idle connection's task then holds only the state
             // between requests (memory per idle connection,
             // docs/benchmarks.md); the request's own state lives while it runs.
             match Box::pin(self.request(io, &mut st, head, born)).await {
-                Outcome::KeepAlive => {}
+                Outcome::KeepAlive => served = true,
                 Outcome::Close => {
                     let _ = io.shutdown().await;
                     return Exit::Closed;
                 }
-                Outcome::Decline => return Exit::Handoff(st.rbuf.take()),
+                Outcome::Decline => return Exit::Handoff(st.rbuf.take(), served),
             }
         }
     }
@@ -279,6 +291,11 @@ impl Engine<'_> {
                     &mut st.fields,
                     self.settings.max_headers,
                 ) {
+                    // A head over the limit that one read completed: hyper
+                    // answers it (431), as it would have.
+                    Parse::Done(h) if h.len > self.settings.max_header_size => {
+                        return Next::Decline
+                    }
                     Parse::Done(h) => return Next::Head(h),
                     Parse::Decline(why) => {
                         debug!(client = %self.conn.client, why, "request head left to hyper");
@@ -436,6 +453,10 @@ impl Engine<'_> {
             }
         }
         st.rbuf.consume(h.len);
+        let resend = Resend {
+            safe,
+            elsewhere: route.backends.all().len() > 1,
+        };
         let mut ctx = Ctx {
             route,
             backend,
@@ -448,7 +469,7 @@ impl Engine<'_> {
             let sent_at = Instant::now();
             let tried = tokio::time::timeout(
                 fwd.response_timeout,
-                self.attempt(io, st, ctx.backend.addr, h.body, safe),
+                self.attempt(io, st, ctx.backend.addr, h.body, resend),
             )
             .await;
             let (failure, error, unsent) = match tried {
@@ -463,8 +484,11 @@ impl Engine<'_> {
                     // The client stopped sending its body: nothing to answer.
                     return Outcome::Close;
                 }
-                Ok(Err(Fail::BadBody)) => {
-                    let e = ProxyError::Upstream("malformed chunked request body".into());
+                Ok(Err(f @ (Fail::BadBody | Fail::ClientStalled))) => {
+                    let e = ProxyError::Upstream(match f {
+                        Fail::BadBody => "malformed chunked request body".into(),
+                        _ => "the client's request body stalled".into(),
+                    });
                     let (status, bytes) = self.answer(io, st, e, true).await;
                     self.observe(Some(&ctx.route), status, &method, start);
                     if let Some(p) = pending {
@@ -489,7 +513,9 @@ impl Engine<'_> {
                 again && ctx.may_retry(failure, safe) && ctx.redispatch(conn.client).await.is_ok();
             if !retried {
                 debug!(error = %error, client = %conn.client, "request failed");
-                let close = (has_body && !unsent) || h.close;
+                // A body not relayed whole (or not at all: the backend
+                // could not be reached) leaves the client's framing unknown.
+                let close = has_body || h.close;
                 let (status, bytes) = self.answer(io, st, error, close).await;
                 self.observe(Some(&ctx.route), status, &method, start);
                 if let Some(p) = pending {
@@ -572,14 +598,14 @@ impl Engine<'_> {
     /// pooled connection to `addr` and reads the response head. A reused
     /// connection that fails before any response byte (the backend closed it
     /// as idle, RFC 9112 §9.3.1) is replaced by a fresh one once, for a
-    /// request without a body that was not fully written or is safe to repeat.
+    /// request without a body, under the hyper path's rule ([`Resend`]).
     async fn attempt<I: Transport>(
         &self,
         io: &mut I,
         st: &mut State,
         addr: SocketAddr,
         body: Framing,
-        safe: bool,
+        resend: Resend,
     ) -> Result<(TcpStream, RespHead, bool), Fail> {
         let connect_failed = |error| Fail::Backend {
             failure: Failure::Connect,
@@ -587,12 +613,17 @@ impl Engine<'_> {
             unsent: true,
         };
         let pool = &self.fwd.pool;
-        let (mut up, reused, _) = pool.checkout_raw(addr).await.map_err(connect_failed)?;
+        let (mut up, reused, stale_risk) = pool.checkout_raw(addr).await.map_err(connect_failed)?;
         match self.exchange(io, st, &mut up, body).await {
             Ok((resp, done)) => Ok((up, resp, done)),
             Err(Exchange::Failed(f)) => Err(f),
             Err(Exchange::Closed { written }) => {
-                if reused && body == Framing::None && (!written || safe) {
+                // As `Forwarder::send_failed`: a request none of which was
+                // written goes again; a written one only when safe and kept
+                // (idle long enough to be stale, or a route that could retry
+                // it elsewhere anyway).
+                let again = !written || (resend.safe && (stale_risk || resend.elsewhere));
+                if reused && body == Framing::None && again {
                     let mut fresh = pool.connect_raw(addr).await.map_err(connect_failed)?;
                     return match self.exchange(io, st, &mut fresh, body).await {
                         Ok((resp, done)) => Ok((fresh, resp, done)),
@@ -617,6 +648,8 @@ impl Engine<'_> {
         body: Framing,
     ) -> Result<(RespHead, bool), Exchange> {
         let written = |ok: bool| Exchange::Closed { written: ok };
+        // Nothing of another connection's bytes may be read as this answer.
+        st.bbuf.clear();
         let mut done = true;
         match body {
             Framing::None | Framing::Eof => {
@@ -639,7 +672,7 @@ impl Engine<'_> {
                 sent.map_err(|_| sent_body_failed())?;
                 let mut left = n - have as u64;
                 while left > 0 {
-                    if !self.read_client(io, &mut st.rbuf, up).await? {
+                    if !self.read_client(io, st, up).await? {
                         done = false;
                         break;
                     }
@@ -659,7 +692,6 @@ impl Engine<'_> {
                 let mut out = std::mem::take(&mut st.out);
                 let head_len = out.len();
                 let mut chunked = Chunked::default();
-                let mut first = true;
                 let r = loop {
                     let used = match chunked.decode(st.rbuf.pending(), &mut out) {
                         Ok(n) => n,
@@ -669,21 +701,19 @@ impl Engine<'_> {
                         }
                     };
                     st.rbuf.consume(used);
-                    if chunked.is_done() || out.len() >= BODY_CHUNK {
+                    // What the client sent so far goes on before waiting for
+                    // more (a streamed upload is not held back); once body
+                    // bytes were consumed, a failure is never a clean resend.
+                    if !out.is_empty() {
                         if up.write_all(&out).await.is_err() {
-                            break Err(if first {
-                                written(false)
-                            } else {
-                                sent_body_failed()
-                            });
+                            break Err(sent_body_failed());
                         }
-                        first = false;
                         out.clear();
-                        if chunked.is_done() {
-                            break Ok(());
-                        }
                     }
-                    match self.read_client(io, &mut st.rbuf, up).await {
+                    if chunked.is_done() {
+                        break Ok(());
+                    }
+                    match self.read_client(io, st, up).await {
                         Ok(true) => {}
                         Ok(false) => {
                             done = false;
@@ -709,6 +739,13 @@ impl Engine<'_> {
                     continue;
                 }
                 Parse::Done(r) => return Ok((r, done)),
+                Parse::Decline(why) if why == wire::UNSUPPORTED_CODING => {
+                    return Err(Exchange::Failed(Fail::Backend {
+                        failure: Failure::Protocol,
+                        error: ProxyError::Upstream(why.into()),
+                        unsent: false,
+                    }))
+                }
                 Parse::Decline(why) => return Err(malformed(why)),
                 Parse::Partial => {}
             }
@@ -722,34 +759,61 @@ impl Engine<'_> {
         }
     }
 
-    /// More of the request body from the client, within `client_timeout`;
-    /// `false` when the backend started to answer first.
+    /// More of the request body from the client (into `st.rbuf`), within
+    /// `client_timeout`; `false` when the backend started its final answer
+    /// first. Interim (1xx) responses that arrive meanwhile are dropped and
+    /// the body goes on.
     async fn read_client<I: Transport>(
         &self,
         io: &mut I,
-        buf: &mut Buf,
-        up: &TcpStream,
+        st: &mut State,
+        up: &mut TcpStream,
     ) -> Result<bool, Exchange> {
         let limit = self.conn.client_timeout;
-        let read = async {
-            tokio::select! {
-                biased;
-                r = buf.read_from(io, BODY_CHUNK) => Some(r),
-                _ = up.readable() => None,
+        loop {
+            let read = async {
+                tokio::select! {
+                    biased;
+                    r = st.rbuf.read_from(io, BODY_CHUNK) => Some(r),
+                    _ = up.readable() => None,
+                }
+            };
+            let r = if limit.is_zero() {
+                read.await
+            } else {
+                match tokio::time::timeout(limit, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(Exchange::Failed(Fail::ClientStalled)),
+                }
+            };
+            match r {
+                Some(Ok(0) | Err(_)) => return Err(Exchange::Failed(Fail::Client)),
+                Some(Ok(_)) => return Ok(true),
+                None => {}
             }
-        };
-        let r = if limit.is_zero() {
-            read.await
-        } else {
-            match tokio::time::timeout(limit, read).await {
-                Ok(r) => r,
-                Err(_) => return Err(Exchange::Failed(Fail::Client)),
+            // The backend spoke: an interim response is dropped, anything
+            // else (a final head, a close) ends the upload.
+            // Without waiting: a readiness can be stale.
+            let b = &mut st.bbuf;
+            if b.data.capacity() - b.data.len() < BODY_CHUNK / 2 {
+                b.data.reserve(BODY_CHUNK);
             }
-        };
-        match r {
-            None => Ok(false),
-            Some(Ok(0) | Err(_)) => Err(Exchange::Failed(Fail::Client)),
-            Some(Ok(_)) => Ok(true),
+            match up.try_read_buf(&mut b.data) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Ok(false),
+            }
+            loop {
+                match wire::parse_response(st.bbuf.pending(), &mut st.rfields) {
+                    Parse::Done(r) if (100..200).contains(&r.code) && r.code != 101 => {
+                        st.bbuf.consume(r.len);
+                    }
+                    Parse::Partial if st.bbuf.pending().starts_with(b"HTTP/1.1 1") => break,
+                    _ if st.bbuf.is_empty() => break,
+                    _ => return Ok(false),
+                }
+            }
         }
     }
 
@@ -841,6 +905,8 @@ impl Engine<'_> {
         {
             self.fwd.pool.release_raw(ctx.backend.addr, up);
         }
+        // Bytes the backend sent past its answer go with its connection.
+        st.bbuf.clear();
         st.bbuf.release();
         (status, relayed)
     }
@@ -904,7 +970,7 @@ impl Engine<'_> {
                             return r;
                         }
                     }
-                    if chunked.is_done() || st.bbuf.is_empty() {
+                    if chunked.is_done() || st.bbuf.is_empty() || st.out.len() >= BODY_CHUNK {
                         if io.write_all(&st.out).await.is_err() {
                             return r;
                         }
@@ -955,6 +1021,17 @@ struct Relayed {
     bytes: u64,
     /// Both sides are at a message boundary.
     clean: bool,
+}
+
+/// When a request written on a reused connection that closed without an
+/// answer goes once more, on a fresh connection (`Forwarder::send_failed`'s
+/// rule).
+#[derive(Clone, Copy)]
+struct Resend {
+    /// Safe to repeat (a GET, HEAD or OPTIONS without a body).
+    safe: bool,
+    /// The route has another backend (the hyper path keeps a copy then).
+    elsewhere: bool,
 }
 
 /// An exchange that did not bring a response head.

@@ -326,6 +326,10 @@ pub(crate) fn parse_request(
     })
 }
 
+/// Why a response with a transfer coding other than `chunked` alone is a 502:
+/// the engine does not relay other codings (not the backend's health).
+pub(crate) const UNSUPPORTED_CODING: &str = "Transfer-Encoding other than chunked";
+
 /// A backend's response head.
 #[derive(Debug, Clone)]
 pub(crate) struct RespHead {
@@ -375,7 +379,7 @@ pub(crate) fn parse_response(buf: &[u8], fields: &mut Vec<Field>) -> Parse<RespH
             },
             Kind::TransferEncoding => {
                 if !trim(h.value).eq_ignore_ascii_case(b"chunked") {
-                    return Parse::Decline("Transfer-Encoding other than chunked");
+                    return Parse::Decline(UNSUPPORTED_CODING);
                 }
                 body = Framing::Chunked;
             }
@@ -555,12 +559,11 @@ pub(crate) fn write_response_fields(
     let mut date = false;
     for f in fields {
         let keep = match f.kind {
-            Kind::Connection
-            | Kind::HopByHop
-            | Kind::TransferEncoding
-            | Kind::Upgrade
-            | Kind::Te => false,
-            Kind::ContentLength => resp.body != Framing::Chunked,
+            Kind::Connection | Kind::HopByHop | Kind::TransferEncoding | Kind::Upgrade => false,
+            // hyper's server drops it on a 204 too (RFC 9110 §8.6).
+            Kind::ContentLength => resp.body != Framing::Chunked && resp.code != 204,
+            // As `strip_hop_by_hop`: `TE: trailers` stays.
+            Kind::Te => trim(f.value(head)).eq_ignore_ascii_case(b"trailers"),
             Kind::Hsts => hsts.is_none(),
             Kind::Date => {
                 date = true;
@@ -657,10 +660,9 @@ impl Chunked {
                     if digits == 0 || digits > 15 {
                         return Err(BadChunk("chunk size"));
                     }
-                    match line.get(digits) {
+                    // Then whitespace (hyper takes it), an extension, or the end.
+                    match trim(&line[digits..]).first() {
                         None | Some(b';') => {}
-                        // Whitespace before an extension (RFC 9112 §7.1.1 BWS).
-                        Some(b' ' | b'\t') if trim(&line[digits..]).first() == Some(&b';') => {}
                         Some(_) => return Err(BadChunk("chunk size")),
                     }
                     if line.iter().any(|b| *b == b'\r' || *b == 0) {
