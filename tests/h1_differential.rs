@@ -214,6 +214,16 @@ fn client(addr: SocketAddr, raw: &[u8], heads: &[bool]) -> Vec<Message> {
             body,
         });
     }
+    // The last request closed the connection: nothing may follow (a
+    // response too many would be a desync).
+    let _ = s.read_to_end(&mut pending);
+    if !pending.is_empty() {
+        out.push(Message {
+            start: format!("EXTRA BYTES: {}", String::from_utf8_lossy(&pending)),
+            fields: Vec::new(),
+            body: Vec::new(),
+        });
+    }
     out
 }
 
@@ -363,6 +373,19 @@ fn cases() -> Vec<Case> {
             b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npipe",
         ),
         c(
+            "pipelined-after-bodies",
+            "POST /c/{N}/1 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhelloPOST /c/{N}/2 HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /c/{N}/3 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+                .into(),
+            vec![false, false, false],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        c(
+            "connection-names-content-length",
+            get(""),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        c(
             "http-1.0-client",
             "GET /c/{N} HTTP/1.0\r\nHost: app.test\r\n\r\n".into(),
             vec![false],
@@ -379,9 +402,23 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn the_engine_and_hyper_send_the_same_messages() {
+    same_messages("");
+}
+
+/// The same through a route whose header rules make both paths work on a
+/// header map (the engine's map path).
+#[test]
+fn the_engine_and_hyper_send_the_same_messages_through_header_rules() {
+    same_messages(
+        "headers = { request = { \"X-Req-Rule\" = \"1\", \"Accept\" = \"\" }, \
+         response = { \"X-Resp-Rule\" = \"1\", \"X-App\" = \"\" } }",
+    );
+}
+
+fn same_messages(route_extra: &str) {
     let corpus = cases();
     let backend = Scripted::start(corpus.iter().map(|c| c.response.clone()).collect());
-    let config = base_config() + &route("app.test", "/", &[backend.addr], "");
+    let config = base_config() + &route("app.test", "/", &[backend.addr], route_extra);
     let engine = Wharf::start(&config);
     let hyper = Wharf::start_env(&config, &[("WHARF_HTTP1_ENGINE", "hyper")]);
     let mut failures = Vec::new();
@@ -594,5 +631,56 @@ fn no_idle_pool_at_all() {
         for _ in 0..3 {
             assert_eq!(get(w.ep("web"), "app.test", "/c/0").status, 200, "{env:?}");
         }
+    }
+}
+
+/// A backend that answers an upload early (413) and stops reading it: the
+/// answer reaches the client at once, not after `response_timeout`.
+#[test]
+fn an_early_answer_to_an_upload_is_relayed_at_once() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                if read_head(&mut s, &mut pending).is_some() {
+                    let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig");
+                    // Reads nothing more for a while, as a server that gave up.
+                    std::thread::sleep(Duration::from_secs(8));
+                }
+            });
+        }
+    });
+    for env in PATHS {
+        let w = Wharf::start_env(&(base_config() + &route("app.test", "/", &[addr], "")), env);
+        let mut s = TcpStream::connect(w.ep("web")).unwrap();
+        let size = 64 * 1024 * 1024;
+        s.write_all(
+            format!("POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut up = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..size / chunk.len() {
+                if up.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let t = std::time::Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (start, _) = read_head(&mut s, &mut Vec::new()).expect("an answer");
+        assert!(start.starts_with("HTTP/1.1 413"), "{env:?}: {start:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{env:?}: took {:?}",
+            t.elapsed()
+        );
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = writer.join();
     }
 }

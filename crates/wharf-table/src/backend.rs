@@ -177,12 +177,34 @@ impl BackendState {
 pub struct InflightGuard {
     state: Arc<BackendState>,
     queue: Option<Arc<RouteState>>,
+    released: bool,
 }
 
 impl InflightGuard {
     pub fn new(state: Arc<BackendState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard { state, queue: None }
+        InflightGuard {
+            state,
+            queue: None,
+            released: false,
+        }
+    }
+
+    /// Frees the slot now (the backend's part of the exchange is over, while
+    /// the last bytes still go to the client): a client that reads its answer
+    /// and sends the next request at once finds the slot free, as it would
+    /// after the guard's drop. Dropping it later does nothing more.
+    pub fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.free();
+        }
+    }
+
+    fn free(&self) {
+        self.state.inflight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(q) = &self.queue {
+            q.slot_freed();
+        }
     }
 
     /// Takes one of `limit` slots of the backend, or `None` when all are taken
@@ -201,16 +223,14 @@ impl InflightGuard {
         Some(InflightGuard {
             state: state.clone(),
             queue: Some(queue.clone()),
+            released: false,
         })
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.state.inflight.fetch_sub(1, Ordering::SeqCst);
-        if let Some(q) = &self.queue {
-            q.slot_freed();
-        }
+        self.release();
     }
 }
 
@@ -667,6 +687,14 @@ mod tests {
         assert_eq!(st.inflight(), 1);
         drop(g);
         assert_eq!(st.inflight(), 0);
+        // Released early, then dropped: counted down once.
+        let _other = InflightGuard::new(st.clone());
+        let mut g = InflightGuard::new(st.clone());
+        g.release();
+        assert_eq!(st.inflight(), 1);
+        g.release();
+        drop(g);
+        assert_eq!(st.inflight(), 1);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 use wharf_table::metrics::method_index;
-use wharf_table::{normalize_host, path_is_clean, RateKey, Route, Scheme};
+use wharf_table::{normalize_host, path_is_clean, InflightGuard, RateKey, Route, Scheme};
 
 use crate::access::Pending;
 use crate::error::ProxyError;
@@ -132,12 +132,8 @@ impl Buf {
         v
     }
 
-    /// Reads once more from `io`; `Ok(0)` is the end of the stream.
-    async fn read_from<R: AsyncRead + Unpin>(
-        &mut self,
-        io: &mut R,
-        want: usize,
-    ) -> io::Result<usize> {
+    /// Room for a read of about `want` bytes: what was used is dropped first.
+    fn make_room(&mut self, want: usize) {
         if self.data.capacity() - self.data.len() < want / 2 {
             if self.start > 0 {
                 self.data.drain(..self.start);
@@ -145,6 +141,15 @@ impl Buf {
             }
             self.data.reserve(want);
         }
+    }
+
+    /// Reads once more from `io`; `Ok(0)` is the end of the stream.
+    async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        want: usize,
+    ) -> io::Result<usize> {
+        self.make_room(want);
         io.read_buf(&mut self.data).await
     }
 }
@@ -190,7 +195,44 @@ enum Next {
 enum Outcome {
     KeepAlive,
     Close,
+    /// Close, with the request body left unread: read it away for a while
+    /// first ([`linger`]).
+    Linger,
     Decline,
+}
+
+/// How a request that was answered ends its connection.
+fn ending(unread_body: bool, close: bool) -> Outcome {
+    match (unread_body, close) {
+        (true, _) => Outcome::Linger,
+        (false, true) => Outcome::Close,
+        (false, false) => Outcome::KeepAlive,
+    }
+}
+
+/// How long, and how much, a closing connection's unread request body is
+/// read away after the answer (nginx's lingering close): closed with bytes
+/// unread, the kernel would reset the connection, and the client could lose
+/// the answer before it read it.
+const LINGER_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Ends a connection whose answer is out but whose client may still be
+/// sending: half-closes it, then reads and drops what comes, within
+/// [`LINGER_FOR`] and [`LINGER_BYTES`].
+async fn linger<I: Transport>(io: &mut I, st: &mut State) {
+    let _ = io.shutdown().await;
+    let drain = async {
+        let mut n = 0;
+        while n < LINGER_BYTES {
+            st.rbuf.clear();
+            match st.rbuf.read_from(io, BODY_CHUNK).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_FOR, drain).await;
 }
 
 /// Why an attempt at the backend failed.
@@ -261,6 +303,10 @@ impl Engine<'_> {
             // docs/benchmarks.md); the request's own state lives while it runs.
             match Box::pin(self.request(io, &mut st, head, born)).await {
                 Outcome::KeepAlive => served = true,
+                Outcome::Linger => {
+                    linger(io, &mut st).await;
+                    return Exit::Closed;
+                }
                 Outcome::Close => {
                     let _ = io.shutdown().await;
                     return Exit::Closed;
@@ -425,11 +471,7 @@ impl Engine<'_> {
                 if let Some(p) = pending {
                     p.finish_with(status, bytes);
                 }
-                return if close {
-                    Outcome::Close
-                } else {
-                    Outcome::KeepAlive
-                };
+                return ending(has_body, close);
             }
         };
         seen.backend = Some(backend.addr);
@@ -521,11 +563,7 @@ impl Engine<'_> {
                 if let Some(p) = pending {
                     p.finish_with(status, bytes);
                 }
-                return if close {
-                    Outcome::Close
-                } else {
-                    Outcome::KeepAlive
-                };
+                return ending(has_body, close);
             }
             debug!(route = %ctx.route.name, backend = %ctx.backend.addr, "retrying on another backend");
             if let Some(rec) = pending.as_mut().and_then(Pending::record) {
@@ -540,16 +578,14 @@ impl Engine<'_> {
         // Timed at the response head, as on the hyper path.
         self.observe(Some(&ctx.route), resp.code, &method, start);
         let up = (up, body_done);
-        let (status, relayed) = self.respond(io, st, &ctx, up, resp, is_head, close).await;
+        let (status, relayed) = self
+            .respond(io, st, &mut ctx, up, resp, is_head, close)
+            .await;
         if let Some(p) = pending {
             p.finish_with(status, relayed.bytes);
         }
         drop(ctx);
-        if close || !relayed.clean {
-            Outcome::Close
-        } else {
-            Outcome::KeepAlive
-        }
+        ending(!body_done, close || !relayed.clean)
     }
 
     /// limit, gate, affinity and pick: the phases between the route and the
@@ -666,12 +702,12 @@ impl Engine<'_> {
                 let head_len = out.len();
                 out.extend_from_slice(&st.rbuf.pending()[..have]);
                 st.rbuf.consume(have);
-                let sent = up.write_all(&out).await;
+                let sent = Self::send_body(&mut st.bbuf, &mut st.rfields, up, &out).await;
                 out.truncate(head_len);
                 st.out = out;
-                sent.map_err(|_| sent_body_failed())?;
+                done = sent?;
                 let mut left = n - have as u64;
-                while left > 0 {
+                while left > 0 && done {
                     if !self.read_client(io, st, up).await? {
                         done = false;
                         break;
@@ -681,9 +717,8 @@ impl Engine<'_> {
                         .pending()
                         .len()
                         .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    up.write_all(&st.rbuf.pending()[..take])
-                        .await
-                        .map_err(|_| sent_body_failed())?;
+                    let data = &st.rbuf.pending()[..take];
+                    done = Self::send_body(&mut st.bbuf, &mut st.rfields, up, data).await?;
                     st.rbuf.consume(take);
                     left -= take as u64;
                 }
@@ -705,10 +740,14 @@ impl Engine<'_> {
                     // more (a streamed upload is not held back); once body
                     // bytes were consumed, a failure is never a clean resend.
                     if !out.is_empty() {
-                        if up.write_all(&out).await.is_err() {
-                            break Err(sent_body_failed());
+                        match Self::send_body(&mut st.bbuf, &mut st.rfields, up, &out).await {
+                            Ok(true) => out.clear(),
+                            Ok(false) => {
+                                done = false;
+                                break Ok(());
+                            }
+                            Err(e) => break Err(e),
                         }
-                        out.clear();
                     }
                     if chunked.is_done() {
                         break Ok(());
@@ -789,32 +828,42 @@ impl Engine<'_> {
             match r {
                 Some(Ok(0) | Err(_)) => return Err(Exchange::Failed(Fail::Client)),
                 Some(Ok(_)) => return Ok(true),
+                None if backend_answered(&mut st.bbuf, &mut st.rfields, up) => return Ok(false),
                 None => {}
             }
-            // The backend spoke: an interim response is dropped, anything
-            // else (a final head, a close) ends the upload.
-            // Without waiting: a readiness can be stale.
-            let b = &mut st.bbuf;
-            if b.data.capacity() - b.data.len() < BODY_CHUNK / 2 {
-                b.data.reserve(BODY_CHUNK);
-            }
-            match up.try_read_buf(&mut b.data) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Ok(false),
-            }
-            loop {
-                match wire::parse_response(st.bbuf.pending(), &mut st.rfields) {
-                    Parse::Done(r) if (100..200).contains(&r.code) && r.code != 101 => {
-                        st.bbuf.consume(r.len);
+        }
+    }
+
+    /// Writes request body bytes to the backend, watching it meanwhile: `false`
+    /// when it started its final answer (an early 413 to an upload it does not
+    /// read) instead of waiting for it to read the rest.
+    async fn send_body(
+        bbuf: &mut Buf,
+        rfields: &mut Vec<Field>,
+        up: &TcpStream,
+        mut data: &[u8],
+    ) -> Result<bool, Exchange> {
+        while !data.is_empty() {
+            tokio::select! {
+                biased;
+                w = up.writable() => {
+                    if w.is_err() {
+                        return Err(sent_body_failed());
                     }
-                    Parse::Partial if st.bbuf.pending().starts_with(b"HTTP/1.1 1") => break,
-                    _ if st.bbuf.is_empty() => break,
-                    _ => return Ok(false),
+                    match up.try_write(data) {
+                        Ok(n) => data = &data[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(sent_body_failed()),
+                    }
+                }
+                _ = up.readable() => {
+                    if backend_answered(bbuf, rfields, up) {
+                        return Ok(false);
+                    }
                 }
             }
         }
+        Ok(true)
     }
 
     /// Writes Wharf's own answer for `e`; returns its status.
@@ -825,6 +874,9 @@ impl Engine<'_> {
         e: ProxyError,
         close: bool,
     ) -> (u16, u64) {
+        // A failed exchange's bytes are not kept on the connection.
+        st.bbuf.clear();
+        st.bbuf.release();
         let body = e.body();
         let resp = e.into_response();
         let status = resp.status().as_u16();
@@ -853,7 +905,7 @@ impl Engine<'_> {
         &self,
         io: &mut I,
         st: &mut State,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         (mut up, sent_whole): (TcpStream, bool),
         resp: RespHead,
         is_head: bool,
@@ -877,11 +929,21 @@ impl Engine<'_> {
             wire::write_response_fields(out, raw, &st.rfields, &resp, hsts)
         } else {
             let mut map = wire::to_map(raw, &st.rfields);
-            if crate::headers::strip_hop_by_hop(&mut map, false) {
-                map.remove(header::CONTENT_LENGTH);
-            }
+            crate::headers::strip_hop_by_hop(&mut map, false);
             pipeline::respond(conn, ctx, &mut map);
+            // The framing is the engine's to write, whatever `Connection`
+            // named or a header rule set: the length as parsed (none on a
+            // 204), chunked below.
+            map.remove(header::CONTENT_LENGTH);
+            map.remove(header::TRANSFER_ENCODING);
             wire::write_map(out, &map);
+            if let Framing::Length(n) = resp.body {
+                if resp.code != 204 {
+                    out.extend_from_slice(b"content-length: ");
+                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
             map.contains_key(header::DATE)
         };
         if !date {
@@ -896,7 +958,7 @@ impl Engine<'_> {
         out.extend_from_slice(b"\r\n");
         st.bbuf.consume(resp.len);
         let status = resp.code;
-        let relayed = self.relay(io, st, &mut up, framing).await;
+        let relayed = self.relay(io, st, &mut up, framing, &mut ctx.guard).await;
         if relayed.clean
             && sent_whole
             && !resp.close
@@ -918,13 +980,17 @@ impl Engine<'_> {
         st: &mut State,
         up: &mut TcpStream,
         framing: Framing,
+        guard: &mut InflightGuard,
     ) -> Relayed {
         let mut r = Relayed {
             bytes: 0,
             clean: false,
         };
         match framing {
+            // The backend's slot is freed as soon as its part is over,
+            // before the last write to the client (see `InflightGuard::release`).
             Framing::None => {
+                guard.release();
                 r.clean = io.write_all(&st.out).await.is_ok();
             }
             Framing::Length(n) => {
@@ -936,6 +1002,9 @@ impl Engine<'_> {
                     .min(usize::try_from(n).unwrap_or(usize::MAX));
                 st.out.extend_from_slice(&st.bbuf.pending()[..have]);
                 st.bbuf.consume(have);
+                if have as u64 == n {
+                    guard.release();
+                }
                 if io.write_all(&st.out).await.is_err() {
                     return r;
                 }
@@ -950,6 +1019,9 @@ impl Engine<'_> {
                     }
                     let left = usize::try_from(n - r.bytes).unwrap_or(usize::MAX);
                     let take = st.bbuf.pending().len().min(left);
+                    if take == left {
+                        guard.release();
+                    }
                     if io.write_all(&st.bbuf.pending()[..take]).await.is_err() {
                         return r;
                     }
@@ -971,6 +1043,9 @@ impl Engine<'_> {
                         }
                     }
                     if chunked.is_done() || st.bbuf.is_empty() || st.out.len() >= BODY_CHUNK {
+                        if chunked.is_done() {
+                            guard.release();
+                        }
                         if io.write_all(&st.out).await.is_err() {
                             return r;
                         }
@@ -998,6 +1073,7 @@ impl Engine<'_> {
                     st.out.clear();
                     match st.bbuf.read_from(up, BODY_CHUNK).await {
                         Ok(0) => {
+                            guard.release();
                             r.clean = io.write_all(b"0\r\n\r\n").await.is_ok();
                             return r;
                         }
@@ -1021,6 +1097,33 @@ struct Relayed {
     bytes: u64,
     /// Both sides are at a message boundary.
     clean: bool,
+}
+
+/// The backend is readable while the request body goes out: reads what it
+/// sent (without waiting: a readiness can be stale) and says whether that is
+/// the start of a final answer (or a close). Interim (1xx) responses are
+/// dropped and the upload goes on.
+fn backend_answered(bbuf: &mut Buf, rfields: &mut Vec<Field>, up: &TcpStream) -> bool {
+    bbuf.make_room(BODY_CHUNK);
+    match up.try_read_buf(&mut bbuf.data) {
+        Ok(0) => return true,
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+        Err(_) => return true,
+    }
+    loop {
+        let pending = bbuf.pending();
+        match wire::parse_response(pending, rfields) {
+            Parse::Done(r) if (100..200).contains(&r.code) && r.code != 101 => {
+                bbuf.consume(r.len);
+            }
+            _ if bbuf.is_empty() => return false,
+            // `HTTP/1.x 1..`, or too short to tell: an interim head may be
+            // on its way.
+            Parse::Partial if pending.len() < 10 || pending[9] == b'1' => return false,
+            _ => return true,
+        }
+    }
 }
 
 /// When a request written on a reused connection that closed without an
