@@ -114,6 +114,22 @@ fn read_body(
     Vec::new()
 }
 
+/// A backend on 127.0.0.1 (port chosen by the kernel) that runs `conn` on a
+/// thread of its own for each connection.
+fn backend_threads(conn: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let conn = Arc::new(conn);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let conn = conn.clone();
+            std::thread::spawn(move || conn(s));
+        }
+    });
+    addr
+}
+
 fn sorted(mut fields: Vec<(String, String)>) -> Vec<(String, String)> {
     fields.retain(|(k, _)| k != "date");
     fields.sort();
@@ -130,58 +146,50 @@ struct Scripted {
 
 impl Scripted {
     fn start(responses: Vec<Vec<u8>>) -> Scripted {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
-        let responses = Arc::new(responses);
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let (seen, responses) = (seen2.clone(), responses.clone());
-                std::thread::spawn(move || {
-                    let mut pending = Vec::new();
-                    while let Some((start, fields)) = read_head(&mut s, &mut pending) {
-                        if start.starts_with("STOP") {
-                            return;
-                        }
-                        let body = read_body(&mut s, &mut pending, &fields, false);
-                        let n: usize = start
-                            .split_whitespace()
-                            .nth(1)
-                            .and_then(|p| p.strip_prefix("/c/"))
-                            .and_then(|p| p.split(['/', '?']).next())
-                            .and_then(|p| p.parse().ok())
-                            .unwrap_or(0);
-                        let is_head = start.starts_with("HEAD ");
-                        seen.lock().unwrap().push(Message {
-                            start,
-                            fields: sorted(fields),
-                            body,
-                        });
-                        let mut resp = &responses[n][..];
-                        if is_head {
-                            // A HEAD response is its head alone.
-                            let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                            resp = &resp[..end + 4];
-                        }
-                        if s.write_all(resp).is_err() {
-                            return;
-                        }
-                        let text = String::from_utf8_lossy(resp).to_ascii_lowercase();
-                        let head = text.split("\r\n\r\n").next().unwrap_or("");
-                        let close = head.contains("connection: close")
-                            || head.starts_with("http/1.0")
-                            || (!head.contains("content-length")
-                                && !head.contains("transfer-encoding")
-                                && !head.contains(" 204 ")
-                                && !head.contains(" 304 ")
-                                && !text.starts_with("http/1.1 1"));
-                        if close {
-                            return;
-                        }
-                    }
+        let addr = backend_threads(move |mut s| {
+            let (seen, responses) = (&seen2, &responses);
+            let mut pending = Vec::new();
+            while let Some((start, fields)) = read_head(&mut s, &mut pending) {
+                if start.starts_with("STOP") {
+                    return;
+                }
+                let body = read_body(&mut s, &mut pending, &fields, false);
+                let n: usize = start
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/c/"))
+                    .and_then(|p| p.split(['/', '?']).next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                let is_head = start.starts_with("HEAD ");
+                seen.lock().unwrap().push(Message {
+                    start,
+                    fields: sorted(fields),
+                    body,
                 });
+                let mut resp = &responses[n][..];
+                if is_head {
+                    // A HEAD response is its head alone.
+                    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                    resp = &resp[..end + 4];
+                }
+                if s.write_all(resp).is_err() {
+                    return;
+                }
+                let text = String::from_utf8_lossy(resp).to_ascii_lowercase();
+                let head = text.split("\r\n\r\n").next().unwrap_or("");
+                let close = head.contains("connection: close")
+                    || head.starts_with("http/1.0")
+                    || (!head.contains("content-length")
+                        && !head.contains("transfer-encoding")
+                        && !head.contains(" 204 ")
+                        && !head.contains(" 304 ")
+                        && !text.starts_with("http/1.1 1"));
+                if close {
+                    return;
+                }
             }
         });
         Scripted { addr, seen }
@@ -521,24 +529,17 @@ fn a_body_not_forwarded_is_never_parsed_as_a_request() {
 /// never has the extra bytes read as another request's answer.
 #[test]
 fn bytes_past_a_backend_answer_never_answer_the_next_request() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut pending = Vec::new();
-                while let Some((start, _)) = read_head(&mut s, &mut pending) {
-                    let answer: &[u8] = if start.starts_with("HEAD") {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
-                    };
-                    if s.write_all(answer).is_err() {
-                        return;
-                    }
-                }
-            });
+    let addr = backend_threads(|mut s| {
+        let mut pending = Vec::new();
+        while let Some((start, _)) = read_head(&mut s, &mut pending) {
+            let answer: &[u8] = if start.starts_with("HEAD") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
+            };
+            if s.write_all(answer).is_err() {
+                return;
+            }
         }
     });
     for env in PATHS {
@@ -563,36 +564,29 @@ fn bytes_past_a_backend_answer_never_answer_the_next_request() {
 /// next, and its final answer reaches the client.
 #[test]
 fn a_chunked_upload_streams_and_survives_an_interim_response() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut pending = Vec::new();
-                while let Some((_, _)) = read_head(&mut s, &mut pending) {
-                    s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
-                    let mut body = Vec::new();
-                    loop {
-                        let size_line = line(&mut s, &mut pending).unwrap();
-                        let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
-                        if size == 0 {
-                            while !line(&mut s, &mut pending).unwrap().is_empty() {}
-                            break;
-                        }
-                        assert!(fill(&mut s, &mut pending, size + 2));
-                        let chunk: Vec<u8> = pending.drain(..size + 2).take(size).collect();
-                        let _ = tx.send(String::from_utf8_lossy(&chunk).into_owned());
-                        body.extend_from_slice(&chunk);
-                    }
-                    let answer =
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                    s.write_all(answer.as_bytes()).unwrap();
-                    s.write_all(&body).unwrap();
+    let tx = Mutex::new(tx);
+    let addr = backend_threads(move |mut s| {
+        let tx = tx.lock().unwrap().clone();
+        let mut pending = Vec::new();
+        while let Some((_, _)) = read_head(&mut s, &mut pending) {
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+            let mut body = Vec::new();
+            loop {
+                let size_line = line(&mut s, &mut pending).unwrap();
+                let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
+                if size == 0 {
+                    while !line(&mut s, &mut pending).unwrap().is_empty() {}
+                    break;
                 }
-            });
+                assert!(fill(&mut s, &mut pending, size + 2));
+                let chunk: Vec<u8> = pending.drain(..size + 2).take(size).collect();
+                let _ = tx.send(String::from_utf8_lossy(&chunk).into_owned());
+                body.extend_from_slice(&chunk);
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(answer.as_bytes()).unwrap();
+            s.write_all(&body).unwrap();
         }
     });
     for env in PATHS {
@@ -638,19 +632,12 @@ fn no_idle_pool_at_all() {
 /// answer reaches the client at once, not after `response_timeout`.
 #[test]
 fn an_early_answer_to_an_upload_is_relayed_at_once() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut pending = Vec::new();
-                if read_head(&mut s, &mut pending).is_some() {
-                    let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig");
-                    // Reads nothing more for a while, as a server that gave up.
-                    std::thread::sleep(Duration::from_secs(8));
-                }
-            });
+    let addr = backend_threads(|mut s| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig");
+            // Reads nothing more for a while, as a server that gave up.
+            std::thread::sleep(Duration::from_secs(8));
         }
     });
     for env in PATHS {

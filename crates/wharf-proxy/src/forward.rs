@@ -295,13 +295,7 @@ impl Forwarder {
             pipeline::pick(&route, conn.client, None, affinity.as_deref()).await?;
         seen.backend = Some(backend.addr);
         let cookie = affinity.as_mut().and_then(|a| a.cookie.take());
-        let mut ctx = Ctx {
-            route,
-            backend,
-            guard,
-            attempts: 1,
-            affinity,
-        };
+        let mut ctx = Ctx::first(route, (backend, guard), affinity);
 
         // `Upgrade: h2c` is not tunnelled (an h2c tunnel would carry requests
         // past routing, "h2c smuggling"): the request goes on as a plain one,

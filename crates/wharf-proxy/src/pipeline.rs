@@ -288,6 +288,21 @@ pub async fn pick(
 }
 
 impl Ctx {
+    /// The context of a request's first attempt, on the backend `pick` chose.
+    pub fn first(
+        route: Arc<Route>,
+        (backend, guard): (Arc<Backend>, InflightGuard),
+        affinity: Option<Box<Affinity>>,
+    ) -> Ctx {
+        Ctx {
+            route,
+            backend,
+            guard,
+            attempts: 1,
+            affinity,
+        }
+    }
+
     /// Observe: a response head arrived from the backend.
     #[inline]
     pub fn succeeded(&self) {

@@ -495,33 +495,29 @@ impl H1Pool {
 
     /// Pools an engine connection whose exchange ended cleanly.
     pub(crate) fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
-        self.count_release();
-        if self.max_idle == 0 {
-            return;
-        }
-        let mut idle = lock(&self.raw);
-        // Checked under the lock `retire` sweeps with (see there).
-        if self.is_retired(addr) {
-            return;
-        }
-        let list = idle.entry(addr).or_default();
-        if list.len() >= self.max_idle {
-            list.remove(0);
-        }
-        list.push(RawIdle {
+        let item = RawIdle {
             stream,
             since: Instant::now(),
-        });
+        };
+        self.pool_idle(&self.raw, addr, addr, item);
     }
 
-    fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
+    /// Counts a release and puts `item` on `key`'s idle list, unless pooling
+    /// is off or the backend `addr` is retired; a full list drops its oldest.
+    fn pool_idle<K: std::hash::Hash + Eq, T>(
+        &self,
+        map: &Mutex<HashMap<K, Vec<T>, ahash::RandomState>>,
+        key: K,
+        addr: SocketAddr,
+        item: T,
+    ) {
         self.count_release();
         if self.max_idle == 0 {
             return;
         }
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(map);
         // Checked under the lock `retire` sweeps with (see there).
-        if self.is_retired(key.0) {
+        if self.is_retired(addr) {
             return;
         }
         let list = idle.entry(key).or_default();
@@ -529,10 +525,15 @@ impl H1Pool {
             // Keep the most recently used; the oldest is likeliest to be closed.
             list.remove(0);
         }
-        list.push(Idle {
+        list.push(item);
+    }
+
+    fn push(&self, key: Key, tx: http1::SendRequest<ReqBody>) {
+        let item = Idle {
             tx,
             since: Instant::now(),
-        });
+        };
+        self.pool_idle(&self.idle, key, key.0, item);
     }
 
     /// Idle connections pooled for `addr` (tests).

@@ -499,13 +499,7 @@ impl Engine<'_> {
             safe,
             elsewhere: route.backends.all().len() > 1,
         };
-        let mut ctx = Ctx {
-            route,
-            backend,
-            guard,
-            attempts: 1,
-            affinity,
-        };
+        let mut ctx = Ctx::first(route, (backend, guard), affinity);
         // forward, once more elsewhere when the rules allow
         let (up, resp, body_done) = loop {
             let sent_at = Instant::now();

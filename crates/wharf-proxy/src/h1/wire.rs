@@ -643,15 +643,9 @@ impl Chunked {
             match self.state {
                 ChunkState::Done => return Ok(at),
                 ChunkState::Size => {
-                    let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
-                        if rest.len() > MAX_CHUNK_LINE {
-                            return Err(BadChunk("chunk-size line too long"));
-                        }
+                    let Some(eol) = crlf_line(rest, MAX_CHUNK_LINE, "chunk-size line")? else {
                         return Ok(at);
                     };
-                    if eol == 0 || rest[eol - 1] != b'\r' {
-                        return Err(BadChunk("chunk-size line without CRLF"));
-                    }
                     let line = &rest[..eol - 1];
                     let digits = line
                         .iter()
@@ -709,25 +703,29 @@ impl Chunked {
                 }
                 ChunkState::Trailers => {
                     // Lines up to an empty one; each is dropped.
-                    let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
-                        if rest.len() > MAX_TRAILERS {
-                            return Err(BadChunk("trailer section too long"));
-                        }
+                    let Some(eol) = crlf_line(rest, MAX_TRAILERS, "trailer line")? else {
                         return Ok(at);
                     };
-                    if eol == 0 || rest[eol - 1] != b'\r' {
-                        return Err(BadChunk("trailer line without CRLF"));
-                    }
                     at += eol + 1;
                     if eol == 1 {
                         out.extend_from_slice(b"0\r\n\r\n");
                         self.state = ChunkState::Done;
-                    } else if eol > MAX_TRAILERS {
-                        return Err(BadChunk("trailer section too long"));
                     }
                 }
             }
         }
+    }
+}
+
+/// Where the line at the start of `rest` ends (the index of its `\n`, after a
+/// `\r`), `None` while it is incomplete and at most `max` bytes; a bare `\n`
+/// or a longer line is malformed.
+fn crlf_line(rest: &[u8], max: usize, what: &'static str) -> Result<Option<usize>, BadChunk> {
+    match rest.iter().position(|b| *b == b'\n') {
+        None if rest.len() > max => Err(BadChunk(what)),
+        None => Ok(None),
+        Some(eol) if eol == 0 || rest[eol - 1] != b'\r' || eol > max => Err(BadChunk(what)),
+        Some(eol) => Ok(Some(eol)),
     }
 }
 
