@@ -222,14 +222,34 @@ impl AccessSender {
         } else {
             conn.client.ip()
         };
+        self.pending(
+            conn,
+            req.method(),
+            req.version(),
+            Strings::of(req),
+            client,
+            start,
+        )
+    }
+
+    /// A request's record, before anything of its answer is known.
+    fn pending(
+        self,
+        conn: &ConnInfo,
+        method: &Method,
+        version: Version,
+        text: Strings,
+        client: IpAddr,
+        start: Instant,
+    ) -> Pending {
         Pending(Some(Box::new(Record {
             log: self,
             time: UNIX_EPOCH,
             start,
             client,
-            method: req.method().clone(),
-            version: req.version(),
-            text: Strings::of(req),
+            method: method.clone(),
+            version,
+            text,
             tls: conn.tls_version,
             seen: Seen::default(),
             status: 0,
@@ -237,9 +257,7 @@ impl AccessSender {
             duration: Duration::ZERO,
         })))
     }
-}
 
-impl AccessSender {
     /// Starts the record of a request the HTTP/1.1 engine serves, from its
     /// head's bytes (`client`: the address limits key on).
     #[allow(clippy::too_many_arguments)]
@@ -254,20 +272,8 @@ impl AccessSender {
         client: IpAddr,
         start: Instant,
     ) -> Pending {
-        Pending(Some(Box::new(Record {
-            log: self,
-            time: UNIX_EPOCH,
-            start,
-            client,
-            method: method.clone(),
-            version: Version::HTTP_11,
-            text: Strings::new(target, Some(host), ua, referer),
-            tls: conn.tls_version,
-            seen: Seen::default(),
-            status: 0,
-            bytes: 0,
-            duration: Duration::ZERO,
-        })))
+        let text = Strings::new(target, Some(host), ua, referer);
+        self.pending(conn, method, Version::HTTP_11, text, client, start)
     }
 }
 
