@@ -211,18 +211,28 @@ impl Forwarder {
         };
         // observe: the route's own counters (atomics it already holds), or the
         // unrouted ones; never a label lookup.
-        if cfg!(not(feature = "no-request-metrics")) {
-            let m = seen
-                .route
-                .as_ref()
-                .map_or(&*self.unrouted, |r| &r.state.metrics);
-            m.requests.count(resp.status().as_u16(), method);
-            m.duration.observe(start.elapsed());
-        }
+        self.observe(seen.route.as_ref(), resp.status().as_u16(), method, start);
         if let Some(p) = pending {
             p.respond(&mut resp);
         }
         resp
+    }
+
+    /// observe: the route's own counters (atomics it already holds), or the
+    /// unrouted ones; never a label lookup. Both HTTP/1.1 paths and HTTP/2.
+    #[inline]
+    pub(crate) fn observe(
+        &self,
+        route: Option<&Arc<Route>>,
+        status: u16,
+        method: u8,
+        start: std::time::Instant,
+    ) {
+        if cfg!(not(feature = "no-request-metrics")) {
+            let m = route.map_or(&*self.unrouted, |r| &r.state.metrics);
+            m.requests.count(status, method);
+            m.duration.observe(start.elapsed());
+        }
     }
 
     /// What requests that matched no route recorded (`route=""`).

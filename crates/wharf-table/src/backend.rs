@@ -456,11 +456,14 @@ pub struct BackendSet {
     limit: u32,
     /// Token id → index, on routes with stickiness.
     by_token: HashMap<u64, u32, ahash::RandomState>,
+    /// Every backend is plain `http` (the HTTP/1.1 engine serves the route).
+    plain_http: bool,
 }
 
 impl BackendSet {
     pub(crate) fn new(backends: Vec<Arc<Backend>>, balance: Balance, limit: u32) -> Self {
         BackendSet {
+            plain_http: backends.iter().all(|b| b.scheme == Scheme::Http),
             backends: backends.into_boxed_slice(),
             balance,
             next: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
@@ -538,6 +541,11 @@ impl BackendSet {
 
     pub fn all(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// Every backend is plain `http`, decided when the table was compiled.
+    pub fn all_plain_http(&self) -> bool {
+        self.plain_http
     }
 
     pub fn balance(&self) -> Balance {

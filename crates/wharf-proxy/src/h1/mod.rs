@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 use wharf_table::metrics::method_index;
-use wharf_table::{normalize_host, path_is_clean, InflightGuard, RateKey, Route, Scheme};
+use wharf_table::{normalize_host, path_is_clean, InflightGuard, RateKey, Route};
 
 use crate::access::Pending;
 use crate::error::ProxyError;
@@ -412,12 +412,7 @@ impl Engine<'_> {
             Ok(Routed::Forward(r)) => r,
             _ => return Outcome::Decline,
         };
-        if !route
-            .backends
-            .all()
-            .iter()
-            .all(|b| b.scheme == Scheme::Http)
-        {
+        if !route.backends.all_plain_http() {
             return Outcome::Decline;
         }
         // Served here from now on.
@@ -467,7 +462,8 @@ impl Engine<'_> {
                 // A body not read leaves the connection's framing unknown.
                 let close = has_body || h.close;
                 let (status, bytes) = self.answer(io, st, e, close).await;
-                self.observe(Some(&route), status, &method, start);
+                self.fwd
+                    .observe(Some(&route), status, method_index(&method), start);
                 if let Some(p) = pending {
                     p.finish_with(status, bytes);
                 }
@@ -526,7 +522,8 @@ impl Engine<'_> {
                         _ => "the client's request body stalled".into(),
                     });
                     let (status, bytes) = self.answer(io, st, e, true).await;
-                    self.observe(Some(&ctx.route), status, &method, start);
+                    self.fwd
+                        .observe(Some(&ctx.route), status, method_index(&method), start);
                     if let Some(p) = pending {
                         p.finish_with(status, bytes);
                     }
@@ -553,7 +550,8 @@ impl Engine<'_> {
                 // could not be reached) leaves the client's framing unknown.
                 let close = has_body || h.close;
                 let (status, bytes) = self.answer(io, st, error, close).await;
-                self.observe(Some(&ctx.route), status, &method, start);
+                self.fwd
+                    .observe(Some(&ctx.route), status, method_index(&method), start);
                 if let Some(p) = pending {
                     p.finish_with(status, bytes);
                 }
@@ -570,7 +568,8 @@ impl Engine<'_> {
             || self.cancel.is_cancelled()
             || (!age.is_zero() && born.elapsed() >= age);
         // Timed at the response head, as on the hyper path.
-        self.observe(Some(&ctx.route), resp.code, &method, start);
+        self.fwd
+            .observe(Some(&ctx.route), resp.code, method_index(&method), start);
         let up = (up, body_done);
         let (status, relayed) = self
             .respond(io, st, &mut ctx, up, resp, is_head, close)
@@ -607,21 +606,6 @@ impl Engine<'_> {
         let (backend, guard) =
             pipeline::pick(route, conn.client, None, affinity.as_deref()).await?;
         Ok((backend, guard, affinity))
-    }
-
-    /// Metrics for a request whose response head is out.
-    fn observe(
-        &self,
-        route: Option<&std::sync::Arc<Route>>,
-        status: u16,
-        method: &Method,
-        start: Instant,
-    ) {
-        if cfg!(not(feature = "no-request-metrics")) {
-            let m = route.map_or(&*self.fwd.unrouted, |r| &r.state.metrics);
-            m.requests.count(status, method_index(method));
-            m.duration.observe(start.elapsed());
-        }
     }
 
     /// Sends the request (in `st.out`, with its body from the client) on a
