@@ -5,7 +5,12 @@
 use crate::file::{Kind, ENTRYPOINT_KEYS, SECTION_KEYS};
 
 /// Variables the binary reads itself; they are not config keys.
-pub const BINARY_VARS: &[&str] = &["WHARF_CONFIG", "WHARF_LOG", "WHARF_LOG_FORMAT"];
+pub const BINARY_VARS: &[&str] = &[
+    "WHARF_CONFIG",
+    "WHARF_LOG",
+    "WHARF_LOG_FORMAT",
+    "WHARF_HTTP1_ENGINE",
+];
 
 /// The outcome of applying overrides.
 #[derive(Debug, Default)]
@@ -143,6 +148,7 @@ mod tests {
                     "10.0.0.0/8, ::1/128",
                 ),
                 ("WHARF_LOG", "debug"),
+                ("WHARF_HTTP1_ENGINE", "hyper"),
                 ("WHARF_NOPE", "x"),
                 ("PATH", "/bin"),
             ]),
