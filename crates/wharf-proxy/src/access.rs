@@ -1049,10 +1049,11 @@ mod tests {
             client_timeout: Duration::from_secs(60),
             tunnel_timeout: Duration::from_secs(60),
             client: "192.0.2.7:5000".parse().unwrap(),
+            born: std::time::Instant::now(),
             info: ClientInfo {
                 ip: HeaderValue::from_static("192.0.2.7"),
                 trusted: false,
-                proto: HeaderValue::from_static("http"),
+                https: false,
             },
         }
     }

@@ -121,6 +121,8 @@ pub struct ConnInfo {
     pub tunnel_timeout: Duration,
     pub client: SocketAddr,
     pub info: ClientInfo,
+    /// When the connection was accepted (`max_connection_age`).
+    pub born: std::time::Instant,
 }
 
 impl Forwarder {
@@ -407,7 +409,8 @@ impl Forwarder {
                     // inactivity timer sees both directions.
                     let mut c = Inactivity::both(TokioIo::new(c), tunnel_timeout);
                     let mut b = TokioIo::new(b);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                    // No buffer of its own while the tunnel is idle.
+                    let _ = crate::tunnel::relay(&mut c, &mut b).await;
                     drop(guard);
                 });
                 return Ok(Response::from_parts(parts, full("")));

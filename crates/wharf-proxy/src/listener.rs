@@ -3,6 +3,7 @@
 //! closes or the proxy drains.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::forward::{ConnInfo, Forwarder};
-use crate::headers::{self, ClientInfo};
+use crate::headers::ClientInfo;
 use crate::idle::Inactivity;
 use crate::proxy_protocol::{self, Prefixed};
 use crate::ListenerSettings;
@@ -40,15 +41,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)?;
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Counts a connection as open until dropped.
-struct OpenGuard<'a>(&'a std::sync::atomic::AtomicI64);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A bound entrypoint, ready to serve.
@@ -105,21 +97,31 @@ impl Entrypoint {
         } else {
             builder(s).http1_only()
         };
-        let builders = Arc::new(Builders {
-            plain,
-            h1: builder(s).http1_only(),
-            h2: builder(s).http2_only(),
+        // One context per entrypoint, shared by its connections: a connection
+        // holds one pointer to it, not a copy of each handle.
+        let ep = Arc::new(Ep {
+            own_slots: (s.max_connections > 0)
+                .then(|| tokio::sync::Semaphore::new(s.max_connections)),
+            index: self.index,
+            ctx: crate::h1::EngineCtx {
+                settings: self.settings.clone(),
+                fwd,
+                cancel: cancel.clone(),
+            },
+            builders: Builders {
+                plain,
+                h1: builder(s).http1_only(),
+                h2: builder(s).http2_only(),
+            },
         });
         let tls = self.tls.clone().map(TlsAcceptor::from);
-        let own_slots = (s.max_connections > 0)
-            .then(|| Arc::new(tokio::sync::Semaphore::new(s.max_connections)));
         let mut cap_logged: Option<tokio::time::Instant> = None;
         loop {
             // Slots first, then accept (HAProxy's maxconn): at the cap, new
             // connections wait in the kernel's backlog and cost nothing here.
             let slots = tokio::select! {
                 _ = cancel.cancelled() => break,
-                slots = take_slots(own_slots.as_ref(), s.global_slots.as_ref(), s, &mut cap_logged) => slots,
+                slots = take_slots(&ep, &mut cap_logged) => slots,
             };
             let (stream, peer) = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -134,61 +136,79 @@ impl Entrypoint {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let conn = Conn {
-                index: self.index,
-                settings: self.settings.clone(),
-                fwd: fwd.clone(),
-                builders: builders.clone(),
-                cancel: cancel.clone(),
+            let adm = Admitted {
+                ep: ep.clone(),
+                slots,
             };
             // One task type per kind of entrypoint: a TLS connection's state
             // (handshake, then rustls beside hyper) is twice a plain one's, and
             // a task is allocated at the size of the largest state its future
-            // can reach (docs/benchmarks.md, memory per idle connection).
+            // can reach (docs/benchmarks.md, memory per idle connection). The
+            // async fns are spawned as they are: a wrapping block would hold
+            // a second copy of their arguments.
             match &tls {
-                None => tracker.spawn(async move {
-                    conn.run_plain(stream, peer).await;
-                    drop(slots);
-                }),
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    tracker.spawn(async move {
-                        conn.run_tls(acceptor, stream, peer).await;
-                        drop(slots);
-                    })
-                }
+                None => tracker.spawn(run_plain(Box::new((adm, stream, peer)))),
+                Some(acceptor) => tracker.spawn(run_tls(adm, acceptor.clone(), stream, peer)),
             };
         }
         debug!(entrypoint = %s.name, "stopped accepting");
     }
 }
 
-/// A connection's slots under the entrypoint's and the process's caps.
-type Slots = (
-    Option<tokio::sync::OwnedSemaphorePermit>,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
+/// A connection's slots under the caps: [`OWN_SLOT`] (the entrypoint's
+/// `max_connections`) and [`GLOBAL_SLOT`] (the process's), taken as bits and
+/// given back by [`Admitted`]'s drop (a permit per cap would cost each
+/// connection 32 bytes).
+type Slots = u8;
+const OWN_SLOT: Slots = 1;
+const GLOBAL_SLOT: Slots = 2;
+
+/// An accepted connection, holding its slots until it is dropped.
+struct Admitted {
+    ep: Arc<Ep>,
+    slots: Slots,
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = Ep;
+    fn deref(&self) -> &Ep {
+        &self.ep
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.slots & OWN_SLOT != 0 {
+            if let Some(sem) = &self.ep.own_slots {
+                sem.add_permits(1);
+            }
+        }
+        if self.slots & GLOBAL_SLOT != 0 {
+            if let Some(sem) = &self.ep.settings.global_slots {
+                sem.add_permits(1);
+            }
+        }
+    }
+}
 
 /// How often reaching a connection cap is logged, at most.
 const CAP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Takes a slot under each cap, waiting when one is full; a wait is counted
 /// and logged (at most every [`CAP_LOG_EVERY`]).
-async fn take_slots(
-    own: Option<&Arc<tokio::sync::Semaphore>>,
-    global: Option<&Arc<tokio::sync::Semaphore>>,
-    s: &ListenerSettings,
-    logged: &mut Option<tokio::time::Instant>,
-) -> Slots {
+async fn take_slots(ep: &Ep, logged: &mut Option<tokio::time::Instant>) -> Slots {
     async fn one(
-        sem: Option<&Arc<tokio::sync::Semaphore>>,
+        sem: Option<&tokio::sync::Semaphore>,
         s: &ListenerSettings,
         which: &str,
         logged: &mut Option<tokio::time::Instant>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let sem = sem?;
-        if let Ok(p) = sem.clone().try_acquire_owned() {
-            return Some(p);
+    ) -> bool {
+        let Some(sem) = sem else {
+            return false;
+        };
+        if let Ok(p) = sem.try_acquire() {
+            p.forget();
+            return true;
         }
         let now = tokio::time::Instant::now();
         if logged.is_none_or(|t| now.duration_since(t) >= CAP_LOG_EVERY) {
@@ -201,16 +221,60 @@ async fn take_slots(
             );
         }
         // Never closed, so this only fails if the semaphore were.
-        sem.clone().acquire_owned().await.ok()
+        match sem.acquire().await {
+            Ok(p) => {
+                p.forget();
+                true
+            }
+            Err(_) => false,
+        }
     }
-    let own = one(own, s, "entrypoints.max_connections", logged).await;
-    let global = one(global, s, "runtime.max_connections", logged).await;
-    (own, global)
+    let s = &*ep.settings;
+    let mut slots = 0;
+    if one(
+        ep.own_slots.as_ref(),
+        s,
+        "entrypoints.max_connections",
+        logged,
+    )
+    .await
+    {
+        slots |= OWN_SLOT;
+    }
+    if one(
+        s.global_slots.as_deref(),
+        s,
+        "runtime.max_connections",
+        logged,
+    )
+    .await
+    {
+        slots |= GLOBAL_SLOT;
+    }
+    slots
 }
 
-/// Per-connection state shared with the request futures.
+/// An entrypoint's serving context, shared by its connections.
+struct Ep {
+    index: usize,
+    /// The entrypoint's `max_connections` cap.
+    own_slots: Option<tokio::sync::Semaphore>,
+    builders: Builders,
+    /// The settings, forwarder and drain token the engine needs too.
+    ctx: crate::h1::EngineCtx,
+}
+
+impl std::ops::Deref for Ep {
+    type Target = crate::h1::EngineCtx;
+    fn deref(&self) -> &crate::h1::EngineCtx {
+        &self.ctx
+    }
+}
+
+/// Per-connection state shared with the request futures: one allocation per
+/// connection, holding what its task would otherwise carry by value.
 struct Shared {
-    fwd: Arc<Forwarder>,
+    ep: Admitted,
     info: ConnInfo,
     /// Requests started on this connection.
     started: AtomicU32,
@@ -221,6 +285,69 @@ struct Shared {
     early_resets: AtomicU32,
     /// Woken when `early_resets` crosses the limit.
     abuse: tokio::sync::Notify,
+    /// Which `open` gauge counts the connection, until it is dropped.
+    open: Open,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Http,
+    Https,
+    H2,
+}
+
+impl Shared {
+    fn new(ep: Admitted, client: SocketAddr, tls: Option<Negotiated>) -> Self {
+        let s = &*ep.settings;
+        let open = match &tls {
+            None => Open::Http,
+            Some(n) if n.h2 => Open::H2,
+            Some(_) => Open::Https,
+        };
+        gauge(&s.open, open).fetch_add(1, Ordering::Relaxed);
+        let ip = client.ip().to_canonical();
+        let info = ConnInfo {
+            entrypoint: ep.index,
+            tls: tls.is_some(),
+            tls_version: tls.as_ref().and_then(|n| n.version),
+            sni: tls.and_then(|n| n.sni),
+            redirect_https: s.redirect_https,
+            client_timeout: s.client_timeout,
+            tunnel_timeout: s.tunnel_timeout,
+            client: SocketAddr::new(ip, client.port()),
+            born: std::time::Instant::now(),
+            info: ClientInfo {
+                // An IP address always renders as a valid header value.
+                ip: HeaderValue::from_str(&ip.to_string())
+                    .unwrap_or(HeaderValue::from_static("unknown")),
+                trusted: s.forwarded_trusted.iter().any(|n| n.contains(&ip)),
+                https: open != Open::Http,
+            },
+        };
+        Shared {
+            ep,
+            info,
+            started: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            early_resets: AtomicU32::new(0),
+            abuse: tokio::sync::Notify::new(),
+            open,
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        gauge(&self.ep.settings.open, self.open).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn gauge(open: &crate::OpenConnections, which: Open) -> &std::sync::atomic::AtomicI64 {
+    match which {
+        Open::Http => &open.http,
+        Open::Https => &open.https,
+        Open::H2 => &open.h2,
+    }
 }
 
 /// A connection where at least this many requests, and at least half of all
@@ -248,14 +375,6 @@ impl Drop for Stream {
     }
 }
 
-struct Conn {
-    index: usize,
-    settings: Arc<ListenerSettings>,
-    fwd: Arc<Forwarder>,
-    builders: Arc<Builders>,
-    cancel: CancellationToken,
-}
-
 /// What the TLS handshake settled.
 struct Negotiated {
     sni: Option<Box<str>>,
@@ -264,313 +383,311 @@ struct Negotiated {
     version: Option<&'static str>,
 }
 
-impl Conn {
-    /// A plain entrypoint's connection: the PROXY header when the peer is a
-    /// trusted balancer, then HTTP.
-    async fn run_plain(self, mut stream: TcpStream, peer: SocketAddr) {
-        match self.proxy_header(&mut stream, peer).await {
-            Some((None, client)) => self.serve(stream, client, None).await,
-            Some((Some(rest), client)) => {
-                self.serve(Prefixed::new(rest, stream), client, None).await;
-            }
-            None => {}
+/// A plain entrypoint's connection: the PROXY header when the peer is a
+/// trusted balancer, then HTTP.
+///
+/// These futures are what an idle connection's task holds, so they are
+/// shaped for size (docs/benchmarks.md, memory per idle connection): what an
+/// async function or block takes by value keeps its slot for the future's
+/// whole life, even once moved on, and an `async fn` holds each argument
+/// twice (the argument and the local it is moved into). So the accepted
+/// connection arrives boxed (one pointer; its parts become locals that end
+/// when moved on), and [`serve`] and the engine's `serve` are functions
+/// returning an `async move` block, which holds what it captures once.
+#[allow(clippy::manual_async_fn)] // the point, above
+fn run_plain(accepted: Box<(Admitted, TcpStream, SocketAddr)>) -> impl Future<Output = ()> {
+    // The inner block's value is awaited: its locals end before that await,
+    // where locals of the outer scope would stay beside serve's state.
+    async move {
+        {
+            let (ep, mut stream, peer) = *accepted;
+            let Some((rest, client)) = proxy_header(&ep.settings, &mut stream, peer).await else {
+                return;
+            };
+            let shared = Arc::new(Shared::new(ep, client, None));
+            // Bytes read past a PROXY header go to the engine (or hyper) as a
+            // prefix: one type of connection either way.
+            let prefix = rest
+                .filter(|r| !r.is_empty())
+                .map(|r| Box::new(crate::h1::Early(Vec::from(r))));
+            serve(shared, stream, prefix, None)
         }
-    }
-
-    /// A TLS entrypoint's connection: the PROXY header when the peer is a
-    /// trusted balancer, the handshake, then HTTP.
-    async fn run_tls(self, acceptor: TlsAcceptor, mut stream: TcpStream, peer: SocketAddr) {
-        match self.proxy_header(&mut stream, peer).await {
-            Some((None, client)) => self.tls(acceptor, stream, client).await,
-            Some((Some(rest), client)) => {
-                self.tls(acceptor, Prefixed::new(rest, stream), client)
-                    .await;
-            }
-            None => {}
-        }
-    }
-
-    /// The client's address, and the bytes read past a PROXY header when one
-    /// was read (the peer is a trusted balancer); `None` closes the connection
-    /// (a malformed header, or none in time).
-    async fn proxy_header(
-        &self,
-        stream: &mut TcpStream,
-        peer: SocketAddr,
-    ) -> Option<(Option<bytes::BytesMut>, SocketAddr)> {
-        // On a dual-stack `[::]` listener an IPv4 peer arrives as `::ffff:a.b.c.d`;
-        // compare its canonical form so IPv4 CIDRs match.
-        let peer_ip = peer.ip().to_canonical();
-        let trusted_pp = self
-            .settings
-            .proxy_protocol
-            .as_ref()
-            .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer_ip)));
-        if !trusted_pp {
-            return Some((None, peer));
-        }
-        let read = tokio::time::timeout(
-            self.settings.header_read_timeout,
-            proxy_protocol::read_header(stream),
-        )
         .await;
-        match read {
-            Ok(Ok(h)) => Some((Some(h.rest), h.source.unwrap_or(peer))),
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "PROXY header rejected; closing");
-                None
-            }
-            Err(_) => {
-                debug!(%peer, "no PROXY header in time; closing");
-                None
-            }
+    }
+}
+
+/// A TLS entrypoint's connection: the PROXY header when the peer is a
+/// trusted balancer, the handshake, then HTTP.
+async fn run_tls(ep: Admitted, acceptor: TlsAcceptor, mut stream: TcpStream, peer: SocketAddr) {
+    let Some((rest, client)) = proxy_header(&ep.settings, &mut stream, peer).await else {
+        return;
+    };
+    match rest {
+        None => tls(ep, acceptor, stream, client).await,
+        Some(rest) => tls(ep, acceptor, Prefixed::new(rest, stream), client).await,
+    }
+}
+
+/// The client's address, and the bytes read past a PROXY header when one
+/// was read (the peer is a trusted balancer); `None` closes the connection
+/// (a malformed header, or none in time).
+async fn proxy_header(
+    s: &ListenerSettings,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(Option<bytes::BytesMut>, SocketAddr)> {
+    // On a dual-stack `[::]` listener an IPv4 peer arrives as `::ffff:a.b.c.d`;
+    // compare its canonical form so IPv4 CIDRs match.
+    let peer_ip = peer.ip().to_canonical();
+    let trusted_pp = s
+        .proxy_protocol
+        .as_ref()
+        .is_some_and(|nets| nets.iter().any(|n| n.contains(&peer_ip)));
+    if !trusted_pp {
+        return Some((None, peer));
+    }
+    let read =
+        tokio::time::timeout(s.header_read_timeout, proxy_protocol::read_header(stream)).await;
+    match read {
+        Ok(Ok(h)) => Some((Some(h.rest), h.source.unwrap_or(peer))),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "PROXY header rejected; closing");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "no PROXY header in time; closing");
+            None
         }
     }
+}
 
-    /// On a TLS entrypoint, the handshake (bounded by `header_read_timeout`),
-    /// then HTTP on the decrypted stream.
-    async fn tls<I>(self, acceptor: TlsAcceptor, io: I, client: SocketAddr)
-    where
-        I: crate::h1::Transport + 'static,
-    {
-        // The stream comes out of its own future and goes straight into
-        // serve's: held across no await here, it takes no second slot in this
-        // future beside serve's (1.2 KiB per TLS connection).
-        let Some((stream, negotiated)) = self.accept(acceptor, io, client).await else {
-            return;
-        };
-        self.serve(stream, client, Some(negotiated)).await;
-    }
+/// On a TLS entrypoint, the handshake (bounded by `header_read_timeout`),
+/// then HTTP on the decrypted stream.
+async fn tls<I>(ep: Admitted, acceptor: TlsAcceptor, io: I, client: SocketAddr)
+where
+    I: crate::h1::Transport + 'static,
+{
+    // The stream comes out of its own future and goes straight into
+    // serve's: held across no await here, it takes no second slot in this
+    // future beside serve's (1.2 KiB per TLS connection).
+    let Some((stream, negotiated)) = accept(&ep, acceptor, io, client).await else {
+        return;
+    };
+    let h2 = negotiated.h2;
+    let shared = Arc::new(Shared::new(ep, client, Some(negotiated)));
+    serve(shared, stream, None, Some(h2)).await;
+}
 
-    /// The TLS handshake, bounded by `header_read_timeout`; `None` when it
-    /// failed, or when it was all the client wanted (ACME TLS-ALPN-01).
-    async fn accept<I>(
-        &self,
-        acceptor: TlsAcceptor,
-        io: I,
-        client: SocketAddr,
-    ) -> Option<(tokio_rustls::server::TlsStream<I>, Negotiated)>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let accept = tokio::time::timeout(self.settings.header_read_timeout, acceptor.accept(io));
-        let mut stream = match accept.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.fwd.count_handshake_failure();
-                debug!(%client, entrypoint = %self.settings.name, error = %e, "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                self.fwd.count_handshake_failure();
-                debug!(%client, entrypoint = %self.settings.name, "TLS handshake timed out");
-                return None;
-            }
-        };
-        let (_, conn) = stream.get_ref();
-        let alpn = conn.alpn_protocol();
-        if alpn == Some(wharf_tls::ACME_TLS_ALPN) {
-            // RFC 8737 §3: the handshake itself was the answer; no data follows.
-            let _ = stream.shutdown().await;
+/// The TLS handshake, bounded by `header_read_timeout`; `None` when it
+/// failed, or when it was all the client wanted (ACME TLS-ALPN-01).
+async fn accept<I>(
+    ep: &Ep,
+    acceptor: TlsAcceptor,
+    io: I,
+    client: SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<I>, Negotiated)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let s = &*ep.settings;
+    let accept = tokio::time::timeout(s.header_read_timeout, acceptor.accept(io));
+    let mut stream = match accept.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ep.fwd.count_handshake_failure();
+            debug!(%client, entrypoint = %s.name, error = %e, "TLS handshake failed");
             return None;
         }
-        let negotiated = Negotiated {
-            h2: alpn == Some(wharf_tls::ALPN_H2),
-            version: conn.protocol_version().map(|v| match v {
-                tokio_rustls::rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-                tokio_rustls::rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-                _ => "TLS",
-            }),
-            sni: conn.server_name().map(|n| {
-                n.trim_end_matches('.')
-                    .to_ascii_lowercase()
-                    .into_boxed_str()
-            }),
-        };
-        Some((stream, negotiated))
+        Err(_) => {
+            ep.fwd.count_handshake_failure();
+            debug!(%client, entrypoint = %s.name, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let (_, conn) = stream.get_ref();
+    let alpn = conn.alpn_protocol();
+    if alpn == Some(wharf_tls::ACME_TLS_ALPN) {
+        // RFC 8737 §3: the handshake itself was the answer; no data follows.
+        let _ = stream.shutdown().await;
+        return None;
     }
+    let negotiated = Negotiated {
+        h2: alpn == Some(wharf_tls::ALPN_H2),
+        version: conn.protocol_version().map(|v| match v {
+            tokio_rustls::rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            tokio_rustls::rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        }),
+        sni: conn.server_name().map(|n| {
+            n.trim_end_matches('.')
+                .to_ascii_lowercase()
+                .into_boxed_str()
+        }),
+    };
+    Some((stream, negotiated))
+}
 
-    async fn serve<I>(self, io: I, client: SocketAddr, tls: Option<Negotiated>)
-    where
-        I: crate::h1::Transport + 'static,
-    {
-        let s = &self.settings;
-        let open = match &tls {
-            None => &s.open.http,
-            Some(n) if n.h2 => &s.open.h2,
-            Some(_) => &s.open.https,
-        };
-        open.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenGuard(open);
-        let ip = client.ip().to_canonical();
-        let info = ConnInfo {
-            entrypoint: self.index,
-            tls: tls.is_some(),
-            sni: tls.as_ref().and_then(|n| n.sni.clone()),
-            tls_version: tls.as_ref().and_then(|n| n.version),
-            redirect_https: s.redirect_https,
-            client_timeout: s.client_timeout,
-            tunnel_timeout: s.tunnel_timeout,
-            client: SocketAddr::new(ip, client.port()),
-            info: ClientInfo {
-                // An IP address always renders as a valid header value.
-                ip: HeaderValue::from_str(&ip.to_string())
-                    .unwrap_or(HeaderValue::from_static("unknown")),
-                trusted: s.forwarded_trusted.iter().any(|n| n.contains(&ip)),
-                proto: if tls.is_some() {
-                    headers::HTTPS
-                } else {
-                    headers::HTTP
-                },
-            },
-        };
-        // Everything a request needs from its connection behind one Arc: one
-        // reference count per request.
-        let shared = Arc::new(Shared {
-            fwd: self.fwd.clone(),
-            info,
-            started: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
-            early_resets: AtomicU32::new(0),
-            abuse: tokio::sync::Notify::new(),
-        });
-        let mut io = Inactivity::writes(io, s.client_timeout);
-        if s.h1_engine && !tls.as_ref().is_some_and(|n| n.h2) {
-            let engine = crate::h1::Engine {
-                fwd: &shared.fwd,
-                conn: &shared.info,
-                settings: s,
-                cancel: &self.cancel,
-            };
-            match engine.serve(&mut io, Vec::new()).await {
-                crate::h1::Exit::Closed => return,
-                crate::h1::Exit::Handoff(rest, served) => {
-                    // Boxed: hyper's connection state is large and rarely
-                    // needed on a connection the engine serves.
-                    let io = Prefixed::new(bytes::BytesMut::from(&rest[..]), io.into_inner());
-                    // After requests the engine served, HTTP/1.1 only: a
-                    // preface now is not a protocol switch to allow.
-                    let proto = if served {
-                        Some(false)
-                    } else {
-                        tls.map(|n| n.h2)
-                    };
-                    Box::pin(self.hyper(shared, io, client, proto)).await;
-                    return;
+/// HTTP on an accepted connection: the HTTP/1.1 engine first (unless ALPN
+/// chose HTTP/2), hyper from the first head the engine declines; `prefix`:
+/// bytes already read from `io` (past a PROXY header); `alpn_h2`: whether
+/// ALPN chose HTTP/2, on TLS.
+#[allow(clippy::manual_async_fn)] // see run_plain
+fn serve<I>(
+    shared: Arc<Shared>,
+    io: I,
+    prefix: Option<Box<crate::h1::Early>>,
+    alpn_h2: Option<bool>,
+) -> impl Future<Output = ()>
+where
+    I: crate::h1::Transport + 'static,
+{
+    let mut io = Inactivity::writes(io, shared.ep.settings.client_timeout);
+    async move {
+        let ep = &*shared.ep;
+        let s = &*ep.settings;
+        if s.h1_engine && alpn_h2 != Some(true) {
+            // Scoped, and the hand-off's bytes copied out before hyper's
+            // await: a local alive across two awaits widens every state.
+            let (rest, served) = {
+                let engine = crate::h1::Engine {
+                    ctx: &ep.ctx,
+                    conn: &shared.info,
+                };
+                match engine.serve(&mut io, prefix).await {
+                    crate::h1::Exit::Closed => return,
+                    crate::h1::Exit::Handoff(rest, served) => {
+                        (bytes::BytesMut::from(&rest[..]), served)
+                    }
                 }
-            }
+            };
+            // Boxed: hyper's connection state is large and rarely needed on
+            // a connection the engine serves.
+            let io = Prefixed::new(rest, io.into_inner());
+            // After requests the engine served, HTTP/1.1 only: a preface now
+            // is not a protocol switch to allow.
+            let proto = if served { Some(false) } else { alpn_h2 };
+            Box::pin(hyper(shared, io, proto)).await;
+            return;
         }
         // Boxed, once per connection: the task of a connection the engine
         // serves is then only as large as the engine's state.
-        Box::pin(self.hyper(shared, io.into_inner(), client, tls.map(|n| n.h2))).await;
+        let io = Prefixed::new(
+            prefix
+                .map(|p| bytes::BytesMut::from(&p.0[..]))
+                .unwrap_or_default(),
+            io.into_inner(),
+        );
+        Box::pin(hyper(shared.clone(), io, alpn_h2)).await;
     }
+}
 
-    /// hyper serves the connection (HTTP/2, and HTTP/1.1 from the first head
-    /// the engine declines); `tls`: whether ALPN chose HTTP/2, on TLS.
-    async fn hyper<I>(&self, shared: Arc<Shared>, io: I, client: SocketAddr, tls: Option<bool>)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let s = &self.settings;
-        let builder = match tls {
-            None => &self.builders.plain,
-            Some(true) => &self.builders.h2,
-            Some(false) => &self.builders.h1,
-        };
-        let for_svc = shared.clone();
-        let svc = service_fn(move |req| {
-            let c = for_svc.clone();
-            c.started.fetch_add(1, Ordering::Relaxed);
-            c.in_flight.fetch_add(1, Ordering::Relaxed);
-            // Not boxed: hyper keeps a slot the size of this future (3.8 KiB)
-            // for the connection's whole life, but boxing it per request copies
-            // it into the box on every request (+800 instructions, 1.9 %, when
-            // it was 6 KiB; docs/benchmarks.md, memory per idle connection).
-            async move {
-                let mut stream = Stream(c, false);
-                let c = &stream.0;
-                let resp = c.fwd.handle(&c.info, req).await;
-                stream.1 = true;
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let io = Inactivity::writes(io, s.client_timeout);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        // hyper's head timer starts only once it knows the protocol; a peer that
-        // connects and sends nothing (or half an HTTP/2 preface) would hold a file
-        // descriptor forever. Close it if no request starts within the head timeout.
-        let first = tokio::time::sleep(s.header_read_timeout);
-        tokio::pin!(first);
-        let mut waiting_first = true;
-        // hyper has no idle timer for HTTP/2 (and PINGs keep a connection
-        // alive): a connection on which no request started for `idle_timeout`
-        // is closed gracefully (GOAWAY), checked every quarter of it.
-        let idle_tick = s.idle_timeout / 4;
-        let idle = tokio::time::sleep(idle_tick);
-        tokio::pin!(idle);
-        let (mut seen, mut quiet_ticks) = (0u32, 0u8);
-        // `max_connection_age`: a graceful close, so clients spread over
-        // replicas again and a long-lived connection cannot pin one forever.
-        let age = tokio::time::sleep(s.max_connection_age);
-        tokio::pin!(age);
-        let mut closing = false;
-        // Made once: a `Notified` made per wake-up would lock the waiter list
-        // twice each time the connection is polled.
-        let abuse = shared.abuse.notified();
-        tokio::pin!(abuse);
-        let result = loop {
-            tokio::select! {
-                // The connection first, and no random branch order: this loop
-                // runs at every wake-up of a keep-alive connection.
-                biased;
-                r = conn.as_mut() => break r,
-                _ = &mut first, if waiting_first => {
-                    waiting_first = false;
-                    if shared.started.load(Ordering::Relaxed) == 0 {
-                        debug!(%client, "no request within header_read_timeout; closing");
-                        return;
-                    }
-                }
-                _ = &mut idle, if !closing => {
-                    let now = shared.started.load(Ordering::Relaxed);
-                    if now != seen || shared.in_flight.load(Ordering::Relaxed) > 0 {
-                        (seen, quiet_ticks) = (now, 0);
-                    } else {
-                        quiet_ticks += 1;
-                    }
-                    if quiet_ticks >= 4 {
-                        debug!(%client, "idle_timeout; closing");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    } else {
-                        idle.as_mut().reset(tokio::time::Instant::now() + idle_tick);
-                    }
-                }
-                _ = &mut age, if !closing && !s.max_connection_age.is_zero() => {
-                    debug!(%client, "max_connection_age; closing");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = &mut abuse => {
-                    warn!(
-                        %client,
-                        entrypoint = %s.name,
-                        resets = shared.early_resets.load(Ordering::Relaxed),
-                        requests = shared.started.load(Ordering::Relaxed),
-                        "closing a connection whose client reset most requests before their response"
-                    );
+/// hyper serves the connection (HTTP/2, and HTTP/1.1 from the first head
+/// the engine declines); `tls`: whether ALPN chose HTTP/2, on TLS.
+async fn hyper<I>(shared: Arc<Shared>, io: I, tls: Option<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ep = &*shared.ep;
+    let s = &*ep.settings;
+    let client = shared.info.client;
+    let builder = match tls {
+        None => &ep.builders.plain,
+        Some(true) => &ep.builders.h2,
+        Some(false) => &ep.builders.h1,
+    };
+    let for_svc = shared.clone();
+    let svc = service_fn(move |req| {
+        let c = for_svc.clone();
+        c.started.fetch_add(1, Ordering::Relaxed);
+        c.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Not boxed: hyper keeps a slot the size of this future (3.8 KiB)
+        // for the connection's whole life, but boxing it per request copies
+        // it into the box on every request (+800 instructions, 1.9 %, when
+        // it was 6 KiB; docs/benchmarks.md, memory per idle connection).
+        async move {
+            let mut stream = Stream(c, false);
+            let c = &stream.0;
+            let resp = c.ep.fwd.handle(&c.info, req).await;
+            stream.1 = true;
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let io = Inactivity::writes(io, s.client_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // hyper's head timer starts only once it knows the protocol; a peer that
+    // connects and sends nothing (or half an HTTP/2 preface) would hold a file
+    // descriptor forever. Close it if no request starts within the head timeout.
+    let first = tokio::time::sleep(s.header_read_timeout);
+    tokio::pin!(first);
+    let mut waiting_first = true;
+    // hyper has no idle timer for HTTP/2 (and PINGs keep a connection
+    // alive): a connection on which no request started for `idle_timeout`
+    // is closed gracefully (GOAWAY), checked every quarter of it.
+    let idle_tick = s.idle_timeout / 4;
+    let idle = tokio::time::sleep(idle_tick);
+    tokio::pin!(idle);
+    let (mut seen, mut quiet_ticks) = (0u32, 0u8);
+    // `max_connection_age`: a graceful close, so clients spread over
+    // replicas again and a long-lived connection cannot pin one forever.
+    let age = tokio::time::sleep(s.max_connection_age);
+    tokio::pin!(age);
+    let mut closing = false;
+    // Made once: a `Notified` made per wake-up would lock the waiter list
+    // twice each time the connection is polled.
+    let abuse = shared.abuse.notified();
+    tokio::pin!(abuse);
+    let result = loop {
+        tokio::select! {
+            // The connection first, and no random branch order: this loop
+            // runs at every wake-up of a keep-alive connection.
+            biased;
+            r = conn.as_mut() => break r,
+            _ = &mut first, if waiting_first => {
+                waiting_first = false;
+                if shared.started.load(Ordering::Relaxed) == 0 {
+                    debug!(%client, "no request within header_read_timeout; closing");
                     return;
                 }
-                _ = self.cancel.cancelled() => {
-                    // Finish the request in flight, then close (drain).
+            }
+            _ = &mut idle, if !closing => {
+                let now = shared.started.load(Ordering::Relaxed);
+                if now != seen || shared.in_flight.load(Ordering::Relaxed) > 0 {
+                    (seen, quiet_ticks) = (now, 0);
+                } else {
+                    quiet_ticks += 1;
+                }
+                if quiet_ticks >= 4 {
+                    debug!(%client, "idle_timeout; closing");
+                    closing = true;
                     conn.as_mut().graceful_shutdown();
-                    break conn.await;
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_tick);
                 }
             }
-        };
-        if let Err(e) = result {
-            debug!(%client, error = %e, "connection ended with an error");
+            _ = &mut age, if !closing && !s.max_connection_age.is_zero() => {
+                debug!(%client, "max_connection_age; closing");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut abuse => {
+                warn!(
+                    %client,
+                    entrypoint = %s.name,
+                    resets = shared.early_resets.load(Ordering::Relaxed),
+                    requests = shared.started.load(Ordering::Relaxed),
+                    "closing a connection whose client reset most requests before their response"
+                );
+                return;
+            }
+            _ = ep.cancel.cancelled() => {
+                // Finish the request in flight, then close (drain).
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
         }
+    };
+    if let Err(e) = result {
+        debug!(%client, error = %e, "connection ended with an error");
     }
 }

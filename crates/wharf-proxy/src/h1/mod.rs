@@ -21,7 +21,7 @@
 
 pub(crate) mod wire;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,7 +32,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use wharf_table::metrics::method_index;
 use wharf_table::{normalize_host, path_is_clean, InflightGuard, RateKey, Route};
@@ -81,6 +81,10 @@ pub(crate) enum Exit {
     /// then, never HTTP/2 with prior knowledge).
     Handoff(Vec<u8>, bool),
 }
+
+/// Bytes read from a connection before the engine took it (past a PROXY
+/// header), boxed: a pointer is all they cost the idle state.
+pub(crate) struct Early(pub Vec<u8>);
 
 /// Read buffers start this large; a head that does not fit grows them.
 const READ_CHUNK: usize = 4096;
@@ -154,7 +158,7 @@ impl Buf {
     }
 }
 
-/// A connection's reusable state.
+/// A busy period's buffers and parsed fields (freed when it ends).
 #[derive(Default)]
 struct State {
     /// From the client.
@@ -167,28 +171,40 @@ struct State {
     rfields: Vec<Field>,
 }
 
-impl State {
-    fn release(&mut self) {
-        self.rbuf.release();
-        self.bbuf.release();
-        self.out = Vec::new();
-        self.fields = Vec::new();
-        self.rfields = Vec::new();
-    }
+/// What an entrypoint's connections share.
+pub(crate) struct EngineCtx {
+    pub fwd: std::sync::Arc<Forwarder>,
+    pub settings: std::sync::Arc<ListenerSettings>,
+    pub cancel: CancellationToken,
 }
 
-/// What a connection's requests share.
+/// What a connection's requests share: two pointers, so an idle connection
+/// does not hold a copy of each handle.
 pub(crate) struct Engine<'a> {
-    pub fwd: &'a Forwarder,
+    pub ctx: &'a EngineCtx,
     pub conn: &'a ConnInfo,
-    pub settings: &'a ListenerSettings,
-    pub cancel: &'a CancellationToken,
+}
+
+impl std::ops::Deref for Engine<'_> {
+    type Target = EngineCtx;
+    fn deref(&self) -> &EngineCtx {
+        self.ctx
+    }
 }
 
 enum Next {
     Head(ReqHead),
+    /// Nothing buffered after a request: the connection is idle again.
+    Idle,
     Closed,
     Decline,
+}
+
+/// How a busy period ([`Engine::busy`]) ended.
+enum Busy {
+    /// Every request answered and nothing buffered: idle again.
+    Idle,
+    Exit(Exit),
 }
 
 /// After a request.
@@ -256,9 +272,72 @@ enum Fail {
 
 impl Engine<'_> {
     /// Serves requests until the connection closes or a head goes to hyper.
-    pub(crate) async fn serve<I: Transport>(&self, io: &mut I, prefix: Vec<u8>) -> Exit {
-        let s = self.settings;
-        let born = Instant::now();
+    ///
+    /// An idle connection waits here holding only a timer and a cancellation
+    /// waiter (memory per idle connection, docs/benchmarks.md): its buffers and
+    /// per-request state live in [`Engine::busy`]'s future, boxed, from the
+    /// moment the client sends until nothing is left to answer. Not an
+    /// `async fn`, which would hold its arguments twice (see the listener).
+    #[allow(clippy::manual_async_fn)] // see the doc above
+    pub(crate) fn serve<'a, I: Transport>(
+        &'a self,
+        io: &'a mut I,
+        mut prefix: Option<Box<Early>>,
+    ) -> impl Future<Output = Exit> + 'a {
+        async move {
+            let s = &*self.settings;
+            // One timer and one cancellation waiter for the connection's life,
+            // re-armed per head: a timer made per request with the earliest
+            // deadline would wake the runtime's driver (an eventfd write and an
+            // extra epoll_wait per request).
+            let deadline = tokio::time::sleep(s.header_read_timeout);
+            tokio::pin!(deadline);
+            let cancelled = self.cancel.cancelled();
+            tokio::pin!(cancelled);
+            let mut served = false;
+            loop {
+                // Bytes read before the engine started (past a PROXY header)
+                // start a busy period at once.
+                if prefix.is_none() {
+                    // Polled by hand: `select!` would add its own state.
+                    let woke = poll_fn(|cx| {
+                        if io.poll_peer(cx).is_ready() {
+                            Poll::Ready(true)
+                        } else if cancelled.as_mut().poll(cx).is_ready() {
+                            Poll::Ready(false)
+                        } else if deadline.as_mut().poll(cx).is_ready() {
+                            debug!(client = %self.conn.client, "no request head in time; closing");
+                            Poll::Ready(false)
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    if !woke {
+                        return Exit::Closed;
+                    }
+                }
+                let prefix = prefix.take().map(|p| p.0).unwrap_or_default();
+                match Box::pin(self.busy(io, deadline.as_mut(), served, prefix)).await {
+                    Busy::Idle => served = true,
+                    Busy::Exit(exit) => return exit,
+                }
+            }
+        }
+    }
+
+    /// From the first byte of a request to the moment nothing is left to
+    /// answer (pipelined requests included): reads heads and answers them.
+    async fn busy<I: Transport>(
+        &self,
+        io: &mut I,
+        mut deadline: Pin<&mut tokio::time::Sleep>,
+        mut served: bool,
+        prefix: Vec<u8>,
+    ) -> Busy {
+        // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
+        // head, from the end of the previous response (docs/config.md).
+        let s = &*self.settings;
         let mut st = State {
             rbuf: Buf {
                 data: prefix,
@@ -266,70 +345,57 @@ impl Engine<'_> {
             },
             ..State::default()
         };
-        // One timer and one cancellation waiter for the connection's life,
-        // re-armed per head: a timer made per request with the earliest
-        // deadline would wake the runtime's driver (an eventfd write and an
-        // extra epoll_wait per request).
-        let deadline = tokio::time::sleep(s.header_read_timeout);
-        tokio::pin!(deadline);
-        let cancelled = self.cancel.cancelled();
-        tokio::pin!(cancelled);
-        // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
-        // head, from the end of the previous response (docs/config.md).
-        let between = s.header_read_timeout.min(s.idle_timeout);
-        let (mut first, mut served) = (true, false);
+        let mut first = true;
         loop {
-            if !first {
-                deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + between);
-            }
-            first = false;
             let next = tokio::select! {
                 biased;
-                next = self.read_head(io, &mut st, cancelled.as_mut()) => next,
-                () = &mut deadline => {
+                next = self.read_head(io, &mut st, first) => next,
+                () = deadline.as_mut() => {
                     debug!(client = %self.conn.client, "no request head in time; closing");
-                    return Exit::Closed;
+                    return Busy::Exit(Exit::Closed);
                 }
             };
+            first = false;
             let head = match next {
-                Next::Closed => return Exit::Closed,
-                Next::Decline => return Exit::Handoff(st.rbuf.take(), served),
+                Next::Idle => return Busy::Idle,
+                Next::Closed => return Busy::Exit(Exit::Closed),
+                Next::Decline => return Busy::Exit(Exit::Handoff(st.rbuf.take(), served)),
                 Next::Head(h) => h,
             };
-            // Boxed: an idle connection's task then holds only the state
-            // between requests (memory per idle connection,
-            // docs/benchmarks.md); the request's own state lives while it runs.
-            match Box::pin(self.request(io, &mut st, head, born)).await {
-                Outcome::KeepAlive => served = true,
+            let exit = match self.request(io, &mut st, head).await {
+                Outcome::KeepAlive => {
+                    served = true;
+                    let between = s.header_read_timeout.min(s.idle_timeout);
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + between);
+                    continue;
+                }
                 Outcome::Linger => {
-                    linger(io, &mut st).await;
-                    return Exit::Closed;
+                    // Boxed: rare, and its timer would otherwise widen
+                    // every request's future.
+                    Box::pin(linger(io, &mut st)).await;
+                    Exit::Closed
                 }
                 Outcome::Close => {
                     let _ = io.shutdown().await;
-                    return Exit::Closed;
+                    Exit::Closed
                 }
-                Outcome::Decline => return Exit::Handoff(st.rbuf.take(), served),
-            }
+                Outcome::Decline => Exit::Handoff(st.rbuf.take(), served),
+            };
+            return Busy::Exit(exit);
         }
     }
 
-    async fn read_head<I: Transport>(
-        &self,
-        io: &mut I,
-        st: &mut State,
-        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> Next {
+    /// The next head; `first`: the busy period starts, the peer has sent
+    /// something (else an empty buffer means the connection is idle again).
+    /// A drain does not cut a head the client has started: the head timeout
+    /// bounds it.
+    async fn read_head<I: Transport>(&self, io: &mut I, st: &mut State, first: bool) -> Next {
         loop {
             if st.rbuf.is_empty() {
-                // Idle: no buffer is held while the client thinks.
-                st.release();
-                tokio::select! {
-                    biased;
-                    () = poll_fn(|cx| io.poll_peer(cx)) => {}
-                    () = cancelled.as_mut() => return Next::Closed,
+                if !first {
+                    return Next::Idle;
                 }
             } else {
                 match wire::parse_request(
@@ -361,15 +427,9 @@ impl Engine<'_> {
     }
 
     /// One request, from its parsed head to the end of its response.
-    async fn request<I: Transport>(
-        &self,
-        io: &mut I,
-        st: &mut State,
-        h: ReqHead,
-        born: Instant,
-    ) -> Outcome {
+    async fn request<I: Transport>(&self, io: &mut I, st: &mut State, h: ReqHead) -> Outcome {
         let start = Instant::now();
-        let (fwd, conn) = (self.fwd, self.conn);
+        let (fwd, conn) = (&*self.fwd, self.conn);
         let raw = &st.rbuf.pending()[..h.len];
         let part = |(a, b): (u32, u32)| &raw[a as usize..b as usize];
         let Ok(method) = Method::from_bytes(part(h.method)) else {
@@ -566,7 +626,7 @@ impl Engine<'_> {
         let close = h.close
             || !body_done
             || self.cancel.is_cancelled()
-            || (!age.is_zero() && born.elapsed() >= age);
+            || (!age.is_zero() && self.conn.born.elapsed() >= age);
         // Timed at the response head, as on the hyper path.
         self.fwd
             .observe(Some(&ctx.route), resp.code, method_index(&method), start);

@@ -481,7 +481,11 @@ pub(crate) fn write_request(
     out.extend_from_slice(client.ip.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !proto_kept {
-        put_field(out, b"x-forwarded-proto", client.proto.as_bytes());
+        put_field(
+            out,
+            b"x-forwarded-proto",
+            if client.https { b"https" } else { b"http" },
+        );
     }
     if !host_kept {
         put_field(out, b"x-forwarded-host", part(req.host));
@@ -765,7 +769,7 @@ pub fn fuzz_request_round_trip(data: &[u8], trusted: bool) {
     let client = ClientInfo {
         ip: HeaderValue::from_static("192.0.2.1"),
         trusted,
-        proto: crate::headers::HTTP,
+        https: false,
     };
     let mut out = Vec::new();
     write_request(&mut out, data, &req, &fields, &client);
@@ -885,7 +889,7 @@ mod tests {
         ClientInfo {
             ip: HeaderValue::from_static("192.0.2.7"),
             trusted,
-            proto: crate::headers::HTTP,
+            https: false,
         }
     }
 
