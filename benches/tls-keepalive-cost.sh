@@ -15,6 +15,8 @@
 # Plain HTTP and A/B of builds or route settings (what a change to the request path
 # costs, counted):
 #   SCHEME=http      plain keep-alive instead of TLS (the rig's plain HAProxy and Wharf)
+#   PROTO=h2         HTTP/2 over TLS (ALPN h2, one stream at a time per connection,
+#                    h2load -m 1) instead of HTTP/1.1
 #   TARGETS="..."    any of: haproxy wharf base [haproxy wharf]; `base` runs BASE_BIN
 #                    (e.g. a release build of an older commit) with Wharf's config
 #   ROUTE_EXTRA=...  route keys appended to Wharf's route (e.g. a health check)
@@ -37,6 +39,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${WHARF_BIN:-$here/target/release/wharf}
 MODES=${MODES:-"strace callgrind"}; CONNS=${CONNS:-1}; N=${N:-}
 SCHEME=${SCHEME:-https}; TARGETS=${TARGETS:-"haproxy wharf"}
+proto_arg=--h1; [ "${PROTO:-h1}" = h2 ] && proto_arg=-m1
 for b in h2load haproxy nginx openssl taskset curl strace valgrind callgrind_control python3; do
   command -v "$b" >/dev/null || { echo "missing $b (apt-get install nghttp2-client haproxy nginx strace valgrind)" >&2; exit 2; }
 done
@@ -86,13 +89,13 @@ measure() { # measure TARGET MODE
   pid=$!; pids+=("$pid")
   for i in $(seq 300); do curl -skf -o /dev/null "$SCHEME://127.0.0.1:$port/hello" && break; sleep 0.1; done
   local url="$SCHEME://127.0.0.1:$port/hello"
-  taskset -c 1 h2load --h1 -n 200 -c "$CONNS" "$url" >/dev/null 2>&1
+  taskset -c 1 h2load "$proto_arg" -n 200 -c "$CONNS" "$url" >/dev/null 2>&1
   local sp=
   case $mode in
     strace) strace -c -f -p "$pid" -o "$run/strace.$t" 2>/dev/null & sp=$!; sleep 1 ;;
     callgrind) callgrind_control -d "$pid" >/dev/null; sleep 1 ;;
   esac
-  local ok; ok=$(taskset -c 1 h2load --h1 -n "$n" -c "$CONNS" "${load_args[@]}" "$url" | awk '/^requests:/ { print $8 }')
+  local ok; ok=$(taskset -c 1 h2load "$proto_arg" -n "$n" -c "$CONNS" "${load_args[@]}" "$url" | awk '/^requests:/ { print $8 }')
   case $mode in
     strace) kill -INT "$sp"; wait "$sp" || true
       awk -v t="$t" -v n="$n" -v ok="$ok" 'BEGIN { printf "%-8s strace    %d requests (%d ok), per request:", t, n, ok }
