@@ -119,9 +119,11 @@ impl Entrypoint {
         loop {
             // Slots first, then accept (HAProxy's maxconn): at the cap, new
             // connections wait in the kernel's backlog and cost nothing here.
-            let slots = tokio::select! {
+            // Holds the slots from here on: a failed accept, or a drain,
+            // gives them back by dropping it.
+            let adm = tokio::select! {
                 _ = cancel.cancelled() => break,
-                slots = take_slots(&ep, &mut cap_logged) => slots,
+                adm = take_slots(&ep, &mut cap_logged) => adm,
             };
             let (stream, peer) = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -136,10 +138,6 @@ impl Entrypoint {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let adm = Admitted {
-                ep: ep.clone(),
-                slots,
-            };
             // One task type per kind of entrypoint: a TLS connection's state
             // (handshake, then rustls beside hyper) is twice a plain one's, and
             // a task is allocated at the size of the largest state its future
@@ -195,8 +193,10 @@ impl Drop for Admitted {
 const CAP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Takes a slot under each cap, waiting when one is full; a wait is counted
-/// and logged (at most every [`CAP_LOG_EVERY`]).
-async fn take_slots(ep: &Ep, logged: &mut Option<tokio::time::Instant>) -> Slots {
+/// and logged (at most every [`CAP_LOG_EVERY`]). Each slot is held by the
+/// returned guard from the moment it is taken, so a wait cut short (a drain)
+/// gives back the one already taken.
+async fn take_slots(ep: &Arc<Ep>, logged: &mut Option<tokio::time::Instant>) -> Admitted {
     async fn one(
         sem: Option<&tokio::sync::Semaphore>,
         s: &ListenerSettings,
@@ -230,7 +230,10 @@ async fn take_slots(ep: &Ep, logged: &mut Option<tokio::time::Instant>) -> Slots
         }
     }
     let s = &*ep.settings;
-    let mut slots = 0;
+    let mut adm = Admitted {
+        ep: ep.clone(),
+        slots: 0,
+    };
     if one(
         ep.own_slots.as_ref(),
         s,
@@ -239,7 +242,7 @@ async fn take_slots(ep: &Ep, logged: &mut Option<tokio::time::Instant>) -> Slots
     )
     .await
     {
-        slots |= OWN_SLOT;
+        adm.slots |= OWN_SLOT;
     }
     if one(
         s.global_slots.as_deref(),
@@ -249,9 +252,9 @@ async fn take_slots(ep: &Ep, logged: &mut Option<tokio::time::Instant>) -> Slots
     )
     .await
     {
-        slots |= GLOBAL_SLOT;
+        adm.slots |= GLOBAL_SLOT;
     }
-    slots
+    adm
 }
 
 /// An entrypoint's serving context, shared by its connections.
