@@ -250,7 +250,7 @@ impl AccessSender {
             method: method.clone(),
             version,
             text,
-            tls: conn.tls_version,
+            tls: conn.tls_version.map(crate::forward::TlsVersion::as_str),
             seen: Seen::default(),
             status: 0,
             bytes: 0,
@@ -1039,19 +1039,19 @@ mod tests {
     use crate::headers::ClientInfo;
     use http::HeaderValue;
 
-    fn conn(tls: Option<&'static str>) -> ConnInfo {
+    fn conn(tls: Option<crate::forward::TlsVersion>) -> ConnInfo {
         ConnInfo {
             entrypoint: 0,
             tls: tls.is_some(),
             sni: None,
             tls_version: tls,
             redirect_https: false,
-            client_timeout: Duration::from_secs(60),
-            tunnel_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(60).into(),
+            tunnel_timeout: Duration::from_secs(60).into(),
             client: "192.0.2.7:5000".parse().unwrap(),
             born: std::time::Instant::now(),
             info: ClientInfo {
-                ip: HeaderValue::from_static("192.0.2.7"),
+                ip: crate::headers::IpText::new("192.0.2.7".parse().unwrap()),
                 trusted: false,
                 https: false,
             },
@@ -1060,7 +1060,11 @@ mod tests {
 
     /// A finished record as the writer gets it.
     fn record(log: AccessSender, req: Request<()>, status: u16, bytes: u64) -> Box<Record> {
-        let mut p = log.begin(&conn(Some("TLSv1.3")), &req, Instant::now());
+        let mut p = log.begin(
+            &conn(Some(crate::forward::TlsVersion::V1_3)),
+            &req,
+            Instant::now(),
+        );
         let mut rec = p.0.take().unwrap();
         // 2026-11-30T12:34:56.789Z
         rec.time = UNIX_EPOCH + Duration::from_millis(1_796_042_096_789);

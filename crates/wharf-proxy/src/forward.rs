@@ -107,18 +107,56 @@ pub(crate) struct Seen {
     pub backend: Option<SocketAddr>,
 }
 
+/// A TLS version, in one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+    Other,
+}
+
+impl TlsVersion {
+    /// As the access log writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::V1_2 => "TLSv1.2",
+            TlsVersion::V1_3 => "TLSv1.3",
+            TlsVersion::Other => "TLS",
+        }
+    }
+}
+
+/// A timeout in four bytes: milliseconds, rounded up (so a positive timeout
+/// stays positive) and saturating at about 49 days. `ConnInfo` is held by every
+/// connection, idle ones included (docs/benchmarks.md, memory per idle
+/// connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(u32);
+
+impl From<Duration> for Millis {
+    fn from(d: Duration) -> Self {
+        Millis(u32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX))
+    }
+}
+
+impl Millis {
+    pub fn get(self) -> Duration {
+        Duration::from_millis(u64::from(self.0))
+    }
+}
+
 /// Per-connection facts.
 pub struct ConnInfo {
     pub entrypoint: usize,
     pub tls: bool,
     /// The TLS server name the client sent (lower-case), if any.
     pub sni: Option<Box<str>>,
-    /// The TLS version the connection negotiated (`TLSv1.3`), for the access log.
-    pub tls_version: Option<&'static str>,
+    /// The TLS version the connection negotiated, for the access log.
+    pub tls_version: Option<TlsVersion>,
     pub redirect_https: bool,
     /// The entrypoint's inactivity timeouts (request bodies, tunnels).
-    pub client_timeout: Duration,
-    pub tunnel_timeout: Duration,
+    pub client_timeout: Millis,
+    pub tunnel_timeout: Millis,
     pub client: SocketAddr,
     pub info: ClientInfo,
     /// When the connection was accepted (`max_connection_age`).
@@ -383,7 +421,7 @@ impl Forwarder {
                     parts.uri = origin_uri(path)?;
                     // Boxed: a TLS connect future is large, and this path is rare; inline it
                     // would grow (and memcpy) every request's future.
-                    let body = TimedBody::new(body, conn.client_timeout);
+                    let body = TimedBody::new(body, conn.client_timeout.get());
                     let sent = Box::pin(self.upgrade_tls(ctx.backend.addr, tls, parts, body));
                     let at = std::time::Instant::now();
                     let r = match tokio::time::timeout(self.response_timeout, sent).await {
@@ -400,7 +438,7 @@ impl Forwarder {
                 // Affinity applies to the upgrade request too (WebSocket).
                 pipeline::respond(conn, &ctx, &mut parts.headers);
                 let guard = ctx.guard;
-                let tunnel_timeout = conn.tunnel_timeout;
+                let tunnel_timeout = conn.tunnel_timeout.get();
                 self.tunnels.spawn(async move {
                     let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
                         return;
@@ -426,7 +464,7 @@ impl Forwarder {
         // fails after it was written. One with a body goes out once, unless it
         // never left Wharf.
         let body = if has_body {
-            Either::Left(TimedBody::new(body, conn.client_timeout))
+            Either::Left(TimedBody::new(body, conn.client_timeout.get()))
         } else {
             Either::Right(Empty::new())
         };
@@ -841,6 +879,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use wharf_table::{BackendDef, BackendRegistry, Policy, RouteDef, Table};
+
+    /// A timeout kept in milliseconds stays what it was: zero (never) stays
+    /// zero, a positive one never rounds down to zero, a huge one saturates.
+    #[test]
+    fn millis_keep_a_timeout_meaning() {
+        assert_eq!(Millis::from(Duration::ZERO).get(), Duration::ZERO);
+        assert_eq!(
+            Millis::from(Duration::from_nanos(1)).get(),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            Millis::from(Duration::from_secs(60)).get(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            Millis::from(Duration::from_secs(u64::MAX)).get(),
+            Duration::from_millis(u64::from(u32::MAX))
+        );
+    }
 
     #[test]
     fn retirement_remembers_backends_that_left_until_they_serve_again() {

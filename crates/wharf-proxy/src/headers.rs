@@ -215,12 +215,43 @@ fn is_simple_token(v: &[u8]) -> bool {
     v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
 }
 
+/// A client address rendered once per connection, kept inline: an allocation
+/// of its own would be one more for every connection, idle ones included
+/// (docs/benchmarks.md, memory per idle connection).
+#[derive(Debug, Clone, Copy)]
+pub struct IpText {
+    len: u8,
+    /// The longest text form of an address, `ffff:...:255.255.255.255`, is 45.
+    buf: [u8; 45],
+}
+
+impl IpText {
+    pub fn new(ip: std::net::IpAddr) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 45];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // Always fits (45 bytes); a failure would leave a shorter text.
+        let _ = write!(cursor, "{ip}");
+        let len = u8::try_from(cursor.position()).unwrap_or(0);
+        IpText { len, buf }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    /// As a field value (an address is always a valid one).
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or(HeaderValue::from_static("unknown"))
+    }
+}
+
 /// What the proxy knows about the client of a connection, computed once per
 /// connection.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// The client address as a header value (`X-Real-IP`, `X-Forwarded-For`).
-    pub ip: HeaderValue,
+    pub ip: IpText,
     /// The client may set `X-Forwarded-*` itself (it is in `forwarded_trusted`).
     pub trusted: bool,
     /// The connection is TLS: `X-Forwarded-Proto: https`.
@@ -275,9 +306,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &Header
         }
         joined.extend_from_slice(b", ");
         joined.extend_from_slice(client.ip.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.ip.clone())
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.ip.header_value())
     } else {
-        client.ip.clone()
+        client.ip.header_value()
+    };
+    // The same value for `X-Real-IP` when it is the client's alone: a clone
+    // shares it.
+    let real_ip = if client.trusted {
+        client.ip.header_value()
+    } else {
+        xff.clone()
     };
     headers.insert(&X_FORWARDED_FOR, xff);
     if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -286,12 +324,27 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: &Header
     if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         headers.insert(&X_FORWARDED_HOST, host.clone());
     }
-    headers.insert(&X_REAL_IP, client.ip.clone());
+    headers.insert(&X_REAL_IP, real_ip);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The longest address text fits, and every text is the address's own.
+    #[test]
+    fn ip_text_renders_addresses_whole() {
+        for ip in [
+            "192.0.2.7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:192.0.2.7",
+            "::1",
+        ] {
+            let text = IpText::new(ip.parse().unwrap());
+            assert_eq!(text.as_bytes(), ip.as_bytes());
+            assert_eq!(text.header_value(), ip);
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -427,7 +480,7 @@ mod tests {
 
     fn client(trusted: bool) -> ClientInfo {
         ClientInfo {
-            ip: HeaderValue::from_static("192.0.2.7"),
+            ip: IpText::new("192.0.2.7".parse().unwrap()),
             trusted,
             https: false,
         }
@@ -486,7 +539,7 @@ mod tests {
         ];
         let host = HeaderValue::from_static("app.test");
         let untrusted = ClientInfo {
-            ip: HeaderValue::from_static("192.0.2.1"),
+            ip: IpText::new("192.0.2.1".parse().unwrap()),
             trusted: false,
             https: false,
         };

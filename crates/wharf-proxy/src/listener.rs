@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -315,14 +314,12 @@ impl Shared {
             tls_version: tls.as_ref().and_then(|n| n.version),
             sni: tls.and_then(|n| n.sni),
             redirect_https: s.redirect_https,
-            client_timeout: s.client_timeout,
-            tunnel_timeout: s.tunnel_timeout,
+            client_timeout: s.client_timeout.into(),
+            tunnel_timeout: s.tunnel_timeout.into(),
             client: SocketAddr::new(ip, client.port()),
             born: std::time::Instant::now(),
             info: ClientInfo {
-                // An IP address always renders as a valid header value.
-                ip: HeaderValue::from_str(&ip.to_string())
-                    .unwrap_or(HeaderValue::from_static("unknown")),
+                ip: crate::headers::IpText::new(ip),
                 trusted: s.forwarded_trusted.iter().any(|n| n.contains(&ip)),
                 https: open != Open::Http,
             },
@@ -383,7 +380,7 @@ struct Negotiated {
     sni: Option<Box<str>>,
     h2: bool,
     /// `TLSv1.3` or `TLSv1.2`, for the access log.
-    version: Option<&'static str>,
+    version: Option<crate::forward::TlsVersion>,
 }
 
 /// A plain entrypoint's connection: the PROXY header when the peer is a
@@ -517,9 +514,9 @@ where
     let negotiated = Negotiated {
         h2: alpn == Some(wharf_tls::ALPN_H2),
         version: conn.protocol_version().map(|v| match v {
-            tokio_rustls::rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-            tokio_rustls::rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-            _ => "TLS",
+            tokio_rustls::rustls::ProtocolVersion::TLSv1_3 => crate::forward::TlsVersion::V1_3,
+            tokio_rustls::rustls::ProtocolVersion::TLSv1_2 => crate::forward::TlsVersion::V1_2,
+            _ => crate::forward::TlsVersion::Other,
         }),
         sni: conn.server_name().map(|n| {
             n.trim_end_matches('.')

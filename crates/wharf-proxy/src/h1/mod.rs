@@ -846,7 +846,7 @@ impl Engine<'_> {
         st: &mut State,
         up: &mut TcpStream,
     ) -> Result<bool, Exchange> {
-        let limit = self.conn.client_timeout;
+        let limit = self.conn.client_timeout.get();
         loop {
             let read = async {
                 tokio::select! {

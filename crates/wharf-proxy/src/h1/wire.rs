@@ -767,7 +767,7 @@ pub fn fuzz_request_round_trip(data: &[u8], trusted: bool) {
     };
     assert!(req.len <= data.len());
     let client = ClientInfo {
-        ip: HeaderValue::from_static("192.0.2.1"),
+        ip: crate::headers::IpText::new(std::net::IpAddr::from([192, 0, 2, 1])),
         trusted,
         https: false,
     };
@@ -887,7 +887,7 @@ mod tests {
 
     fn info(trusted: bool) -> ClientInfo {
         ClientInfo {
-            ip: HeaderValue::from_static("192.0.2.7"),
+            ip: crate::headers::IpText::new("192.0.2.7".parse().unwrap()),
             trusted,
             https: false,
         }
