@@ -465,6 +465,93 @@ fn same_messages(route_extra: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// HTTP/2 clients (h2c with prior knowledge): their GET and HEAD go on the
+/// engine's raw backend connections (`raw.rs`), where `WHARF_HTTP1_ENGINE=hyper`
+/// sends them through hyper's client. Every single-request GET or HEAD case of
+/// the corpus must bring the same request to the backend and the same response
+/// to the client both ways, and a keep-alive backend connection is reused.
+#[test]
+fn raw_backends_and_hyper_client_send_the_same_messages_to_h2_clients() {
+    let corpus = cases();
+    let backend = Scripted::start(corpus.iter().map(|c| c.response.clone()).collect());
+    let config = base_config() + &route("app.test", "/", &[backend.addr], "");
+    let raw = Wharf::start(&config);
+    let hyper = Wharf::start_env(&config, &[("WHARF_HTTP1_ENGINE", "hyper")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for (n, case) in corpus.iter().enumerate() {
+        let method = match case.request.split_whitespace().next() {
+            Some("GET") => "GET",
+            Some("HEAD") => "HEAD",
+            _ => continue,
+        };
+        if case.heads.len() != 1 || case.name == "unrouted" {
+            continue;
+        }
+        tried += 1;
+        let mut got = Vec::new();
+        for w in [&raw, &hyper] {
+            let answer = rt.block_on(h2_request(w.ep("web"), method, &format!("/c/{n}")));
+            got.push((backend.take(), answer));
+        }
+        if got[0] != got[1] {
+            failures.push(format!(
+                "{}: raw\n  backend got {:#?}\n  client got {:#?}\nhyper\n  backend got {:#?}\n  client got {:#?}",
+                case.name, got[0].0, got[0].1, got[1].0, got[1].1
+            ));
+        }
+    }
+    assert!(
+        tried >= 10,
+        "only {tried} cases are single GET or HEAD requests"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// One request on its own h2c connection: `(status, fields, body)`, or the
+/// error's text.
+async fn h2_request(addr: SocketAddr, method: &str, path: &str) -> Result<Message, String> {
+    use http_body_util::BodyExt;
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://app.test{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let start = resp.status().as_u16().to_string();
+    let fields = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) => format!("BODY ERROR {e}").into_bytes(),
+    };
+    Ok(Message {
+        start,
+        fields: sorted(fields),
+        body,
+    })
+}
+
 // ---------------------------------------------------------------------------
 // The engine's own regressions (found by review), each on both paths.
 

@@ -13,6 +13,16 @@ use wharf_table::InflightGuard;
 
 use crate::access::Record;
 use crate::pool::Pooled;
+use crate::raw::RawBody;
+
+/// Where a backend's body comes from: hyper's client, or the raw pooled
+/// socket of a request the hyper path sent itself ([`crate::raw`]).
+enum Source {
+    Hyper(Incoming),
+    Raw(RawBody),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -24,7 +34,7 @@ pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 /// bytes passed on and sends the record when the body is dropped: after its last
 /// frame, or abandoned when the client went away.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Source,
     _guard: InflightGuard,
     conn: Option<Pooled>,
     done: bool,
@@ -35,10 +45,22 @@ impl UpstreamBody {
     pub fn new(inner: Incoming, guard: InflightGuard, conn: Option<Pooled>) -> Self {
         let done = inner.is_end_stream();
         UpstreamBody {
-            inner,
+            inner: Source::Hyper(inner),
             _guard: guard,
             conn,
             done,
+            log: None,
+        }
+    }
+
+    /// A body read from a raw pooled socket, which it returns to the pool
+    /// itself at its end.
+    pub(crate) fn raw(inner: RawBody, guard: InflightGuard) -> Self {
+        UpstreamBody {
+            inner: Source::Raw(inner),
+            _guard: guard,
+            conn: None,
+            done: false,
             log: None,
         }
     }
@@ -64,18 +86,21 @@ impl Drop for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.inner {
+            Source::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Source::Raw(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        };
         match &polled {
             Poll::Ready(None) => self.done = true,
             Poll::Ready(Some(Ok(frame))) => {
-                self.done = self.inner.is_end_stream();
+                self.done = self.is_end_stream();
                 if let (Some(rec), Some(data)) = (self.log.as_deref_mut(), frame.data_ref()) {
                     rec.bytes += data.len() as u64;
                 }
@@ -87,12 +112,18 @@ impl Body for UpstreamBody {
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::Raw(b) => b.is_end_stream(),
+        }
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Hyper(b) => b.size_hint(),
+            Source::Raw(b) => b.size_hint(),
+        }
     }
 }
 

@@ -97,6 +97,9 @@ pub struct Forwarder {
     pub(crate) unrouted: Arc<RouteMetrics>,
     /// The access log, when `[log] access` is not `off`.
     pub(crate) access: Option<AccessSender>,
+    /// Body-less GET and HEAD requests of the hyper path to plain backends go
+    /// on raw pooled sockets (`raw.rs`), not through hyper's client.
+    raw_backends: bool,
 }
 
 /// What forwarding found out about a request, for the observe phase (metrics and
@@ -202,7 +205,15 @@ impl Forwarder {
             handshake_failures: AtomicU64::new(0),
             unrouted: Arc::default(),
             access: None,
+            raw_backends: true,
         }
+    }
+
+    /// `false`: every request of the hyper path goes through hyper's client
+    /// (`WHARF_HTTP1_ENGINE=hyper`, to compare the two).
+    pub fn with_raw_backends(mut self, on: bool) -> Self {
+        self.raw_backends = on;
+        self
     }
 
     /// Writes a line per request to `log` (see `access.rs`).
@@ -456,6 +467,17 @@ impl Forwarder {
             return Ok(self.finish(resp, ctx, None, conn));
         }
 
+        // A body-less GET or HEAD to a route whose backends are all plain
+        // HTTP/1.1 (an HTTP/2 client's, or a head the engine declined): sent on
+        // the engine's raw pooled sockets, not through hyper's client (`raw.rs`).
+        if self.raw_backends
+            && !has_body
+            && ctx.route.backends.all_plain_http()
+            && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+        {
+            return Box::pin(self.forward_raw(conn, ctx, parts, path, safe, seen)).await;
+        }
+
         // The common case: pooled HTTP/1.1 in origin form (over TLS, HTTP/2 when
         // the backend chose it: `send_pooled` reshapes the request then).
         parts.uri = origin_uri(path)?;
@@ -698,6 +720,60 @@ impl Forwarder {
             error: ProxyError::Upstream(error_chain(&error)),
             unsent,
         })
+    }
+
+    /// [`crate::raw`]'s attempts, retried by the pipeline's rules as the
+    /// pooled path's are.
+    async fn forward_raw(
+        &self,
+        conn: &ConnInfo,
+        mut ctx: Ctx,
+        parts: http::request::Parts,
+        path: PathAndQuery,
+        safe: bool,
+        seen: &mut Seen,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut head = Vec::with_capacity(256 + 40 * parts.headers.len());
+        crate::h1::wire::write_request_map(
+            &mut head,
+            parts.method.as_str().as_bytes(),
+            path.as_str().as_bytes(),
+            &parts.headers,
+        );
+        let is_head = parts.method == http::Method::HEAD;
+        loop {
+            let resend = crate::raw::Resend {
+                safe,
+                elsewhere: ctx.route.backends.all().len() > 1,
+            };
+            let sent = crate::raw::send(&self.pool, ctx.backend.addr, &head, is_head, resend);
+            let sent_at = std::time::Instant::now();
+            let failed = match tokio::time::timeout(self.response_timeout, sent).await {
+                Ok(Ok((mut parts, body))) => {
+                    if cfg!(not(feature = "no-request-metrics")) {
+                        ctx.backend.state.upstream.observe(sent_at.elapsed());
+                    }
+                    ctx.succeeded();
+                    if headers::strip_hop_by_hop(&mut parts.headers, false) {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                    }
+                    pipeline::respond(conn, &ctx, &mut parts.headers);
+                    let body = UpstreamBody::raw(body, ctx.guard);
+                    return Ok(Response::from_parts(parts, Either::Left(body)));
+                }
+                Ok(Err(f)) => f,
+                Err(_) => crate::raw::RawFailure {
+                    failure: Failure::Timeout { counts: true },
+                    error: ProxyError::Timeout,
+                },
+            };
+            ctx.failed(failed.failure, &failed.error);
+            if !ctx.may_retry(failed.failure, safe) || ctx.redispatch(conn.client).await.is_err() {
+                return Err(failed.error);
+            }
+            debug!(route = %ctx.route.name, backend = %ctx.backend.addr, "retrying on another backend");
+            seen.backend = Some(ctx.backend.addr);
+        }
     }
 
     /// The response on its way back: hop-by-hop fields dropped, the respond

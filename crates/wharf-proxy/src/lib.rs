@@ -20,6 +20,7 @@ mod middleware;
 mod pipeline;
 mod pool;
 pub mod proxy_protocol;
+mod raw;
 mod tunnel;
 
 /// The HTTP/1.1 engine's wire functions, for the fuzz targets only.

@@ -265,7 +265,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             tracker.clone(),
             http01,
         )
-        .with_access_log(access.as_ref().map(|a| a.sender())),
+        .with_access_log(access.as_ref().map(|a| a.sender()))
+        .with_raw_backends(std::env::var("WHARF_HTTP1_ENGINE").map_or(true, |v| v != "hyper")),
     );
     registry
         .register(Box::new(

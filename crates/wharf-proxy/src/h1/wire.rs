@@ -616,6 +616,8 @@ pub(crate) struct Chunked {
     left: u64,
     /// Data bytes decoded so far (the body without its framing).
     pub data: u64,
+    /// Writes the data alone, without the chunked framing ([`Chunked::plain`]).
+    plain: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -633,6 +635,15 @@ enum ChunkState {
 pub(crate) struct BadChunk(pub &'static str);
 
 impl Chunked {
+    /// A decoder that writes the body's data alone (for a body passed on as
+    /// frames, not re-encoded).
+    pub fn plain() -> Self {
+        Chunked {
+            plain: true,
+            ..Chunked::default()
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
     }
@@ -673,8 +684,10 @@ impl Chunked {
                     if size == 0 {
                         self.state = ChunkState::Trailers;
                     } else {
-                        out.extend_from_slice(format_hex(size, &mut [0; 16]));
-                        out.extend_from_slice(b"\r\n");
+                        if !self.plain {
+                            out.extend_from_slice(format_hex(size, &mut [0; 16]));
+                            out.extend_from_slice(b"\r\n");
+                        }
                         self.left = size;
                         self.state = ChunkState::Data;
                     }
@@ -701,7 +714,9 @@ impl Chunked {
                     if &rest[..2] != b"\r\n" {
                         return Err(BadChunk("chunk data without CRLF"));
                     }
-                    out.extend_from_slice(b"\r\n");
+                    if !self.plain {
+                        out.extend_from_slice(b"\r\n");
+                    }
                     at += 2;
                     self.state = ChunkState::Size;
                 }
@@ -712,7 +727,9 @@ impl Chunked {
                     };
                     at += eol + 1;
                     if eol == 1 {
-                        out.extend_from_slice(b"0\r\n\r\n");
+                        if !self.plain {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
                         self.state = ChunkState::Done;
                     }
                 }

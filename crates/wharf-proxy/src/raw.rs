@@ -1,0 +1,368 @@
+//! The hyper path's body-less GET and HEAD requests (HTTP/2 clients, and
+//! HTTP/1.1 heads the engine declined) to plain HTTP/1.1 backends, sent on the
+//! engine's raw pooled sockets from the request's own task.
+//!
+//! hyper's client costs such a request a dispatch channel, a task per backend
+//! connection and a `HeaderMap` parse of every response head: ~15k of the 68k
+//! instructions an HTTP/2 request took (docs/benchmarks.md, HTTP/2 counted).
+//! Here the head is written from the request's map, the response head is
+//! parsed once with the engine's parser ([`crate::h1::wire`]) and the body is
+//! read with its framing straight from the socket, which goes back to the pool
+//! when the body ends. The rules are the engine's and hyper's client's: a
+//! reused connection that fails before any response byte is replaced once (a
+//! request none of which was written, or a safe one that idled long enough to
+//! be stale or has another backend to go to), interim responses are dropped, a
+//! malformed head is a 502 counted against the backend.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::ProxyError;
+use crate::h1::wire::{self, Chunked, Field, Framing, Parse};
+use crate::pipeline::Failure;
+use crate::pool::H1Pool;
+
+/// Reads of a response head start this large.
+const HEAD_CHUNK: usize = 4096;
+/// Reads of a body bring up to this much.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// A failed attempt, classified as the hyper path classifies its client's.
+pub(crate) struct RawFailure {
+    pub failure: Failure,
+    pub error: ProxyError,
+}
+
+enum Exchange {
+    Failed(RawFailure),
+    /// The connection failed before any response byte.
+    Closed {
+        written: bool,
+    },
+}
+
+fn malformed(why: &'static str) -> Exchange {
+    Exchange::Failed(RawFailure {
+        failure: Failure::Malformed,
+        error: ProxyError::Upstream(why.into()),
+    })
+}
+
+/// What may be repeated after a reused connection failed.
+pub(crate) struct Resend {
+    pub safe: bool,
+    /// The route has another backend it could retry on anyway.
+    pub elsewhere: bool,
+}
+
+/// One attempt: `head` out on a pooled (or new) connection to `addr`, the
+/// response head in.
+pub(crate) async fn send(
+    pool: &Arc<H1Pool>,
+    addr: SocketAddr,
+    head: &[u8],
+    is_head: bool,
+    resend: Resend,
+) -> Result<(http::response::Parts, RawBody), RawFailure> {
+    let connect_failed = |error| RawFailure {
+        failure: Failure::Connect,
+        error,
+    };
+    let (mut up, reused, stale_risk) = pool.checkout_raw(addr).await.map_err(connect_failed)?;
+    let mut buf = Vec::new();
+    let mut fields = Vec::new();
+    match exchange(&mut up, head, &mut buf, &mut fields).await {
+        Ok(resp) => Ok(answer(pool, addr, up, buf, &fields, &resp, is_head)),
+        Err(Exchange::Failed(f)) => Err(f),
+        Err(Exchange::Closed { written }) => {
+            let again = !written || (resend.safe && (stale_risk || resend.elsewhere));
+            if reused && again {
+                let mut fresh = pool.connect_raw(addr).await.map_err(connect_failed)?;
+                buf.clear();
+                return match exchange(&mut fresh, head, &mut buf, &mut fields).await {
+                    Ok(resp) => Ok(answer(pool, addr, fresh, buf, &fields, &resp, is_head)),
+                    Err(Exchange::Failed(f)) => Err(f),
+                    Err(Exchange::Closed { written }) => Err(reset(written, false)),
+                };
+            }
+            Err(reset(written, reused))
+        }
+    }
+}
+
+fn reset(written: bool, stale: bool) -> RawFailure {
+    RawFailure {
+        failure: Failure::Reset { written, stale },
+        error: ProxyError::Upstream("backend closed the connection".into()),
+    }
+}
+
+/// The request out, the final response head in (at the start of `buf`).
+async fn exchange(
+    up: &mut TcpStream,
+    head: &[u8],
+    buf: &mut Vec<u8>,
+    fields: &mut Vec<Field>,
+) -> Result<wire::RespHead, Exchange> {
+    up.write_all(head)
+        .await
+        .map_err(|_| Exchange::Closed { written: false })?;
+    loop {
+        match wire::parse_response(buf, fields) {
+            // Interim responses are dropped, as hyper's client drops them.
+            Parse::Done(r) if (100..200).contains(&r.code) => {
+                if r.code == 101 {
+                    return Err(malformed("101 to a request without Upgrade"));
+                }
+                buf.drain(..r.len);
+                continue;
+            }
+            Parse::Done(r) => return Ok(r),
+            Parse::Decline(why) if why == wire::UNSUPPORTED_CODING => {
+                return Err(Exchange::Failed(RawFailure {
+                    failure: Failure::Protocol,
+                    error: ProxyError::Upstream(why.into()),
+                }))
+            }
+            Parse::Decline(why) => return Err(malformed(why)),
+            Parse::Partial => {}
+        }
+        buf.reserve(HEAD_CHUNK);
+        match up.read_buf(buf).await {
+            Ok(0) | Err(_) if buf.is_empty() => return Err(Exchange::Closed { written: true }),
+            Ok(0) | Err(_) => return Err(malformed("connection closed inside the response head")),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The response's head as hyper's client would give it, and its body.
+fn answer(
+    pool: &Arc<H1Pool>,
+    addr: SocketAddr,
+    up: TcpStream,
+    mut buf: Vec<u8>,
+    fields: &[Field],
+    resp: &wire::RespHead,
+    is_head: bool,
+) -> (http::response::Parts, RawBody) {
+    let raw = &buf[..resp.len];
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = StatusCode::from_u16(resp.code).unwrap_or(StatusCode::BAD_GATEWAY);
+    parts.headers = wire::to_map(raw, fields);
+    // hyper's client keeps a reason that is not the canonical one, and its
+    // server writes it back (the engine does the same).
+    let reason = &raw[resp.reason.0 as usize..resp.reason.1 as usize];
+    if parts.status.canonical_reason().map(str::as_bytes) != Some(reason) {
+        if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason) {
+            parts.extensions.insert(r);
+        }
+    }
+    let framing = if is_head || resp.code == 204 || resp.code == 304 {
+        Framing::None
+    } else {
+        resp.body
+    };
+    buf.drain(..resp.len);
+    let state = match framing {
+        Framing::None => State::Length(0),
+        Framing::Length(n) => State::Length(n),
+        Framing::Chunked => State::Chunked(Chunked::plain()),
+        Framing::Eof => State::Eof,
+    };
+    let body = RawBody {
+        up: Some(up),
+        buf,
+        state,
+        pool: pool.clone(),
+        addr,
+        keep: !resp.close && framing != Framing::Eof,
+        ended: false,
+    };
+    (parts, body)
+}
+
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the backend closes.
+    Eof,
+}
+
+/// A response body read from the backend's socket with its framing; the
+/// socket goes back to the pool when the body has been read to its end (a
+/// half-read connection is never reused, nor one that sent bytes past it).
+pub(crate) struct RawBody {
+    up: Option<TcpStream>,
+    /// Read but not yet passed on.
+    buf: Vec<u8>,
+    state: State,
+    pool: Arc<H1Pool>,
+    addr: SocketAddr,
+    /// The connection may be reused once the body ends.
+    keep: bool,
+    ended: bool,
+}
+
+impl RawBody {
+    fn end(&mut self) {
+        self.ended = true;
+        if let Some(up) = self.up.take() {
+            // Bytes past the body were never asked for.
+            if self.keep && self.buf.is_empty() {
+                self.pool.release_raw(self.addr, up);
+            }
+        }
+        self.buf = Vec::new();
+    }
+
+    /// The next frame from what is buffered, if any; `None` asks for a read.
+    fn frame(&mut self) -> Option<Result<Option<Bytes>, io::Error>> {
+        match &mut self.state {
+            State::Length(0) => {
+                self.end();
+                Some(Ok(None))
+            }
+            State::Length(left) => {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                let n = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let data = if n == self.buf.len() {
+                    Bytes::from(std::mem::take(&mut self.buf))
+                } else {
+                    let d = Bytes::copy_from_slice(&self.buf[..n]);
+                    self.buf.drain(..n);
+                    d
+                };
+                *left -= n as u64;
+                if *left == 0 {
+                    self.end();
+                }
+                Some(Ok(Some(data)))
+            }
+            State::Eof => {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                Some(Ok(Some(Bytes::from(std::mem::take(&mut self.buf)))))
+            }
+            State::Chunked(dec) => {
+                if dec.is_done() {
+                    self.end();
+                    return Some(Ok(None));
+                }
+                if self.buf.is_empty() {
+                    return None;
+                }
+                let mut out = Vec::new();
+                let decoded = dec.decode(&self.buf, &mut out);
+                let done = dec.is_done();
+                let used = match decoded {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Some(Err(io::Error::new(io::ErrorKind::InvalidData, e.0)));
+                    }
+                };
+                self.buf.drain(..used);
+                if done {
+                    self.end();
+                }
+                if !out.is_empty() {
+                    return Some(Ok(Some(Bytes::from(out))));
+                }
+                if done {
+                    return Some(Ok(None));
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        // A body known to be empty may never be polled.
+        if !self.ended && matches!(self.state, State::Length(0)) {
+            self.end();
+        }
+    }
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.frame() {
+                Some(Ok(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some(Ok(None)) => return Poll::Ready(None),
+                Some(Err(e)) => {
+                    this.keep = false;
+                    this.end();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {}
+            }
+            let Some(up) = this.up.as_mut() else {
+                return Poll::Ready(None);
+            };
+            this.buf.reserve(BODY_CHUNK);
+            match up.try_read_buf(&mut this.buf) {
+                Ok(0) => {
+                    this.keep = false;
+                    if matches!(this.state, State::Eof) {
+                        this.end();
+                        return Poll::Ready(None);
+                    }
+                    this.end();
+                    return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = ready!(up.poll_read_ready(cx)) {
+                        this.keep = false;
+                        this.end();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Err(e) => {
+                    this.keep = false;
+                    this.end();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || matches!(self.state, State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
