@@ -531,7 +531,7 @@ async fn h2_request(addr: SocketAddr, method: &str, path: &str) -> Result<Messag
         .unwrap();
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let start = resp.status().as_u16().to_string();
-    let fields = resp
+    let fields: Vec<(String, String)> = resp
         .headers()
         .iter()
         .map(|(k, v)| {
@@ -541,8 +541,18 @@ async fn h2_request(addr: SocketAddr, method: &str, path: &str) -> Result<Messag
             )
         })
         .collect();
+    let mut fields: Vec<(String, String)> = fields;
     let body = match resp.into_body().collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
+        Ok(b) => {
+            // Trailer fields count as fields, marked.
+            for (k, v) in b.trailers().into_iter().flatten() {
+                fields.push((
+                    format!("trailer {k}"),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
+            }
+            b.to_bytes().to_vec()
+        }
         Err(e) => format!("BODY ERROR {e}").into_bytes(),
     };
     Ok(Message {

@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use http::StatusCode;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,7 +78,7 @@ pub(crate) async fn send(
         error,
     };
     let (mut up, reused, stale_risk) = pool.checkout_raw(addr).await.map_err(connect_failed)?;
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     let mut fields = Vec::new();
     match exchange(&mut up, head, &mut buf, &mut fields).await {
         Ok(resp) => Ok(answer(pool, addr, up, buf, &fields, &resp, is_head)),
@@ -110,7 +110,7 @@ fn reset(written: bool, stale: bool) -> RawFailure {
 async fn exchange(
     up: &mut TcpStream,
     head: &[u8],
-    buf: &mut Vec<u8>,
+    buf: &mut BytesMut,
     fields: &mut Vec<Field>,
 ) -> Result<wire::RespHead, Exchange> {
     up.write_all(head)
@@ -123,7 +123,7 @@ async fn exchange(
                 if r.code == 101 {
                     return Err(malformed("101 to a request without Upgrade"));
                 }
-                buf.drain(..r.len);
+                buf.advance(r.len);
                 continue;
             }
             Parse::Done(r) => return Ok(r),
@@ -138,8 +138,9 @@ async fn exchange(
         }
         buf.reserve(HEAD_CHUNK);
         match up.read_buf(buf).await {
-            Ok(0) | Err(_) if buf.is_empty() => return Err(Exchange::Closed { written: true }),
-            Ok(0) | Err(_) => return Err(malformed("connection closed inside the response head")),
+            // Cut inside the head too: as hyper's client reports it (an
+            // incomplete message), a reset after the request was written.
+            Ok(0) | Err(_) => return Err(Exchange::Closed { written: true }),
             Ok(_) => {}
         }
     }
@@ -150,7 +151,7 @@ fn answer(
     pool: &Arc<H1Pool>,
     addr: SocketAddr,
     up: TcpStream,
-    mut buf: Vec<u8>,
+    mut buf: BytesMut,
     fields: &[Field],
     resp: &wire::RespHead,
     is_head: bool,
@@ -172,7 +173,7 @@ fn answer(
     } else {
         resp.body
     };
-    buf.drain(..resp.len);
+    buf.advance(resp.len);
     let state = match framing {
         Framing::None => State::Length(0),
         Framing::Length(n) => State::Length(n),
@@ -203,8 +204,9 @@ enum State {
 /// half-read connection is never reused, nor one that sent bytes past it).
 pub(crate) struct RawBody {
     up: Option<TcpStream>,
-    /// Read but not yet passed on.
-    buf: Vec<u8>,
+    /// Read but not yet passed on. Frames are split off it, so they share
+    /// its blocks instead of each holding a read's whole allocation.
+    buf: BytesMut,
     state: State,
     pool: Arc<H1Pool>,
     addr: SocketAddr,
@@ -222,11 +224,23 @@ impl RawBody {
                 self.pool.release_raw(self.addr, up);
             }
         }
-        self.buf = Vec::new();
+        self.buf = BytesMut::new();
+    }
+
+    /// A chunked body's end, after its last data frame: the trailer fields
+    /// as a frame of their own (as hyper's client passes them on; an HTTP/2
+    /// client gets them as trailing HEADERS), or the end.
+    fn finish_chunked(&mut self) -> Option<Frame<Bytes>> {
+        let trailers = match &mut self.state {
+            State::Chunked(dec) => std::mem::take(&mut dec.trailers),
+            _ => Vec::new(),
+        };
+        self.end();
+        trailer_map(&trailers).map(Frame::trailers)
     }
 
     /// The next frame from what is buffered, if any; `None` asks for a read.
-    fn frame(&mut self) -> Option<Result<Option<Bytes>, io::Error>> {
+    fn frame(&mut self) -> Option<Result<Option<Frame<Bytes>>, io::Error>> {
         match &mut self.state {
             State::Length(0) => {
                 self.end();
@@ -240,29 +254,22 @@ impl RawBody {
                     .buf
                     .len()
                     .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                let data = if n == self.buf.len() {
-                    Bytes::from(std::mem::take(&mut self.buf))
-                } else {
-                    let d = Bytes::copy_from_slice(&self.buf[..n]);
-                    self.buf.drain(..n);
-                    d
-                };
+                let data = self.buf.split_to(n).freeze();
                 *left -= n as u64;
                 if *left == 0 {
                     self.end();
                 }
-                Some(Ok(Some(data)))
+                Some(Ok(Some(Frame::data(data))))
             }
             State::Eof => {
                 if self.buf.is_empty() {
                     return None;
                 }
-                Some(Ok(Some(Bytes::from(std::mem::take(&mut self.buf)))))
+                Some(Ok(Some(Frame::data(self.buf.split().freeze()))))
             }
             State::Chunked(dec) => {
                 if dec.is_done() {
-                    self.end();
-                    return Some(Ok(None));
+                    return Some(Ok(self.finish_chunked()));
                 }
                 if self.buf.is_empty() {
                     return None;
@@ -276,20 +283,44 @@ impl RawBody {
                         return Some(Err(io::Error::new(io::ErrorKind::InvalidData, e.0)));
                     }
                 };
-                self.buf.drain(..used);
-                if done {
-                    self.end();
-                }
+                self.buf.advance(used);
                 if !out.is_empty() {
-                    return Some(Ok(Some(Bytes::from(out))));
+                    return Some(Ok(Some(Frame::data(Bytes::from(out)))));
                 }
                 if done {
-                    return Some(Ok(None));
+                    return Some(Ok(self.finish_chunked()));
                 }
                 None
             }
         }
     }
+}
+
+/// A trailer section's lines as fields; `None` when there are none (or none
+/// that parse: trailers are dropped then, as RFC 9110 §6.5.1 allows).
+fn trailer_map(lines: &[u8]) -> Option<HeaderMap> {
+    if lines.is_empty() {
+        return None;
+    }
+    let mut section = Vec::with_capacity(lines.len() + 2);
+    section.extend_from_slice(lines);
+    section.extend_from_slice(b"\r\n");
+    let mut raw = [httparse::EMPTY_HEADER; 32];
+    let httparse::Status::Complete((_, fields)) =
+        httparse::parse_headers(&section, &mut raw).ok()?
+    else {
+        return None;
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(f.name.as_bytes()),
+            http::HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    (!map.is_empty()).then_some(map)
 }
 
 impl Drop for RawBody {
@@ -315,7 +346,7 @@ impl Body for RawBody {
                 return Poll::Ready(None);
             }
             match this.frame() {
-                Some(Ok(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some(Ok(Some(frame))) => return Poll::Ready(Some(Ok(frame))),
                 Some(Ok(None)) => return Poll::Ready(None),
                 Some(Err(e)) => {
                     this.keep = false;

@@ -618,6 +618,9 @@ pub(crate) struct Chunked {
     pub data: u64,
     /// Writes the data alone, without the chunked framing ([`Chunked::plain`]).
     plain: bool,
+    /// In plain mode, the trailer section's lines as received (each with its
+    /// CRLF), for the caller to pass on as trailer fields.
+    pub trailers: Vec<u8>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -725,6 +728,12 @@ impl Chunked {
                     let Some(eol) = crlf_line(rest, MAX_TRAILERS, "trailer line")? else {
                         return Ok(at);
                     };
+                    if self.plain && eol > 1 {
+                        if self.trailers.len() + eol + 1 > MAX_TRAILERS {
+                            return Err(BadChunk("trailer section"));
+                        }
+                        self.trailers.extend_from_slice(&rest[..eol + 1]);
+                    }
                     at += eol + 1;
                     if eol == 1 {
                         if !self.plain {
