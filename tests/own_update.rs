@@ -708,14 +708,19 @@ fn rolling_update_with(take_out_first: bool, grace: bool) -> Arc<Tally> {
     let mut drains = Vec::new();
     for i in 0..2 {
         let name = names[i];
+        // Slow requests in flight through this replica when it gets SIGTERM.
+        // Waited for before the balancer drains it: slow requests close their
+        // connection, so once drained the replica gets no new one, and a wait
+        // started after the drain failed whenever none was in flight at that
+        // moment (a CI run under load). A slow one lasts 1.5 s, the drain a
+        // few milliseconds.
+        wait_until(&format!("a slow request through {name}"), WAIT, || {
+            app.slow_in_flight(i) >= 1
+        });
         if take_out_first {
             lb.command(&format!("set server wharf/{name} state drain"));
             lb.wait_status(name, "DRAIN");
         }
-        // Slow requests in flight through this replica when it gets SIGTERM.
-        wait_until(&format!("a slow request through {name}"), WAIT, || {
-            app.slow_in_flight(i) >= 1
-        });
         let in_flight = app.slow_in_flight(i);
         let t0 = Instant::now();
         replicas[i].signal("TERM");
