@@ -503,14 +503,7 @@ fn a_request_the_client_abandons_before_the_response_is_logged_as_499() {
     let lines = rt.block_on(async {
         // HTTP/2 with prior knowledge; the client resets the stream while the
         // backend is still answering.
-        let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = common::h2c(web).await;
         let req = hyper::Request::get("http://app.test/slow?ms=10000")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();

@@ -102,14 +102,7 @@ fn token_is_required_for_everything_but_ping() {
     // HTTP/2 with the token too (prior knowledge, as Prometheus does not, but
     // a client may).
     let status = rt().block_on(async {
-        let s = tokio::net::TcpStream::connect(w.admin).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(s),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = common::h2c(w.admin).await;
         let req = |auth: Option<&str>| {
             let mut b = hyper::Request::get(format!("http://{}/api/errors", w.admin));
             if let Some(t) = auth {

@@ -516,14 +516,7 @@ fn raw_backends_and_hyper_client_send_the_same_messages_to_h2_clients() {
 /// error's text.
 async fn h2_request(addr: SocketAddr, method: &str, path: &str) -> Result<Message, String> {
     use http_body_util::BodyExt;
-    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(s),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = common::h2c(addr).await;
     let req = hyper::Request::builder()
         .method(method)
         .uri(format!("http://app.test{path}"))

@@ -37,14 +37,7 @@ fn h2_get(addr: SocketAddr, host: &str, path: &str, auth: Option<&str>) -> (u16,
         .build()
         .unwrap();
     rt.block_on(async {
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(s),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = common::h2c(addr).await;
         let mut req = hyper::Request::get(format!("http://{host}{path}"));
         if let Some(a) = auth {
             req = req.header("authorization", a);

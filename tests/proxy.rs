@@ -292,14 +292,7 @@ fn h2c_prior_knowledge_from_clients() {
         .build()
         .unwrap();
     let (status, backend) = rt.block_on(async {
-        let s = tokio::net::TcpStream::connect(web).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(s),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = common::h2c(web).await;
         let req = hyper::Request::get("http://app.test/h2")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();

@@ -713,14 +713,7 @@ fn websocket_upgrades_and_h2_streams_are_pinned() {
         .build()
         .unwrap();
     let seen: Vec<String> = rt.block_on(async {
-        let io = tokio::net::TcpStream::connect(w.ep("web")).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(io),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = common::h2c(w.ep("web")).await;
         let mut out = Vec::new();
         for _ in 0..10 {
             let req = hyper::Request::get("http://ws.test/")
