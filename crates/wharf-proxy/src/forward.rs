@@ -509,10 +509,7 @@ impl Forwarder {
             let sent_at = std::time::Instant::now();
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((resp, pooled))) => {
-                    if cfg!(not(feature = "no-request-metrics")) {
-                        ctx.backend.state.upstream.observe(sent_at.elapsed());
-                    }
-                    ctx.succeeded();
+                    ctx.succeeded(sent_at);
                     return Ok(self.finish(resp, ctx, Some(pooled), conn));
                 }
                 Ok(Err(f)) => f,
@@ -551,12 +548,7 @@ impl Forwarder {
         r: Result<Response<Incoming>, ProxyError>,
     ) -> Result<Response<Incoming>, ProxyError> {
         match &r {
-            Ok(_) => {
-                if cfg!(not(feature = "no-request-metrics")) {
-                    ctx.backend.state.upstream.observe(sent_at.elapsed());
-                }
-                ctx.succeeded()
-            }
+            Ok(_) => ctx.succeeded(sent_at),
             Err(e) => {
                 // hyper-util's client does not tell a client-body error from a
                 // backend failure: only a connect failure, or a body-less
@@ -750,14 +742,8 @@ impl Forwarder {
             let sent_at = std::time::Instant::now();
             let failed = match tokio::time::timeout(self.response_timeout, sent).await {
                 Ok(Ok((mut parts, body))) => {
-                    if cfg!(not(feature = "no-request-metrics")) {
-                        ctx.backend.state.upstream.observe(sent_at.elapsed());
-                    }
-                    ctx.succeeded();
-                    if headers::strip_hop_by_hop(&mut parts.headers, false) {
-                        parts.headers.remove(header::CONTENT_LENGTH);
-                    }
-                    pipeline::respond(conn, &ctx, &mut parts.headers);
+                    ctx.succeeded(sent_at);
+                    respond_head(conn, &ctx, &mut parts.headers);
                     let body = UpstreamBody::raw(body, ctx.guard);
                     return Ok(Response::from_parts(parts, Either::Left(body)));
                 }
@@ -787,17 +773,23 @@ impl Forwarder {
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
-        // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored, and
-        // must not travel on next to a re-framed body.
-        if headers::strip_hop_by_hop(&mut parts.headers, false) {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        pipeline::respond(conn, &ctx, &mut parts.headers);
+        respond_head(conn, &ctx, &mut parts.headers);
         Response::from_parts(
             parts,
             http_body_util::Either::Left(UpstreamBody::new(body, ctx.guard, pooled)),
         )
     }
+}
+
+/// A backend's response head on its way back, from either backend client:
+/// hop-by-hop fields dropped, then the respond phase. RFC 9112 §6.3: with
+/// Transfer-Encoding, Content-Length is ignored, and must not travel on next
+/// to a re-framed body.
+fn respond_head(conn: &ConnInfo, ctx: &Ctx, headers: &mut http::HeaderMap) {
+    if headers::strip_hop_by_hop(headers, false) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    pipeline::respond(conn, ctx, headers);
 }
 
 /// The backend closed its HTTP/2 connection with GOAWAY.

@@ -303,9 +303,13 @@ impl Ctx {
         }
     }
 
-    /// Observe: a response head arrived from the backend.
+    /// Observe: a response head arrived from the backend, `sent_at` after
+    /// the attempt started (the upstream-time metric and passive health).
     #[inline]
-    pub fn succeeded(&self) {
+    pub fn succeeded(&self, sent_at: std::time::Instant) {
+        if cfg!(not(feature = "no-request-metrics")) {
+            self.backend.state.upstream.observe(sent_at.elapsed());
+        }
         self.backend.state.passive_success();
     }
 

@@ -566,10 +566,7 @@ impl Engine<'_> {
             .await;
             let (failure, error, unsent) = match tried {
                 Ok(Ok(got)) => {
-                    if cfg!(not(feature = "no-request-metrics")) {
-                        ctx.backend.state.upstream.observe(sent_at.elapsed());
-                    }
-                    ctx.succeeded();
+                    ctx.succeeded(sent_at);
                     break got;
                 }
                 Ok(Err(Fail::Client)) => {
