@@ -858,6 +858,11 @@ pub fn fuzz_response_round_trip(data: &[u8]) {
     };
     assert_eq!(back.len, out.len(), "bytes after the written head");
     assert_eq!(back.code, resp.code);
+    // A 204 has no body whatever its fields say, and its Content-Length is
+    // not written (as hyper's server drops it): no framing to compare.
+    if resp.code == 204 {
+        return;
+    }
     let expect = match resp.body {
         Framing::Eof => Framing::Chunked,
         other => other,
