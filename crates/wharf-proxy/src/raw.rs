@@ -156,10 +156,10 @@ fn answer(
     resp: &wire::RespHead,
     is_head: bool,
 ) -> (http::response::Parts, RawBody) {
-    let raw = &buf[..resp.len];
+    let raw = buf.split_to(resp.len).freeze();
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = StatusCode::from_u16(resp.code).unwrap_or(StatusCode::BAD_GATEWAY);
-    parts.headers = wire::to_map(raw, fields);
+    parts.headers = wire::to_map_shared(&raw, fields);
     // hyper's client keeps a reason that is not the canonical one, and its
     // server writes it back (the engine does the same).
     let reason = &raw[resp.reason.0 as usize..resp.reason.1 as usize];
@@ -173,7 +173,6 @@ fn answer(
     } else {
         resp.body
     };
-    buf.advance(resp.len);
     let state = match framing {
         Framing::None => State::Length(0),
         Framing::Length(n) => State::Length(n),

@@ -57,9 +57,9 @@ pub(crate) enum Kind {
     Hsts,
 }
 
-/// Lower-case names and their kinds. Matched case-insensitively, length
-/// first: a head's few names cost a few compares each.
-static NAMES: &[(&[u8], Kind)] = &[
+/// Lower-case names and their kinds. Matched case-insensitively among the
+/// names of the same length ([`BY_LEN`]): a field costs one to three compares.
+const NAMES: [(&[u8], Kind); 32] = [
     (b"host", Kind::Host),
     (b"content-length", Kind::ContentLength),
     (b"transfer-encoding", Kind::TransferEncoding),
@@ -94,11 +94,30 @@ static NAMES: &[(&[u8], Kind)] = &[
     (b"strict-transport-security", Kind::Hsts),
 ];
 
+/// The longest name in [`NAMES`].
+const LONGEST: usize = 25;
+
+/// For each length, the indices into [`NAMES`] of the names that long, as bits.
+static BY_LEN: [u32; LONGEST + 1] = by_len();
+
+const fn by_len() -> [u32; LONGEST + 1] {
+    let mut table = [0u32; LONGEST + 1];
+    let mut i = 0;
+    while i < NAMES.len() {
+        table[NAMES[i].0.len()] |= 1 << i;
+        i += 1;
+    }
+    table
+}
+
 pub(crate) fn kind_of(name: &[u8]) -> Kind {
-    for (n, k) in NAMES {
-        if n.len() == name.len() && n.eq_ignore_ascii_case(name) {
-            return *k;
+    let mut candidates = BY_LEN.get(name.len()).copied().unwrap_or(0);
+    while candidates != 0 {
+        let (n, k) = NAMES[candidates.trailing_zeros() as usize];
+        if n.eq_ignore_ascii_case(name) {
+            return k;
         }
+        candidates &= candidates - 1;
     }
     if name.contains(&b'_') && name.len() <= 32 {
         let mut lower = [0u8; 32];
@@ -500,13 +519,29 @@ pub(crate) fn write_request(
 /// A head's fields as a header map, for the phases that work on one (the
 /// features a route configures: stickiness, authentication, header rules).
 pub(crate) fn to_map(head: &[u8], fields: &[Field]) -> HeaderMap {
+    map_with(head, fields, |f| {
+        HeaderValue::from_bytes(f.value(head)).ok()
+    })
+}
+
+/// As [`to_map`], with values that share `head`'s bytes instead of copying
+/// them: one reference count per value, not one allocation.
+pub(crate) fn to_map_shared(head: &bytes::Bytes, fields: &[Field]) -> HeaderMap {
+    map_with(head, fields, |f| {
+        let (start, end) = (f.value.0 as usize, f.value.1 as usize);
+        HeaderValue::from_maybe_shared(head.slice(start..end)).ok()
+    })
+}
+
+fn map_with(
+    head: &[u8],
+    fields: &[Field],
+    value: impl Fn(&Field) -> Option<HeaderValue>,
+) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(fields.len() + 4);
     for f in fields {
         // httparse checked both; a field the http crate refuses is dropped.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(f.name(head)),
-            HeaderValue::from_bytes(f.value(head)),
-        ) {
+        if let (Ok(n), Some(v)) = (HeaderName::from_bytes(f.name(head)), value(f)) {
             map.append(n, v);
         }
     }
@@ -926,6 +961,26 @@ mod tests {
 
     fn request(raw: &[u8]) -> Parse<ReqHead> {
         parse_request(raw, &mut Vec::new(), 100)
+    }
+
+    #[test]
+    fn every_name_has_its_kind_in_any_case() {
+        for (name, kind) in NAMES {
+            assert_eq!(kind_of(name), kind, "{}", String::from_utf8_lossy(name));
+            let upper = name.to_ascii_uppercase();
+            assert_eq!(kind_of(&upper), kind);
+        }
+        for other in [
+            &b""[..],
+            b"x",
+            b"hosts",
+            b"hos",
+            b"x-forwarded-fo",
+            b"a-name-longer-than-any-known-one",
+        ] {
+            assert_eq!(kind_of(other), Kind::Other);
+        }
+        assert_eq!(kind_of(b"X_Forwarded_For"), Kind::Untrusted);
     }
 
     #[test]
