@@ -600,17 +600,19 @@ where
         let c = for_svc.clone();
         c.started.fetch_add(1, Ordering::Relaxed);
         c.in_flight.fetch_add(1, Ordering::Relaxed);
-        // Not boxed: hyper keeps a slot the size of this future (3.8 KiB)
-        // for the connection's whole life, but boxing it per request copies
-        // it into the box on every request (+800 instructions, 1.9 %, when
-        // it was 6 KiB; docs/benchmarks.md, memory per idle connection).
-        async move {
+        // Boxed: the future is 3.8 KiB. HTTP/2 spawns a task per stream,
+        // and hyper and tokio move the stream's future (and write the task's
+        // stage, the future's size) about eight times over its life: 3.4k
+        // instructions per request unboxed, one copy into the box boxed
+        // (docs/benchmarks.md, HTTP/2 counted). HTTP/1.1 here is only what
+        // the engine declined, which pays that one copy.
+        Box::pin(async move {
             let mut stream = Stream(c, false);
             let c = &stream.0;
             let resp = c.ep.fwd.handle(&c.info, req).await;
             stream.1 = true;
             Ok::<_, Infallible>(resp)
-        }
+        })
     });
     let io = Inactivity::writes(io, s.client_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
