@@ -46,7 +46,7 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// removed so an application cannot be told a forged scheme, port, address or
 /// URL (RFC 7239 `Forwarded` included; `X-Original-URL`/`X-Rewrite-URL` are
 /// read by IIS and Symfony as the request's real path, past any route).
-static UNTRUSTED_DROP: [&HeaderName; 12] = [
+pub(crate) static UNTRUSTED_DROP: [&HeaderName; 12] = [
     &FORWARDED,
     &X_FORWARDED_PORT,
     &X_FORWARDED_PREFIX,

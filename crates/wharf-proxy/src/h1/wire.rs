@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::headers::{forwarding_alias, ClientInfo};
+use crate::headers::ClientInfo;
 
 /// Fields parsed per head at most; a head with more goes to hyper (request)
 /// or is a 502 (response).
@@ -113,22 +113,46 @@ const fn by_len() -> [u32; LONGEST + 1] {
 pub(crate) fn kind_of(name: &[u8]) -> Kind {
     let mut candidates = BY_LEN.get(name.len()).copied().unwrap_or(0);
     while candidates != 0 {
-        let (n, k) = NAMES[candidates.trailing_zeros() as usize];
-        if n.eq_ignore_ascii_case(name) {
-            return k;
-        }
+        let (known, kind) = NAMES[candidates.trailing_zeros() as usize];
         candidates &= candidates - 1;
-    }
-    if name.contains(&b'_') && name.len() <= 32 {
-        let mut lower = [0u8; 32];
-        let lower = &mut lower[..name.len()];
-        lower.copy_from_slice(name);
-        lower.make_ascii_lowercase();
-        if std::str::from_utf8(lower).is_ok_and(forwarding_alias) {
-            return Kind::Untrusted;
+        match same_name(known, name) {
+            Some(false) => return kind,
+            // A forwarding field spelled with `_` for `-` (`headers::forwarding_alias`).
+            Some(true) if kind.is_forwarding() => return Kind::Untrusted,
+            _ => {}
         }
     }
     Kind::Other
+}
+
+/// Whether `name` is `known` (lower case) in any case, and if so whether it
+/// spelled a `-` as `_`: one pass, stopping at the first byte that differs.
+fn same_name(known: &[u8], name: &[u8]) -> Option<bool> {
+    let mut underscore = false;
+    for (&k, &n) in known.iter().zip(name) {
+        if k != n.to_ascii_lowercase() {
+            if k == b'-' && n == b'_' {
+                underscore = true;
+            } else {
+                return None;
+            }
+        }
+    }
+    Some(underscore)
+}
+
+impl Kind {
+    /// A field Wharf sets, or drops from an untrusted peer.
+    fn is_forwarding(self) -> bool {
+        matches!(
+            self,
+            Kind::XForwardedFor
+                | Kind::XForwardedProto
+                | Kind::XForwardedHost
+                | Kind::XRealIp
+                | Kind::Untrusted
+        )
+    }
 }
 
 /// One field of a head: offsets into the head's bytes.
@@ -981,6 +1005,26 @@ mod tests {
             assert_eq!(kind_of(other), Kind::Other);
         }
         assert_eq!(kind_of(b"X_Forwarded_For"), Kind::Untrusted);
+        // The `_` spellings are exactly the headers module's forwarding aliases.
+        for (name, _) in NAMES {
+            let under: Vec<u8> = name
+                .iter()
+                .map(|&b| if b == b'-' { b'_' } else { b })
+                .collect();
+            if under != name {
+                let alias = crate::headers::forwarding_alias(std::str::from_utf8(&under).unwrap());
+                assert_eq!(
+                    kind_of(&under) == Kind::Untrusted,
+                    alias,
+                    "{}",
+                    String::from_utf8_lossy(&under)
+                );
+            }
+        }
+        assert_eq!(kind_of(b"content_length"), Kind::Other);
+        for name in crate::headers::UNTRUSTED_DROP {
+            assert_eq!(kind_of(name.as_str().as_bytes()), Kind::Untrusted, "{name}");
+        }
     }
 
     #[test]
