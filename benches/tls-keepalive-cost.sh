@@ -15,6 +15,9 @@
 # Plain HTTP and A/B of builds or route settings (what a change to the request path
 # costs, counted):
 #   SCHEME=http      plain keep-alive instead of TLS (the rig's plain HAProxy and Wharf)
+#   MODES=cpu        user and system CPU time per request, from /proc (timed, so
+#                    noisy: use a large N and compare targets of the same run)
+#   URL_PATH=/4k     the 4 KiB body (the harness's ka4k cell) instead of 100 bytes
 #   PROTO=h2         HTTP/2 over TLS (ALPN h2, one stream at a time per connection,
 #                    h2load -m 1) instead of HTTP/1.1
 #   TARGETS="..."    any of: haproxy wharf base [haproxy wharf]; `base` runs BASE_BIN
@@ -64,6 +67,9 @@ fi
 nginx -c "$run/backend.conf" >/dev/null 2>&1 & pids+=($!)
 export WHARF_LOG=warn
 
+# TCP segments sent by the whole machine (loopback: both directions of each hop).
+out_segs() { awk '/^Tcp:/ { if (h) print $12; h = 1 }' /proc/net/snmp; }
+
 measure() { # measure TARGET MODE
   local t=$1 mode=$2 port=$HA n=$N pid i envs=()
   local cmd=(haproxy -db -f "$run/haproxy.cfg")
@@ -88,12 +94,13 @@ measure() { # measure TARGET MODE
   fi
   pid=$!; pids+=("$pid")
   for i in $(seq 300); do curl -skf -o /dev/null "$SCHEME://127.0.0.1:$port/hello" && break; sleep 0.1; done
-  local url="$SCHEME://127.0.0.1:$port/hello"
+  local url="$SCHEME://127.0.0.1:$port${URL_PATH:-/hello}"
   taskset -c 1 h2load "$proto_arg" -n 200 -c "$CONNS" "$url" >/dev/null 2>&1
   local sp=
   case $mode in
     strace) strace -c -f -p "$pid" -o "$run/strace.$t" 2>/dev/null & sp=$!; sleep 1 ;;
     callgrind) callgrind_control -d "$pid" >/dev/null; sleep 1 ;;
+    cpu) local t0 s0; t0=$(awk '{ print $14, $15 }' "/proc/$pid/stat"); s0=$(out_segs) ;;
   esac
   local ok; ok=$(taskset -c 1 h2load "$proto_arg" -n "$n" -c "$CONNS" "${load_args[@]}" "$url" | awk '/^requests:/ { print $8 }')
   case $mode in
@@ -102,6 +109,9 @@ measure() { # measure TARGET MODE
         $NF ~ /^(read|write|writev|readv|sendto|recvfrom|sendmsg|recvmsg|epoll_wait|clock_gettime)$/ {
           e = (NF == 6) ? $5 : 0; printf " %s %.2f", $NF, $4 / n; if (e) printf " (%.2f failed)", e / n }
         END { print "" }' "$run/strace.$t" ;;
+    cpu) awk -v t="$t" -v n="$n" -v ok="$ok" -v t0="$t0" -v hz="$(getconf CLK_TCK)" '{ split(t0, a, " ")
+        printf "%-8s cpu       %d requests (%d ok), per request: user %.2f us, system %.2f us, TCP segments %.2f\n", t, n, ok,
+          ($14 - a[1]) * 1e6 / hz / n, ($15 - a[2]) * 1e6 / hz / n, (segs - s0) / n }' segs="$(out_segs)" s0="$s0" "/proc/$pid/stat" ;;
     callgrind) callgrind_control -d "$pid" >/dev/null; sleep 1
       awk -v t="$t" -v n="$n" -v ok="$ok" '/^summary:/ { printf "%-8s callgrind %d requests (%s ok): %.0f instructions per request\n", t, n, ok, $2 / n }' \
         "$run/cg.$t.2" ;;

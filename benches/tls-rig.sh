@@ -18,7 +18,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
   -keyout "$run/key.pem" -out "$run/cert.pem" >/dev/null 2>&1
 cat "$run/cert.pem" "$run/key.pem" > "$run/combined.pem"
-mkdir -p "$run/www"; head -c 100 /dev/zero | tr '\0' x > "$run/www/hello"
+mkdir -p "$run/www"; head -c 100 /dev/zero | tr '\0' x > "$run/www/hello"; head -c 4096 /dev/zero | tr '\0' x > "$run/www/4k"
 
 cat > "$run/backend.conf" <<EOF
 worker_processes 1; daemon off; pid $run/nginx.pid; error_log $run/nginx.err warn;
