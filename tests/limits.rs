@@ -349,3 +349,45 @@ fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
     assert!(seen.header("upgrade").is_none());
     assert!(seen.header("http2-settings").is_none());
 }
+
+/// `max_connection_age` closes an idle keep-alive connection once the
+/// connection is that old, on the engine and on the hyper path alike, and a
+/// request in progress at that moment is answered first, with `Connection: close`.
+#[test]
+fn max_connection_age_closes_idle_and_busy_http1_connections() {
+    let a = Backend::start("a");
+    for env in [&[][..], &[("WHARF_HTTP1_ENGINE", "hyper")][..]] {
+        let w = Wharf::start_env(
+            &(config("max_connection_age = \"1s\"") + &route("app.test", "/", &[a.addr], "")),
+            env,
+        );
+        let ep = w.ep("web");
+        // Idle after one request: closed at the age, not at the idle timeout (60 s).
+        let born = Instant::now();
+        let mut s = TcpStream::connect(ep).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        send_get(&mut s, "app.test", "/");
+        let first = read_response(&mut s);
+        assert_eq!(first.status, 200);
+        assert_eq!(first.header("connection"), None, "{env:?}");
+        let mut b = [0u8; 1];
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "{env:?}: the connection stayed open"
+        );
+        let took = born.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{env:?}: closed after {took:?}"
+        );
+        // Busy at the age: the response in progress comes first, marked close.
+        let mut s = TcpStream::connect(ep).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        send_get(&mut s, "app.test", "/slow?ms=1500");
+        let held = read_response(&mut s);
+        assert_eq!(held.status, 200, "{env:?}");
+        assert_eq!(held.header("connection"), Some("close"), "{env:?}");
+        assert_eq!(s.read(&mut b).unwrap(), 0, "{env:?}");
+    }
+}

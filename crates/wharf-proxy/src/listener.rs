@@ -632,7 +632,10 @@ where
     let (mut seen, mut quiet_ticks) = (0u32, 0u8);
     // `max_connection_age`: a graceful close, so clients spread over
     // replicas again and a long-lived connection cannot pin one forever.
-    let age = tokio::time::sleep(s.max_connection_age);
+    // From the connection's start: the engine may have served it before.
+    let age = tokio::time::sleep_until(
+        tokio::time::Instant::from_std(shared.info.born) + s.max_connection_age,
+    );
     tokio::pin!(age);
     let mut closing = false;
     // Made once: a `Notified` made per wake-up would lock the waiter list

@@ -306,7 +306,7 @@ impl Engine<'_> {
                         } else if cancelled.as_mut().poll(cx).is_ready() {
                             Poll::Ready(false)
                         } else if deadline.as_mut().poll(cx).is_ready() {
-                            debug!(client = %self.conn.client, "no request head in time; closing");
+                            debug!(client = %self.conn.client, "idle past the head timeout or max_connection_age; closing");
                             Poll::Ready(false)
                         } else {
                             Poll::Pending
@@ -324,6 +324,13 @@ impl Engine<'_> {
                 }
             }
         }
+    }
+
+    /// When the connection reaches `max_connection_age`, if it has one: an
+    /// idle connection is closed then, as hyper's graceful close closes one.
+    fn aged_at(&self) -> Option<tokio::time::Instant> {
+        let age = self.settings.max_connection_age;
+        (!age.is_zero()).then(|| tokio::time::Instant::from_std(self.conn.born) + age)
     }
 
     /// From the first byte of a request to the moment nothing is left to
@@ -346,11 +353,19 @@ impl Engine<'_> {
             ..State::default()
         };
         let mut first = true;
+        // When the head being read must be complete; `deadline` may be
+        // earlier, at the connection's age limit, which closes it only while
+        // idle (hyper's graceful close does not cut a head either).
+        let mut head_by = deadline.deadline();
         loop {
             let next = tokio::select! {
                 biased;
                 next = self.read_head(io, &mut st, first) => next,
                 () = deadline.as_mut() => {
+                    if tokio::time::Instant::now() < head_by {
+                        deadline.as_mut().reset(head_by);
+                        continue;
+                    }
                     debug!(client = %self.conn.client, "no request head in time; closing");
                     return Busy::Exit(Exit::Closed);
                 }
@@ -366,9 +381,9 @@ impl Engine<'_> {
                 Outcome::KeepAlive => {
                     served = true;
                     let between = s.header_read_timeout.min(s.idle_timeout);
-                    deadline
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + between);
+                    head_by = tokio::time::Instant::now() + between;
+                    let by = self.aged_at().map_or(head_by, |aged| aged.min(head_by));
+                    deadline.as_mut().reset(by);
                     continue;
                 }
                 Outcome::Linger => {
