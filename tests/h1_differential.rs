@@ -78,12 +78,13 @@ fn line(s: &mut impl Read, pending: &mut Vec<u8>) -> Option<String> {
 }
 
 /// Reads a body by the message's fields; `until_close` for a response
-/// without length.
+/// without length. A chunked body's trailer fields go to `trailers`.
 fn read_body(
     s: &mut impl Read,
     pending: &mut Vec<u8>,
     fields: &[(String, String)],
     until_close: bool,
+    trailers: &mut Vec<(String, String)>,
 ) -> Vec<u8> {
     let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -94,8 +95,16 @@ fn read_body(
                 usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap();
             if size == 0 {
                 // Trailers, up to the empty line.
-                while !line(s, pending).unwrap().is_empty() {}
-                return body;
+                loop {
+                    let l = line(s, pending).unwrap();
+                    let Some((n, v)) = l.split_once(':') else {
+                        return body;
+                    };
+                    trailers.push((
+                        format!("trailer {}", n.trim().to_ascii_lowercase()),
+                        v.trim().into(),
+                    ));
+                }
             }
             assert!(fill(s, pending, size + 2));
             body.extend_from_slice(&pending[..size]);
@@ -155,7 +164,7 @@ impl Scripted {
                 if start.starts_with("STOP") {
                     return;
                 }
-                let body = read_body(&mut s, &mut pending, &fields, false);
+                let body = read_body(&mut s, &mut pending, &fields, false, &mut Vec::new());
                 let n: usize = start
                     .split_whitespace()
                     .nth(1)
@@ -209,13 +218,16 @@ fn client(addr: SocketAddr, raw: &[u8], heads: &[bool]) -> Vec<Message> {
     let mut pending = Vec::new();
     let mut out = Vec::new();
     for &head_request in heads {
-        let (start, fields) = read_head(&mut s, &mut pending).expect("a response");
+        let (start, mut fields) = read_head(&mut s, &mut pending).expect("a response");
         let code: u16 = start.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut trailers = Vec::new();
         let body = if head_request || code == 204 || code == 304 {
             Vec::new()
         } else {
-            read_body(&mut s, &mut pending, &fields, true)
+            read_body(&mut s, &mut pending, &fields, true, &mut trailers)
         };
+        // Trailer fields count as fields, marked.
+        fields.extend(trailers);
         out.push(Message {
             start,
             fields: sorted(fields),
@@ -271,6 +283,20 @@ fn cases() -> Vec<Case> {
             get(""),
             vec![false],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        ),
+        c(
+            // hyper's server passes on the declared trailer fields that may be
+            // trailers, to a client whose TE lists `trailers`; the engine too.
+            "declared-trailers-to-a-client-that-takes-them",
+            get("TE: gzip, trailers\r\n"),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum, Set-Cookie, x-later\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\nSet-Cookie: a=1\r\nX-Undeclared: 1\r\nX-Later: 2\r\nx-checksum: def\r\n\r\n",
+        ),
+        c(
+            "declared-trailers-to-a-client-that-does-not-take-them",
+            get(""),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n",
         ),
         c(
             "close-delimited",

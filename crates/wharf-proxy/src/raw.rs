@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -235,7 +235,7 @@ impl RawBody {
             _ => Vec::new(),
         };
         self.end();
-        trailer_map(&trailers).map(Frame::trailers)
+        wire::trailer_map(&trailers).map(Frame::trailers)
     }
 
     /// The next frame from what is buffered, if any; `None` asks for a read.
@@ -293,33 +293,6 @@ impl RawBody {
             }
         }
     }
-}
-
-/// A trailer section's lines as fields; `None` when there are none (or none
-/// that parse: trailers are dropped then, as RFC 9110 §6.5.1 allows).
-fn trailer_map(lines: &[u8]) -> Option<HeaderMap> {
-    if lines.is_empty() {
-        return None;
-    }
-    let mut section = Vec::with_capacity(lines.len() + 2);
-    section.extend_from_slice(lines);
-    section.extend_from_slice(b"\r\n");
-    let mut raw = [httparse::EMPTY_HEADER; 32];
-    let httparse::Status::Complete((_, fields)) =
-        httparse::parse_headers(&section, &mut raw).ok()?
-    else {
-        return None;
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(f.name.as_bytes()),
-            http::HeaderValue::from_bytes(f.value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    (!map.is_empty()).then_some(map)
 }
 
 impl Drop for RawBody {

@@ -644,7 +644,16 @@ impl Engine<'_> {
             .observe(Some(&ctx.route), resp.code, method_index(&method), start);
         let up = (up, body_done);
         let (status, relayed) = self
-            .respond(io, st, &mut ctx, up, resp, is_head, close)
+            .respond(
+                io,
+                st,
+                &mut ctx,
+                up,
+                resp,
+                is_head,
+                h.accepts_trailers,
+                close,
+            )
             .await;
         if let Some(p) = pending {
             p.finish_with(status, relayed.bytes);
@@ -959,6 +968,7 @@ impl Engine<'_> {
         (mut up, sent_whole): (TcpStream, bool),
         resp: RespHead,
         is_head: bool,
+        accepts_trailers: bool,
         close: bool,
     ) -> (u16, Relayed) {
         let conn = self.conn;
@@ -1006,9 +1016,18 @@ impl Engine<'_> {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        // Trailer fields reach a client that takes them, if the response
+        // declared them (as hyper's server sends them).
+        let trailers = if accepts_trailers && framing == Framing::Chunked {
+            wire::declared_trailers(raw, &st.rfields)
+        } else {
+            Vec::new()
+        };
         st.bbuf.consume(resp.len);
         let status = resp.code;
-        let relayed = self.relay(io, st, &mut up, framing, &mut ctx.guard).await;
+        let relayed = self
+            .relay(io, st, &mut up, framing, &trailers, &mut ctx.guard)
+            .await;
         if relayed.clean
             && sent_whole
             && !resp.close
@@ -1030,6 +1049,7 @@ impl Engine<'_> {
         st: &mut State,
         up: &mut TcpStream,
         framing: Framing,
+        trailers: &[http::HeaderName],
         guard: &mut InflightGuard,
     ) -> Relayed {
         let mut r = Relayed {
@@ -1081,7 +1101,11 @@ impl Engine<'_> {
                 r.clean = true;
             }
             Framing::Chunked => {
-                let mut chunked = Chunked::default();
+                let mut chunked = if trailers.is_empty() {
+                    Chunked::default()
+                } else {
+                    Chunked::keeping_trailers()
+                };
                 loop {
                     let before = st.out.len();
                     match chunked.decode(st.bbuf.pending(), &mut st.out) {
@@ -1095,6 +1119,9 @@ impl Engine<'_> {
                     if chunked.is_done() || st.bbuf.is_empty() || st.out.len() >= BODY_CHUNK {
                         if chunked.is_done() {
                             guard.release();
+                            if !trailers.is_empty() {
+                                wire::write_last_chunk(&mut st.out, &chunked.trailers, trailers);
+                            }
                         }
                         if io.write_all(&st.out).await.is_err() {
                             return r;

@@ -206,6 +206,8 @@ pub(crate) struct ReqHead {
     pub close: bool,
     /// Every `TE` field says `trailers` (kept for the backend).
     pub te_trailers: bool,
+    /// A `TE` field lists `trailers`: the client takes trailer fields.
+    pub accepts_trailers: bool,
 }
 
 /// Where `part` lies in `base`. A part that is not inside it (httparse
@@ -309,7 +311,7 @@ pub(crate) fn parse_request(
     }
     fields.clear();
     let (mut host, mut body, mut close, mut te_trailers) = (None, Framing::None, false, true);
-    let mut has_te = false;
+    let (mut has_te, mut accepts_trailers) = (false, false);
     for h in req.headers.iter() {
         let kind = kind_of(h.name.as_bytes());
         match kind {
@@ -343,6 +345,10 @@ pub(crate) fn parse_request(
             Kind::Te => {
                 has_te = true;
                 te_trailers &= trim(h.value).eq_ignore_ascii_case(b"trailers");
+                accepts_trailers |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
             }
             _ => {}
         }
@@ -366,6 +372,7 @@ pub(crate) fn parse_request(
         body,
         close,
         te_trailers: has_te && te_trailers,
+        accepts_trailers,
     })
 }
 
@@ -667,8 +674,9 @@ pub(crate) fn put_date(out: &mut Vec<u8>) {
 }
 
 /// The chunked coding (RFC 9112 §7.1), decoded and written again: sizes in
-/// plain hex, extensions and trailer fields dropped (RFC 9110 §6.5.1 lets a
-/// recipient that removes the coding discard trailers).
+/// plain hex, extensions dropped, and trailer fields dropped (RFC 9110 §6.5.1
+/// lets a recipient that removes the coding discard trailers) unless kept
+/// ([`Chunked::keeping_trailers`]).
 #[derive(Debug, Default)]
 pub(crate) struct Chunked {
     state: ChunkState,
@@ -677,8 +685,10 @@ pub(crate) struct Chunked {
     pub data: u64,
     /// Writes the data alone, without the chunked framing ([`Chunked::plain`]).
     plain: bool,
-    /// In plain mode, the trailer section's lines as received (each with its
-    /// CRLF), for the caller to pass on as trailer fields.
+    /// Keeps the trailer section and leaves the last chunk to the caller.
+    keep: bool,
+    /// In plain mode, or when kept, the trailer section's lines as received
+    /// (each with its CRLF), for the caller to pass on as trailer fields.
     pub trailers: Vec<u8>,
 }
 
@@ -702,6 +712,15 @@ impl Chunked {
     pub fn plain() -> Self {
         Chunked {
             plain: true,
+            ..Chunked::default()
+        }
+    }
+
+    /// A re-encoding decoder that keeps the trailer section and does not
+    /// write the last chunk: the caller ends the body ([`write_last_chunk`]).
+    pub fn keeping_trailers() -> Self {
+        Chunked {
+            keep: true,
             ..Chunked::default()
         }
     }
@@ -787,7 +806,7 @@ impl Chunked {
                     let Some(eol) = crlf_line(rest, MAX_TRAILERS, "trailer line")? else {
                         return Ok(at);
                     };
-                    if self.plain && eol > 1 {
+                    if (self.plain || self.keep) && eol > 1 {
                         if self.trailers.len() + eol + 1 > MAX_TRAILERS {
                             return Err(BadChunk("trailer section"));
                         }
@@ -795,7 +814,7 @@ impl Chunked {
                     }
                     at += eol + 1;
                     if eol == 1 {
-                        if !self.plain {
+                        if !self.plain && !self.keep {
                             out.extend_from_slice(b"0\r\n\r\n");
                         }
                         self.state = ChunkState::Done;
@@ -804,6 +823,77 @@ impl Chunked {
             }
         }
     }
+}
+
+/// A trailer section's lines as fields; `None` when there are none (or none
+/// that parse: trailers are dropped then, as RFC 9110 §6.5.1 allows).
+pub(crate) fn trailer_map(lines: &[u8]) -> Option<HeaderMap> {
+    if lines.is_empty() {
+        return None;
+    }
+    let mut section = Vec::with_capacity(lines.len() + 2);
+    section.extend_from_slice(lines);
+    section.extend_from_slice(b"\r\n");
+    let mut raw = [httparse::EMPTY_HEADER; 32];
+    let httparse::Status::Complete((_, fields)) =
+        httparse::parse_headers(&section, &mut raw).ok()?
+    else {
+        return None;
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    (!map.is_empty()).then_some(map)
+}
+
+/// The names a response's `Trailer` fields declare.
+pub(crate) fn declared_trailers(head: &[u8], fields: &[Field]) -> Vec<HeaderName> {
+    fields
+        .iter()
+        .filter(|f| f.name(head).eq_ignore_ascii_case(b"trailer"))
+        .flat_map(|f| f.value(head).split(|b| *b == b','))
+        .filter_map(|n| HeaderName::from_bytes(trim(n)).ok())
+        .collect()
+}
+
+/// Ends a chunked body kept by [`Chunked::keeping_trailers`]: the last
+/// chunk, the trailer fields `declared` names that may be trailers, the
+/// empty line. What hyper's server sends a client that takes trailers: the
+/// declared fields only, grouped by name, never one that frames, routes,
+/// authenticates or sets cookies (RFC 9110 §6.5.1).
+pub(crate) fn write_last_chunk(out: &mut Vec<u8>, lines: &[u8], declared: &[HeaderName]) {
+    use http::header as h;
+    out.extend_from_slice(b"0\r\n");
+    let forbidden = [
+        h::AUTHORIZATION,
+        h::CACHE_CONTROL,
+        h::CONTENT_ENCODING,
+        h::CONTENT_LENGTH,
+        h::CONTENT_RANGE,
+        h::CONTENT_TYPE,
+        h::HOST,
+        h::MAX_FORWARDS,
+        h::SET_COOKIE,
+        h::TRAILER,
+        h::TRANSFER_ENCODING,
+        h::TE,
+    ];
+    if let Some(map) = trailer_map(lines) {
+        let mut kept = HeaderMap::new();
+        for (name, value) in &map {
+            if declared.contains(name) && !forbidden.contains(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        write_map(out, &kept);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Where the line at the start of `rest` ends (the index of its `\n`, after a
@@ -965,6 +1055,20 @@ pub fn fuzz_chunked(data: &[u8], step: usize) {
             assert_eq!(again.decode(&out, &mut out3), Ok(out.len()));
             assert!(again.is_done());
             assert_eq!(out3, out);
+            // Kept trailers, every one declared: still valid chunked coding,
+            // with the same data.
+            let mut kept = Chunked::keeping_trailers();
+            let mut out4 = Vec::new();
+            assert_eq!(kept.decode(data, &mut out4), Ok(n));
+            let declared: Vec<HeaderName> = trailer_map(&kept.trailers)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            write_last_chunk(&mut out4, &kept.trailers, &declared);
+            let mut check = Chunked::plain();
+            let mut data_only = Vec::new();
+            assert_eq!(check.decode(&out4, &mut data_only), Ok(out4.len()));
+            assert!(check.is_done());
+            assert_eq!(check.data, whole.data);
         }
         Ok(_) => assert!(!split.is_done() && split_result.is_ok()),
         Err(_) => {}
