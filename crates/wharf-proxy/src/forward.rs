@@ -734,7 +734,7 @@ impl Forwarder {
         );
         let is_head = parts.method == http::Method::HEAD;
         loop {
-            let resend = crate::raw::Resend {
+            let resend = crate::h1::Resend {
                 safe,
                 elsewhere: ctx.route.backends.all().len() > 1,
             };

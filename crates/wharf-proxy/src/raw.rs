@@ -27,7 +27,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
-use crate::h1::wire::{self, Chunked, Field, Framing, Parse};
+use crate::h1::wire::{self, Chunked, Field, Framing, Step};
+use crate::h1::Resend;
 use crate::pipeline::Failure;
 use crate::pool::H1Pool;
 
@@ -50,20 +51,6 @@ enum Exchange {
     },
 }
 
-fn malformed(why: &'static str) -> Exchange {
-    Exchange::Failed(RawFailure {
-        failure: Failure::Malformed,
-        error: ProxyError::Upstream(why.into()),
-    })
-}
-
-/// What may be repeated after a reused connection failed.
-pub(crate) struct Resend {
-    pub safe: bool,
-    /// The route has another backend it could retry on anyway.
-    pub elsewhere: bool,
-}
-
 /// One attempt: `head` out on a pooled (or new) connection to `addr`, the
 /// response head in.
 pub(crate) async fn send(
@@ -84,8 +71,7 @@ pub(crate) async fn send(
         Ok(resp) => Ok(answer(pool, addr, up, buf, &fields, &resp, is_head)),
         Err(Exchange::Failed(f)) => Err(f),
         Err(Exchange::Closed { written }) => {
-            let again = !written || (resend.safe && (stale_risk || resend.elsewhere));
-            if reused && again {
+            if reused && resend.again(written, stale_risk) {
                 let mut fresh = pool.connect_raw(addr).await.map_err(connect_failed)?;
                 buf.clear();
                 return match exchange(&mut fresh, head, &mut buf, &mut fields).await {
@@ -117,24 +103,19 @@ async fn exchange(
         .await
         .map_err(|_| Exchange::Closed { written: false })?;
     loop {
-        match wire::parse_response(buf, fields) {
-            // Interim responses are dropped, as hyper's client drops them.
-            Parse::Done(r) if (100..200).contains(&r.code) => {
-                if r.code == 101 {
-                    return Err(malformed("101 to a request without Upgrade"));
-                }
-                buf.advance(r.len);
+        match wire::response_step(buf, fields) {
+            Step::Interim(len) => {
+                buf.advance(len);
                 continue;
             }
-            Parse::Done(r) => return Ok(r),
-            Parse::Decline(why) if why == wire::UNSUPPORTED_CODING => {
+            Step::Final(r) => return Ok(r),
+            Step::Bad { failure, why } => {
                 return Err(Exchange::Failed(RawFailure {
-                    failure: Failure::Protocol,
+                    failure,
                     error: ProxyError::Upstream(why.into()),
                 }))
             }
-            Parse::Decline(why) => return Err(malformed(why)),
-            Parse::Partial => {}
+            Step::More => {}
         }
         buf.reserve(HEAD_CHUNK);
         match up.read_buf(buf).await {

@@ -42,7 +42,7 @@ use crate::error::ProxyError;
 use crate::forward::{ConnInfo, Forwarder, Seen};
 use crate::pipeline::{self, Ctx, Failure, Head, Routed, ACME_CHALLENGE};
 use crate::ListenerSettings;
-use wire::{Chunked, Field, Framing, Parse, ReqHead, RespHead};
+use wire::{Chunked, Field, Framing, Parse, ReqHead, RespHead, Step};
 
 /// A client stream the engine can wait on without holding a buffer.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
@@ -713,12 +713,7 @@ impl Engine<'_> {
             Ok((resp, done)) => Ok((up, resp, done)),
             Err(Exchange::Failed(f)) => Err(f),
             Err(Exchange::Closed { written }) => {
-                // As `Forwarder::send_failed`: a request none of which was
-                // written goes again; a written one only when safe and kept
-                // (idle long enough to be stale, or a route that could retry
-                // it elsewhere anyway).
-                let again = !written || (resend.safe && (stale_risk || resend.elsewhere));
-                if reused && body == Framing::None && again {
+                if reused && body == Framing::None && resend.again(written, stale_risk) {
                     let mut fresh = pool.connect_raw(addr).await.map_err(connect_failed)?;
                     return match self.exchange(io, st, &mut fresh, body).await {
                         Ok((resp, done)) => Ok((fresh, resp, done)),
@@ -828,29 +823,22 @@ impl Engine<'_> {
         // The response head; interim (1xx) responses are dropped, as the
         // hyper path's client does.
         loop {
-            match wire::parse_response(st.bbuf.pending(), &mut st.rfields) {
-                Parse::Done(r) if (100..200).contains(&r.code) => {
-                    if r.code == 101 {
-                        return Err(malformed("101 to a request without Upgrade"));
-                    }
-                    st.bbuf.consume(r.len);
+            match wire::response_step(st.bbuf.pending(), &mut st.rfields) {
+                Step::Interim(len) => {
+                    st.bbuf.consume(len);
                     continue;
                 }
-                Parse::Done(r) => return Ok((r, done)),
-                Parse::Decline(why) if why == wire::UNSUPPORTED_CODING => {
-                    return Err(Exchange::Failed(Fail::Backend {
-                        failure: Failure::Protocol,
-                        error: ProxyError::Upstream(why.into()),
-                        unsent: false,
-                    }))
-                }
-                Parse::Decline(why) => return Err(malformed(why)),
-                Parse::Partial => {}
+                Step::Final(r) => return Ok((r, done)),
+                Step::Bad { failure, why } => return Err(bad(failure, why)),
+                Step::More => {}
             }
             match st.bbuf.read_from(up, BODY_CHUNK).await {
                 Ok(0) | Err(_) if st.bbuf.is_empty() => return Err(written(true)),
                 Ok(0) | Err(_) => {
-                    return Err(malformed("connection closed inside the response head"))
+                    return Err(bad(
+                        Failure::Malformed,
+                        "connection closed inside the response head",
+                    ))
                 }
                 Ok(_) => {}
             }
@@ -1203,15 +1191,24 @@ fn backend_answered(bbuf: &mut Buf, rfields: &mut Vec<Field>, up: &TcpStream) ->
     }
 }
 
-/// When a request written on a reused connection that closed without an
-/// answer goes once more, on a fresh connection (`Forwarder::send_failed`'s
-/// rule).
+/// When a request on a reused connection that closed without an answer goes
+/// once more, on a fresh connection (`Forwarder::send_failed`'s rule), for
+/// both raw clients (the engine and [`crate::raw`]).
 #[derive(Clone, Copy)]
-struct Resend {
+pub(crate) struct Resend {
     /// Safe to repeat (a GET, HEAD or OPTIONS without a body).
-    safe: bool,
+    pub safe: bool,
     /// The route has another backend (the hyper path keeps a copy then).
-    elsewhere: bool,
+    pub elsewhere: bool,
+}
+
+impl Resend {
+    /// A request none of which was `written` goes again; a written one only
+    /// when safe and either at risk of a stale connection (idle long enough)
+    /// or on a route that could retry it elsewhere anyway.
+    pub(crate) fn again(self, written: bool, stale_risk: bool) -> bool {
+        !written || (self.safe && (stale_risk || self.elsewhere))
+    }
 }
 
 /// An exchange that did not bring a response head.
@@ -1243,10 +1240,10 @@ fn sent_body_failed() -> Exchange {
     })
 }
 
-/// A response head that is not HTTP/1.1 as the engine reads it.
-fn malformed(why: &'static str) -> Exchange {
+/// A response head the engine does not take ([`wire::response_step`]).
+fn bad(failure: Failure, why: &'static str) -> Exchange {
     Exchange::Failed(Fail::Backend {
-        failure: Failure::Malformed,
+        failure,
         error: ProxyError::Upstream(why.into()),
         unsent: false,
     })

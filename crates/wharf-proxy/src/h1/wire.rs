@@ -462,6 +462,43 @@ pub(crate) fn parse_response(buf: &[u8], fields: &mut Vec<Field>) -> Parse<RespH
     })
 }
 
+/// One look at a backend's bytes for the final response head, by the rule
+/// both raw clients (the engine and [`crate::raw`]) share with hyper's client.
+pub(crate) enum Step {
+    /// Not a whole head yet: read more.
+    More,
+    /// An interim (1xx) response, dropped as hyper's client drops it: this
+    /// many bytes.
+    Interim(usize),
+    Final(RespHead),
+    /// The backend's fault: a 502, counted against it.
+    Bad {
+        failure: crate::pipeline::Failure,
+        why: &'static str,
+    },
+}
+
+pub(crate) fn response_step(buf: &[u8], fields: &mut Vec<Field>) -> Step {
+    use crate::pipeline::Failure;
+    match parse_response(buf, fields) {
+        Parse::Done(r) if r.code == 101 => Step::Bad {
+            failure: Failure::Malformed,
+            why: "101 to a request without Upgrade",
+        },
+        Parse::Done(r) if (100..200).contains(&r.code) => Step::Interim(r.len),
+        Parse::Done(r) => Step::Final(r),
+        Parse::Decline(why) if why == UNSUPPORTED_CODING => Step::Bad {
+            failure: Failure::Protocol,
+            why,
+        },
+        Parse::Decline(why) => Step::Bad {
+            failure: Failure::Malformed,
+            why,
+        },
+        Parse::Partial => Step::More,
+    }
+}
+
 /// Appends `name: value\r\n` with the name in lower case (as hyper writes a
 /// header map's names, so both paths send the same bytes).
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
