@@ -449,6 +449,16 @@ fn the_engine_and_hyper_send_the_same_messages_through_header_rules() {
     );
 }
 
+/// Rules on fields Wharf writes or reads itself take the engine's header-map
+/// path (the ones above apply to the borrowed fields).
+#[test]
+fn the_engine_and_hyper_send_the_same_messages_through_rules_on_wharf_fields() {
+    same_messages(
+        "headers = { request = { \"X-Forwarded-Proto\" = \"https\", \"User-Agent\" = \"\" }, \
+         response = { \"Date\" = \"\", \"Server\" = \"wharf\" } }",
+    );
+}
+
 fn same_messages(route_extra: &str) {
     let corpus = cases();
     let backend = Scripted::start(corpus.iter().map(|c| c.response.clone()).collect());
@@ -481,6 +491,25 @@ fn same_messages(route_extra: &str) {
                 "{}: the engine\n  backend got {:#?}\n  client got {:#?}\nhyper\n  backend got {:#?}\n  client got {:#?}",
                 case.name, e.0, e.1, h.0, h.1
             ));
+        }
+        // Not only the same on both paths: the declared trailers that may be
+        // trailers arrive (and only they).
+        if case.name == "declared-trailers-to-a-client-that-takes-them" {
+            let trailers: Vec<(&str, &str)> = e.1[0]
+                .fields
+                .iter()
+                .filter(|(k, _)| k.starts_with("trailer "))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(
+                trailers,
+                [
+                    ("trailer x-checksum", "abc"),
+                    ("trailer x-checksum", "def"),
+                    ("trailer x-later", "2")
+                ],
+                "{route_extra}"
+            );
         }
         // Each case reached the backend as often as it has requests, unless
         // it is answered by Wharf itself.

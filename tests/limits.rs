@@ -362,7 +362,8 @@ fn max_connection_age_closes_idle_and_busy_http1_connections() {
             env,
         );
         let ep = w.ep("web");
-        // Idle after one request: closed at the age, not at the idle timeout (60 s).
+        // Idle after one request: closed at the age, not at the head timeout
+        // between requests (30 s).
         let born = Instant::now();
         let mut s = TcpStream::connect(ep).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();

@@ -166,6 +166,23 @@ pub struct ConnInfo {
     pub born: std::time::Instant,
 }
 
+impl ConnInfo {
+    /// When the connection reaches `max_age` (`max_connection_age`): `None`
+    /// for never (zero, or too far off to represent).
+    pub(crate) fn aged_at(&self, max_age: Duration) -> Option<tokio::time::Instant> {
+        if max_age.is_zero() {
+            return None;
+        }
+        tokio::time::Instant::from_std(self.born).checked_add(max_age)
+    }
+
+    /// Has the connection reached `max_age`?
+    pub(crate) fn aged(&self, max_age: Duration) -> bool {
+        self.aged_at(max_age)
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+}
+
 impl Forwarder {
     /// `tunnels` tracks upgraded connections (WebSocket and others) so a drain
     /// waits for them too, up to the shutdown timeout.

@@ -122,9 +122,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_lists(v: &HeaderValue, token: &str) -> bool {
-    v.to_str()
-        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
+    crate::h1::wire::list_has(v.as_bytes(), token.as_bytes())
 }
 
 /// Removes hop-by-hop fields, including every field named in `Connection`

@@ -633,9 +633,11 @@ where
     // `max_connection_age`: a graceful close, so clients spread over
     // replicas again and a long-lived connection cannot pin one forever.
     // From the connection's start: the engine may have served it before.
-    let age = tokio::time::sleep_until(
-        tokio::time::Instant::from_std(shared.info.born) + s.max_connection_age,
-    );
+    let aged_at = shared.info.aged_at(s.max_connection_age);
+    let age = match aged_at {
+        Some(at) => tokio::time::sleep_until(at),
+        None => tokio::time::sleep(std::time::Duration::MAX),
+    };
     tokio::pin!(age);
     let mut closing = false;
     // Made once: a `Notified` made per wake-up would lock the waiter list
@@ -670,7 +672,7 @@ where
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_tick);
                 }
             }
-            _ = &mut age, if !closing && !s.max_connection_age.is_zero() => {
+            _ = &mut age, if !closing && aged_at.is_some() => {
                 debug!(%client, "max_connection_age; closing");
                 closing = true;
                 conn.as_mut().graceful_shutdown();

@@ -290,7 +290,7 @@ impl Engine<'_> {
             // re-armed per head: a timer made per request with the earliest
             // deadline would wake the runtime's driver (an eventfd write and an
             // extra epoll_wait per request).
-            let deadline = tokio::time::sleep(s.header_read_timeout);
+            let deadline = tokio::time::sleep_until(self.head_by(s.header_read_timeout));
             tokio::pin!(deadline);
             let cancelled = self.cancel.cancelled();
             tokio::pin!(cancelled);
@@ -326,11 +326,16 @@ impl Engine<'_> {
         }
     }
 
-    /// When the connection reaches `max_connection_age`, if it has one: an
-    /// idle connection is closed then, as hyper's graceful close closes one.
-    fn aged_at(&self) -> Option<tokio::time::Instant> {
-        let age = self.settings.max_connection_age;
-        (!age.is_zero()).then(|| tokio::time::Instant::from_std(self.conn.born) + age)
+    /// When the next head must have arrived: `within` from now, or at the
+    /// connection's `max_connection_age` if that comes first. A connection
+    /// without a whole head then is closed, as hyper's graceful close closes
+    /// one that has not finished reading a head.
+    fn head_by(&self, within: std::time::Duration) -> tokio::time::Instant {
+        let by = tokio::time::Instant::now() + within;
+        match self.conn.aged_at(self.settings.max_connection_age) {
+            Some(aged) => aged.min(by),
+            None => by,
+        }
     }
 
     /// From the first byte of a request to the moment nothing is left to
@@ -353,20 +358,12 @@ impl Engine<'_> {
             ..State::default()
         };
         let mut first = true;
-        // When the head being read must be complete; `deadline` may be
-        // earlier, at the connection's age limit, which closes it only while
-        // idle (hyper's graceful close does not cut a head either).
-        let mut head_by = deadline.deadline();
         loop {
             let next = tokio::select! {
                 biased;
                 next = self.read_head(io, &mut st, first) => next,
                 () = deadline.as_mut() => {
-                    if tokio::time::Instant::now() < head_by {
-                        deadline.as_mut().reset(head_by);
-                        continue;
-                    }
-                    debug!(client = %self.conn.client, "no request head in time; closing");
+                    debug!(client = %self.conn.client, "no request head in time, or max_connection_age; closing");
                     return Busy::Exit(Exit::Closed);
                 }
             };
@@ -381,9 +378,7 @@ impl Engine<'_> {
                 Outcome::KeepAlive => {
                     served = true;
                     let between = s.header_read_timeout.min(s.idle_timeout);
-                    head_by = tokio::time::Instant::now() + between;
-                    let by = self.aged_at().map_or(head_by, |aged| aged.min(head_by));
-                    deadline.as_mut().reset(by);
+                    deadline.as_mut().reset(self.head_by(between));
                     continue;
                 }
                 Outcome::Linger => {
@@ -550,7 +545,14 @@ impl Engine<'_> {
         // The head for the backend.
         st.out.clear();
         match map {
-            None => wire::write_request(&mut st.out, raw, &h, &st.fields, &conn.info),
+            None => {
+                let rules = route
+                    .policy
+                    .headers
+                    .as_ref()
+                    .map_or(&[][..], |r| &r.request[..]);
+                wire::write_request(&mut st.out, raw, &h, &st.fields, &conn.info, rules);
+            }
             Some(mut map) => {
                 let host_value =
                     HeaderValue::from_bytes(part(h.host)).unwrap_or(HeaderValue::from_static(""));
@@ -634,11 +636,10 @@ impl Engine<'_> {
                 rec.seen.backend = Some(ctx.backend.addr);
             }
         };
-        let age = self.settings.max_connection_age;
         let close = h.close
             || !body_done
             || self.cancel.is_cancelled()
-            || (!age.is_zero() && self.conn.born.elapsed() >= age);
+            || self.conn.aged(self.settings.max_connection_age);
         // Timed at the response head, as on the hyper path.
         self.fwd
             .observe(Some(&ctx.route), resp.code, method_index(&method), start);
@@ -971,10 +972,22 @@ impl Engine<'_> {
             resp.code,
             Some(&raw[resp.reason.0 as usize..resp.reason.1 as usize]),
         );
-        let fast = !resp.listed && route.policy.sticky.is_none() && route.policy.headers.is_none();
+        let rules = route
+            .policy
+            .headers
+            .as_ref()
+            .map_or(&[][..], |r| &r.response[..]);
+        let fast = !resp.listed && route.policy.sticky.is_none() && wire::plain_rules(rules);
+        // Trailer fields reach a client that takes them, if the response as
+        // sent declares them (as hyper's server sends them).
+        let wants_trailers = accepts_trailers && framing == Framing::Chunked;
+        let mut trailers = Vec::new();
         let date = if fast {
             let hsts = route.policy.hsts.as_ref().filter(|_| conn.tls);
-            wire::write_response_fields(out, raw, &st.rfields, &resp, hsts)
+            if wants_trailers {
+                trailers = wire::declared_trailers(raw, &st.rfields);
+            }
+            wire::write_response_fields(out, raw, &st.rfields, &resp, hsts, rules)
         } else {
             let mut map = wire::to_map(raw, &st.rfields);
             crate::headers::strip_hop_by_hop(&mut map, false);
@@ -984,6 +997,10 @@ impl Engine<'_> {
             // 204), chunked below.
             map.remove(header::CONTENT_LENGTH);
             map.remove(header::TRANSFER_ENCODING);
+            if wants_trailers {
+                trailers =
+                    wire::list_names(map.get_all(header::TRAILER).iter().map(|v| v.as_bytes()));
+            }
             wire::write_map(out, &map);
             if let Framing::Length(n) = resp.body {
                 if resp.code != 204 {
@@ -1004,13 +1021,6 @@ impl Engine<'_> {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        // Trailer fields reach a client that takes them, if the response
-        // declared them (as hyper's server sends them).
-        let trailers = if accepts_trailers && framing == Framing::Chunked {
-            wire::declared_trailers(raw, &st.rfields)
-        } else {
-            Vec::new()
-        };
         st.bbuf.consume(resp.len);
         let status = resp.code;
         let relayed = self
@@ -1259,7 +1269,8 @@ fn needs_map(route: &Route, conn: &ConnInfo, access_log: bool) -> bool {
         .is_some_and(|rl| matches!(rl.key, RateKey::Header(_)));
     p.sticky.is_some()
         || p.basicauth.is_some()
-        || p.headers.is_some()
+        // Rules on fields Wharf passes through apply to the borrowed fields.
+        || p.headers.as_ref().is_some_and(|r| !wire::plain_rules(&r.request))
         || rl_header
         || (conn.info.trusted && (p.ratelimit.is_some() || p.ipallowlist.is_some() || access_log))
 }
