@@ -333,14 +333,49 @@ fn a_full_pinned_backend_repins_in_the_same_request() {
 
 /// A connection from a given loopback address (127.0.0.0/8 is all local).
 fn get_from(src: IpAddr, addr: SocketAddr, host: &str) -> RawResponse {
+    get_path_from(src, addr, host, "/")
+}
+
+fn get_path_from(src: IpAddr, addr: SocketAddr, host: &str, path: &str) -> RawResponse {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
     socket.connect(&addr.into()).unwrap();
     let mut s: TcpStream = socket.into();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     read_response(&mut s)
+}
+
+/// The same binding when the response needs no header rewriting: the
+/// engine writes it from the borrowed fields (the backend's `/` lists a field
+/// in `Connection`, which takes the header-map path; `/slow` does not).
+#[test]
+fn source_stickiness_binds_on_the_engine_fast_path() {
+    let bs = backends(4);
+    let cfg = base_config()
+        + &named(
+            "src",
+            "src.test",
+            &addrs(&bs),
+            "sticky = { type = \"source\", ttl = \"3h\" }",
+        );
+    let w = Wharf::start(&cfg);
+    for i in 2..12u8 {
+        let ip = IpAddr::from([127, 0, 0, i]);
+        let r = get_path_from(ip, w.ep("web"), "src.test", "/slow?ms=0");
+        assert_eq!(r.status, 200);
+    }
+    let r = w.api_routes();
+    let route = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "src")
+        .unwrap();
+    assert_eq!(route["affinity"]["bindings"], 10);
 }
 
 #[test]

@@ -407,6 +407,34 @@ pub fn respond(conn: &ConnInfo, ctx: &Ctx, headers: &mut HeaderMap) {
     crate::middleware::rewrite_response(route, headers);
 }
 
+/// Does the route's stickiness read or write header fields? A cookie does;
+/// client-address stickiness needs none (its client is the peer, or, from a
+/// `forwarded_trusted` peer, the last `X-Forwarded-For` address).
+pub fn sticky_cookie(route: &Route) -> bool {
+    matches!(
+        route.policy.sticky.as_deref(),
+        Some(StickyPolicy::Cookie(_))
+    )
+}
+
+/// The respond phase without a header map, for a route whose stickiness
+/// writes no field: binds the client to the backend that answered.
+pub fn bind_client(ctx: &Ctx) {
+    let route = &ctx.route;
+    if let (Some(sticky @ StickyPolicy::Source { .. }), Some(aff)) =
+        (route.policy.sticky.as_deref(), ctx.affinity.as_deref())
+    {
+        affinity::respond(
+            route,
+            sticky,
+            aff,
+            &ctx.backend,
+            false,
+            &mut HeaderMap::new(),
+        );
+    }
+}
+
 /// A constant for the chunked re-framing of bodies of unknown length.
 pub const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
 

@@ -977,7 +977,7 @@ impl Engine<'_> {
             .headers
             .as_ref()
             .map_or(&[][..], |r| &r.response[..]);
-        let fast = !resp.listed && route.policy.sticky.is_none() && wire::plain_rules(rules);
+        let fast = !resp.listed && !pipeline::sticky_cookie(route) && wire::plain_rules(rules);
         // Trailer fields reach a client that takes them, if the response as
         // sent declares them (as hyper's server sends them).
         let wants_trailers = accepts_trailers && framing == Framing::Chunked;
@@ -987,6 +987,7 @@ impl Engine<'_> {
             if wants_trailers {
                 trailers = wire::declared_trailers(raw, &st.rfields);
             }
+            pipeline::bind_client(ctx);
             wire::write_response_fields(out, raw, &st.rfields, &resp, hsts, rules)
         } else {
             let mut map = wire::to_map(raw, &st.rfields);
@@ -1267,10 +1268,14 @@ fn needs_map(route: &Route, conn: &ConnInfo, access_log: bool) -> bool {
         .ratelimit
         .as_deref()
         .is_some_and(|rl| matches!(rl.key, RateKey::Header(_)));
-    p.sticky.is_some()
+    pipeline::sticky_cookie(route)
         || p.basicauth.is_some()
         // Rules on fields Wharf passes through apply to the borrowed fields.
         || p.headers.as_ref().is_some_and(|r| !wire::plain_rules(&r.request))
         || rl_header
-        || (conn.info.trusted && (p.ratelimit.is_some() || p.ipallowlist.is_some() || access_log))
+        || (conn.info.trusted
+            && (p.ratelimit.is_some()
+                || p.ipallowlist.is_some()
+                || p.sticky.is_some()
+                || access_log))
 }
