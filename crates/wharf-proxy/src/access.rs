@@ -1049,7 +1049,7 @@ mod tests {
             client_timeout: Duration::from_secs(60).into(),
             tunnel_timeout: Duration::from_secs(60).into(),
             client: "192.0.2.7:5000".parse().unwrap(),
-            born: std::time::Instant::now(),
+            retire_at: None,
             info: ClientInfo {
                 ip: crate::headers::IpText::new("192.0.2.7".parse().unwrap()),
                 trusted: false,

@@ -162,24 +162,28 @@ pub struct ConnInfo {
     pub tunnel_timeout: Millis,
     pub client: SocketAddr,
     pub info: ClientInfo,
-    /// When the connection was accepted (`max_connection_age`).
-    pub born: std::time::Instant,
+    /// When the connection reaches the entrypoint's `max_connection_age`
+    /// ([`ConnInfo::aged_at`]); `None` for never.
+    pub retire_at: Option<std::time::Instant>,
 }
 
 impl ConnInfo {
-    /// When the connection reaches `max_age` (`max_connection_age`): `None`
-    /// for never (zero, or too far off to represent).
-    pub(crate) fn aged_at(&self, max_age: Duration) -> Option<tokio::time::Instant> {
+    /// When a connection accepted `born` reaches `max_age`: `None` for never
+    /// (zero, or too far off to represent).
+    pub(crate) fn aged_at(
+        born: std::time::Instant,
+        max_age: Duration,
+    ) -> Option<std::time::Instant> {
         if max_age.is_zero() {
             return None;
         }
-        tokio::time::Instant::from_std(self.born).checked_add(max_age)
+        born.checked_add(max_age)
     }
 
-    /// Has the connection reached `max_age`?
-    pub(crate) fn aged(&self, max_age: Duration) -> bool {
-        self.aged_at(max_age)
-            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    /// Has the connection reached its `max_connection_age`?
+    pub(crate) fn aged(&self) -> bool {
+        self.retire_at
+            .is_some_and(|at| std::time::Instant::now() >= at)
     }
 }
 

@@ -317,7 +317,7 @@ impl Shared {
             client_timeout: s.client_timeout.into(),
             tunnel_timeout: s.tunnel_timeout.into(),
             client: SocketAddr::new(ip, client.port()),
-            born: std::time::Instant::now(),
+            retire_at: ConnInfo::aged_at(std::time::Instant::now(), s.max_connection_age),
             info: ClientInfo {
                 ip: crate::headers::IpText::new(ip),
                 trusted: s.forwarded_trusted.iter().any(|n| n.contains(&ip)),
@@ -633,9 +633,9 @@ where
     // `max_connection_age`: a graceful close, so clients spread over
     // replicas again and a long-lived connection cannot pin one forever.
     // From the connection's start: the engine may have served it before.
-    let aged_at = shared.info.aged_at(s.max_connection_age);
+    let aged_at = shared.info.retire_at;
     let age = match aged_at {
-        Some(at) => tokio::time::sleep_until(at),
+        Some(at) => tokio::time::sleep_until(at.into()),
         None => tokio::time::sleep(std::time::Duration::MAX),
     };
     tokio::pin!(age);

@@ -332,8 +332,8 @@ impl Engine<'_> {
     /// one that has not finished reading a head.
     fn head_by(&self, within: std::time::Duration) -> tokio::time::Instant {
         let by = tokio::time::Instant::now() + within;
-        match self.conn.aged_at(self.settings.max_connection_age) {
-            Some(aged) => aged.min(by),
+        match self.conn.retire_at {
+            Some(aged) => by.min(aged.into()),
             None => by,
         }
     }
@@ -636,10 +636,7 @@ impl Engine<'_> {
                 rec.seen.backend = Some(ctx.backend.addr);
             }
         };
-        let close = h.close
-            || !body_done
-            || self.cancel.is_cancelled()
-            || self.conn.aged(self.settings.max_connection_age);
+        let close = h.close || !body_done || self.cancel.is_cancelled() || self.conn.aged();
         // Timed at the response head, as on the hyper path.
         self.fwd
             .observe(Some(&ctx.route), resp.code, method_index(&method), start);
@@ -977,7 +974,9 @@ impl Engine<'_> {
             .headers
             .as_ref()
             .map_or(&[][..], |r| &r.response[..]);
-        let fast = !resp.listed && !pipeline::sticky_cookie(route) && wire::plain_rules(rules);
+        let fast = !resp.listed
+            && !pipeline::sticky_cookie(route)
+            && (rules.is_empty() || wire::plain_rules(rules));
         // Trailer fields reach a client that takes them, if the response as
         // sent declares them (as hyper's server sends them).
         let wants_trailers = accepts_trailers && framing == Framing::Chunked;

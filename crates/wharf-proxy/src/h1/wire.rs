@@ -527,7 +527,7 @@ pub(crate) fn write_request(
     let (mut proto_kept, mut host_kept, mut xff_seen) = (false, false, false);
     for f in fields {
         let keep = match f.kind {
-            Kind::Other => !ruled(rules, f.name(head)),
+            Kind::Other => rules.is_empty() || !ruled(rules, f.name(head)),
             Kind::Host | Kind::UserAgent | Kind::Referer | Kind::Date => true,
             Kind::Hsts => true,
             Kind::ContentLength => true,
@@ -577,7 +577,9 @@ pub(crate) fn write_request(
         put_field(out, b"x-forwarded-host", part(req.host));
     }
     put_field(out, b"x-real-ip", client.ip.as_bytes());
-    put_rules(out, rules);
+    if !rules.is_empty() {
+        put_rules(out, rules);
+    }
     if req.body == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -703,7 +705,7 @@ pub(crate) fn write_response_fields(
     let mut date = false;
     for f in fields {
         let keep = match f.kind {
-            Kind::Other => !ruled(rules, f.name(head)),
+            Kind::Other => rules.is_empty() || !ruled(rules, f.name(head)),
             Kind::Connection | Kind::HopByHop | Kind::TransferEncoding | Kind::Upgrade => false,
             // hyper's server drops it on a 204 too (RFC 9110 §8.6).
             Kind::ContentLength => resp.body != Framing::Chunked && resp.code != 204,
@@ -723,7 +725,9 @@ pub(crate) fn write_response_fields(
     if let Some(v) = hsts {
         put_field(out, b"strict-transport-security", v.as_bytes());
     }
-    put_rules(out, rules);
+    if !rules.is_empty() {
+        put_rules(out, rules);
+    }
     date
 }
 
