@@ -410,6 +410,7 @@ pub fn respond(conn: &ConnInfo, ctx: &Ctx, headers: &mut HeaderMap) {
 /// Does the route's stickiness read or write header fields? A cookie does;
 /// client-address stickiness needs none (its client is the peer, or, from a
 /// `forwarded_trusted` peer, the last `X-Forwarded-For` address).
+#[inline]
 pub fn sticky_cookie(route: &Route) -> bool {
     matches!(
         route.policy.sticky.as_deref(),

@@ -980,13 +980,15 @@ impl Engine<'_> {
         // Trailer fields reach a client that takes them, if the response as
         // sent declares them (as hyper's server sends them).
         let wants_trailers = accepts_trailers && framing == Framing::Chunked;
-        let mut trailers = Vec::new();
+        let mut trailers = None;
         let date = if fast {
             let hsts = route.policy.hsts.as_ref().filter(|_| conn.tls);
             if wants_trailers {
-                trailers = wire::declared_trailers(raw, &st.rfields);
+                trailers = Some(wire::declared_trailers(raw, &st.rfields));
             }
-            pipeline::bind_client(ctx);
+            if route.policy.sticky.is_some() {
+                pipeline::bind_client(ctx);
+            }
             wire::write_response_fields(out, raw, &st.rfields, &resp, hsts, rules)
         } else {
             let mut map = wire::to_map(raw, &st.rfields);
@@ -998,8 +1000,9 @@ impl Engine<'_> {
             map.remove(header::CONTENT_LENGTH);
             map.remove(header::TRANSFER_ENCODING);
             if wants_trailers {
-                trailers =
-                    wire::list_names(map.get_all(header::TRAILER).iter().map(|v| v.as_bytes()));
+                trailers = Some(wire::list_names(
+                    map.get_all(header::TRAILER).iter().map(|v| v.as_bytes()),
+                ));
             }
             wire::write_map(out, &map);
             if let Framing::Length(n) = resp.body {
@@ -1024,7 +1027,14 @@ impl Engine<'_> {
         st.bbuf.consume(resp.len);
         let status = resp.code;
         let relayed = self
-            .relay(io, st, &mut up, framing, &trailers, &mut ctx.guard)
+            .relay(
+                io,
+                st,
+                &mut up,
+                framing,
+                trailers.as_deref().unwrap_or_default(),
+                &mut ctx.guard,
+            )
             .await;
         if relayed.clean
             && sent_whole

@@ -475,6 +475,7 @@ pub(crate) enum Step {
     },
 }
 
+#[inline]
 pub(crate) fn response_step(buf: &[u8], fields: &mut Vec<Field>) -> Step {
     use crate::pipeline::Failure;
     match parse_response(buf, fields) {
