@@ -110,18 +110,6 @@ fn ca(p: &Path) -> String {
     format!("ca = \"{}\"", p.display())
 }
 
-/// The `/api/routes` entry named `name`.
-fn api_route(w: &Wharf, name: &str) -> serde_json::Value {
-    let routes = w.api_routes();
-    routes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no route {name}: {routes:#}"))
-}
-
 /// Distinct nginx connections among `hits`.
 fn connections(hits: &[NginxHit]) -> BTreeSet<u64> {
     hits.iter().map(|h| h.connection).collect()
@@ -192,7 +180,7 @@ fn verified_https_to_an_h2_backend_shares_one_connection() {
     eprintln!("h2: 30 requests over {} connection(s)", conns.len());
     assert_eq!(conns.len(), 1, "one shared HTTP/2 connection: {hits:#?}");
 
-    let route = api_route(&w, "h2");
+    let route = w.api_route("h2");
     assert_eq!(
         route["backend_tls"],
         serde_json::json!({ "server_name": "h2.test", "insecure": false }),
@@ -345,7 +333,7 @@ fn insecure_accepts_any_certificate_and_says_so_once() {
     let r = get(w.ep("web"), "insecure.test", "/");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "insecure sni=insecure.test\n");
-    let route = api_route(&w, "insecure");
+    let route = w.api_route("insecure");
     assert_eq!(
         route["backend_tls"],
         serde_json::json!({ "server_name": "insecure.test", "insecure": true }),
@@ -483,11 +471,11 @@ fn server_name_picks_the_backend_server_block() {
         assert_eq!((r.status, r.text()), (200, "B sni=b.internal\n".into()));
     }
     assert_eq!(
-        api_route(&w, "one")["backend_tls"]["server_name"],
+        w.api_route("one")["backend_tls"]["server_name"],
         "a.internal"
     );
     assert_eq!(
-        api_route(&w, "two")["backend_tls"]["server_name"],
+        w.api_route("two")["backend_tls"]["server_name"],
         "b.internal"
     );
     // Pooled per (backend, policy): the two routes never share a connection.
@@ -640,7 +628,7 @@ fn bad_ca_files_are_reported_for_their_route() {
         "{problem:#}"
     );
     assert_eq!(errors.as_array().unwrap().len(), 1, "{errors:#}");
-    assert!(api_route(&w, "badca")["backend_tls"].is_null());
+    assert!(w.api_route("badca")["backend_tls"].is_null());
     // `wharf check` reads the file as `wharf run` does: not PEM is an error.
     let config = base_config() + &https_route("badca", "badca.test", &[plain.addr], &ca(&not_pem));
     let path = write_file(&pki.dir.0, "bad.toml", &config);

@@ -355,40 +355,32 @@ fn get_path_from(src: IpAddr, addr: SocketAddr, host: &str, path: &str) -> RawRe
 #[test]
 fn source_stickiness_binds_on_the_engine_fast_path() {
     let bs = backends(4);
-    let cfg = base_config()
-        + &named(
-            "src",
-            "src.test",
-            &addrs(&bs),
-            "sticky = { type = \"source\", ttl = \"3h\" }",
-        );
-    let w = Wharf::start(&cfg);
+    let w = source_sticky(&bs);
     for i in 2..12u8 {
         let ip = IpAddr::from([127, 0, 0, i]);
         let r = get_path_from(ip, w.ep("web"), "src.test", "/slow?ms=0");
         assert_eq!(r.status, 200);
     }
-    let r = w.api_routes();
-    let route = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "src")
-        .unwrap();
-    assert_eq!(route["affinity"]["bindings"], 10);
+    assert_eq!(w.api_route("src")["affinity"]["bindings"], 10);
+}
+
+/// Wharf with one route `src` (host `src.test`) over `bs`, sticky by client address.
+fn source_sticky(bs: &[Backend]) -> Wharf {
+    Wharf::start(
+        &(base_config()
+            + &named(
+                "src",
+                "src.test",
+                &addrs(bs),
+                "sticky = { type = \"source\", ttl = \"3h\" }",
+            )),
+    )
 }
 
 #[test]
 fn source_stickiness_is_stable_per_client_and_spreads_clients() {
     let bs = backends(4);
-    let cfg = base_config()
-        + &named(
-            "src",
-            "src.test",
-            &addrs(&bs),
-            "sticky = { type = \"source\", ttl = \"3h\" }",
-        );
-    let w = Wharf::start(&cfg);
+    let w = source_sticky(&bs);
     let one: IpAddr = "127.0.0.2".parse().unwrap();
     let first = get_from(one, w.ep("web"), "src.test").text();
     for _ in 0..100 {
@@ -408,13 +400,7 @@ fn source_stickiness_is_stable_per_client_and_spreads_clients() {
             b
         );
     }
-    let r = w.api_routes();
-    let route = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "src")
-        .unwrap();
+    let route = w.api_route("src");
     assert_eq!(route["sticky"], "source");
     assert_eq!(route["affinity"]["bindings"], 38);
     // No cookie on a source route.

@@ -878,6 +878,18 @@ impl Wharf {
         self.api("/api/routes")
     }
 
+    /// The `/api/routes` entry of route `name`.
+    pub fn api_route(&self, name: &str) -> serde_json::Value {
+        let routes = self.api_routes();
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no route {name}: {routes:#}"))
+    }
+
     /// The `/api/routes` entry of backend `addr` in route `route`.
     pub fn api_backend(&self, route: &str, addr: SocketAddr) -> serde_json::Value {
         let routes = self.api_routes();
