@@ -245,8 +245,10 @@ fn any_cert_client() -> Arc<rustls::ClientConfig> {
 }
 
 /// `[acme]` pointing at a port nothing listens on.
-fn dead_ca_config(store: &TempDir, backend: SocketAddr, host: &str) -> String {
-    let dead = dead_addr();
+/// A config whose ACME directory is at `dead`, an address that refuses
+/// connections (a [`DeadAddr`], so no other listener can take its port while
+/// the test runs).
+fn dead_ca_config(store: &TempDir, backend: SocketAddr, host: &str, dead: SocketAddr) -> String {
     let (web, websecure) = (free_port(), free_port());
     config(web, websecure)
         + &format!(
@@ -261,11 +263,10 @@ fn dead_ca_config(store: &TempDir, backend: SocketAddr, host: &str) -> String {
 fn dead_acme_server_serves_the_placeholder_and_reports_failure() {
     let backend = Backend::start("app");
     let store = TempDir::new("acme-store");
-    let ((), mut w, _) = start_on_fresh_ports(|| {
-        (
-            (),
-            dead_ca_config(&store, backend.addr, "down.example.test"),
-        )
+    let (_dead, mut w, _) = start_on_fresh_ports(|| {
+        let dead = DeadAddr::new();
+        let config = dead_ca_config(&store, backend.addr, "down.example.test", dead.addr);
+        (dead, config)
     });
 
     let entry = wait_api_entry(&w, "down.example.test", Duration::from_secs(15), |c| {
@@ -309,11 +310,10 @@ fn dead_acme_server_serves_the_placeholder_and_reports_failure() {
 fn unknown_challenge_token_is_routed_not_redirected() {
     let backend = Backend::start("app");
     let store = TempDir::new("acme-store");
-    let ((), w, _) = start_on_fresh_ports(|| {
-        (
-            (),
-            dead_ca_config(&store, backend.addr, "plain.example.test"),
-        )
+    let (_dead, w, _) = start_on_fresh_ports(|| {
+        let dead = DeadAddr::new();
+        let config = dead_ca_config(&store, backend.addr, "plain.example.test", dead.addr);
+        (dead, config)
     });
     let r = get(
         w.ep("web"),

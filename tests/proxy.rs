@@ -245,10 +245,11 @@ fn upgrades_pass_through() {
 #[test]
 fn dead_backend_502_fast_and_slow_backend_504() {
     let a = Backend::start("a");
+    let dead = DeadAddr::new();
     let cfg = base_config().replace(
         "[admin]",
         "[upstream]\nconnect_timeout = \"1s\"\nresponse_timeout = \"300ms\"\n\n[admin]",
-    ) + &route("dead.test", "/", &[dead_addr()], "")
+    ) + &route("dead.test", "/", &[dead.addr], "")
         + &route("slow.test", "/", &[a.addr], "");
     let w = Wharf::start(&cfg);
     let web = w.ep("web");
