@@ -892,16 +892,15 @@ impl Wharf {
 
     /// The `/api/routes` entry of backend `addr` in route `route`.
     pub fn api_backend(&self, route: &str, addr: SocketAddr) -> serde_json::Value {
-        let routes = self.api_routes();
+        let r = self.api_route(route);
         let addr = addr.to_string();
-        routes
+        r["backends"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|r| r["name"] == route)
-            .flat_map(|r| r["backends"].as_array().cloned().unwrap_or_default())
             .find(|b| b["address"] == addr.as_str())
-            .unwrap_or_else(|| panic!("no backend {addr} in route {route}: {routes:#}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {addr} in route {route}: {r:#}"))
     }
 
     /// The `health` of backend `addr` in route `route` (`up`, `down`, `draining`).
