@@ -62,8 +62,14 @@ fn listener_settings(
         max_connection_age: ep.max_connection_age,
         client_timeout: ep.client_timeout,
         tunnel_timeout: ep.tunnel_timeout,
-        h1_engine: std::env::var("WHARF_HTTP1_ENGINE").map_or(true, |v| v != "hyper"),
+        h1_engine: h1_engine(),
     }
+}
+
+/// `WHARF_HTTP1_ENGINE=hyper` sends HTTP/1.1 through hyper on both sides: no
+/// engine for clients, no raw backend sockets (docs/config.md).
+fn h1_engine() -> bool {
+    std::env::var("WHARF_HTTP1_ENGINE").map_or(true, |v| v != "hyper")
 }
 
 /// File descriptors kept back from the derived connection cap: upstream
@@ -266,7 +272,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             http01,
         )
         .with_access_log(access.as_ref().map(|a| a.sender()))
-        .with_raw_backends(std::env::var("WHARF_HTTP1_ENGINE").map_or(true, |v| v != "hyper")),
+        .with_raw_backends(h1_engine()),
     );
     registry
         .register(Box::new(
