@@ -311,7 +311,14 @@ impl Body for RawBody {
             let Some(up) = this.up.as_mut() else {
                 return Poll::Ready(None);
             };
-            this.buf.reserve(BODY_CHUNK);
+            // A known remainder is read into room of its size, not 16 KiB.
+            let room = match this.state {
+                State::Length(left) => {
+                    usize::try_from(left).map_or(BODY_CHUNK, |l| l.min(BODY_CHUNK))
+                }
+                _ => BODY_CHUNK,
+            };
+            this.buf.reserve(room);
             match up.try_read_buf(&mut this.buf) {
                 Ok(0) => {
                     this.keep = false;
