@@ -152,6 +152,28 @@ pub fn apply_request(headers: &mut HeaderMap, cookie: Option<HeaderValue>) {
 
 const PRIVATE: HeaderValue = HeaderValue::from_static("private");
 
+/// Another backend answered: the pinned one could not take the request
+/// (gone, down, draining, full under `maxconn`) or failed it and the retry
+/// went elsewhere. Either way the client is re-pinned to the one that
+/// answered, in this response, and not sent back to a backend that turned it
+/// away.
+fn repinned(aff: &Affinity, token: Token) -> bool {
+    match &aff.pinned {
+        Some(p) => p.token != Some(token),
+        None => true,
+    }
+}
+
+/// Client-address stickiness (`ttl`): binds the client to the backend that
+/// answered, unless it was pinned to it already. Writes no header field.
+pub fn bind_source(route: &Route, ttl: std::time::Duration, aff: &Affinity, backend: &Backend) {
+    let Some(token) = backend.token else { return };
+    if let (Some(client), true) = (aff.client, repinned(aff, token)) {
+        let now = wharf_table::sticky::now_secs();
+        route.state.bindings().bind(client, token.id(), ttl, now);
+    }
+}
+
 /// The response of a request on a route with stickiness: pins the client to
 /// the backend that answered when it was not pinned to it already.
 pub fn respond(
@@ -163,22 +185,9 @@ pub fn respond(
     headers: &mut HeaderMap,
 ) {
     let Some(token) = backend.token else { return };
-    // Another backend answered: the pinned one could not take the request
-    // (gone, down, draining, full under `maxconn`) or failed it and the retry
-    // went elsewhere. Either way the client is re-pinned to the one that
-    // answered, in this response, and not sent back to a backend that turned
-    // it away.
-    let repinned = match &aff.pinned {
-        Some(p) => p.token != Some(token),
-        None => true,
-    };
+    let repinned = repinned(aff, token);
     match sticky {
-        StickyPolicy::Source { ttl } => {
-            if let (Some(client), true) = (aff.client, repinned) {
-                let now = wharf_table::sticky::now_secs();
-                route.state.bindings().bind(client, token.id(), *ttl, now);
-            }
-        }
+        StickyPolicy::Source { ttl } => bind_source(route, *ttl, aff, backend),
         StickyPolicy::Cookie(c) if !c.prefix => {
             // The cookie is Wharf's: one the application sets under the same
             // name would overwrite the pin (HAProxy's insert mode removes it too).

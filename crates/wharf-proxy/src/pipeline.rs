@@ -420,19 +420,12 @@ pub fn sticky_cookie(route: &Route) -> bool {
 
 /// The respond phase without a header map, for a route whose stickiness
 /// writes no field: binds the client to the backend that answered.
+#[inline]
 pub fn bind_client(ctx: &Ctx) {
-    let route = &ctx.route;
-    if let (Some(sticky @ StickyPolicy::Source { .. }), Some(aff)) =
-        (route.policy.sticky.as_deref(), ctx.affinity.as_deref())
+    if let (Some(StickyPolicy::Source { ttl }), Some(aff)) =
+        (ctx.route.policy.sticky.as_deref(), ctx.affinity.as_deref())
     {
-        affinity::respond(
-            route,
-            sticky,
-            aff,
-            &ctx.backend,
-            false,
-            &mut HeaderMap::new(),
-        );
+        affinity::bind_source(&ctx.route, *ttl, aff, &ctx.backend);
     }
 }
 

@@ -986,9 +986,7 @@ impl Engine<'_> {
             if wants_trailers {
                 trailers = Some(wire::declared_trailers(raw, &st.rfields));
             }
-            if route.policy.sticky.is_some() {
-                pipeline::bind_client(ctx);
-            }
+            pipeline::bind_client(ctx);
             wire::write_response_fields(out, raw, &st.rfields, &resp, hsts, rules)
         } else {
             let mut map = wire::to_map(raw, &st.rfields);
