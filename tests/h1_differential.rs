@@ -425,6 +425,25 @@ fn cases() -> Vec<Case> {
             vec![false],
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold",
         ),
+        // Sticky-cookie runs: `{TOKEN}` is the backend's token.
+        c(
+            "sticky-cookie-of-the-backend",
+            get("Cookie: a=1; WHARFID={TOKEN}; b=2\r\nCookie: JSESSIONID={TOKEN}~app; c=3\r\n"),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-cache\r\n\r\nok",
+        ),
+        c(
+            "sticky-cookie-private-response",
+            get("Cookie: WHARFID={TOKEN}\r\n"),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: private, max-age=9\r\nSet-Cookie: x=1\r\n\r\nok",
+        ),
+        c(
+            "sticky-cookie-set-by-the-application",
+            get("Cookie: WHARFID=0123456789abcdef; JSESSIONID=s0\r\n"),
+            vec![false],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: WHARFID=app; Path=/\r\nSet-Cookie: JSESSIONID=s1; Path=/\r\nCache-Control: public, max-age=5\r\n\r\nok",
+        ),
         c(
             "unrouted",
             "GET /c/{N} HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n".into(),
@@ -459,15 +478,63 @@ fn the_engine_and_hyper_send_the_same_messages_through_rules_on_wharf_fields() {
     );
 }
 
+/// The same through routes with a sticky cookie, in each mode: the cookie
+/// is read from and written to the engine's borrowed fields unless the
+/// response's own fields change.
+#[test]
+fn the_engine_and_hyper_send_the_same_messages_through_a_sticky_cookie() {
+    let secret = "[sticky]\nsecret = \"differential\"\n\n";
+    same_messages_in(secret, "sticky = { type = \"cookie\", ttl = \"1h\" }");
+    same_messages_in(secret, "sticky = \"cookie\"");
+    same_messages_in(
+        secret,
+        "sticky = { type = \"cookie\", cookie = \"JSESSIONID\", mode = \"prefix\" }",
+    );
+}
+
 fn same_messages(route_extra: &str) {
+    same_messages_in("", route_extra)
+}
+
+/// The backend's sticky token, as a response of the engine's names it
+/// (`NAME=<token>` or `NAME=<token>~value`), or `none` on a route without a
+/// sticky cookie.
+fn sticky_token(w: &Wharf, backend: &Scripted, corpus: &[Case]) -> String {
+    let n = corpus
+        .iter()
+        .position(|c| c.name == "sticky-cookie-set-by-the-application")
+        .unwrap();
+    let request = corpus[n].request.replace("{N}", &n.to_string());
+    let answers = client(w.ep("web"), request.as_bytes(), &corpus[n].heads);
+    backend.take();
+    answers[0]
+        .fields
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split_once('=').map(|(_, v)| v))
+        .find(|v| v.len() >= 16 && !v.starts_with("app") && !v.starts_with("s1"))
+        .map_or("none".into(), |v| v[..16].to_string())
+}
+
+fn same_messages_in(config_extra: &str, route_extra: &str) {
     let corpus = cases();
     let backend = Scripted::start(corpus.iter().map(|c| c.response.clone()).collect());
-    let config = base_config() + &route("app.test", "/", &[backend.addr], route_extra);
+    let config =
+        base_config() + config_extra + &route("app.test", "/", &[backend.addr], route_extra);
     let engine = Wharf::start(&config);
     let hyper = Wharf::start_env(&config, &[("WHARF_HTTP1_ENGINE", "hyper")]);
+    let token = sticky_token(&engine, &backend, &corpus);
+    assert_eq!(
+        token == "none",
+        !route_extra.contains("sticky"),
+        "{route_extra}: {token}"
+    );
     let mut failures = Vec::new();
     for (n, case) in corpus.iter().enumerate() {
-        let request = case.request.replace("{N}", &n.to_string());
+        let request = case
+            .request
+            .replace("{N}", &n.to_string())
+            .replace("{TOKEN}", &token);
         let mut got = Vec::new();
         for w in [&engine, &hyper] {
             let answers = client(w.ep("web"), request.as_bytes(), &case.heads);
@@ -488,7 +555,7 @@ fn same_messages(route_extra: &str) {
         let (e, h) = (&got[0], &got[1]);
         if e != h {
             failures.push(format!(
-                "{}: the engine\n  backend got {:#?}\n  client got {:#?}\nhyper\n  backend got {:#?}\n  client got {:#?}",
+                "{route_extra} {}: the engine\n  backend got {:#?}\n  client got {:#?}\nhyper\n  backend got {:#?}\n  client got {:#?}",
                 case.name, e.0, e.1, h.0, h.1
             ));
         }

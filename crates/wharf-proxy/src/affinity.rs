@@ -34,8 +34,31 @@ pub struct Affinity {
     pub client: Option<IpAddr>,
 }
 
-/// Reads the affinity of a request on a route with stickiness.
+/// Reads the affinity of a request on a route with stickiness, from a header
+/// map (the tests' shape of [`read_values`]).
+#[cfg(test)]
 pub fn read(route: &Route, sticky: &StickyPolicy, headers: &HeaderMap, client: IpAddr) -> Affinity {
+    read_values(route, sticky, || cookies(headers), client)
+}
+
+/// The values of a header map's `Cookie` fields.
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+}
+
+/// Reads the affinity of a request on a route with stickiness, from the
+/// values of its `Cookie` fields wherever they are held (a header map, or the
+/// HTTP/1.1 engine's borrowed fields); `cookies` iterates them, and may be
+/// called twice.
+pub fn read_values<'a, I: Iterator<Item = &'a [u8]>>(
+    route: &Route,
+    sticky: &StickyPolicy,
+    cookies: impl Fn() -> I,
+    client: IpAddr,
+) -> Affinity {
     match sticky {
         StickyPolicy::Source { ttl } => {
             let now = wharf_table::sticky::now_secs();
@@ -51,26 +74,29 @@ pub fn read(route: &Route, sticky: &StickyPolicy, headers: &HeaderMap, client: I
                 ..Affinity::default()
             }
         }
-        StickyPolicy::Cookie(c) => read_cookie(route, c, headers),
+        StickyPolicy::Cookie(c) => read_cookie(route, c, cookies),
     }
 }
 
-fn read_cookie(route: &Route, c: &CookieSticky, headers: &HeaderMap) -> Affinity {
+fn read_cookie<'a, I: Iterator<Item = &'a [u8]>>(
+    route: &Route,
+    c: &CookieSticky,
+    cookies: impl Fn() -> I,
+) -> Affinity {
     let mut out = Affinity::default();
     let name = c.name.as_bytes();
     // Only fields that carry our cookie are rewritten.
-    let ours = |v: &HeaderValue| {
-        v.as_bytes()
-            .windows(name.len() + 1)
+    let ours = |v: &[u8]| {
+        v.windows(name.len() + 1)
             .any(|w| &w[..name.len()] == name && w[name.len()] == b'=')
     };
-    if !headers.get_all(header::COOKIE).iter().any(ours) {
+    if !cookies().any(ours) {
         return out;
     }
     let mut kept: Vec<u8> = Vec::new();
     let mut changed = false;
-    for field in headers.get_all(header::COOKIE) {
-        for pair in field.as_bytes().split(|b| *b == b';') {
+    for field in cookies() {
+        for pair in field.split(|b| *b == b';') {
             let pair = trim(pair);
             if pair.is_empty() {
                 continue;
@@ -193,10 +219,7 @@ pub fn respond(
             // name would overwrite the pin (HAProxy's insert mode removes it too).
             if headers.contains_key(header::SET_COOKIE) {
                 let name = c.name.as_bytes();
-                let theirs = |v: &HeaderValue| {
-                    let b = v.as_bytes();
-                    b.len() > name.len() && b.starts_with(name) && b[name.len()] == b'='
-                };
+                let theirs = |v: &HeaderValue| sets(name, v.as_bytes());
                 if headers.get_all(header::SET_COOKIE).iter().any(theirs) {
                     let keep: Vec<HeaderValue> = headers
                         .get_all(header::SET_COOKIE)
@@ -210,10 +233,7 @@ pub fn respond(
                     }
                 }
             }
-            // With a Max-Age the cookie is sent on every response of the
-            // backend it names, so an active client's pin does not expire.
-            let served_by_pin = aff.pinned.as_ref().map(|p| p.token) == Some(Some(token));
-            if repinned || (c.max_age.is_some() && served_by_pin) {
+            if pins_again(c, aff, token) {
                 if let Some(v) = &backend.set_cookie {
                     headers.append(header::SET_COOKIE, v[usize::from(tls)].clone());
                     no_shared_cache(headers);
@@ -227,7 +247,7 @@ pub fn respond(
             let mut out: Vec<HeaderValue> = Vec::new();
             for v in headers.get_all(header::SET_COOKIE) {
                 let b = v.as_bytes();
-                if b.len() > name.len() && b.starts_with(name) && b[name.len()] == b'=' {
+                if sets(name, b) {
                     set_by_app = true;
                     let mut nv = Vec::with_capacity(b.len() + TOKEN_LEN + 1);
                     nv.extend_from_slice(&b[..=name.len()]);
@@ -269,6 +289,90 @@ pub fn respond(
     }
 }
 
+/// Does this `Set-Cookie` value set the cookie `name`?
+fn sets(name: &[u8], set_cookie: &[u8]) -> bool {
+    set_cookie.len() > name.len() && set_cookie.starts_with(name) && set_cookie[name.len()] == b'='
+}
+
+/// Insert mode: does the response carry the backend's cookie? When the
+/// client was pinned elsewhere (or not at all), and with a Max-Age on every
+/// response of the backend it names, so an active client's pin does not expire.
+fn pins_again(c: &CookieSticky, aff: &Affinity, token: Token) -> bool {
+    let served_by_pin = aff.pinned.as_ref().map(|p| p.token) == Some(Some(token));
+    repinned(aff, token) || (c.max_age.is_some() && served_by_pin)
+}
+
+/// What a sticky-cookie route does to a response, decided from the values of
+/// its `Set-Cookie` and `Cache-Control` fields alone (the HTTP/1.1 engine's
+/// borrowed fields), as [`respond`] would do it on a header map.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CookieAnswer<'a> {
+    /// Nothing is added or changed.
+    Nothing,
+    /// One `Set-Cookie` field is added, and `Cache-Control: private` when
+    /// `private` (the response has no `Cache-Control`; one that says
+    /// `private` or `no-store` already stays as it is).
+    Add {
+        set_cookie: &'a HeaderValue,
+        private: bool,
+    },
+    /// The response's own fields change (the application set the sticky
+    /// cookie, a `Cache-Control` to merge, a prefix cookie to re-issue):
+    /// for [`respond`] on a header map.
+    Rewrite,
+}
+
+/// [`respond`] for a cookie route, on field values: see [`CookieAnswer`].
+pub fn respond_values<'a, 'v>(
+    c: &CookieSticky,
+    aff: &Affinity,
+    backend: &'a Backend,
+    tls: bool,
+    mut set_cookies: impl Iterator<Item = &'v [u8]>,
+    cache_control: impl Iterator<Item = &'v [u8]> + Clone,
+) -> CookieAnswer<'a> {
+    let Some(token) = backend.token else {
+        return CookieAnswer::Nothing;
+    };
+    if set_cookies.any(|v| sets(c.name.as_bytes(), v)) {
+        return CookieAnswer::Rewrite;
+    }
+    if c.prefix {
+        return if repinned(aff, token) && aff.app_value.is_some() {
+            CookieAnswer::Rewrite
+        } else {
+            CookieAnswer::Nothing
+        };
+    }
+    match &backend.set_cookie {
+        Some(v) if pins_again(c, aff, token) => {
+            let private = cache_control.clone().next().is_none();
+            if private || kept_from_shared_caches(cache_control) {
+                CookieAnswer::Add {
+                    set_cookie: &v[usize::from(tls)],
+                    private,
+                }
+            } else {
+                CookieAnswer::Rewrite
+            }
+        }
+        _ => CookieAnswer::Nothing,
+    }
+}
+
+/// Does a directive of these `Cache-Control` values say `private` or
+/// `no-store`? Every field counts (RFC 9111 §5.2: directives may be split
+/// over fields); a value that is not visible ASCII is not read.
+fn kept_from_shared_caches<'v>(values: impl Iterator<Item = &'v [u8]>) -> bool {
+    values
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|d| {
+            let d = trim(d.split(|b| *b == b'=').next().unwrap_or(b""));
+            d.eq_ignore_ascii_case(b"private") || d.eq_ignore_ascii_case(b"no-store")
+        })
+}
+
 /// HAProxy's `nocache`: a response that sets a sticky cookie must not be kept
 /// by a shared cache and served to other clients. `private` is added unless the
 /// response already says `private` or `no-store`; a `public` directive goes.
@@ -277,7 +381,14 @@ fn no_shared_cache(headers: &mut HeaderMap) {
         headers.insert(header::CACHE_CONTROL, PRIVATE);
         return;
     }
-    // Every field counts (RFC 9111 §5.2: directives may be split over fields).
+    if kept_from_shared_caches(
+        headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        return;
+    }
     let fields: Vec<&str> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
@@ -285,12 +396,6 @@ fn no_shared_cache(headers: &mut HeaderMap) {
         .collect();
     let s = fields.join(",");
     let directives = s.split(',').map(str::trim).filter(|d| !d.is_empty());
-    if directives.clone().any(|d| {
-        let d = d.split('=').next().unwrap_or("");
-        d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store")
-    }) {
-        return;
-    }
     let mut v: Vec<&str> = directives
         .filter(|d| {
             let n = d.split('=').next().unwrap_or("").trim();
@@ -538,6 +643,103 @@ mod tests {
         let a = read(&r, &sticky, &req(&[&v]), CLIENT);
         assert_eq!(a.pinned.unwrap().addr.port(), 9001);
         assert!(!a.cookie.unwrap().to_str().unwrap().contains("WHARFID"));
+    }
+
+    /// What the HTTP/1.1 engine decides on borrowed field values is what
+    /// [`respond`] does to a header map: nothing, one `Set-Cookie` (and
+    /// `Cache-Control: private`) added, or a rewrite left to the map.
+    #[test]
+    fn respond_values_says_what_respond_does() {
+        let set_cookies: [&[&str]; 4] = [
+            &[],
+            &["a=1"],
+            &["WHARFID=x; Path=/", "a=1"],
+            &["JSESSIONID=app; Path=/; HttpOnly"],
+        ];
+        let cache_controls: [&[&str]; 5] = [
+            &[],
+            &["private"],
+            &["max-age=60", "No-Store"],
+            &["public, max-age=60"],
+            &["no-cache"],
+        ];
+        let policies = [
+            cookie(false),
+            cookie(true),
+            StickyPolicy::Cookie(CookieSticky {
+                name: "WHARFID".into(),
+                prefix: false,
+                max_age: Some(600),
+            }),
+        ];
+        let (mut adds, mut privates, mut rewrites, mut nothing) = (0, 0, 0, 0);
+        for sticky in &policies {
+            let StickyPolicy::Cookie(c) = sticky else {
+                unreachable!()
+            };
+            let (_t, r) = route(sticky.clone());
+            let (t0, t1) = (token(&r, 0), token(&r, 1));
+            let requests = [
+                vec![],
+                vec![format!("{}={t1}", c.name)],
+                vec![format!("{}={t1}~s", c.name)],
+                vec![format!("{}={t0}~s", c.name), "z=1".into()],
+            ];
+            for cookies in &requests {
+                let cookies: Vec<&str> = cookies.iter().map(String::as_str).collect();
+                let aff = read(&r, sticky, &req(&cookies), CLIENT);
+                for (sc, cc, tls) in set_cookies.iter().flat_map(|sc| {
+                    cache_controls
+                        .iter()
+                        .flat_map(move |cc| [(sc, cc, false), (sc, cc, true)])
+                }) {
+                    let mut before = HeaderMap::new();
+                    for v in *sc {
+                        before.append(header::SET_COOKIE, HeaderValue::from_static(v));
+                    }
+                    for v in *cc {
+                        before.append(header::CACHE_CONTROL, HeaderValue::from_static(v));
+                    }
+                    let backend = &r.backends.all()[1];
+                    let mut after = before.clone();
+                    respond(&r, sticky, &aff, backend, tls, &mut after);
+                    let answer = respond_values(
+                        c,
+                        &aff,
+                        backend,
+                        tls,
+                        sc.iter().map(|v| v.as_bytes()),
+                        cc.iter().map(|v| v.as_bytes()),
+                    );
+                    let case = format!("{sticky:?} {cookies:?} {sc:?} {cc:?} {tls}");
+                    match answer {
+                        CookieAnswer::Nothing => {
+                            nothing += 1;
+                            assert_eq!(after, before, "{case}");
+                        }
+                        CookieAnswer::Add {
+                            set_cookie,
+                            private,
+                        } => {
+                            adds += 1;
+                            privates += usize::from(private);
+                            let mut expected = before.clone();
+                            expected.append(header::SET_COOKIE, set_cookie.clone());
+                            if private {
+                                expected.append(header::CACHE_CONTROL, PRIVATE);
+                            }
+                            assert_eq!(after, expected, "{case}");
+                        }
+                        CookieAnswer::Rewrite => {
+                            rewrites += 1;
+                            assert_ne!(after, before, "{case}");
+                        }
+                    }
+                }
+            }
+        }
+        // Each outcome is reached (the map path is not the answer to all).
+        assert!(adds > privates && privates > 0 && rewrites > 0 && nothing > 0);
     }
 
     #[test]

@@ -372,7 +372,9 @@ impl Forwarder {
             pending => Box::pin(pending.finish(&route)).await?,
         }
         // pick, with affinity
-        let mut affinity = pipeline::affinity(conn, &head, &route);
+        let mut affinity = pipeline::affinity(conn, &head, &route, || {
+            crate::affinity::cookies(head.headers)
+        });
         let (backend, guard) =
             pipeline::pick(&route, conn.client, None, affinity.as_deref()).await?;
         seen.backend = Some(backend.addr);

@@ -195,19 +195,23 @@ pub fn limit(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Result<(), Prox
 }
 
 /// The backend the request's sticky cookie or its client's binding names (and
-/// the `Cookie` rewrite), on a route with stickiness.
+/// the `Cookie` rewrite), on a route with stickiness. `cookies`: the values of
+/// the request's `Cookie` fields, iterated by `cookies` ([`affinity::cookies`]
+/// of a header map).
 #[inline]
-pub fn affinity(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Option<Box<Affinity>> {
+pub fn affinity<'a, I: Iterator<Item = &'a [u8]>>(
+    conn: &ConnInfo,
+    head: &Head<'_>,
+    route: &Route,
+    cookies: impl Fn() -> I,
+) -> Option<Box<Affinity>> {
     let sticky = route.policy.sticky.as_deref()?;
     let client = match sticky {
         StickyPolicy::Source { .. } => client_ip(conn, head),
         StickyPolicy::Cookie(_) => conn.client.ip(),
     };
-    Some(Box::new(affinity::read(
-        route,
-        sticky,
-        head.headers,
-        client,
+    Some(Box::new(affinity::read_values(
+        route, sticky, cookies, client,
     )))
 }
 
@@ -405,17 +409,6 @@ pub fn respond(conn: &ConnInfo, ctx: &Ctx, headers: &mut HeaderMap) {
         affinity::respond(route, sticky, aff, &ctx.backend, conn.tls, headers);
     }
     crate::middleware::rewrite_response(route, headers);
-}
-
-/// Does the route's stickiness read or write header fields? A cookie does;
-/// client-address stickiness needs none (its client is the peer, or, from a
-/// `forwarded_trusted` peer, the last `X-Forwarded-For` address).
-#[inline]
-pub fn sticky_cookie(route: &Route) -> bool {
-    matches!(
-        route.policy.sticky.as_deref(),
-        Some(StickyPolicy::Cookie(_))
-    )
 }
 
 /// The respond phase without a header map, for a route whose stickiness

@@ -35,9 +35,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use wharf_table::metrics::method_index;
-use wharf_table::{normalize_host, path_is_clean, InflightGuard, RateKey, Route};
+use wharf_table::{normalize_host, path_is_clean, InflightGuard, RateKey, Route, StickyPolicy};
 
 use crate::access::Pending;
+use crate::affinity::CookieAnswer;
 use crate::error::ProxyError;
 use crate::forward::{ConnInfo, Forwarder, Seen};
 use crate::pipeline::{self, Ctx, Failure, Head, Routed, ACME_CHALLENGE};
@@ -524,7 +525,8 @@ impl Engine<'_> {
         seen.route = Some(route.clone());
         let is_head = method == Method::HEAD;
         let safe = pipeline::safe_to_repeat(&head);
-        let phases = self.phases(&head, &route).await;
+        let cookies = || wire::values_of(raw, &st.fields, b"cookie");
+        let phases = self.phases(&head, &route, cookies).await;
         let (backend, guard, mut affinity) = match phases {
             Ok(p) => p,
             Err(e) => {
@@ -551,7 +553,15 @@ impl Engine<'_> {
                     .headers
                     .as_ref()
                     .map_or(&[][..], |r| &r.request[..]);
-                wire::write_request(&mut st.out, raw, &h, &st.fields, &conn.info, rules);
+                wire::write_request(
+                    &mut st.out,
+                    raw,
+                    &h,
+                    &st.fields,
+                    &conn.info,
+                    rules,
+                    cookie.as_ref().map(HeaderValue::as_bytes),
+                );
             }
             Some(mut map) => {
                 let host_value =
@@ -662,10 +672,11 @@ impl Engine<'_> {
 
     /// limit, gate, affinity and pick: the phases between the route and the
     /// backend.
-    async fn phases(
+    async fn phases<'a, C: Iterator<Item = &'a [u8]>>(
         &self,
         head: &Head<'_>,
         route: &std::sync::Arc<Route>,
+        cookies: impl Fn() -> C,
     ) -> Result<
         (
             std::sync::Arc<wharf_table::Backend>,
@@ -681,7 +692,7 @@ impl Engine<'_> {
             crate::middleware::Gate::Refuse(e) => return Err(e),
             pending => Box::pin(pending.finish(route)).await?,
         }
-        let affinity = pipeline::affinity(conn, head, route);
+        let affinity = pipeline::affinity(conn, head, route, cookies);
         let (backend, guard) =
             pipeline::pick(route, conn.client, None, affinity.as_deref()).await?;
         Ok((backend, guard, affinity))
@@ -974,8 +985,21 @@ impl Engine<'_> {
             .headers
             .as_ref()
             .map_or(&[][..], |r| &r.response[..]);
+        // A sticky cookie is added on the borrowed fields; a response whose
+        // own fields it changes takes the header map.
+        let sticky = match (route.policy.sticky.as_deref(), ctx.affinity.as_deref()) {
+            (Some(StickyPolicy::Cookie(c)), Some(aff)) => crate::affinity::respond_values(
+                c,
+                aff,
+                &ctx.backend,
+                conn.tls,
+                wire::values_of(raw, &st.rfields, b"set-cookie"),
+                wire::values_of(raw, &st.rfields, b"cache-control"),
+            ),
+            _ => CookieAnswer::Nothing,
+        };
         let fast = !resp.listed
-            && !pipeline::sticky_cookie(route)
+            && sticky != CookieAnswer::Rewrite
             && (rules.is_empty() || wire::plain_rules(rules));
         // Trailer fields reach a client that takes them, if the response as
         // sent declares them (as hyper's server sends them).
@@ -987,7 +1011,17 @@ impl Engine<'_> {
                 trailers = Some(wire::declared_trailers(raw, &st.rfields));
             }
             pipeline::bind_client(ctx);
-            wire::write_response_fields(out, raw, &st.rfields, &resp, hsts, rules)
+            let cookie: &[(&[u8], &[u8])] = match sticky {
+                CookieAnswer::Add {
+                    set_cookie,
+                    private,
+                } => &[
+                    (&b"set-cookie"[..], set_cookie.as_bytes()),
+                    (&b"cache-control"[..], &b"private"[..]),
+                ][..if private { 2 } else { 1 }],
+                _ => &[],
+            };
+            wire::write_response_fields(out, raw, &st.rfields, &resp, hsts, cookie, rules)
         } else {
             let mut map = wire::to_map(raw, &st.rfields);
             crate::headers::strip_hop_by_hop(&mut map, false);
@@ -1275,8 +1309,7 @@ fn needs_map(route: &Route, conn: &ConnInfo, access_log: bool) -> bool {
         .ratelimit
         .as_deref()
         .is_some_and(|rl| matches!(rl.key, RateKey::Header(_)));
-    pipeline::sticky_cookie(route)
-        || p.basicauth.is_some()
+    p.basicauth.is_some()
         // Rules on fields Wharf passes through apply to the borrowed fields.
         || p.headers.as_ref().is_some_and(|r| !wire::plain_rules(&r.request))
         || rl_header

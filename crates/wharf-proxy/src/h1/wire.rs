@@ -518,6 +518,7 @@ pub(crate) fn write_request(
     fields: &[Field],
     client: &ClientInfo,
     rules: &Rules,
+    cookie: Option<&[u8]>,
 ) {
     let part = |(a, b): (u32, u32)| &head[a as usize..b as usize];
     out.extend_from_slice(part(req.method));
@@ -526,9 +527,23 @@ pub(crate) fn write_request(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let trusted = client.trusted;
     let (mut proto_kept, mut host_kept, mut xff_seen) = (false, false, false);
+    let mut cookie_put = false;
     for f in fields {
         let keep = match f.kind {
-            Kind::Other => rules.is_empty() || !ruled(rules, f.name(head)),
+            Kind::Other if !rules.is_empty() && ruled(rules, f.name(head)) => false,
+            Kind::Other => match cookie {
+                // The sticky cookie's rewrite replaces every `Cookie` field,
+                // where the first one was (as inserting into a header map
+                // does); empty, none is sent.
+                Some(c) if f.name(head).eq_ignore_ascii_case(b"cookie") => {
+                    if !cookie_put && !c.is_empty() {
+                        put_field(out, b"cookie", c);
+                    }
+                    cookie_put = true;
+                    false
+                }
+                _ => true,
+            },
             Kind::Host | Kind::UserAgent | Kind::Referer | Kind::Date => true,
             Kind::Hsts => true,
             Kind::ContentLength => true,
@@ -623,6 +638,19 @@ fn put_rules(out: &mut Vec<u8>, rules: &Rules) {
     }
 }
 
+/// The values of a head's fields named `name` (lower case) that the engine
+/// passes through untouched (`Cookie`, `Set-Cookie`, `Cache-Control`).
+pub(crate) fn values_of<'a>(
+    head: &'a [u8],
+    fields: &'a [Field],
+    name: &'static [u8],
+) -> impl Iterator<Item = &'a [u8]> + Clone {
+    fields
+        .iter()
+        .filter(move |f| f.kind == Kind::Other && f.name(head).eq_ignore_ascii_case(name))
+        .map(move |f| f.value(head))
+}
+
 /// A head's fields as a header map, for the phases that work on one (the
 /// features a route configures: stickiness, authentication, header rules).
 pub(crate) fn to_map(head: &[u8], fields: &[Field]) -> HeaderMap {
@@ -694,13 +722,15 @@ pub(crate) fn write_status(out: &mut Vec<u8>, code: u16, reason: Option<&[u8]>) 
 
 /// The response fields of the fast path: hop-by-hop ones removed (and
 /// `Content-Length` when the body was chunked), the route's HSTS value in
-/// place of the backend's. Says whether the backend sent a `Date`.
+/// place of the backend's, `extra` fields added (a sticky cookie), the
+/// rules' last. Says whether the backend sent a `Date`.
 pub(crate) fn write_response_fields(
     out: &mut Vec<u8>,
     head: &[u8],
     fields: &[Field],
     resp: &RespHead,
     hsts: Option<&HeaderValue>,
+    extra: &[(&[u8], &[u8])],
     rules: &Rules,
 ) -> bool {
     let mut date = false;
@@ -725,6 +755,11 @@ pub(crate) fn write_response_fields(
     }
     if let Some(v) = hsts {
         put_field(out, b"strict-transport-security", v.as_bytes());
+    }
+    for (name, value) in extra {
+        if rules.is_empty() || !ruled(rules, name) {
+            put_field(out, name, value);
+        }
     }
     if !rules.is_empty() {
         put_rules(out, rules);
@@ -1054,7 +1089,7 @@ pub fn fuzz_request_round_trip(data: &[u8], trusted: bool) {
         https: false,
     };
     let mut out = Vec::new();
-    write_request(&mut out, data, &req, &fields, &client, &[]);
+    write_request(&mut out, data, &req, &fields, &client, &[], None);
     let mut again = Vec::new();
     let Parse::Done(back) = parse_request(&out, &mut again, MAX_FIELDS) else {
         panic!(
@@ -1100,7 +1135,7 @@ pub fn fuzz_response_round_trip(data: &[u8]) {
         resp.code,
         Some(&data[resp.reason.0 as usize..resp.reason.1 as usize]),
     );
-    write_response_fields(&mut out, data, &fields, &resp, None, &[]);
+    write_response_fields(&mut out, data, &fields, &resp, None, &[], &[]);
     if matches!(resp.body, Framing::Chunked | Framing::Eof) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -1260,7 +1295,7 @@ mod tests {
         ] {
             assert!(plain_rules(&rules));
             let mut out = Vec::new();
-            write_request(&mut out, raw, &req, &fields, &info(false), &rules);
+            write_request(&mut out, raw, &req, &fields, &info(false), &rules, None);
             let mut map = to_map(raw, &fields);
             middleware_apply(&rules, &mut map);
             let text = String::from_utf8(out).unwrap();
@@ -1275,6 +1310,48 @@ mod tests {
         assert!(!plain_rules(&[(n("x-forwarded-proto"), v("https"))]));
         assert!(!plain_rules(&[(n("date"), None)]));
         assert!(!plain_rules(&[(n("trailer"), None)]));
+    }
+
+    /// The sticky cookie's rewrite replaces every `Cookie` field where the
+    /// first was, is dropped when empty, and yields to a rule on `Cookie`.
+    #[test]
+    fn the_cookie_rewrite_replaces_every_cookie_field() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; WHARFID=t\r\nX-B: keep\r\ncookie: c=3\r\n\r\n";
+        let mut fields = Vec::new();
+        let Parse::Done(req) = parse_request(raw, &mut fields, 100) else {
+            panic!("parses");
+        };
+        let cookies: Vec<&[u8]> = values_of(raw, &fields, b"cookie").collect();
+        assert_eq!(cookies, [&b"a=1; WHARFID=t"[..], b"c=3"]);
+        let write = |rules: &Rules, cookie: Option<&[u8]>| {
+            let mut out = Vec::new();
+            write_request(&mut out, raw, &req, &fields, &info(false), rules, cookie);
+            String::from_utf8(out).unwrap()
+        };
+        let text = write(&[], Some(b"a=1; c=3"));
+        assert!(
+            text.contains("host: a\r\ncookie: a=1; c=3\r\nx-b: keep\r\nx-forwarded-for"),
+            "{text}"
+        );
+        let text = write(&[], Some(b""));
+        assert!(
+            !text.contains("cookie") && text.contains("x-b: keep"),
+            "{text}"
+        );
+        let text = write(&[], None);
+        assert_eq!(text.matches("cookie: ").count(), 2, "{text}");
+        let rule = [(
+            HeaderName::from_static("cookie"),
+            Some(HeaderValue::from_static("r=1")),
+        )];
+        let text = write(&rule, Some(b"a=1; c=3"));
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("cookie"))
+                .collect::<Vec<_>>(),
+            ["cookie: r=1"],
+            "{text}"
+        );
     }
 
     fn middleware_apply(rules: &Rules, map: &mut HeaderMap) {
@@ -1321,7 +1398,7 @@ mod tests {
         };
         assert_eq!(req.len, raw.len());
         let mut out = Vec::new();
-        write_request(&mut out, raw, &req, &fields, &info(false), &[]);
+        write_request(&mut out, raw, &req, &fields, &info(false), &[], None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nhost: App.example\r\nte: trailers\r\naccept: */*\r\n\
@@ -1330,7 +1407,7 @@ mod tests {
         );
         // A trusted peer's forwarding fields are kept and extended.
         let mut out = Vec::new();
-        write_request(&mut out, raw, &req, &fields, &info(true), &[]);
+        write_request(&mut out, raw, &req, &fields, &info(true), &[], None);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("x-forwarded-for: 6.6.6.6, 192.0.2.7\r\n"),
