@@ -20,6 +20,9 @@
 #   URL_PATH=/4k     the 4 KiB body (the harness's ka4k cell) instead of 100 bytes
 #   PROTO=h2         HTTP/2 over TLS (ALPN h2, one stream at a time per connection,
 #                    h2load -m 1) instead of HTTP/1.1
+#   CLOSE=1          a new connection per request (the harness's close cell): wrk
+#                    -H 'Connection: close' for CLOSE_SECS [10] seconds instead of
+#                    h2load, each figure divided by the requests wrk completed
 #   TARGETS="..."    any of: haproxy wharf base [haproxy wharf]; `base` runs BASE_BIN
 #                    (e.g. a release build of an older commit) with Wharf's config
 #   ROUTE_EXTRA=...  route keys appended to Wharf's route (e.g. a health check)
@@ -43,8 +46,8 @@ bin=${WHARF_BIN:-$here/target/release/wharf}
 MODES=${MODES:-"strace callgrind"}; CONNS=${CONNS:-1}; N=${N:-}
 SCHEME=${SCHEME:-https}; TARGETS=${TARGETS:-"haproxy wharf"}
 proto_arg=--h1; [ "${PROTO:-h1}" = h2 ] && proto_arg=-m1
-for b in h2load haproxy nginx openssl taskset curl strace valgrind callgrind_control python3; do
-  command -v "$b" >/dev/null || { echo "missing $b (apt-get install nghttp2-client haproxy nginx strace valgrind)" >&2; exit 2; }
+for b in h2load haproxy nginx openssl taskset curl strace valgrind callgrind_control python3 ${CLOSE:+wrk}; do
+  command -v "$b" >/dev/null || { echo "missing $b (apt-get install nghttp2-client haproxy nginx strace valgrind wrk)" >&2; exit 2; }
 done
 RIG_NAME=tlscost
 # shellcheck source=benches/tls-rig.sh
@@ -102,11 +105,19 @@ measure() { # measure TARGET MODE
     callgrind) callgrind_control -d "$pid" >/dev/null; sleep 1 ;;
     cpu) local t0 s0; t0=$(awk '{ print $14, $15 }' "/proc/$pid/stat"); s0=$(out_segs) ;;
   esac
-  local ok; ok=$(taskset -c 1 h2load "$proto_arg" -n "$n" -c "$CONNS" "${load_args[@]}" "$url" | awk '/^requests:/ { print $8 }')
+  local ok
+  if [ -n "${CLOSE:-}" ]; then
+    # wrk counts what it completed; that count is the divisor.
+    ok=$(taskset -c 1 wrk -t1 -c "$CONNS" -d "${CLOSE_SECS:-10}s" -H 'Connection: close' "${load_args[@]}" "$url" |
+      awk '/requests in/ { print $1 }')
+    n=$ok
+  else
+    ok=$(taskset -c 1 h2load "$proto_arg" -n "$n" -c "$CONNS" "${load_args[@]}" "$url" | awk '/^requests:/ { print $8 }')
+  fi
   case $mode in
     strace) kill -INT "$sp"; wait "$sp" || true
       awk -v t="$t" -v n="$n" -v ok="$ok" 'BEGIN { printf "%-8s strace    %d requests (%d ok), per request:", t, n, ok }
-        $NF ~ /^(read|write|writev|readv|sendto|recvfrom|sendmsg|recvmsg|epoll_wait|clock_gettime)$/ {
+        $NF ~ /^[a-z_0-9]+$/ && $NF != "total" && $NF != "syscall" && $4 / n >= 0.01 {
           e = (NF == 6) ? $5 : 0; printf " %s %.2f", $NF, $4 / n; if (e) printf " (%.2f failed)", e / n }
         END { print "" }' "$run/strace.$t" ;;
     cpu) awk -v t="$t" -v n="$n" -v ok="$ok" -v t0="$t0" -v hz="$(getconf CLK_TCK)" '{ split(t0, a, " ")
