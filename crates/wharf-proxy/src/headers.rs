@@ -227,10 +227,36 @@ impl IpText {
     pub fn new(ip: std::net::IpAddr) -> Self {
         use std::io::Write;
         let mut buf = [0u8; 45];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        // Always fits (45 bytes); a failure would leave a shorter text.
-        let _ = write!(cursor, "{ip}");
-        let len = u8::try_from(cursor.position()).unwrap_or(0);
+        let len = match ip {
+            // Digit by digit: `Display` through a formatter costs ~1,000
+            // instructions, a tenth of what accepting a connection costs.
+            std::net::IpAddr::V4(v4) => {
+                let mut at = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[at] = b'.';
+                        at += 1;
+                    }
+                    if octet >= 100 {
+                        buf[at] = b'0' + octet / 100;
+                        at += 1;
+                    }
+                    if octet >= 10 {
+                        buf[at] = b'0' + octet / 10 % 10;
+                        at += 1;
+                    }
+                    buf[at] = b'0' + octet % 10;
+                    at += 1;
+                }
+                at as u8
+            }
+            std::net::IpAddr::V6(_) => {
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                // Always fits (45 bytes); a failure would leave a shorter text.
+                let _ = write!(cursor, "{ip}");
+                u8::try_from(cursor.position()).unwrap_or(0)
+            }
+        };
         IpText { len, buf }
     }
 
@@ -413,6 +439,28 @@ mod tests {
         let mut plain = map(&[("connection", "keep-alive"), ("content-length", "3")]);
         assert!(!strip_hop_by_hop(&mut plain, false));
         assert_eq!(plain.len(), 1, "{plain:?}");
+    }
+
+    #[test]
+    fn ip_text_is_the_display_form() {
+        for a in [0u8, 1, 9, 10, 42, 99, 100, 109, 110, 199, 200, 255] {
+            for ip in [
+                std::net::Ipv4Addr::new(a, 255 - a, a / 2, 7),
+                std::net::Ipv4Addr::new(7, a, 0, a),
+            ] {
+                let ip = std::net::IpAddr::V4(ip);
+                assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+            }
+        }
+        for ip in [
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
     }
 
     #[test]

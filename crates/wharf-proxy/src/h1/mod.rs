@@ -975,6 +975,8 @@ impl Engine<'_> {
         let raw = &st.bbuf.pending()[..resp.len];
         let out = &mut st.out;
         out.clear();
+        // The head and the body's first bytes, which leave with it.
+        out.reserve(st.bbuf.pending().len() + wire::ADDED);
         wire::write_status(
             out,
             resp.code,

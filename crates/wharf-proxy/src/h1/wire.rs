@@ -310,6 +310,8 @@ pub(crate) fn parse_request(
         return Parse::Decline("request target");
     }
     fields.clear();
+    // Sized once: a connection's first head would grow it four times.
+    fields.reserve(req.headers.len());
     let (mut host, mut body, mut close, mut te_trailers) = (None, Framing::None, false, true);
     let (mut has_te, mut accepts_trailers) = (false, false);
     for h in req.headers.iter() {
@@ -412,6 +414,7 @@ pub(crate) fn parse_response(buf: &[u8], fields: &mut Vec<Field>) -> Parse<RespH
         return Parse::Decline("status code");
     }
     fields.clear();
+    fields.reserve(resp.headers.len());
     let (mut body, mut close, mut listed) = (Framing::Eof, version == 0, false);
     for h in resp.headers.iter() {
         let kind = kind_of(h.name.as_bytes());
@@ -521,6 +524,9 @@ pub(crate) fn write_request(
     cookie: Option<&[u8]>,
 ) {
     let part = |(a, b): (u32, u32)| &head[a as usize..b as usize];
+    // Room for the head and the fields Wharf adds, at once: a connection's
+    // first head would grow the buffer six times or more.
+    out.reserve(req.len + ADDED);
     out.extend_from_slice(part(req.method));
     out.push(b' ');
     out.extend_from_slice(part(req.target));
@@ -601,6 +607,10 @@ pub(crate) fn write_request(
     }
     out.extend_from_slice(b"\r\n");
 }
+
+/// About what Wharf adds to a head it writes (forwarding fields, `Date`,
+/// HSTS, the chunked coding): room reserved beside the head's own length.
+pub(crate) const ADDED: usize = 256;
 
 /// A route's header rules for one direction (`headers.request` or
 /// `headers.response`): in order, each sets a field (replacing every value)
