@@ -10,7 +10,8 @@
 //! Bodies are streamed with their framing (Content-Length, chunked, or until
 //! close, sent on chunked). Buffers belong to the connection and are released
 //! whenever it waits for a request with nothing buffered, so an idle
-//! connection holds no buffer at all.
+//! connection holds no buffer at all; released buffers are kept per thread
+//! for the next busy period ([`spare`]).
 //!
 //! The decision is taken at each request head, never in the middle of a
 //! request: a head the engine does not serve (HTTP/1.0, an upgrade,
@@ -19,6 +20,7 @@
 //! [`Exit::Handoff`]: hyper takes the connection from that head on, with the
 //! bytes as received, and answers or refuses it as it always did.
 
+mod spare;
 pub(crate) mod wire;
 
 use std::future::{poll_fn, Future};
@@ -126,7 +128,7 @@ impl Buf {
     /// Gives the allocation back while nothing waits in it.
     fn release(&mut self) {
         if self.is_empty() {
-            self.data = Vec::new();
+            spare::give_bytes(std::mem::take(&mut self.data));
             self.start = 0;
         }
     }
@@ -139,6 +141,9 @@ impl Buf {
 
     /// Room for a read of about `want` bytes: what was used is dropped first.
     fn make_room(&mut self, want: usize) {
+        if self.data.capacity() == 0 {
+            self.data = spare::bytes();
+        }
         if self.data.capacity() - self.data.len() < want / 2 {
             if self.start > 0 {
                 self.data.drain(..self.start);
@@ -159,7 +164,7 @@ impl Buf {
     }
 }
 
-/// A busy period's buffers and parsed fields (freed when it ends).
+/// A busy period's buffers and parsed fields (given back when it ends).
 #[derive(Default)]
 struct State {
     /// From the client.
@@ -170,6 +175,16 @@ struct State {
     out: Vec<u8>,
     fields: Vec<Field>,
     rfields: Vec<Field>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        spare::give_bytes(std::mem::take(&mut self.rbuf.data));
+        spare::give_bytes(std::mem::take(&mut self.bbuf.data));
+        spare::give_bytes(std::mem::take(&mut self.out));
+        spare::give_fields(std::mem::take(&mut self.fields));
+        spare::give_fields(std::mem::take(&mut self.rfields));
+    }
 }
 
 /// What an entrypoint's connections share.
@@ -351,13 +366,9 @@ impl Engine<'_> {
         // hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each
         // head, from the end of the previous response (docs/config.md).
         let s = &*self.settings;
-        let mut st = State {
-            rbuf: Buf {
-                data: prefix,
-                start: 0,
-            },
-            ..State::default()
-        };
+        let mut st = State::default();
+        st.rbuf.data = prefix;
+        st.fields = spare::fields();
         let mut first = true;
         loop {
             let next = tokio::select! {
@@ -545,6 +556,9 @@ impl Engine<'_> {
         seen.backend = Some(backend.addr);
         let cookie = affinity.as_mut().and_then(|a| a.cookie.take());
         // The head for the backend.
+        if st.out.capacity() == 0 {
+            st.out = spare::bytes();
+        }
         st.out.clear();
         match map {
             None => {
@@ -749,6 +763,9 @@ impl Engine<'_> {
         let written = |ok: bool| Exchange::Closed { written: ok };
         // Nothing of another connection's bytes may be read as this answer.
         st.bbuf.clear();
+        if st.rfields.capacity() == 0 {
+            st.rfields = spare::fields();
+        }
         let mut done = true;
         match body {
             Framing::None | Framing::Eof => {
