@@ -128,7 +128,7 @@ impl Buf {
     /// Gives the allocation back while nothing waits in it.
     fn release(&mut self) {
         if self.is_empty() {
-            spare::give_bytes(std::mem::take(&mut self.data));
+            spare::give(std::mem::take(&mut self.data));
             self.start = 0;
         }
     }
@@ -141,9 +141,7 @@ impl Buf {
 
     /// Room for a read of about `want` bytes: what was used is dropped first.
     fn make_room(&mut self, want: usize) {
-        if self.data.capacity() == 0 {
-            self.data = spare::bytes();
-        }
+        spare::ensure(&mut self.data);
         if self.data.capacity() - self.data.len() < want / 2 {
             if self.start > 0 {
                 self.data.drain(..self.start);
@@ -179,11 +177,11 @@ struct State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        spare::give_bytes(std::mem::take(&mut self.rbuf.data));
-        spare::give_bytes(std::mem::take(&mut self.bbuf.data));
-        spare::give_bytes(std::mem::take(&mut self.out));
-        spare::give_fields(std::mem::take(&mut self.fields));
-        spare::give_fields(std::mem::take(&mut self.rfields));
+        spare::give(std::mem::take(&mut self.rbuf.data));
+        spare::give(std::mem::take(&mut self.bbuf.data));
+        spare::give(std::mem::take(&mut self.out));
+        spare::give(std::mem::take(&mut self.fields));
+        spare::give(std::mem::take(&mut self.rfields));
     }
 }
 
@@ -368,7 +366,7 @@ impl Engine<'_> {
         let s = &*self.settings;
         let mut st = State::default();
         st.rbuf.data = prefix;
-        st.fields = spare::fields();
+        spare::ensure(&mut st.fields);
         let mut first = true;
         loop {
             let next = tokio::select! {
@@ -556,9 +554,7 @@ impl Engine<'_> {
         seen.backend = Some(backend.addr);
         let cookie = affinity.as_mut().and_then(|a| a.cookie.take());
         // The head for the backend.
-        if st.out.capacity() == 0 {
-            st.out = spare::bytes();
-        }
+        spare::ensure(&mut st.out);
         st.out.clear();
         match map {
             None => {
@@ -763,9 +759,7 @@ impl Engine<'_> {
         let written = |ok: bool| Exchange::Closed { written: ok };
         // Nothing of another connection's bytes may be read as this answer.
         st.bbuf.clear();
-        if st.rfields.capacity() == 0 {
-            st.rfields = spare::fields();
-        }
+        spare::ensure(&mut st.rfields);
         let mut done = true;
         match body {
             Framing::None | Framing::Eof => {

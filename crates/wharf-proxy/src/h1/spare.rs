@@ -5,63 +5,67 @@
 //! backend and output buffers and its field lists from the allocator again
 //! (its slow path, for blocks freed a moment before) and grow them.
 //!
-//! Bounded: at most [`KEEP`] of each kind per thread, a byte buffer only up
-//! to [`KEEP_BYTES`] of capacity, so what the threads keep is at most
-//! 2 MiB each, and in steady load a few buffers of 4 KiB.
+//! Bounded: at most [`KEEP`] of each kind per thread, and a byte buffer only
+//! up to [`KEEP_BYTES`] of capacity (one that grew past it relaying a body
+//! goes back to the allocator), so a thread keeps at most ~0.7 MiB, and in
+//! steady load a few buffers of 4 KiB.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use super::wire::Field;
 
 /// How many of each kind a thread keeps.
 const KEEP: usize = 32;
-/// A byte buffer with more capacity than this goes back to the allocator.
-const KEEP_BYTES: usize = 64 * 1024;
+/// A byte buffer with more capacity than this goes back to the allocator: a
+/// head's read buffer (4 KiB) and a body's piece (16 KiB) fit.
+const KEEP_BYTES: usize = super::READ_CHUNK + super::BODY_CHUNK;
+
+type Pool<T> = RefCell<Vec<Vec<T>>>;
 
 thread_local! {
-    static BYTES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static FIELDS: RefCell<Vec<Vec<Field>>> = const { RefCell::new(Vec::new()) };
+    static BYTES: Pool<u8> = const { RefCell::new(Vec::new()) };
+    static FIELDS: Pool<Field> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty byte buffer: a kept one, else a new one without an allocation.
-pub(super) fn bytes() -> Vec<u8> {
-    BYTES
-        .try_with(|s| s.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+/// What a thread keeps lists of.
+pub(super) trait Spare: Sized + 'static {
+    fn pool() -> &'static LocalKey<Pool<Self>>;
+    /// Kept only up to this capacity.
+    const MAX: usize;
 }
 
-/// An empty field list: a kept one, else a new one without an allocation.
-pub(super) fn fields() -> Vec<Field> {
-    FIELDS
-        .try_with(|s| s.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-}
-
-/// Keeps `v`'s allocation for another busy period, or frees it.
-pub(super) fn give_bytes(mut v: Vec<u8>) {
-    if v.capacity() == 0 || v.capacity() > KEEP_BYTES {
-        return;
+impl Spare for u8 {
+    fn pool() -> &'static LocalKey<Pool<u8>> {
+        &BYTES
     }
-    v.clear();
-    keep(&BYTES, v);
+    const MAX: usize = KEEP_BYTES;
 }
 
-/// Keeps `v`'s allocation for another busy period, or frees it.
-pub(super) fn give_fields(mut v: Vec<Field>) {
+impl Spare for Field {
+    fn pool() -> &'static LocalKey<Pool<Field>> {
+        &FIELDS
+    }
+    const MAX: usize = super::wire::MAX_FIELDS;
+}
+
+/// Gives `v` a kept allocation if it has none (it is empty then).
+pub(super) fn ensure<T: Spare>(v: &mut Vec<T>) {
     if v.capacity() == 0 {
+        if let Ok(Some(kept)) = T::pool().try_with(|s| s.borrow_mut().pop()) {
+            *v = kept;
+        }
+    }
+}
+
+/// Keeps `v`'s allocation for another busy period, emptied, or frees it.
+pub(super) fn give<T: Spare>(mut v: Vec<T>) {
+    if v.capacity() == 0 || v.capacity() > T::MAX {
         return;
     }
     v.clear();
-    keep(&FIELDS, v);
-}
-
-fn keep<T: 'static>(pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>, v: T) {
     // At thread exit the pool may be gone: `v` is then freed.
-    let _ = pool.try_with(|s| {
+    let _ = T::pool().try_with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < KEEP {
             s.push(v);
@@ -73,27 +77,38 @@ fn keep<T: 'static>(pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>, v: T)
 mod tests {
     use super::*;
 
+    fn taken<T: Spare>() -> Vec<T> {
+        let mut v = Vec::new();
+        ensure(&mut v);
+        v
+    }
+
     #[test]
-    fn keeps_a_bounded_number_of_bounded_buffers() {
+    fn keeps_a_bounded_number_of_bounded_buffers_emptied() {
         // A thread of its own: the pools are per thread.
         std::thread::spawn(|| {
-            assert_eq!(bytes().capacity(), 0);
+            assert_eq!(taken::<u8>().capacity(), 0);
             let mut v = Vec::with_capacity(4096);
-            v.extend_from_slice(b"left over");
-            give_bytes(v);
-            let v = bytes();
+            v.extend_from_slice(b"another connection's bytes");
+            give(v);
+            let v = taken::<u8>();
             assert!(v.is_empty() && v.capacity() >= 4096);
-            give_bytes(Vec::with_capacity(KEEP_BYTES + 1));
-            assert_eq!(bytes().capacity(), 0, "too large to keep");
+            // One that has an allocation keeps it.
+            let mut own = Vec::with_capacity(10);
+            own.push(1u8);
+            ensure(&mut own);
+            assert_eq!(own, [1]);
+            give(Vec::<u8>::with_capacity(KEEP_BYTES + 1));
+            assert_eq!(taken::<u8>().capacity(), 0, "too large to keep");
             for _ in 0..KEEP + 5 {
-                give_bytes(Vec::with_capacity(16));
-                give_fields(Vec::with_capacity(16));
+                give(Vec::<u8>::with_capacity(16));
+                give(Vec::<Field>::with_capacity(16));
             }
-            let kept = std::iter::from_fn(|| Some(bytes()))
+            let kept = std::iter::from_fn(|| Some(taken::<u8>()))
                 .take_while(|v| v.capacity() > 0)
                 .count();
             assert_eq!(kept, KEEP);
-            let kept = std::iter::from_fn(|| Some(fields()))
+            let kept = std::iter::from_fn(|| Some(taken::<Field>()))
                 .take_while(|v| v.capacity() > 0)
                 .count();
             assert_eq!(kept, KEEP);
