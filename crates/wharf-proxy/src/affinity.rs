@@ -361,49 +361,75 @@ pub fn respond_values<'a, 'v>(
 }
 
 /// Does a directive of these `Cache-Control` values say `private` or
-/// `no-store`? Every field counts (RFC 9111 §5.2: directives may be split
-/// over fields); a value that is not visible ASCII is not read.
+/// `no-store`, unqualified? Every field counts (RFC 9111 §5.2: directives may
+/// be split over fields). `private="X-Foo"` does not: it keeps only the fields
+/// it names from a shared cache (RFC 9111 §5.2.2.7). A value that is not
+/// visible ASCII is not read.
 fn kept_from_shared_caches<'v>(values: impl Iterator<Item = &'v [u8]>) -> bool {
     values
-        .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
-        .flat_map(|v| v.split(|b| *b == b','))
-        .any(|d| {
-            let d = trim(d.split(|b| *b == b'=').next().unwrap_or(b""));
-            d.eq_ignore_ascii_case(b"private") || d.eq_ignore_ascii_case(b"no-store")
-        })
+        .flat_map(directives)
+        .any(|d| d.eq_ignore_ascii_case(b"private") || d.eq_ignore_ascii_case(b"no-store"))
+}
+
+/// The directives of a `Cache-Control` value, trimmed: split at the commas
+/// outside quoted strings (RFC 9110 §5.6.4), empty ones skipped; none from a
+/// value that is not visible ASCII.
+fn directives(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let visible = v.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+    let mut rest = if visible { v } else { &[][..] };
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut quoted, mut escaped, mut end) = (false, false, rest.len());
+        for (i, &b) in rest.iter().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let d = trim(&rest[..end]);
+        rest = rest.get(end + 1..).unwrap_or_default();
+        if !d.is_empty() {
+            return Some(d);
+        }
+    })
 }
 
 /// HAProxy's `nocache`: a response that sets a sticky cookie must not be kept
 /// by a shared cache and served to other clients. `private` is added unless the
-/// response already says `private` or `no-store`; a `public` directive goes.
+/// response already says `private` or `no-store`; a `public` or `s-maxage`
+/// directive goes.
 fn no_shared_cache(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CACHE_CONTROL) {
-        headers.insert(header::CACHE_CONTROL, PRIVATE);
-        return;
-    }
-    if kept_from_shared_caches(
+    let values = || {
         headers
             .get_all(header::CACHE_CONTROL)
             .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
+            .map(HeaderValue::as_bytes)
+    };
+    if values().next().is_none() {
+        headers.insert(header::CACHE_CONTROL, PRIVATE);
         return;
     }
-    let fields: Vec<&str> = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let s = fields.join(",");
-    let directives = s.split(',').map(str::trim).filter(|d| !d.is_empty());
-    let mut v: Vec<&str> = directives
-        .filter(|d| {
-            let n = d.split('=').next().unwrap_or("").trim();
-            !n.eq_ignore_ascii_case("public") && !n.eq_ignore_ascii_case("s-maxage")
-        })
-        .collect();
-    v.push("private");
-    if let Ok(nv) = HeaderValue::from_str(&v.join(", ")) {
+    if kept_from_shared_caches(values()) {
+        return;
+    }
+    let mut v: Vec<u8> = Vec::new();
+    for d in values().flat_map(directives).filter(|d| {
+        let name = trim(d.split(|b| *b == b'=').next().unwrap_or_default());
+        !name.eq_ignore_ascii_case(b"public") && !name.eq_ignore_ascii_case(b"s-maxage")
+    }) {
+        v.extend_from_slice(d);
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(b"private");
+    if let Ok(nv) = HeaderValue::from_bytes(&v) {
         headers.insert(header::CACHE_CONTROL, nv);
     }
 }
@@ -656,12 +682,16 @@ mod tests {
             &["WHARFID=x; Path=/", "a=1"],
             &["JSESSIONID=app; Path=/; HttpOnly"],
         ];
-        let cache_controls: [&[&str]; 5] = [
+        let cache_controls: [&[&str]; 9] = [
             &[],
             &["private"],
             &["max-age=60", "No-Store"],
             &["public, max-age=60"],
             &["no-cache"],
+            &["no-cache=\"a,private\""],
+            &["private=\"x-foo\", max-age=5"],
+            &[""],
+            &["private\u{e9}"],
         ];
         let policies = [
             cookie(false),
@@ -698,7 +728,8 @@ mod tests {
                         before.append(header::SET_COOKIE, HeaderValue::from_static(v));
                     }
                     for v in *cc {
-                        before.append(header::CACHE_CONTROL, HeaderValue::from_static(v));
+                        let v = HeaderValue::from_bytes(v.as_bytes()).unwrap();
+                        before.append(header::CACHE_CONTROL, v);
                     }
                     let backend = &r.backends.all()[1];
                     let mut after = before.clone();
@@ -732,7 +763,15 @@ mod tests {
                         }
                         CookieAnswer::Rewrite => {
                             rewrites += 1;
+                            // Not what an addition would have left.
+                            let mut added = before.clone();
+                            if let Some(v) = &backend.set_cookie {
+                                added.append(header::SET_COOKIE, v[usize::from(tls)].clone());
+                            }
                             assert_ne!(after, before, "{case}");
+                            assert_ne!(after, added, "{case}");
+                            added.append(header::CACHE_CONTROL, PRIVATE);
+                            assert_ne!(after, added, "{case}");
                         }
                     }
                 }
@@ -740,6 +779,42 @@ mod tests {
         }
         // Each outcome is reached (the map path is not the answer to all).
         assert!(adds > privates && privates > 0 && rewrites > 0 && nothing > 0);
+    }
+
+    #[test]
+    fn cache_control_gets_private_unless_it_keeps_shared_caches_out() {
+        let merged = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+            }
+            no_shared_cache(&mut h);
+            let all: Vec<&str> = h
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            all.join(" | ")
+        };
+        assert_eq!(merged(&[]), "private");
+        assert_eq!(merged(&["max-age=5", "Private"]), "max-age=5 | Private");
+        assert_eq!(merged(&["no-store"]), "no-store");
+        // A quoted comma separates nothing; a qualified `private` keeps only
+        // the fields it names from shared caches.
+        assert_eq!(
+            merged(&["public, no-cache=\"a,private\", S-Maxage=9, max-age=5"]),
+            "no-cache=\"a,private\", max-age=5, private"
+        );
+        assert_eq!(
+            merged(&["private=\"x-foo\"", "public"]),
+            "private=\"x-foo\", private"
+        );
+        assert_eq!(
+            merged(&["no-cache=\"a\\\",b\", max-age=1"]),
+            "no-cache=\"a\\\",b\", max-age=1, private"
+        );
+        let d: Vec<&[u8]> = directives(b" a , ,b=\"x,y\" ,c").collect();
+        assert_eq!(d, [&b"a"[..], b"b=\"x,y\"", b"c"]);
     }
 
     #[test]
