@@ -4,7 +4,8 @@
 //! Invariants (see `wharf_proxy::fuzzing`): a request head the engine serves is
 //! written for the backend as exactly one HTTP/1.1 head, with the same method,
 //! target, host and framing, one `X-Forwarded-For`, and no hop-by-hop or
-//! untrusted forwarding field; a response head it accepts is written as one
+//! untrusted forwarding field, and a sticky cookie's rewrite in place of every
+//! `Cookie` field; a response head it accepts is written as one
 //! head with the framing it will send; the chunked decoder's output does not
 //! depend on how its input was split and is itself valid chunked coding.
 #![no_main]

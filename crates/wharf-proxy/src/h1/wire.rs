@@ -1098,8 +1098,14 @@ pub fn fuzz_request_round_trip(data: &[u8], trusted: bool) {
         trusted,
         https: false,
     };
+    // A sticky cookie's rewrite of the `Cookie` fields, or none.
+    let cookie: Option<&[u8]> = match data.len() % 3 {
+        0 => None,
+        1 => Some(b""),
+        _ => Some(b"app=1; z=2"),
+    };
     let mut out = Vec::new();
-    write_request(&mut out, data, &req, &fields, &client, &[], None);
+    write_request(&mut out, data, &req, &fields, &client, &[], cookie);
     let mut again = Vec::new();
     let Parse::Done(back) = parse_request(&out, &mut again, MAX_FIELDS) else {
         panic!(
@@ -1125,6 +1131,13 @@ pub fn fuzz_request_round_trip(data: &[u8], trusted: bool) {
     let count = |k: Kind| again.iter().filter(|f| f.kind == k).count();
     assert_eq!(count(Kind::XForwardedFor), 1);
     assert_eq!(count(Kind::XRealIp), 1);
+    let sent: Vec<&[u8]> = values_of(&out, &again, b"cookie").collect();
+    let received = values_of(data, &fields, b"cookie").count();
+    match cookie {
+        None => assert_eq!(sent.len(), received, "Cookie fields without a rewrite"),
+        Some(c) if c.is_empty() || received == 0 => assert!(sent.is_empty(), "{sent:?}"),
+        Some(c) => assert_eq!(sent, [c], "the rewrite replaces every Cookie field"),
+    }
 }
 
 /// Fuzzing: a response head the engine accepts is written as one complete
