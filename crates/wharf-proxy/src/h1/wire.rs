@@ -1262,6 +1262,15 @@ mod tests {
         parse_request(raw, &mut Vec::new(), 100)
     }
 
+    /// A head the engine serves, and its fields.
+    fn served(raw: &[u8]) -> (ReqHead, Vec<Field>) {
+        let mut fields = Vec::new();
+        let Parse::Done(req) = parse_request(raw, &mut fields, 100) else {
+            panic!("parses: {}", String::from_utf8_lossy(raw));
+        };
+        (req, fields)
+    }
+
     #[test]
     fn every_name_has_its_kind_in_any_case() {
         for (name, kind) in NAMES {
@@ -1305,10 +1314,7 @@ mod tests {
     #[test]
     fn header_rules_on_borrowed_fields_end_as_on_a_header_map() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-A: old\r\nX-B: keep\r\nx-a: old2\r\n\r\n";
-        let mut fields = Vec::new();
-        let Parse::Done(req) = parse_request(raw, &mut fields, 100) else {
-            panic!("parses");
-        };
+        let (req, fields) = served(raw);
         let v = |s: &'static str| Some(HeaderValue::from_static(s));
         let n = |s: &'static str| HeaderName::from_static(s);
         for (rules, want_a) in [
@@ -1340,10 +1346,7 @@ mod tests {
     #[test]
     fn the_cookie_rewrite_replaces_every_cookie_field() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; WHARFID=t\r\nX-B: keep\r\ncookie: c=3\r\n\r\n";
-        let mut fields = Vec::new();
-        let Parse::Done(req) = parse_request(raw, &mut fields, 100) else {
-            panic!("parses");
-        };
+        let (req, fields) = served(raw);
         let cookies: Vec<&[u8]> = values_of(raw, &fields, b"cookie").collect();
         assert_eq!(cookies, [&b"a=1; WHARFID=t"[..], b"c=3"]);
         let write = |rules: &Rules, cookie: Option<&[u8]>| {
@@ -1415,10 +1418,7 @@ mod tests {
         let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: App.example\r\nConnection: keep-alive\r\n\
             Keep-Alive: 5\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
             Forwarded: for=x\r\nX_Forwarded_For: 1\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
-        let mut fields = Vec::new();
-        let Parse::Done(req) = parse_request(raw, &mut fields, 100) else {
-            panic!()
-        };
+        let (req, fields) = served(raw);
         assert_eq!(req.len, raw.len());
         let mut out = Vec::new();
         write_request(&mut out, raw, &req, &fields, &info(false), &[], None);
