@@ -484,16 +484,32 @@ fn the_engine_and_hyper_send_the_same_messages_through_rules_on_wharf_fields() {
 #[test]
 fn the_engine_and_hyper_send_the_same_messages_through_a_sticky_cookie() {
     let secret = "[sticky]\nsecret = \"differential\"\n\n";
-    same_messages_in(secret, "sticky = { type = \"cookie\", ttl = \"1h\" }");
-    same_messages_in(secret, "sticky = \"cookie\"");
     same_messages_in(
+        base_config(),
+        secret,
+        "sticky = { type = \"cookie\", ttl = \"1h\" }",
+    );
+    same_messages_in(base_config(), secret, "sticky = \"cookie\"");
+    same_messages_in(
+        base_config(),
         secret,
         "sticky = { type = \"cookie\", cookie = \"JSESSIONID\", mode = \"prefix\" }",
+    );
+    // From a `forwarded_trusted` peer (its X-Forwarded-For is extended).
+    let trusted = base_config().replace(
+        "address = \"127.0.0.1:0\"\n\n[admin]",
+        "address = \"127.0.0.1:0\"\nforwarded_trusted = [\"127.0.0.0/8\"]\n\n[admin]",
+    );
+    assert!(trusted.contains("forwarded_trusted"));
+    same_messages_in(
+        trusted,
+        secret,
+        "sticky = { type = \"cookie\", ttl = \"1h\" }",
     );
 }
 
 fn same_messages(route_extra: &str) {
-    same_messages_in("", route_extra)
+    same_messages_in(base_config(), "", route_extra)
 }
 
 /// The backend's sticky token, as a response of the engine's names it
@@ -516,11 +532,10 @@ fn sticky_token(w: &Wharf, backend: &Scripted, corpus: &[Case]) -> String {
         .map_or("none".into(), |v| v[..16].to_string())
 }
 
-fn same_messages_in(config_extra: &str, route_extra: &str) {
+fn same_messages_in(base: String, config_extra: &str, route_extra: &str) {
     let corpus = cases();
     let backend = Scripted::start(corpus.iter().map(|c| c.response.clone()).collect());
-    let config =
-        base_config() + config_extra + &route("app.test", "/", &[backend.addr], route_extra);
+    let config = base + config_extra + &route("app.test", "/", &[backend.addr], route_extra);
     let engine = Wharf::start(&config);
     let hyper = Wharf::start_env(&config, &[("WHARF_HTTP1_ENGINE", "hyper")]);
     let token = sticky_token(&engine, &backend, &corpus);

@@ -1329,6 +1329,8 @@ fn needs_map(route: &Route, conn: &ConnInfo, access_log: bool) -> bool {
         || (conn.info.trusted
             && (p.ratelimit.is_some()
                 || p.ipallowlist.is_some()
-                || p.sticky.is_some()
+                // The client of a source binding is the forwarded one; a
+                // cookie names its backend whoever the client is.
+                || matches!(p.sticky.as_deref(), Some(StickyPolicy::Source { .. }))
                 || access_log))
 }
