@@ -210,11 +210,48 @@ pub fn respond(
     tls: bool,
     headers: &mut HeaderMap,
 ) {
-    let Some(token) = backend.token else { return };
-    let repinned = repinned(aff, token);
     match sticky {
         StickyPolicy::Source { ttl } => bind_source(route, *ttl, aff, backend),
-        StickyPolicy::Cookie(c) if !c.prefix => {
+        StickyPolicy::Cookie(c) => {
+            let values = |name| headers.get_all(name).iter().map(HeaderValue::as_bytes);
+            let answer = respond_values(
+                c,
+                aff,
+                backend,
+                tls,
+                values(header::SET_COOKIE),
+                values(header::CACHE_CONTROL),
+            );
+            match answer {
+                CookieAnswer::Nothing => {}
+                CookieAnswer::Add {
+                    set_cookie,
+                    private,
+                } => {
+                    headers.append(header::SET_COOKIE, set_cookie.clone());
+                    if private {
+                        headers.insert(header::CACHE_CONTROL, PRIVATE);
+                    }
+                }
+                CookieAnswer::Rewrite => rewrite_cookies(c, aff, backend, tls, headers),
+            }
+        }
+    }
+}
+
+/// The whole of a cookie route's respond phase on a header map, for the
+/// responses whose own fields change ([`CookieAnswer::Rewrite`]).
+fn rewrite_cookies(
+    c: &CookieSticky,
+    aff: &Affinity,
+    backend: &Backend,
+    tls: bool,
+    headers: &mut HeaderMap,
+) {
+    let Some(token) = backend.token else { return };
+    let repinned = repinned(aff, token);
+    match c {
+        c if !c.prefix => {
             // The cookie is Wharf's: one the application sets under the same
             // name would overwrite the pin (HAProxy's insert mode removes it too).
             if headers.contains_key(header::SET_COOKIE) {
@@ -240,7 +277,7 @@ pub fn respond(
                 }
             }
         }
-        StickyPolicy::Cookie(c) => {
+        c => {
             let text = token.text();
             let name = c.name.as_bytes();
             let mut set_by_app = false;
@@ -329,7 +366,7 @@ pub fn respond_values<'a, 'v>(
     backend: &'a Backend,
     tls: bool,
     mut set_cookies: impl Iterator<Item = &'v [u8]>,
-    cache_control: impl Iterator<Item = &'v [u8]> + Clone,
+    cache_control: impl Iterator<Item = &'v [u8]>,
 ) -> CookieAnswer<'a> {
     let Some(token) = backend.token else {
         return CookieAnswer::Nothing;
@@ -346,7 +383,8 @@ pub fn respond_values<'a, 'v>(
     }
     match &backend.set_cookie {
         Some(v) if pins_again(c, aff, token) => {
-            let private = cache_control.clone().next().is_none();
+            let mut cache_control = cache_control.peekable();
+            let private = cache_control.peek().is_none();
             if private || kept_from_shared_caches(cache_control) {
                 CookieAnswer::Add {
                     set_cookie: &v[usize::from(tls)],
@@ -671,9 +709,10 @@ mod tests {
         assert!(!a.cookie.unwrap().to_str().unwrap().contains("WHARFID"));
     }
 
-    /// What the HTTP/1.1 engine decides on borrowed field values is what
-    /// [`respond`] does to a header map: nothing, one `Set-Cookie` (and
-    /// `Cache-Control: private`) added, or a rewrite left to the map.
+    /// What [`respond_values`] decides on field values (the HTTP/1.1
+    /// engine's borrowed ones, and `respond`'s) is what the whole rewrite
+    /// does to a header map: nothing, one `Set-Cookie` (and `Cache-Control:
+    /// private`) added, or a rewrite left to the map.
     #[test]
     fn respond_values_says_what_respond_does() {
         let set_cookies: [&[&str]; 4] = [
@@ -732,8 +771,12 @@ mod tests {
                         before.append(header::CACHE_CONTROL, v);
                     }
                     let backend = &r.backends.all()[1];
+                    // The whole rewrite is the reference the decision is held to.
                     let mut after = before.clone();
-                    respond(&r, sticky, &aff, backend, tls, &mut after);
+                    rewrite_cookies(c, &aff, backend, tls, &mut after);
+                    let mut via_respond = before.clone();
+                    respond(&r, sticky, &aff, backend, tls, &mut via_respond);
+                    assert_eq!(via_respond, after);
                     let answer = respond_values(
                         c,
                         &aff,
