@@ -195,9 +195,9 @@ pub fn limit(conn: &ConnInfo, head: &Head<'_>, route: &Route) -> Result<(), Prox
 }
 
 /// The backend the request's sticky cookie or its client's binding names (and
-/// the `Cookie` rewrite), on a route with stickiness. `cookies`: the values of
-/// the request's `Cookie` fields, iterated by `cookies` ([`affinity::cookies`]
-/// of a header map).
+/// the `Cookie` rewrite), on a route with stickiness. `cookies` iterates the
+/// values of the request's `Cookie` fields ([`affinity::cookies`] of a header
+/// map).
 #[inline]
 pub fn affinity<'a, I: Iterator<Item = &'a [u8]>>(
     conn: &ConnInfo,
