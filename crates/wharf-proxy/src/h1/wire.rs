@@ -170,6 +170,11 @@ impl Field {
     pub fn value<'a>(&self, head: &'a [u8]) -> &'a [u8] {
         &head[self.value.0 as usize..self.value.1 as usize]
     }
+
+    /// Is it a field the engine passes through, named `name` (lower case)?
+    pub fn is(&self, head: &[u8], name: &[u8]) -> bool {
+        self.kind == Kind::Other && self.name(head).eq_ignore_ascii_case(name)
+    }
 }
 
 /// How a message's body is delimited.
@@ -541,7 +546,7 @@ pub(crate) fn write_request(
                 // The sticky cookie's rewrite replaces every `Cookie` field,
                 // where the first one was (as inserting into a header map
                 // does); empty, none is sent.
-                Some(c) if f.name(head).eq_ignore_ascii_case(b"cookie") => {
+                Some(c) if f.is(head, b"cookie") => {
                     if !cookie_put && !c.is_empty() {
                         put_field(out, b"cookie", c);
                     }
@@ -654,10 +659,10 @@ pub(crate) fn values_of<'a>(
     head: &'a [u8],
     fields: &'a [Field],
     name: &'static [u8],
-) -> impl Iterator<Item = &'a [u8]> + Clone {
+) -> impl Iterator<Item = &'a [u8]> {
     fields
         .iter()
-        .filter(move |f| f.kind == Kind::Other && f.name(head).eq_ignore_ascii_case(name))
+        .filter(move |f| f.is(head, name))
         .map(move |f| f.value(head))
 }
 
