@@ -10,6 +10,7 @@
 mod access;
 mod affinity;
 mod body;
+mod cores;
 mod error;
 mod forward;
 mod h1;
@@ -40,6 +41,7 @@ use ipnet::IpNet;
 
 pub use access::{AccessFormat, AccessLog, AccessSender};
 pub use body::ProxyBody;
+pub use cores::Cores;
 pub use error::ProxyError;
 pub use forward::{Forwarder, Retirement};
 pub use listener::{bind, Entrypoint};
@@ -66,6 +68,9 @@ pub struct ListenerSettings {
     /// shared by every entrypoint (`[runtime] max_connections`); a connection
     /// is accepted only with a slot of each.
     pub max_connections: usize,
+    /// The slots of `max_connections`, when every core's accept loop shares
+    /// them (`None`: the entrypoint's one accept loop makes its own).
+    pub own_slots: Option<Arc<tokio::sync::Semaphore>>,
     pub global_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// No request started for this long: close (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,

@@ -99,8 +99,10 @@ impl Entrypoint {
         // One context per entrypoint, shared by its connections: a connection
         // holds one pointer to it, not a copy of each handle.
         let ep = Arc::new(Ep {
-            own_slots: (s.max_connections > 0)
-                .then(|| tokio::sync::Semaphore::new(s.max_connections)),
+            own_slots: s.own_slots.clone().or_else(|| {
+                (s.max_connections > 0)
+                    .then(|| Arc::new(tokio::sync::Semaphore::new(s.max_connections)))
+            }),
             index: self.index,
             ctx: crate::h1::EngineCtx {
                 settings: self.settings.clone(),
@@ -120,7 +122,7 @@ impl Entrypoint {
             // connections wait in the kernel's backlog and cost nothing here.
             // Holds the slots from here on: a failed accept, or a drain,
             // gives them back by dropping it.
-            let adm = tokio::select! {
+            let mut adm = tokio::select! {
                 _ = cancel.cancelled() => break,
                 adm = take_slots(&ep, &mut cap_logged) => adm,
             };
@@ -137,6 +139,13 @@ impl Entrypoint {
                 },
             };
             let _ = stream.set_nodelay(true);
+            if let Some((core, elsewhere)) = crate::cores::steer() {
+                adm.core = core;
+                if let Some(rt) = elsewhere {
+                    hand_over(rt, &tracker, tls.as_ref(), adm, stream, peer);
+                    continue;
+                }
+            }
             // One task type per kind of entrypoint: a TLS connection's state
             // (handshake, then rustls beside hyper) is twice a plain one's, and
             // a task is allocated at the size of the largest state its future
@@ -152,6 +161,36 @@ impl Entrypoint {
     }
 }
 
+/// Serves an accepted connection on another core's runtime `rt`: its socket
+/// leaves this core's reactor and joins that core's.
+fn hand_over(
+    rt: &tokio::runtime::Handle,
+    tracker: &TaskTracker,
+    tls: Option<&TlsAcceptor>,
+    adm: Admitted,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Ok(socket) = stream.into_std() else {
+        return;
+    };
+    match tls {
+        None => rt.spawn(tracker.track_future(async move {
+            if let Ok(stream) = TcpStream::from_std(socket) {
+                run_plain(Box::new((adm, stream, peer))).await;
+            }
+        })),
+        Some(acceptor) => {
+            let acceptor = acceptor.clone();
+            rt.spawn(tracker.track_future(async move {
+                if let Ok(stream) = TcpStream::from_std(socket) {
+                    run_tls(adm, acceptor, stream, peer).await;
+                }
+            }))
+        }
+    };
+}
+
 /// A connection's slots under the caps: [`OWN_SLOT`] (the entrypoint's
 /// `max_connections`) and [`GLOBAL_SLOT`] (the process's), taken as bits and
 /// given back by [`Admitted`]'s drop (a permit per cap would cost each
@@ -164,6 +203,9 @@ const GLOBAL_SLOT: Slots = 2;
 struct Admitted {
     ep: Arc<Ep>,
     slots: Slots,
+    /// The core that counts the connection ([`crate::cores::steer`]), or
+    /// `usize::MAX` when no cores run.
+    core: usize,
 }
 
 impl std::ops::Deref for Admitted {
@@ -175,6 +217,9 @@ impl std::ops::Deref for Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        if self.core != usize::MAX {
+            crate::cores::left(self.core);
+        }
         if self.slots & OWN_SLOT != 0 {
             if let Some(sem) = &self.ep.own_slots {
                 sem.add_permits(1);
@@ -232,9 +277,10 @@ async fn take_slots(ep: &Arc<Ep>, logged: &mut Option<tokio::time::Instant>) -> 
     let mut adm = Admitted {
         ep: ep.clone(),
         slots: 0,
+        core: usize::MAX,
     };
     if one(
-        ep.own_slots.as_ref(),
+        ep.own_slots.as_deref(),
         s,
         "entrypoints.max_connections",
         logged,
@@ -259,8 +305,8 @@ async fn take_slots(ep: &Arc<Ep>, logged: &mut Option<tokio::time::Instant>) -> 
 /// An entrypoint's serving context, shared by its connections.
 struct Ep {
     index: usize,
-    /// The entrypoint's `max_connections` cap.
-    own_slots: Option<tokio::sync::Semaphore>,
+    /// The entrypoint's `max_connections` cap, shared by every core's loop.
+    own_slots: Option<Arc<tokio::sync::Semaphore>>,
     builders: Builders,
     /// The settings, forwarder and drain token the engine needs too.
     ctx: crate::h1::EngineCtx,

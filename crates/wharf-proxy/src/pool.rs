@@ -82,10 +82,14 @@ struct RawIdle {
     since: Instant,
 }
 
+type RawShard = Mutex<HashMap<SocketAddr, Vec<RawIdle>, ahash::RandomState>>;
+
 pub struct H1Pool {
     idle: Mutex<HashMap<Key, Vec<Idle>, ahash::RandomState>>,
-    /// The HTTP/1.1 engine's idle connections to plain backends.
-    raw: Mutex<HashMap<SocketAddr, Vec<RawIdle>, ahash::RandomState>>,
+    /// The HTTP/1.1 engine's idle connections to plain backends, one list per
+    /// core ([`crate::cores`]): a socket stays with the core whose reactor
+    /// registered it, and each core locks only its own.
+    raw: Box<[RawShard]>,
     /// One shared HTTP/2 connection per key (TLS backends that chose h2).
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>, ahash::RandomState>>,
     /// When a TLS failure was last logged per key, so a broken backend under
@@ -172,7 +176,9 @@ impl H1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
         Arc::new(H1Pool {
             idle: Mutex::new(HashMap::default()),
-            raw: Mutex::new(HashMap::default()),
+            raw: (0..crate::cores::count())
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             h2: Mutex::new(HashMap::default()),
             tls_logged: Mutex::new(HashMap::default()),
             connecting: Mutex::new(HashMap::default()),
@@ -207,13 +213,15 @@ impl H1Pool {
             keep
         });
         let mut raw = Vec::new();
-        lock(&self.raw).retain(|addr, list| {
-            let keep = !leaving.contains(addr);
-            if !keep {
-                raw.append(list);
-            }
-            keep
-        });
+        for shard in self.raw.iter() {
+            lock(shard).retain(|addr, list| {
+                let keep = !leaving.contains(addr);
+                if !keep {
+                    raw.append(list);
+                }
+                keep
+            });
+        }
         let mut shared = Vec::new();
         lock(&self.h2).retain(|(addr, _), tx| {
             let keep = !leaving.contains(addr);
@@ -421,10 +429,12 @@ impl H1Pool {
             list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
             !list.is_empty()
         });
-        lock(&self.raw).retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < idle_timeout && alive(&c.stream));
-            !list.is_empty()
-        });
+        for shard in self.raw.iter() {
+            lock(shard).retain(|_, list| {
+                list.retain(|c| c.since.elapsed() < idle_timeout && alive(&c.stream));
+                !list.is_empty()
+            });
+        }
         lock(&self.h2).retain(|_, tx| !tx.is_closed());
         lock(&self.tls_logged).retain(|_, t| t.elapsed() < TLS_LOG_EVERY);
         // Gates nobody holds or waits for.
@@ -466,6 +476,11 @@ impl H1Pool {
         }
     }
 
+    /// This core's idle list of engine connections.
+    fn raw_shard(&self) -> &RawShard {
+        &self.raw[crate::cores::current() % self.raw.len()]
+    }
+
     /// A plain connection to `addr` for the HTTP/1.1 engine: the most recently
     /// used idle one that is still open, else a new one. Says whether it was
     /// reused, and whether it idled long enough that the backend may have
@@ -475,7 +490,7 @@ impl H1Pool {
         addr: SocketAddr,
     ) -> Result<(TcpStream, bool, bool), ProxyError> {
         loop {
-            let Some(c) = lock(&self.raw).get_mut(&addr).and_then(Vec::pop) else {
+            let Some(c) = lock(self.raw_shard()).get_mut(&addr).and_then(Vec::pop) else {
                 break;
             };
             let idle = c.since.elapsed();
@@ -499,7 +514,7 @@ impl H1Pool {
             stream,
             since: Instant::now(),
         };
-        self.pool_idle(&self.raw, addr, addr, item);
+        self.pool_idle(self.raw_shard(), addr, addr, item);
     }
 
     /// Counts a release and puts `item` on `key`'s idle list, unless pooling

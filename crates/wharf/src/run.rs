@@ -23,21 +23,27 @@ use wharf_proxy::{Entrypoint, Forwarder, ListenerSettings, UpstreamSettings};
 use wharf_tls::CertStore;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    let runtime = match cfg.runtime.worker_threads {
-        // One worker: a current-thread runtime avoids cross-thread wake-ups.
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+    let cores = match cfg.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // One core: one current-thread runtime serves everything (no cross-thread
+    // wake-ups). More: a current-thread runtime per core serves connections
+    // (`wharf_proxy::Cores`), and this one runs the control plane.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let cores = if cores > 1 {
+        Some(wharf_proxy::Cores::start(cores).context("starting the per-core runtimes")?)
+    } else {
+        None
+    };
+    let result = runtime.block_on(serve(cfg, cores.as_ref()));
+    if let Some(c) = cores {
+        c.stop();
     }
-    .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg))
+    result
 }
 
 fn listener_settings(
@@ -57,6 +63,8 @@ fn listener_settings(
         max_headers: ep.max_headers,
         open: Arc::default(),
         max_connections: ep.max_connections,
+        own_slots: (ep.max_connections > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(ep.max_connections))),
         global_slots: Some(global_slots.clone()),
         idle_timeout: ep.idle_timeout,
         max_connection_age: ep.max_connection_age,
@@ -120,7 +128,7 @@ fn cert_files(cfg: &Config) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
         .collect()
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, cores: Option<&wharf_proxy::Cores>) -> anyhow::Result<()> {
     // Installed first, so a signal during start-up is handled rather than killing
     // the process with the default action.
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -321,11 +329,40 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             tls = entry.tls.is_some(),
             "entrypoint listening"
         );
-        listeners.push(tokio::spawn(entry.serve(
-            fwd.clone(),
-            cancel.clone(),
-            tracker.clone(),
-        )));
+        let Some(cores) = cores else {
+            listeners.push(tokio::spawn(entry.serve(
+                fwd.clone(),
+                cancel.clone(),
+                tracker.clone(),
+            )));
+            continue;
+        };
+        // Every core accepts from the one socket (its own registration of a
+        // duplicate descriptor): a second Wharf still cannot bind the port,
+        // and closing the last duplicate closes the socket once.
+        let socket = entry.listener.into_std().context("per-core listener")?;
+        for core in cores.handles() {
+            let socket = socket.try_clone().context("per-core listener")?;
+            let (settings, tls) = (entry.settings.clone(), entry.tls.clone());
+            let (fwd, cancel, tracker) = (fwd.clone(), cancel.clone(), tracker.clone());
+            let index = entry.index;
+            listeners.push(core.spawn(async move {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        let ep = Entrypoint {
+                            index,
+                            settings,
+                            listener,
+                            tls,
+                        };
+                        ep.serve(fwd, cancel, tracker).await;
+                    }
+                    Err(e) => {
+                        error!(entrypoint = %settings.name, error = %e, "a core cannot listen")
+                    }
+                }
+            }));
+        }
     }
 
     let admin_listener = wharf_proxy::bind(cfg.admin.address)
