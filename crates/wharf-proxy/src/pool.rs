@@ -478,7 +478,10 @@ impl H1Pool {
 
     /// This core's idle list of engine connections.
     fn raw_shard(&self) -> &RawShard {
-        &self.raw[crate::cores::current() % self.raw.len()]
+        match &*self.raw {
+            [one] => one,
+            shards => &shards[crate::cores::current() % shards.len()],
+        }
     }
 
     /// A plain connection to `addr` for the HTTP/1.1 engine: the most recently
