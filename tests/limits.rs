@@ -63,6 +63,32 @@ fn past_max_connections_a_connection_waits_until_one_closes() {
     drop(held);
 }
 
+/// Eight cores, two entrypoints, and caps below the number of accept loops
+/// (8 per entrypoint): a loop waiting for a connection holds no slot, so
+/// neither entrypoint is starved by the other's idle loops, nor one of its
+/// own loops by the others.
+#[test]
+fn accept_loops_waiting_for_a_connection_hold_no_slot() {
+    let a = Backend::start("a");
+    let cfg = "[entrypoints.web]\naddress = \"127.0.0.1:0\"\nmax_connections = 1\n\n\
+               [entrypoints.other]\naddress = \"127.0.0.1:0\"\n\n\
+               [admin]\naddress = \"127.0.0.1:0\"\n\n\
+               [runtime]\nworker_threads = 8\nmax_connections = 2\n\n\
+               [docker]\nmode = \"off\"\n\n"
+        .to_string()
+        + &route("app.test", "/", &[a.addr], "");
+    let w = Wharf::start(&cfg);
+    for round in 0..3 {
+        for ep in ["web", "other"] {
+            let mut s = TcpStream::connect(w.ep(ep)).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_response(&mut s).status, 200, "{ep}, round {round}");
+        }
+    }
+}
+
 /// An h2c client (prior knowledge) on its own runtime.
 fn h2_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -118,14 +118,16 @@ impl Entrypoint {
         let tls = self.tls.clone().map(TlsAcceptor::from);
         let mut cap_logged: Option<tokio::time::Instant> = None;
         loop {
-            // Slots first, then accept (HAProxy's maxconn): at the cap, new
-            // connections wait in the kernel's backlog and cost nothing here.
-            // Holds the slots from here on: a failed accept, or a drain,
-            // gives them back by dropping it.
-            let mut adm = tokio::select! {
+            // A free slot under each cap first, then accept (HAProxy's
+            // maxconn): at the cap, new connections wait in the kernel's
+            // backlog and cost nothing here. The slot is taken only once a
+            // connection is accepted: a loop waiting in accept holds none, so
+            // the loops of many cores and entrypoints cannot hold the cap
+            // between them while idle.
+            tokio::select! {
                 _ = cancel.cancelled() => break,
-                adm = take_slots(&ep, &mut cap_logged) => adm,
-            };
+                () = slots_free(&ep, &mut cap_logged) => {}
+            }
             let (stream, peer) = tokio::select! {
                 _ = cancel.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
@@ -137,6 +139,13 @@ impl Entrypoint {
                         continue;
                     }
                 },
+            };
+            // Another loop may have taken the free slot meanwhile: then
+            // this one connection waits here for the next. Held from here
+            // on; a drain gives the slots back by dropping it.
+            let mut adm = tokio::select! {
+                _ = cancel.cancelled() => break,
+                adm = take_slots(&ep, &mut cap_logged) => adm,
             };
             let _ = stream.set_nodelay(true);
             if let Some((core, elsewhere)) = crate::cores::steer() {
@@ -233,6 +242,39 @@ impl Drop for Admitted {
     }
 }
 
+/// Waits until each cap of `ep` has a slot free, without taking it; a wait
+/// is logged as in [`take_slots`].
+async fn slots_free(ep: &Ep, logged: &mut Option<tokio::time::Instant>) {
+    let caps = [
+        (ep.own_slots.as_deref(), "entrypoints.max_connections"),
+        (
+            ep.settings.global_slots.as_deref(),
+            "runtime.max_connections",
+        ),
+    ];
+    for (sem, which) in caps {
+        if let Some(sem) = sem.filter(|s| s.available_permits() == 0) {
+            log_cap(&ep.settings, which, logged);
+            // Taken and given back at once: only a sign that one is free.
+            drop(sem.acquire().await);
+        }
+    }
+}
+
+/// Says a cap is reached, at most every [`CAP_LOG_EVERY`] per accept loop.
+fn log_cap(s: &ListenerSettings, which: &str, logged: &mut Option<tokio::time::Instant>) {
+    let now = tokio::time::Instant::now();
+    if logged.is_none_or(|t| now.duration_since(t) >= CAP_LOG_EVERY) {
+        *logged = Some(now);
+        warn!(
+            entrypoint = %s.name,
+            cap = which,
+            "connection cap reached: new connections wait in the kernel backlog \
+             (logged at most every 10s)"
+        );
+    }
+}
+
 /// How often reaching a connection cap is logged, at most.
 const CAP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -254,16 +296,7 @@ async fn take_slots(ep: &Arc<Ep>, logged: &mut Option<tokio::time::Instant>) -> 
             p.forget();
             return true;
         }
-        let now = tokio::time::Instant::now();
-        if logged.is_none_or(|t| now.duration_since(t) >= CAP_LOG_EVERY) {
-            *logged = Some(now);
-            warn!(
-                entrypoint = %s.name,
-                cap = which,
-                "connection cap reached: new connections wait in the kernel backlog \
-                 (logged at most every 10s)"
-            );
-        }
+        log_cap(s, which, logged);
         // Never closed, so this only fails if the semaphore were.
         match sem.acquire().await {
             Ok(p) => {
