@@ -171,7 +171,9 @@ mod tests {
             .collect()
     }
 
-    // One test: the cores are once per process.
+    // One test: the cores are once per process. They stay set (stopped)
+    // for the rest of this test binary: other tests run off the cores, where
+    // `steer` says `None` and the pool uses its first shard.
     #[test]
     fn cores_run_apart_and_share_the_connections_one_accepts() {
         let cores = Cores::start(2).unwrap();

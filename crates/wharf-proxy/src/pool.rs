@@ -88,7 +88,9 @@ pub struct H1Pool {
     idle: Mutex<HashMap<Key, Vec<Idle>, ahash::RandomState>>,
     /// The HTTP/1.1 engine's idle connections to plain backends, one list per
     /// core ([`crate::cores`]): a socket stays with the core whose reactor
-    /// registered it, and each core locks only its own.
+    /// registered it, and each core locks only its own. Each keeps its share
+    /// of `max_idle` (rounded up), so the cores together keep about as many
+    /// idle sockets, and file descriptors, as one did.
     raw: Box<[RawShard]>,
     /// One shared HTTP/2 connection per key (TLS backends that chose h2).
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>, ahash::RandomState>>,
@@ -517,7 +519,8 @@ impl H1Pool {
             stream,
             since: Instant::now(),
         };
-        self.pool_idle(self.raw_shard(), addr, addr, item);
+        let max = self.max_idle.div_ceil(self.raw.len());
+        self.pool_idle(self.raw_shard(), max, addr, addr, item);
     }
 
     /// Counts a release and puts `item` on `key`'s idle list, unless pooling
@@ -525,12 +528,13 @@ impl H1Pool {
     fn pool_idle<K: std::hash::Hash + Eq, T>(
         &self,
         map: &Mutex<HashMap<K, Vec<T>, ahash::RandomState>>,
+        max: usize,
         key: K,
         addr: SocketAddr,
         item: T,
     ) {
         self.count_release();
-        if self.max_idle == 0 {
+        if max == 0 {
             return;
         }
         let mut idle = lock(map);
@@ -539,7 +543,7 @@ impl H1Pool {
             return;
         }
         let list = idle.entry(key).or_default();
-        if list.len() >= self.max_idle {
+        if list.len() >= max {
             // Keep the most recently used; the oldest is likeliest to be closed.
             list.remove(0);
         }
@@ -551,7 +555,7 @@ impl H1Pool {
             tx,
             since: Instant::now(),
         };
-        self.pool_idle(&self.idle, key, key.0, item);
+        self.pool_idle(&self.idle, self.max_idle, key, key.0, item);
     }
 
     /// Idle connections pooled for `addr` (tests).
