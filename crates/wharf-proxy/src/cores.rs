@@ -1,7 +1,8 @@
 //! The per-core data plane: one current-thread runtime per core, each
 //! accepting from every entrypoint's listening socket and serving the
 //! connections it accepted on its own thread, with its own share of the
-//! backend pool, so a request never leaves its core (docs/architecture.md,
+//! engine's pool of plain backend connections, so a request the engine
+//! serves to a plain backend never leaves its core (docs/architecture.md,
 //! Runtime). The control plane (providers, health checks, ACME, admin) runs on
 //! a runtime of its own.
 
@@ -79,8 +80,9 @@ pub(crate) fn left(core: usize) {
 
 /// The cores' runtimes, each on its own thread until [`Cores::stop`].
 pub struct Cores {
-    handles: Vec<tokio::runtime::Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Cancels the cores' token when dropped: [`Cores::stop`], or a start
+    /// that failed half-way.
+    stop: tokio_util::sync::DropGuard,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -93,18 +95,18 @@ impl Cores {
         if SET.get().is_some() {
             return Err(io::Error::other("the cores are started once per process"));
         }
+        let token = tokio_util::sync::CancellationToken::new();
         let mut cores = Cores {
-            handles: Vec::with_capacity(n),
-            stops: Vec::with_capacity(n),
+            stop: token.clone().drop_guard(),
             threads: Vec::with_capacity(n),
         };
+        let mut handles = Vec::with_capacity(n);
         for k in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            cores.handles.push(rt.handle().clone());
-            cores.stops.push(stop);
+            handles.push(rt.handle().clone());
+            let stop = token.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wharf-core-{k}"))
                 .spawn(move || {
@@ -113,15 +115,13 @@ impl Cores {
                     // is dropped (connections past the shutdown timeout
                     // close), waiting a moment for a blocking task (a bcrypt
                     // check) to end.
-                    rt.block_on(async move {
-                        let _ = stopped.await;
-                    });
+                    rt.block_on(stop.cancelled());
                     rt.shutdown_timeout(std::time::Duration::from_secs(1));
                 })?;
             cores.threads.push(thread);
         }
         let set = Set {
-            handles: cores.handles.clone().into(),
+            handles: handles.into(),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         };
         if SET.set(set).is_err() {
@@ -132,15 +132,14 @@ impl Cores {
     }
 
     /// The runtimes, one per core, to spawn each core's accept loops on.
-    pub fn handles(&self) -> &[tokio::runtime::Handle] {
-        &self.handles
+    pub fn handles(&self) -> &[Handle] {
+        // Set by `start`, which made `self`.
+        SET.get().map_or(&[], |s| &s.handles)
     }
 
     /// Stops every core and waits for its thread.
     pub fn stop(self) {
-        for s in self.stops {
-            let _ = s.send(());
-        }
+        drop(self.stop);
         for t in self.threads {
             let _ = t.join();
         }
