@@ -495,7 +495,6 @@ fn http01_hook_answers_known_tokens_on_plain_entrypoints() {
                 max_header_size: 65536,
                 max_headers: 100,
                 open: Default::default(),
-                max_connections: 0,
                 own_slots: None,
                 global_slots: None,
                 idle_timeout: std::time::Duration::from_secs(60),

@@ -64,12 +64,10 @@ pub struct ListenerSettings {
     pub max_headers: usize,
     /// Connections open now, by protocol (`wharf_open_connections`).
     pub open: Arc<OpenConnections>,
-    /// This entrypoint's connection cap (0: none) and the process-wide slots
-    /// shared by every entrypoint (`[runtime] max_connections`); a connection
-    /// is accepted only with a slot of each.
-    pub max_connections: usize,
-    /// The slots of `max_connections`, when every core's accept loop shares
-    /// them (`None`: the entrypoint's one accept loop makes its own).
+    /// The slots of this entrypoint's connection cap (`max_connections`;
+    /// `None`: no cap), shared by every core's accept loop, and the
+    /// process-wide slots shared by every entrypoint (`[runtime]
+    /// max_connections`); a connection is accepted only with a slot of each.
     pub own_slots: Option<Arc<tokio::sync::Semaphore>>,
     pub global_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// No request started for this long: close (GOAWAY on HTTP/2).

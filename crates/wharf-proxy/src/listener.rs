@@ -99,10 +99,6 @@ impl Entrypoint {
         // One context per entrypoint, shared by its connections: a connection
         // holds one pointer to it, not a copy of each handle.
         let ep = Arc::new(Ep {
-            own_slots: s.own_slots.clone().or_else(|| {
-                (s.max_connections > 0)
-                    .then(|| Arc::new(tokio::sync::Semaphore::new(s.max_connections)))
-            }),
             index: self.index,
             ctx: crate::h1::EngineCtx {
                 settings: self.settings.clone(),
@@ -214,6 +210,8 @@ fn hand_over(
 type Slots = u8;
 const OWN_SLOT: Slots = 1;
 const GLOBAL_SLOT: Slots = 2;
+/// The bit of each cap of [`caps`].
+const SLOT_BITS: [Slots; 2] = [OWN_SLOT, GLOBAL_SLOT];
 
 /// An accepted connection, holding its slots until it is dropped.
 struct Admitted {
@@ -222,6 +220,17 @@ struct Admitted {
     /// The core that counts the connection ([`crate::cores::steer`]), or
     /// `usize::MAX` when no cores run.
     core: usize,
+}
+
+impl Admitted {
+    /// No slot yet, counted on no core.
+    fn new(ep: &Arc<Ep>) -> Self {
+        Admitted {
+            ep: ep.clone(),
+            slots: 0,
+            core: usize::MAX,
+        }
+    }
 }
 
 impl std::ops::Deref for Admitted {
@@ -237,7 +246,7 @@ impl Drop for Admitted {
             crate::cores::left(self.core);
         }
         if self.slots & OWN_SLOT != 0 {
-            if let Some(sem) = &self.ep.own_slots {
+            if let Some(sem) = &self.ep.settings.own_slots {
                 sem.add_permits(1);
             }
         }
@@ -249,10 +258,14 @@ impl Drop for Admitted {
     }
 }
 
-/// The caps of `ep`, each with the key that sets it.
+/// The caps of `ep`, each with the key that sets it, in the order of
+/// [`SLOT_BITS`].
 fn caps(ep: &Ep) -> [(Option<&tokio::sync::Semaphore>, &'static str); 2] {
     [
-        (ep.own_slots.as_deref(), "entrypoints.max_connections"),
+        (
+            ep.settings.own_slots.as_deref(),
+            "entrypoints.max_connections",
+        ),
         (
             ep.settings.global_slots.as_deref(),
             "runtime.max_connections",
@@ -300,12 +313,8 @@ const CAP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// waiting (and without the drain token's waiter a wait needs); `None`
 /// gives back what it took.
 fn try_slots(ep: &Arc<Ep>) -> Option<Admitted> {
-    let mut adm = Admitted {
-        ep: ep.clone(),
-        slots: 0,
-        core: usize::MAX,
-    };
-    for ((sem, _), bit) in caps(ep).into_iter().zip([OWN_SLOT, GLOBAL_SLOT]) {
+    let mut adm = Admitted::new(ep);
+    for ((sem, _), bit) in caps(ep).into_iter().zip(SLOT_BITS) {
         if let Some(sem) = sem {
             sem.try_acquire().ok()?.forget();
             adm.slots |= bit;
@@ -319,54 +328,20 @@ fn try_slots(ep: &Arc<Ep>) -> Option<Admitted> {
 /// returned guard from the moment it is taken, so a wait cut short (a drain)
 /// gives back the one already taken.
 async fn take_slots(ep: &Arc<Ep>, logged: &mut Option<tokio::time::Instant>) -> Admitted {
-    async fn one(
-        sem: Option<&tokio::sync::Semaphore>,
-        s: &ListenerSettings,
-        which: &str,
-        logged: &mut Option<tokio::time::Instant>,
-    ) -> bool {
-        let Some(sem) = sem else {
-            return false;
-        };
-        if let Ok(p) = sem.try_acquire() {
-            p.forget();
-            return true;
-        }
-        log_cap(s, which, logged);
-        // Never closed, so this only fails if the semaphore were.
-        match sem.acquire().await {
-            Ok(p) => {
-                p.forget();
-                true
+    let mut adm = Admitted::new(ep);
+    for ((sem, which), bit) in caps(ep).into_iter().zip(SLOT_BITS) {
+        let Some(sem) = sem else { continue };
+        let permit = match sem.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                log_cap(&ep.settings, which, logged);
+                // Never closed, so this only fails if the semaphore were.
+                let Ok(p) = sem.acquire().await else { continue };
+                p
             }
-            Err(_) => false,
-        }
-    }
-    let s = &*ep.settings;
-    let mut adm = Admitted {
-        ep: ep.clone(),
-        slots: 0,
-        core: usize::MAX,
-    };
-    if one(
-        ep.own_slots.as_deref(),
-        s,
-        "entrypoints.max_connections",
-        logged,
-    )
-    .await
-    {
-        adm.slots |= OWN_SLOT;
-    }
-    if one(
-        s.global_slots.as_deref(),
-        s,
-        "runtime.max_connections",
-        logged,
-    )
-    .await
-    {
-        adm.slots |= GLOBAL_SLOT;
+        };
+        permit.forget();
+        adm.slots |= bit;
     }
     adm
 }
@@ -374,8 +349,6 @@ async fn take_slots(ep: &Arc<Ep>, logged: &mut Option<tokio::time::Instant>) -> 
 /// An entrypoint's serving context, shared by its connections.
 struct Ep {
     index: usize,
-    /// The entrypoint's `max_connections` cap, shared by every core's loop.
-    own_slots: Option<Arc<tokio::sync::Semaphore>>,
     builders: Builders,
     /// The settings, forwarder and drain token the engine needs too.
     ctx: crate::h1::EngineCtx,

@@ -62,7 +62,6 @@ fn listener_settings(
         max_header_size: ep.max_header_size,
         max_headers: ep.max_headers,
         open: Arc::default(),
-        max_connections: ep.max_connections,
         own_slots: (ep.max_connections > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(ep.max_connections))),
         global_slots: Some(global_slots.clone()),
