@@ -249,9 +249,8 @@ fn rewrite_cookies(
     headers: &mut HeaderMap,
 ) {
     let Some(token) = backend.token else { return };
-    let repinned = repinned(aff, token);
-    match c {
-        c if !c.prefix => {
+    match c.prefix {
+        false => {
             // The cookie is Wharf's: one the application sets under the same
             // name would overwrite the pin (HAProxy's insert mode removes it too).
             if headers.contains_key(header::SET_COOKIE) {
@@ -277,7 +276,7 @@ fn rewrite_cookies(
                 }
             }
         }
-        c => {
+        true => {
             let text = token.text();
             let name = c.name.as_bytes();
             let mut set_by_app = false;
@@ -302,7 +301,7 @@ fn rewrite_cookies(
                     headers.append(header::SET_COOKIE, v);
                 }
                 no_shared_cache(headers);
-            } else if repinned {
+            } else if repinned(aff, token) {
                 // The client's session value, now with the new backend's token
                 // (the application did not set a new one).
                 if let Some(app) = &aff.app_value {
