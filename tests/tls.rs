@@ -502,6 +502,7 @@ fn http01_hook_answers_known_tokens_on_plain_entrypoints() {
                 client_timeout: std::time::Duration::from_secs(60),
                 tunnel_timeout: std::time::Duration::from_secs(60),
                 h1_engine: true,
+                h2_engine: true,
             };
             let tls = ep
                 .tls

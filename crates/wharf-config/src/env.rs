@@ -10,6 +10,7 @@ pub const BINARY_VARS: &[&str] = &[
     "WHARF_LOG",
     "WHARF_LOG_FORMAT",
     "WHARF_HTTP1_ENGINE",
+    "WHARF_HTTP2_ENGINE",
 ];
 
 /// The outcome of applying overrides.
@@ -149,6 +150,7 @@ mod tests {
                 ),
                 ("WHARF_LOG", "debug"),
                 ("WHARF_HTTP1_ENGINE", "hyper"),
+                ("WHARF_HTTP2_ENGINE", "hyper"),
                 ("WHARF_NOPE", "x"),
                 ("PATH", "/bin"),
             ]),

@@ -127,6 +127,46 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A client's request body: hyper's (HTTP/1.1 the engine declined, h2c
+/// upgrades) or Wharf's own HTTP/2 server's ([`crate::http2`]).
+#[derive(Debug)]
+pub enum InBody {
+    Hyper(Incoming),
+    H2(crate::http2::RecvBody),
+}
+
+impl Body for InBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            InBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            InBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InBody::Hyper(b) => b.is_end_stream(),
+            InBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            InBody::Hyper(b) => b.size_hint(),
+            InBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A small body of our own (redirects, errors).
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
     Either::Right(Full::new(b.into()))

@@ -12,6 +12,8 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+
+use crate::body::InBody;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,7 +32,7 @@ use crate::pipeline::{self, Ctx, Failure, Head, Routed, ACME_CHALLENGE, CHUNKED}
 use crate::pool::{H1Pool, Pooled, ReqBody};
 use crate::{Http01Responder, SharedTable, UpstreamSettings};
 
-type HttpClient = Client<HttpConnector, Incoming>;
+type HttpClient = Client<HttpConnector, InBody>;
 
 /// How long a backend gone from the table stays retired (its connections not
 /// pooled); after that its address may be anyone's.
@@ -262,7 +264,7 @@ impl Forwarder {
         self.handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<InBody>) -> Response<ProxyBody> {
         let start = std::time::Instant::now();
         let method = method_index(req.method());
         // The access log's record, when it is on (one branch when it is off); what
@@ -315,7 +317,7 @@ impl Forwarder {
     async fn forward(
         &self,
         conn: &ConnInfo,
-        mut req: Request<Incoming>,
+        mut req: Request<InBody>,
         seen: &mut Seen,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // RFC 9112 §3.2: the Host field; an HTTP/2 request carries :authority.
@@ -598,7 +600,7 @@ impl Forwarder {
         addr: SocketAddr,
         tls: &wharf_table::BackendTls,
         parts: http::request::Parts,
-        body: TimedBody<Incoming>,
+        body: TimedBody<InBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut tx = self.pool.connect_upgrade(addr, tls).await?;
         tx.send_request(Request::from_parts(parts, Either::Left(body)))
@@ -934,7 +936,7 @@ fn key_authorization(answer: String) -> Response<ProxyBody> {
 
 /// 301 for GET/HEAD, 308 otherwise so the method and body are kept (RFC 9110
 /// §15.4.9).
-fn redirect(req: &Request<Incoming>, host: &str, port: u16) -> Response<ProxyBody> {
+fn redirect<B>(req: &Request<B>, host: &str, port: u16) -> Response<ProxyBody> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 {
         format!("https://{host}{pq}")

@@ -15,6 +15,7 @@ mod error;
 mod forward;
 mod h1;
 mod headers;
+mod http2;
 mod idle;
 mod listener;
 mod middleware;
@@ -24,12 +25,15 @@ pub mod proxy_protocol;
 mod raw;
 mod tunnel;
 
-/// The HTTP/1.1 engine's wire functions, for the fuzz targets only.
+/// The HTTP/1.1 engine's wire functions and the HTTP/2 server's HPACK and
+/// frames, for the fuzz targets only.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::h1::wire::fuzz_chunked as chunked;
     pub use crate::h1::wire::fuzz_request_round_trip as request_round_trip;
     pub use crate::h1::wire::fuzz_response_round_trip as response_round_trip;
+    pub use crate::http2::fuzz_connection as h2_connection;
+    pub use crate::http2::fuzz_hpack as hpack;
 }
 
 use std::net::SocketAddr;
@@ -82,6 +86,9 @@ pub struct ListenerSettings {
     /// them; off, hyper serves every request (`WHARF_HTTP1_ENGINE=hyper`, for
     /// comparisons).
     pub h1_engine: bool,
+    /// HTTP/2 clients are served by Wharf's own HTTP/2 server (`http2`);
+    /// off, by hyper's (`WHARF_HTTP2_ENGINE=hyper`, for comparisons).
+    pub h2_engine: bool,
 }
 
 /// Open client connections of one entrypoint, by protocol: `http` (plain:

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::body::InBody;
 use crate::forward::{ConnInfo, Forwarder};
 use crate::headers::ClientInfo;
 use crate::idle::Inactivity;
@@ -648,6 +649,11 @@ where
                     }
                 }
             };
+            // h2c with prior knowledge: the engine saw the preface's start.
+            if !served && s.h2_engine && s.http2 && rest.starts_with(b"PRI * HTTP/2.0") {
+                Box::pin(own_h2(shared, io, rest)).await;
+                return;
+            }
             // Boxed: hyper's connection state is large and rarely needed on
             // a connection the engine serves.
             let io = Prefixed::new(rest, io.into_inner());
@@ -655,6 +661,13 @@ where
             // is not a protocol switch to allow.
             let proto = if served { Some(false) } else { alpn_h2 };
             Box::pin(hyper(shared, io, proto)).await;
+            return;
+        }
+        if s.h2_engine && alpn_h2 == Some(true) {
+            let rest = prefix
+                .map(|p| bytes::BytesMut::from(&p.0[..]))
+                .unwrap_or_default();
+            Box::pin(own_h2(shared, io, rest)).await;
             return;
         }
         // Boxed, once per connection: the task of a connection the engine
@@ -667,6 +680,46 @@ where
         );
         Box::pin(hyper(shared.clone(), io, alpn_h2)).await;
     }
+}
+
+/// Wharf's own HTTP/2 server serves the connection ([`crate::http2`]);
+/// `prefix`: what was read of it already.
+async fn own_h2<I>(shared: Arc<Shared>, io: I, prefix: bytes::BytesMut)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ep = &*shared.ep;
+    let s = &*ep.settings;
+    let cfg = crate::http2::Config {
+        max_header_list: s.max_header_size,
+        max_fields: s.max_headers,
+        first_request: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
+        retire_at: shared.info.retire_at.map(Into::into),
+    };
+    // The connection counts its streams and their early resets itself.
+    let for_streams = shared.clone();
+    let call = move |req: http::Request<InBody>| -> crate::http2::Handling {
+        let c = for_streams.clone();
+        Box::pin(async move { c.ep.fwd.handle(&c.info, req).await })
+    };
+    let mut conn = crate::http2::Connection::new(io, &prefix, cfg, call);
+    drop(prefix);
+    let cancelled = ep.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut draining = false;
+    let r = loop {
+        tokio::select! {
+            biased;
+            r = &mut conn => break r,
+            _ = &mut cancelled, if !draining => {
+                // Finish the streams in flight, then close (drain).
+                draining = true;
+                conn.graceful_shutdown();
+            }
+        }
+    };
+    crate::http2::finish(&mut conn, r, &shared.info.client, &s.name).await;
 }
 
 /// hyper serves the connection (HTTP/2, and HTTP/1.1 from the first head
@@ -684,7 +737,7 @@ where
         Some(false) => &ep.builders.h1,
     };
     let for_svc = shared.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let c = for_svc.clone();
         c.started.fetch_add(1, Ordering::Relaxed);
         c.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -697,7 +750,7 @@ where
         Box::pin(async move {
             let mut stream = Stream(c, false);
             let c = &stream.0;
-            let resp = c.ep.fwd.handle(&c.info, req).await;
+            let resp = c.ep.fwd.handle(&c.info, req.map(InBody::Hyper)).await;
             stream.1 = true;
             Ok::<_, Infallible>(resp)
         })

@@ -34,7 +34,7 @@ use crate::idle::TimedBody;
 
 /// A request body to a backend: the client's, or none. A request without a body
 /// is sent with `Empty`, so a copy of its head can be sent again on a retry.
-pub type ReqBody = Either<TimedBody<Incoming>, Empty<Bytes>>;
+pub type ReqBody = Either<TimedBody<crate::body::InBody>, Empty<Bytes>>;
 
 /// What sending a request came to: the response head, or an error that
 /// hands the request back when none of it was written.

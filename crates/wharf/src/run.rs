@@ -70,6 +70,7 @@ fn listener_settings(
         client_timeout: ep.client_timeout,
         tunnel_timeout: ep.tunnel_timeout,
         h1_engine: h1_engine(),
+        h2_engine: h2_engine(),
     }
 }
 
@@ -77,6 +78,12 @@ fn listener_settings(
 /// engine for clients, no raw backend sockets (docs/config.md).
 fn h1_engine() -> bool {
     std::env::var("WHARF_HTTP1_ENGINE").map_or(true, |v| v != "hyper")
+}
+
+/// `WHARF_HTTP2_ENGINE=hyper` serves HTTP/2 clients with hyper's server
+/// instead of Wharf's own, to compare the two.
+fn h2_engine() -> bool {
+    std::env::var("WHARF_HTTP2_ENGINE").map_or(true, |v| v != "hyper")
 }
 
 /// File descriptors kept back from the derived connection cap: upstream

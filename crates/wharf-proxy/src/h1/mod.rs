@@ -20,7 +20,7 @@
 //! [`Exit::Handoff`]: hyper takes the connection from that head on, with the
 //! bytes as received, and answers or refuses it as it always did.
 
-mod spare;
+pub(crate) mod spare;
 pub(crate) mod wire;
 
 use std::future::{poll_fn, Future};

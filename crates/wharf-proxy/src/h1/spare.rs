@@ -29,7 +29,7 @@ thread_local! {
 }
 
 /// What a thread keeps lists of.
-pub(super) trait Spare: Sized + 'static {
+pub(crate) trait Spare: Sized + 'static {
     fn pool() -> &'static LocalKey<Pool<Self>>;
     /// Kept only up to this capacity.
     const MAX: usize;
@@ -50,7 +50,7 @@ impl Spare for Field {
 }
 
 /// Gives `v` a kept allocation if it has none (it is empty then).
-pub(super) fn ensure<T: Spare>(v: &mut Vec<T>) {
+pub(crate) fn ensure<T: Spare>(v: &mut Vec<T>) {
     if v.capacity() == 0 {
         if let Ok(Some(kept)) = T::pool().try_with(|s| s.borrow_mut().pop()) {
             *v = kept;
@@ -59,7 +59,7 @@ pub(super) fn ensure<T: Spare>(v: &mut Vec<T>) {
 }
 
 /// Keeps `v`'s allocation for another busy period, emptied, or frees it.
-pub(super) fn give<T: Spare>(mut v: Vec<T>) {
+pub(crate) fn give<T: Spare>(mut v: Vec<T>) {
     if v.capacity() == 0 || v.capacity() > T::MAX {
         return;
     }

@@ -784,6 +784,13 @@ pub(crate) fn write_response_fields(
 
 /// Appends `date: <now>`, formatted at most once a second per thread.
 pub(crate) fn put_date(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&date_now());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The HTTP date of now, formatted at most once a second per thread.
+pub(crate) fn date_now() -> [u8; 29] {
     thread_local! {
         static CACHE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
     }
@@ -799,9 +806,7 @@ pub(crate) fn put_date(out: &mut Vec<u8>) {
             CACHE.set((secs, text));
         }
     }
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(&text);
-    out.extend_from_slice(b"\r\n");
+    text
 }
 
 /// The chunked coding (RFC 9112 §7.1), decoded and written again: sizes in
