@@ -692,7 +692,6 @@ where
     let s = &*ep.settings;
     let cfg = crate::http2::Config {
         max_header_list: s.max_header_size,
-        max_fields: s.max_headers,
         first_request: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         retire_at: shared.info.retire_at.map(Into::into),

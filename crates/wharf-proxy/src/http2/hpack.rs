@@ -37,7 +37,8 @@ impl Pseudo {
         match self {
             Pseudo::Method | Pseudo::Scheme => 7,
             Pseudo::Path => 5,
-            Pseudo::Authority | Pseudo::Protocol => 10,
+            Pseudo::Protocol => 9,
+            Pseudo::Authority => 10,
             Pseudo::Status => 7,
         }
     }
@@ -61,8 +62,8 @@ pub(crate) enum Field {
     Pseudo(Pseudo, Bytes),
     Header(HeaderName, HeaderValue),
     /// A field HTTP/2 forbids (an upper-case or invalid name, an unknown
-    /// pseudo-header, a value with CR, LF or NUL or with surrounding
-    /// whitespace: RFC 9113 §8.2.1): its request is malformed. Kept with its
+    /// pseudo-header, a value with CR, LF, NUL or another control
+    /// character: RFC 9113 §8.2.1): its request is malformed. Kept with its
     /// name's and value's lengths, since the client's encoder counts it in
     /// the table.
     Bad {
@@ -132,10 +133,11 @@ impl Field {
     }
 }
 
-/// RFC 9113 §8.2.1: no NUL, CR or LF, and no whitespace at either end.
+/// RFC 9113 §8.2.1: no NUL, CR or LF. Whitespace at either end, which the
+/// RFC also forbids, is let through as hyper's server (the h2 crate) did:
+/// HTTP/1.1 backends strip it.
 fn value_ok(v: &[u8]) -> bool {
-    let edge = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
-    !edge(v.first()) && !edge(v.last()) && !v.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n'))
+    !v.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n'))
 }
 
 /// A header block HPACK cannot decode: a connection error
@@ -260,29 +262,29 @@ impl Decoder {
 
     /// Decodes one complete header block into `out`. The fields are all
     /// decoded even when the list is large, so the table stays in step with
-    /// the client's encoder.
+    /// the client's encoder, but once the list passes `limit` bytes no more
+    /// are kept (the caller refuses it; a block of one-byte references to a
+    /// large entry would otherwise grow without bound).
     pub(crate) fn decode(
         &mut self,
         block: &[u8],
         out: &mut Vec<Field>,
+        limit: usize,
     ) -> Result<Decoded, HpackError> {
         let mut pos = 0;
         let mut list_size = 0;
         let mut fields_seen = false;
         while pos < block.len() {
             let b = block[pos];
-            if b & 0x80 != 0 {
+            let f = if b & 0x80 != 0 {
                 // Indexed field (§6.1).
                 let i = int(block, &mut pos, 7)?;
-                let f = self.get(i)?.clone();
-                list_size += f.size();
-                out.push(f);
+                self.get(i)?.clone()
             } else if b & 0x40 != 0 {
                 // Literal with incremental indexing (§6.2.1).
                 let f = self.literal(block, &mut pos, 6)?;
-                list_size += f.size();
                 self.insert(f.clone());
-                out.push(f);
+                f
             } else if b & 0x20 != 0 {
                 // Dynamic table size update (§6.3): only before the first field.
                 if fields_seen {
@@ -297,8 +299,10 @@ impl Decoder {
                 continue;
             } else {
                 // Literal without indexing (§6.2.2) or never indexed (§6.2.3).
-                let f = self.literal(block, &mut pos, 4)?;
-                list_size += f.size();
+                self.literal(block, &mut pos, 4)?
+            };
+            list_size += f.size();
+            if list_size <= limit {
                 out.push(f);
             }
             fields_seen = true;
@@ -658,7 +662,7 @@ mod tests {
         ] {
             let mut d = Decoder::default();
             let mut out = Vec::new();
-            d.decode(&hex(blocks[0]), &mut out).unwrap();
+            d.decode(&hex(blocks[0]), &mut out, usize::MAX).unwrap();
             assert_eq!(
                 names(&out),
                 [
@@ -671,11 +675,11 @@ mod tests {
             );
             assert_eq!(d.size, 57);
             out.clear();
-            d.decode(&hex(blocks[1]), &mut out).unwrap();
+            d.decode(&hex(blocks[1]), &mut out, usize::MAX).unwrap();
             assert_eq!(names(&out)[4], ("cache-control".into(), "no-cache".into()));
             assert_eq!(d.size, 110);
             out.clear();
-            let got = d.decode(&hex(blocks[2]), &mut out).unwrap();
+            let got = d.decode(&hex(blocks[2]), &mut out, usize::MAX).unwrap();
             assert_eq!(names(&out)[1], ("scheme".into(), "https".into()));
             assert_eq!(names(&out)[2], ("path".into(), "/index.html".into()));
             assert_eq!(names(&out)[4], ("custom-key".into(), "custom-value".into()));
@@ -696,15 +700,15 @@ mod tests {
             put_str(&mut block, b"x-aaaa");
             put_str(&mut block, v.as_bytes());
         }
-        d.decode(&block, &mut out).unwrap();
+        d.decode(&block, &mut out, usize::MAX).unwrap();
         assert_eq!(d.table.len(), 1);
         assert_eq!(d.size, 39);
         // Index 62 is the newest ("b").
         out.clear();
-        d.decode(&[0x80 | 62], &mut out).unwrap();
+        d.decode(&[0x80 | 62], &mut out, usize::MAX).unwrap();
         assert_eq!(names(&out), [("x-aaaa".into(), "b".into())]);
         assert_eq!(
-            d.decode(&[0x80 | 63], &mut out).err(),
+            d.decode(&[0x80 | 63], &mut out, usize::MAX).err(),
             Some(HpackError::Index(63))
         );
     }
@@ -722,7 +726,7 @@ mod tests {
             vec![0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
             vec![0x00, 0x05, b'a'],
         ] {
-            assert!(d.decode(&block, &mut out).is_err(), "{block:?}");
+            assert!(d.decode(&block, &mut out, usize::MAX).is_err(), "{block:?}");
         }
         // Huffman: EOS in the string; padding of eight bits; padding not all ones.
         let eos = [0xff, 0xff, 0xff, 0xfc];
@@ -732,6 +736,21 @@ mod tests {
         assert!(huffman_decode(&long_pad, &mut Vec::new()).is_err());
         // "0" is 00000: padded with 0s instead of 1s.
         assert!(huffman_decode(&[0x00], &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn past_the_limit_fields_are_counted_and_tabled_but_not_kept() {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        let mut block = vec![0x40];
+        put_str(&mut block, b"x-big");
+        put_str(&mut block, &[b'v'; 1000]);
+        // The same entry referenced 100 times: 103,700 bytes of list.
+        block.extend(std::iter::repeat_n(0x80 | 62, 100));
+        let got = d.decode(&block, &mut out, 4096).unwrap();
+        assert_eq!(got.list_size, 101 * 1037);
+        assert_eq!(out.len(), 3, "only what fits the limit is kept");
+        assert_eq!(d.table.len(), 1);
     }
 
     #[test]
@@ -758,24 +777,24 @@ mod tests {
             ("X-Upper", "v"),
             (":unknown", "v"),
             ("x-nul", "a\0b"),
-            ("x-space", " v"),
-            ("x-ok", "v"),
+            ("x-cr", "a\rb"),
+            ("x-ok", " v "),
         ] {
             block.push(0x40);
             put_str(&mut block, n.as_bytes());
             put_str(&mut block, v.as_bytes());
         }
-        d.decode(&block, &mut out).unwrap();
+        d.decode(&block, &mut out, usize::MAX).unwrap();
         let got = names(&out);
         assert_eq!(got.iter().filter(|(n, _)| n == "bad").count(), 4);
-        assert_eq!(got[4], ("x-ok".into(), "v".into()));
+        assert_eq!(got[4], ("x-ok".into(), " v ".into()));
         assert_eq!(d.table.len(), 5);
         // The bad entry's name with a good value is still bad.
         out.clear();
         let mut again = Vec::new();
         put_int(&mut again, 0, 4, 62 + 4);
         put_str(&mut again, b"fine");
-        d.decode(&again, &mut out).unwrap();
+        d.decode(&again, &mut out, usize::MAX).unwrap();
         assert!(matches!(out[0], Field::Bad { .. }));
     }
 
@@ -791,7 +810,9 @@ mod tests {
             let mut out = Vec::new();
             encode_response(status, &h, None, &mut out);
             let mut fields = Vec::new();
-            Decoder::default().decode(&out, &mut fields).unwrap();
+            Decoder::default()
+                .decode(&out, &mut fields, usize::MAX)
+                .unwrap();
             let got = names(&fields);
             assert_eq!(got[0], ("status".into(), status.to_string()));
             // `date` after the fields of a final response only.

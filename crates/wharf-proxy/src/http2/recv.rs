@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -16,6 +17,11 @@ use http_body::{Body, Frame, SizeHint};
 #[derive(Default, Debug)]
 pub(super) struct Ready {
     inner: Mutex<Woken>,
+    /// Request body bytes read (or discarded by a reader that went away),
+    /// not yet handed back as connection-level WINDOW_UPDATE credit. Kept
+    /// apart from the streams: a stream may be gone by the time its bytes
+    /// are read, and their credit must still come back.
+    credit: AtomicUsize,
 }
 
 #[derive(Default, Debug)]
@@ -60,6 +66,17 @@ impl Ready {
         }
     }
 
+    /// Connection-level credit owed since the last call.
+    pub(super) fn take_credit(&self) -> usize {
+        self.credit.swap(0, Ordering::Relaxed)
+    }
+
+    fn owe(&self, n: usize) {
+        if n > 0 {
+            self.credit.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Moves what woke into `into`.
     pub(super) fn take(&self, into: &mut Woken) {
         let mut g = lock(&self.inner);
@@ -100,7 +117,7 @@ struct Recv {
     end: bool,
     /// The stream was reset, or ended on an error: the body fails.
     reset: bool,
-    /// Read and not yet handed back to the connection as credit.
+    /// Read and not yet handed back to the connection as stream credit.
     released: usize,
     /// The reader dropped the body: what arrives is credited at once.
     dropped: bool,
@@ -164,9 +181,29 @@ impl Shared {
         }
     }
 
-    /// Bytes read since the last call.
+    /// Bytes read since the last call (the stream's credit).
     pub(super) fn take_released(&self) -> usize {
         std::mem::take(&mut lock(&self.state).released)
+    }
+
+    /// The stream is gone: what was queued and never read is discarded and
+    /// returned (the connection's credit for it), a reader still holding the
+    /// body gets an error unless the body had ended, and what arrives later
+    /// is not queued.
+    pub(super) fn close(&self) -> usize {
+        let mut g = lock(&self.state);
+        let queued: usize = g.data.iter().map(Bytes::len).sum();
+        g.data.clear();
+        g.dropped = true;
+        if !g.end {
+            g.reset = true;
+        }
+        let w = g.waker.take();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+        queued
     }
 }
 
@@ -199,15 +236,16 @@ impl Drop for RecvBody {
         let Some(sh) = self.shared.take() else {
             return;
         };
-        let notify = {
+        let queued = {
             let mut g = lock(&sh.state);
             g.dropped = true;
             let queued: usize = g.data.iter().map(Bytes::len).sum();
             g.data.clear();
             g.released += queued;
-            g.released > 0
+            queued
         };
-        if notify {
+        if queued > 0 {
+            sh.ready.owe(queued);
             sh.ready.wake(sh.id, true);
         }
     }
@@ -229,6 +267,7 @@ impl Body for RecvBody {
             g.released += d.len();
             let notify = g.released >= RELEASE_AT || g.data.is_empty();
             drop(g);
+            sh.ready.owe(d.len());
             if notify {
                 sh.ready.wake(sh.id, true);
             }

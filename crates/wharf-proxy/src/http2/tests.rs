@@ -14,7 +14,6 @@ use crate::body::full;
 fn cfg() -> Config {
     Config {
         max_header_list: 16 * 1024,
-        max_fields: 100,
         first_request: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         retire_at: None,
@@ -204,6 +203,31 @@ async fn a_head_request_gets_no_body() {
     let (resp, _) = c.send_request(req, true).unwrap();
     let resp = resp.await.unwrap();
     assert!(resp.body().is_end_stream());
+    // The body's length is not made up for a HEAD (hyper's server adds one
+    // only to a body it sends).
+    assert!(!resp.headers().contains_key("content-length"));
+}
+
+#[tokio::test]
+async fn request_bodies_read_after_their_stream_ended_give_their_credit_back() {
+    let (io, _task) = serve_with(cfg(), echo);
+    let client = h2_client(io).await;
+    // 1,500 bodies of 1 KiB, each ending with its HEADERS' read: 1.5 MiB
+    // through a 1 MiB connection window, so each must be credited back.
+    let body = Bytes::from(vec![b'b'; 1024]);
+    let all = async {
+        for _ in 0..1500 {
+            let mut c = client.clone().ready().await.unwrap();
+            let req = Request::post("https://app.test/").body(()).unwrap();
+            let (resp, mut send) = c.send_request(req, false).unwrap();
+            send.send_data(body.clone(), true).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.into_body().collect_len().await, 1024);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("no body waited for window");
 }
 
 // Hand-made frames.
@@ -306,7 +330,9 @@ impl Raw {
             let (_, sid, p) = self.until(HEADERS).await.expect("a response");
             if sid == id {
                 let mut fields = Vec::new();
-                hpack::Decoder::default().decode(&p, &mut fields).unwrap();
+                hpack::Decoder::default()
+                    .decode(&p, &mut fields, usize::MAX)
+                    .unwrap();
                 match &fields[0] {
                     Field::Pseudo(Pseudo::Status, v) => {
                         return std::str::from_utf8(v).unwrap().parse().unwrap()
@@ -381,6 +407,15 @@ async fn protocol_violations_close_the_connection_with_their_code() {
             .concat(),
             Reason::Protocol,
         ),
+        (
+            "an empty CONTINUATION that does not end the block",
+            [
+                frame(HEADERS, 0, 1, &get_block("/", &[])),
+                frame(CONTINUATION, 0, 1, &[]),
+            ]
+            .concat(),
+            Reason::EnhanceYourCalm,
+        ),
     ];
     for (what, bytes, reason) in cases {
         let (io, task) = serve_with(cfg(), echo);
@@ -427,7 +462,7 @@ async fn malformed_requests_reset_their_stream_only() {
         get_block("/", &[("X-Upper", "v")]),
         get_block("/", &[("connection", "keep-alive")]),
         get_block("/", &[("te", "gzip")]),
-        get_block("/", &[("x-v", " padded")]),
+        get_block("/", &[("x-v", "a\rb")]),
         get_block("", &[]),
         [get_block("/", &[]), vec![0x82]].concat(), // a pseudo-header after a field? no: a second :method
         [vec![0x82], get_block("/", &[])].concat(),
@@ -517,6 +552,59 @@ async fn rapid_resets_close_the_connection() {
     raw.send(&all).await;
     assert_eq!(raw.goaway().await, Reason::EnhanceYourCalm as u32);
     assert!(task.await.unwrap().unwrap_err().contains("reset 64 of 64"));
+}
+
+#[tokio::test]
+async fn resets_the_client_provokes_count_as_rapid_resets() {
+    let (io, task) = serve_with(cfg(), |_req| -> Handling {
+        Box::pin(std::future::pending())
+    });
+    let mut raw = Raw::open(io).await;
+    // A POST whose request started, then a WINDOW_UPDATE of 0 on it: the
+    // server resets the stream ("MadeYouReset").
+    for i in 0..EARLY_RESETS_MAX as u32 {
+        let id = 2 * i + 1;
+        raw.send(&frame(HEADERS, END_HEADERS, id, &get_block("/", &[])))
+            .await;
+        raw.send(&frame(WINDOW_UPDATE, 0, id, &[0; 4])).await;
+    }
+    assert_eq!(raw.goaway().await, Reason::EnhanceYourCalm as u32);
+    assert!(task.await.unwrap().unwrap_err().contains("reset 64 of 64"));
+}
+
+#[tokio::test]
+async fn trailers_past_the_header_list_limit_reset_the_stream() {
+    let (io, _task) = serve_with(cfg(), echo);
+    let mut raw = Raw::open(io).await;
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &get_block("/", &[])))
+        .await;
+    let big = "v".repeat(15 * 1024);
+    let mut t = Vec::new();
+    for name in ["x-a", "x-b"] {
+        t.push(0);
+        hpack::put_int(&mut t, 0, 7, name.len());
+        t.extend_from_slice(name.as_bytes());
+        hpack::put_int(&mut t, 0, 7, big.len());
+        t.extend_from_slice(big.as_bytes());
+    }
+    let mut frames = frame(HEADERS, END_STREAM, 1, &t[..MAX_FRAME]);
+    frames.extend(frame(CONTINUATION, END_HEADERS, 1, &t[MAX_FRAME..]));
+    raw.send(&frames).await;
+    let (_, id, p) = raw.until(RST_STREAM).await.unwrap();
+    assert_eq!(
+        (id, &p[..]),
+        (1, &(Reason::Protocol as u32).to_be_bytes()[..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_header_block_left_open_closes_the_connection() {
+    let (io, task) = serve_with(cfg(), echo);
+    let mut raw = Raw::open(io).await;
+    raw.patience = Duration::from_secs(3600);
+    raw.send(&frame(HEADERS, 0, 1, &get_block("/", &[]))).await;
+    assert_eq!(raw.goaway().await, Reason::EnhanceYourCalm as u32);
+    assert!(task.await.unwrap().unwrap_err().contains("unfinished"));
 }
 
 #[tokio::test]
