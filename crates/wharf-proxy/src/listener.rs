@@ -637,7 +637,11 @@ where
         if s.h1_engine && alpn_h2 != Some(true) {
             // Scoped, and the hand-off's bytes copied out before hyper's
             // await: a local alive across two awaits widens every state.
-            let (rest, served) = {
+            // h2c with prior knowledge: the engine saw the preface's start.
+            // Decided inside the scope: `rest` borrowed out here would keep
+            // a slot in this future past the awaits below (32 bytes more per
+            // idle HTTP/1.1 connection, docs/benchmarks.md).
+            let (rest, served, h2c) = {
                 let engine = crate::h1::Engine {
                     ctx: &ep.ctx,
                     conn: &shared.info,
@@ -645,12 +649,15 @@ where
                 match engine.serve(&mut io, prefix).await {
                     crate::h1::Exit::Closed => return,
                     crate::h1::Exit::Handoff(rest, served) => {
-                        (bytes::BytesMut::from(&rest[..]), served)
+                        let h2c = !served
+                            && s.h2_engine
+                            && s.http2
+                            && rest.starts_with(b"PRI * HTTP/2.0");
+                        (bytes::BytesMut::from(&rest[..]), served, h2c)
                     }
                 }
             };
-            // h2c with prior knowledge: the engine saw the preface's start.
-            if !served && s.h2_engine && s.http2 && rest.starts_with(b"PRI * HTTP/2.0") {
+            if h2c {
                 Box::pin(own_h2(shared, io, rest)).await;
                 return;
             }
