@@ -611,13 +611,7 @@ fn same_messages_in(base: String, config_extra: &str, route_extra: &str) {
 fn raw_backends_and_hyper_client_send_the_same_messages_to_h2_clients() {
     let corpus = cases();
     let backend = Scripted::start(corpus.iter().map(|c| c.response.clone()).collect());
-    let config = base_config() + &route("app.test", "/", &[backend.addr], "");
-    let raw = Wharf::start(&config);
-    let hyper = Wharf::start_env(&config, &[("WHARF_HTTP1_ENGINE", "hyper")]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (raw, hyper, rt) = h2_pair(backend.addr, ("WHARF_HTTP1_ENGINE", "hyper"));
     let mut failures = Vec::new();
     let mut tried = 0;
     for (n, case) in corpus.iter().enumerate() {
@@ -662,13 +656,7 @@ fn wharfs_and_hypers_http2_servers_send_the_same_messages() {
     let unframed_from = responses.len();
     responses.extend(corpus.iter().map(|c| c.response.clone()));
     let backend = Scripted::start(responses);
-    let config = base_config() + &route("app.test", "/", &[backend.addr], "");
-    let own = Wharf::start(&config);
-    let hyper = Wharf::start_env(&config, &[("WHARF_HTTP2_ENGINE", "hyper")]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (own, hyper, rt) = h2_pair(backend.addr, ("WHARF_HTTP2_ENGINE", "hyper"));
     let mut failures = Vec::new();
     let mut tried = 0;
     for (n, case) in corpus.iter().enumerate() {
@@ -716,6 +704,17 @@ fn wharfs_and_hypers_http2_servers_send_the_same_messages() {
     }
     assert!(tried >= 12, "only {tried} cases tried");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Two Wharfs routing app.test to `backend`, the second with `env` set, and
+/// a runtime for the HTTP/2 client.
+fn h2_pair(backend: SocketAddr, env: (&str, &str)) -> (Wharf, Wharf, tokio::runtime::Runtime) {
+    let config = base_config() + &route("app.test", "/", &[backend], "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (Wharf::start(&config), Wharf::start_env(&config, &[env]), rt)
 }
 
 /// One request on its own h2c connection: `(status, fields, body)`, or the

@@ -319,6 +319,18 @@ impl Raw {
         None
     }
 
+    /// A GET on stream `id` is answered 200: the connection still serves.
+    async fn still_serves(&mut self, id: u32) {
+        let get = frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &get_block("/ok", &[]),
+        );
+        self.send(&get).await;
+        assert_eq!(self.status(id).await, 200);
+    }
+
     async fn goaway(&mut self) -> u32 {
         let (_, _, p) = self.until(GOAWAY).await.expect("a GOAWAY");
         u32::from_be_bytes([p[4], p[5], p[6], p[7]])
@@ -475,14 +487,7 @@ async fn malformed_requests_reset_their_stream_only() {
         id += 2;
     }
     // The connection still serves.
-    raw.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        id,
-        &get_block("/ok", &[]),
-    ))
-    .await;
-    assert_eq!(raw.status(id).await, 200);
+    raw.still_serves(id).await;
 }
 
 #[tokio::test]
@@ -500,14 +505,7 @@ async fn a_header_list_past_the_limit_gets_431_and_the_table_stays_in_step() {
     frames.extend(frame(CONTINUATION, END_HEADERS, 1, &b[MAX_FRAME..]));
     raw.send(&frames).await;
     assert_eq!(raw.status(1).await, 431);
-    raw.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        3,
-        &get_block("/ok", &[]),
-    ))
-    .await;
-    assert_eq!(raw.status(3).await, 200);
+    raw.still_serves(3).await;
 }
 
 #[tokio::test]
@@ -627,14 +625,7 @@ async fn pings_are_answered_and_data_on_a_reset_stream_is_credited() {
     let (_, id, p) = raw.until(WINDOW_UPDATE).await.unwrap();
     assert_eq!(id, 0);
     assert!(u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize >= CONN_WINDOW / 4);
-    raw.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        3,
-        &get_block("/ok", &[]),
-    ))
-    .await;
-    assert_eq!(raw.status(3).await, 200);
+    raw.still_serves(3).await;
 }
 
 #[tokio::test]
