@@ -245,8 +245,14 @@ pub(crate) struct Connection<I, F> {
 }
 
 fn frame_head(out: &mut Vec<u8>, len: usize, ty: u8, flags: u8, id: u32) {
-    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags]);
-    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&head_bytes(len, ty, flags, id));
+}
+
+/// A frame header's nine bytes (RFC 9113 §4.1).
+fn head_bytes(len: usize, ty: u8, flags: u8, id: u32) -> [u8; 9] {
+    let [_, l0, l1, l2] = (len as u32).to_be_bytes();
+    let [i0, i1, i2, i3] = id.to_be_bytes();
+    [l0, l1, l2, ty, flags, i0, i1, i2, i3]
 }
 
 fn rst(out: &mut Vec<u8>, id: u32, reason: Reason) {
@@ -273,9 +279,7 @@ fn put_block(
     encode(out);
     let len = out.len() - start - 9;
     if len <= max_frame {
-        let mut head = Vec::with_capacity(9);
-        frame_head(&mut head, len, HEADERS, es | END_HEADERS, id);
-        out[start..start + 9].copy_from_slice(&head);
+        out[start..start + 9].copy_from_slice(&head_bytes(len, HEADERS, es | END_HEADERS, id));
         return;
     }
     let block = out.split_off(start + 9);
@@ -488,10 +492,7 @@ where
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, ConnError> {
         // Frames left over when output filled up come first.
         if !self.rbuf.is_empty() {
-            let buf = std::mem::take(&mut self.rbuf);
-            let used = self.frames_in(&buf)?;
-            self.rbuf = buf;
-            self.rbuf.drain(..used);
+            let used = self.frames_in_rbuf()?;
             if used > 0 {
                 return Ok(true);
             }
@@ -516,10 +517,7 @@ where
                         self.rbuf.extend_from_slice(&s[used..n]);
                     } else {
                         self.rbuf.extend_from_slice(&s[..n]);
-                        let buf = std::mem::take(&mut self.rbuf);
-                        let used = self.frames_in(&buf)?;
-                        self.rbuf = buf;
-                        self.rbuf.drain(..used);
+                        self.frames_in_rbuf()?;
                     }
                     if self.rbuf.capacity() > 0 && self.rbuf.is_empty() {
                         self.rbuf = Vec::new();
@@ -528,6 +526,18 @@ where
                 }
             }
         })
+    }
+
+    /// Handles the complete frames kept in `rbuf`, and drops them from it;
+    /// how many bytes.
+    fn frames_in_rbuf(&mut self) -> Result<usize, ConnError> {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let used = self.frames_in(&buf);
+        if let Ok(n) = used {
+            buf.drain(..n);
+        }
+        self.rbuf = buf;
+        used
     }
 
     /// Handles the complete frames at the start of `buf`; how many bytes.
@@ -879,7 +889,7 @@ where
             }
         }
         if !ok || self.streams[i].remaining.is_some_and(|n| n != 0) {
-            shared.reset();
+            // The reset closes the body too (`remove`): its reader fails.
             return self.reset_stream(id, Reason::Protocol);
         }
         shared.trailers(map);

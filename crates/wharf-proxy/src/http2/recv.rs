@@ -167,20 +167,6 @@ impl Shared {
         }
     }
 
-    /// The stream is gone before the body ended: the reader gets an error.
-    pub(super) fn reset(&self) {
-        let mut g = lock(&self.state);
-        if g.end && g.data.is_empty() {
-            return;
-        }
-        g.reset = true;
-        let w = g.waker.take();
-        drop(g);
-        if let Some(w) = w {
-            w.wake();
-        }
-    }
-
     /// Bytes read since the last call (the stream's credit).
     pub(super) fn take_released(&self) -> usize {
         std::mem::take(&mut lock(&self.state).released)
