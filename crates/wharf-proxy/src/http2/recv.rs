@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -22,6 +22,9 @@ pub(super) struct Ready {
     /// apart from the streams: a stream may be gone by the time its bytes
     /// are read, and their credit must still come back.
     credit: AtomicUsize,
+    /// Something was put in the lists since the last `take`: the
+    /// connection's task looks at them without the lock otherwise.
+    woke: AtomicBool,
 }
 
 #[derive(Default, Debug)]
@@ -59,6 +62,7 @@ impl Ready {
             if !list.contains(&id) {
                 list.push(id);
             }
+            self.woke.store(true, Ordering::Release);
             g.conn.take()
         };
         if let Some(w) = waker {
@@ -68,6 +72,9 @@ impl Ready {
 
     /// Connection-level credit owed since the last call.
     pub(super) fn take_credit(&self) -> usize {
+        if self.credit.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
         self.credit.swap(0, Ordering::Relaxed)
     }
 
@@ -79,6 +86,12 @@ impl Ready {
 
     /// Moves what woke into `into`.
     pub(super) fn take(&self, into: &mut Woken) {
+        // Cleared before the lists are read: a wake-up after this sets it
+        // again, and one before it is in the lists.
+        if !self.woke.load(Ordering::Acquire) {
+            return;
+        }
+        self.woke.store(false, Ordering::Relaxed);
         let mut g = lock(&self.inner);
         into.streams.append(&mut g.streams);
         into.released.append(&mut g.released);
